@@ -1,0 +1,5 @@
+"""tripletkit: online triplet mining and sampling for PyTorch."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,140 @@
+"""Input validation shared by every public entry point.
+
+One place decides what counts as bad input and what the error says, so that every miner,
+loss, metric and sampler refuses the same things with the same words.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "REDUCTIONS",
+    "check_choice",
+    "check_embeddings",
+    "check_labels",
+    "check_margin",
+    "check_pair",
+    "check_positive_int",
+    "check_reduction",
+    "compute_dtype",
+]
+
+#: Every reduction name understood somewhere in the toolkit.
+REDUCTIONS = ("mean", "sum", "mean_nonzero", "none")
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_INT_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
+
+
+def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise a ValueError listing them."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(map(repr, choices))}")
+    return value
+
+
+def check_reduction(reduction: object, allowed: Sequence[str]) -> str:
+    """Validate a ``reduction=`` argument against the reductions a function supports."""
+    return check_choice("reduction", reduction, allowed)
+
+
+def check_margin(margin: object, name: str = "margin") -> float:
+    """Return ``margin`` as a float; it must be a finite real number."""
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+        if isinstance(margin, Tensor) and margin.numel() == 1 and not margin.requires_grad:
+            margin = float(margin.item())
+        else:
+            raise TypeError(f"{name} must be a real number, got {type(margin).__name__}")
+    value = float(margin)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def check_positive_int(value: object, name: str) -> int:
+    """Return ``value`` if it is an int >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype computations run in: half precision is computed in float32."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def check_embeddings(embeddings: object, name: str = "embeddings") -> Tensor:
+    """Check a ``[N, D]`` floating embedding matrix with finite values.
+
+    Returns the tensor cast to its compute dtype (float16/bfloat16 -> float32), so callers
+    never do arithmetic in half precision. The cast is differentiable.
+    """
+    if not isinstance(embeddings, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(embeddings).__name__}")
+    if embeddings.dim() != 2:
+        raise ValueError(f"{name} must be 2-D [N, D], got shape {tuple(embeddings.shape)}")
+    if embeddings.dtype not in _FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be a floating tensor (float16, bfloat16, float32 or float64), "
+            f"got {embeddings.dtype}"
+        )
+    if embeddings.shape[1] == 0:
+        raise ValueError(f"{name} must have at least one feature dimension, got shape {tuple(embeddings.shape)}")
+    if embeddings.numel() and not bool(torch.isfinite(embeddings).all()):
+        raise ValueError(f"{name} contains NaN or Inf values")
+    return embeddings.to(compute_dtype(embeddings.dtype))
+
+
+def check_labels(labels: object, n: int, device: torch.device, name: str = "labels") -> Tensor:
+    """Check a 1-D integer label vector of length ``n`` on ``device``; returns it as int64."""
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.dim() != 1:
+        raise ValueError(f"{name} must be 1-D [N], got shape {tuple(labels.shape)}")
+    if labels.dtype not in _INT_DTYPES:
+        raise TypeError(f"{name} must be an integer tensor, got {labels.dtype}")
+    if labels.shape[0] != n:
+        raise ValueError(f"{name} has {labels.shape[0]} entries but the embeddings have {n} rows")
+    if labels.device != device:
+        raise ValueError(f"{name} is on {labels.device} but the embeddings are on {device}")
+    return labels.to(torch.int64)
+
+
+def check_pair(
+    embeddings: object,
+    labels: object,
+    ref_embeddings: object = None,
+    ref_labels: object = None,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Validate ``(embeddings, labels)`` and the optional reference set.
+
+    Returns ``(embeddings, labels, ref_embeddings, ref_labels)`` with embeddings in their
+    compute dtype and labels as int64. ``ref_embeddings`` and ``ref_labels`` are given
+    together or not at all; the reference set must match the embeddings' width, dtype
+    family and device.
+    """
+    emb = check_embeddings(embeddings)
+    lab = check_labels(labels, emb.shape[0], emb.device)
+    if (ref_embeddings is None) != (ref_labels is None):
+        raise ValueError("ref_embeddings and ref_labels must be given together")
+    if ref_embeddings is None:
+        return emb, lab, None, None
+    ref = check_embeddings(ref_embeddings, "ref_embeddings")
+    if ref.device != emb.device:
+        raise ValueError(f"ref_embeddings is on {ref.device} but embeddings are on {emb.device}")
+    if ref.shape[1] != emb.shape[1]:
+        raise ValueError(
+            f"ref_embeddings has {ref.shape[1]} features but embeddings have {emb.shape[1]}"
+        )
+    ref_lab = check_labels(ref_labels, ref.shape[0], ref.device, "ref_labels")
+    if ref.dtype != emb.dtype:
+        common = torch.promote_types(ref.dtype, emb.dtype)
+        emb, ref = emb.to(common), ref.to(common)
+    return emb, lab, ref, ref_lab

@@ -1,0 +1,95 @@
+"""Batch-level pairwise distance matrices, on any torch device.
+
+Every miner and loss in tripletkit starts from one ``[N, M]`` distance matrix computed here;
+this is the floor that any online miner pays.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._checks import check_choice, check_embeddings
+
+__all__ = ["METRICS", "normalize_embeddings", "pairwise_distance"]
+
+#: Supported metrics. All are distances: smaller means more similar.
+METRICS = ("euclidean", "sqeuclidean", "cosine")
+
+
+def normalize_embeddings(x: Tensor, eps: float = 1e-12) -> Tensor:
+    """Scale each row to unit L2 norm (rows of norm below ``eps`` are divided by ``eps``).
+
+    Shape:
+        - x: ``[N, D]`` -> ``[N, D]``.
+    """
+    return x / x.norm(dim=1, keepdim=True).clamp_min(eps)
+
+
+def _squared_euclidean(x: Tensor, y: Tensor) -> Tensor:
+    # ||x||^2 + ||y||^2 - 2 x.y through one matrix product (the fast path that torch.cdist
+    # also takes). Cancellation leaves rounding noise of order eps * (||x||^2 + ||y||^2) where
+    # x ~= y; values below that noise floor are set to exactly 0, so exact duplicates are at
+    # distance 0 (and ties between duplicates are exact ties).
+    xx = (x * x).sum(dim=1, keepdim=True)
+    yy = (y * y).sum(dim=1).unsqueeze(0)
+    sq = torch.addmm(xx + yy, x, y.t(), alpha=-2.0)
+    noise = (xx + yy) * (8 * torch.finfo(sq.dtype).eps)
+    return torch.where(sq > noise, sq, torch.zeros_like(sq))
+
+
+def _euclidean_from_squared(sq: Tensor) -> Tensor:
+    # sqrt with a finite (zero) gradient at zero distance: the inner where keeps sqrt's
+    # argument positive, so no inf * 0 = NaN reaches the backward pass.
+    positive = sq > 0
+    return torch.where(positive, torch.where(positive, sq, torch.ones_like(sq)).sqrt(), sq * 0)
+
+
+def pairwise_distance(x: Tensor, y: Tensor | None = None, metric: str = "euclidean") -> Tensor:
+    """Distances between every row of ``x`` and every row of ``y``.
+
+    Args:
+        x: embeddings, ``[N, D]``.
+        y: reference embeddings, ``[M, D]``; ``x`` itself when ``None``.
+        metric: ``"euclidean"`` (L2 distance), ``"sqeuclidean"`` (squared L2) or
+            ``"cosine"`` (``1 - cos(x_i, y_j)``; rows are normalised for this metric only).
+            No other normalisation is ever applied.
+
+    Returns:
+        ``[N, M]`` distances in the compute dtype of the inputs (float16 and bfloat16 are
+        computed in float32). Exact duplicates are at distance exactly 0, and the Euclidean
+        distance has a finite (zero) gradient there.
+
+    Example:
+        >>> x = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
+        >>> pairwise_distance(x)
+        tensor([[0., 5.],
+                [5., 0.]])
+        >>> pairwise_distance(x, metric="sqeuclidean")[0, 1].item()
+        25.0
+    """
+    check_choice("metric", metric, METRICS)
+    x = check_embeddings(x, "x")
+    if y is None:
+        y = x
+    else:
+        y = check_embeddings(y, "y")
+        if y.device != x.device:
+            raise ValueError(f"y is on {y.device} but x is on {x.device}")
+        if y.shape[1] != x.shape[1]:
+            raise ValueError(f"y has {y.shape[1]} features but x has {x.shape[1]}")
+        if y.dtype != x.dtype:
+            common = torch.promote_types(x.dtype, y.dtype)
+            x, y = x.to(common), y.to(common)
+    return _pairwise_distance_unchecked(x, y, metric)
+
+
+def _pairwise_distance_unchecked(x: Tensor, y: Tensor, metric: str) -> Tensor:
+    """:func:`pairwise_distance` for inputs already validated (internal fast path)."""
+    if metric == "cosine":
+        xn, yn = normalize_embeddings(x), normalize_embeddings(y)
+        return (1.0 - xn @ yn.t()).clamp(0.0, 2.0)
+    sq = _squared_euclidean(x, y)
+    if metric == "sqeuclidean":
+        return sq
+    return _euclidean_from_squared(sq)
