@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ._checks import check_choice, check_embeddings
 
-__all__ = ["METRICS", "normalize_embeddings", "pairwise_distance"]
+__all__ = ["METRICS", "normalize_embeddings", "paired_distance", "pairwise_distance"]
 
 #: Supported metrics. All are distances: smaller means more similar.
 METRICS = ("euclidean", "sqeuclidean", "cosine")
@@ -90,6 +90,28 @@ def _pairwise_distance_unchecked(x: Tensor, y: Tensor, metric: str) -> Tensor:
         xn, yn = normalize_embeddings(x), normalize_embeddings(y)
         return (1.0 - xn @ yn.t()).clamp(0.0, 2.0)
     sq = _squared_euclidean(x, y)
+    if metric == "sqeuclidean":
+        return sq
+    return _euclidean_from_squared(sq)
+
+
+def paired_distance(x: Tensor, y: Tensor, metric: str = "euclidean") -> Tensor:
+    """Distances between matching rows, ``d(x_i, y_i)``, without an ``N x M`` matrix.
+
+    Computed from the differences directly (more accurate than the matrix form); the
+    Euclidean distance has a finite (zero) gradient at zero.
+
+    Shape:
+        - x, y: ``[T, D]`` -> ``[T]``.
+
+    Example:
+        >>> paired_distance(torch.tensor([[0.0, 0.0]]), torch.tensor([[3.0, 4.0]]))
+        tensor([5.])
+    """
+    check_choice("metric", metric, METRICS)
+    if metric == "cosine":
+        return (1.0 - (normalize_embeddings(x) * normalize_embeddings(y)).sum(dim=1)).clamp(0.0, 2.0)
+    sq = ((x - y) ** 2).sum(dim=1)
     if metric == "sqeuclidean":
         return sq
     return _euclidean_from_squared(sq)

@@ -1,0 +1,53 @@
+"""Training monitors: how many valid triplets are easy, semi-hard or hard."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from ._batch import no_grad_prepare
+from ._checks import check_margin
+from .kernels import triplet_counts
+from .types import TripletStats
+
+__all__ = ["triplet_stats"]
+
+
+def triplet_stats(
+    embeddings: Tensor,
+    labels: Tensor,
+    margin: float = 0.2,
+    metric: str = "euclidean",
+    *,
+    normalize: bool = False,
+    backend: str = "auto",
+    ref_embeddings: Tensor | None = None,
+    ref_labels: Tensor | None = None,
+) -> TripletStats:
+    """Count the valid triplets of a batch by difficulty, without listing them.
+
+    The taxonomy of Schroff et al. 2015 and Hermans et al. 2017, with ``d_ap`` and ``d_an``
+    the anchor-positive and anchor-negative distances: *easy* ``d_an > d_ap + margin``
+    (zero loss), *semi-hard* ``d_ap < d_an <= d_ap + margin``, *hard* ``d_an <= d_ap``.
+    O(N² log N) time and O(N²) memory; no gradient.
+
+    Args:
+        embeddings: ``[N, D]``; labels: ``[N]``.
+        margin: ``m >= 0``.
+        metric: ``"euclidean"``, ``"sqeuclidean"`` or ``"cosine"``.
+
+    Returns:
+        :class:`~tripletkit.types.TripletStats` ``(valid, easy, semi_hard, hard)``.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[0.0], [0.1], [0.25], [2.0]])
+        >>> triplet_stats(x, torch.tensor([0, 0, 1, 1]), margin=0.2)
+        TripletStats(valid=8, easy=3, semi_hard=3, hard=2)
+    """
+    margin = check_margin(margin)
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0 for the easy/semi-hard/hard taxonomy, got {margin}")
+    b = no_grad_prepare(
+        embeddings, labels, ref_embeddings, ref_labels, metric=metric, normalize=normalize
+    )
+    return TripletStats(*triplet_counts(b.dist, b.labels, b.ref_labels, b.self_index, margin, backend))
