@@ -6,6 +6,8 @@ this is the floor that any online miner pays.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -26,16 +28,48 @@ def normalize_embeddings(x: Tensor, eps: float = 1e-12) -> Tensor:
     return x / x.norm(dim=1, keepdim=True).clamp_min(eps)
 
 
-def _squared_euclidean(x: Tensor, y: Tensor) -> Tensor:
-    # ||x||^2 + ||y||^2 - 2 x.y through one matrix product (the fast path that torch.cdist
-    # also takes). Cancellation leaves rounding noise of order eps * (||x||^2 + ||y||^2) where
-    # x ~= y; values below that noise floor are set to exactly 0, so exact duplicates are at
-    # distance 0 (and ties between duplicates are exact ties).
-    xx = (x * x).sum(dim=1, keepdim=True)
-    yy = (y * y).sum(dim=1).unsqueeze(0)
-    sq = torch.addmm(xx + yy, x, y.t(), alpha=-2.0)
-    noise = (xx + yy) * (8 * torch.finfo(sq.dtype).eps)
-    return torch.where(sq > noise, sq, torch.zeros_like(sq))
+class _EuclideanMatrix(torch.autograd.Function):
+    """Euclidean (or squared) distance matrix with a hand-written, memory-lean backward.
+
+    Forward: ``||x||^2 + ||y||^2 - 2 x.y`` through one matrix product (the fast path that
+    ``torch.cdist`` also takes), computed in place. Cancellation leaves rounding noise of
+    order ``eps * (||x||^2 + ||y||^2)`` where ``x ~= y``; values below that floor are set to
+    exactly 0, so exact duplicates are exactly 0 apart and tie exactly.
+
+    Backward: with ``w = g / d`` (``2 g`` for the squared distance; ``w = 0`` where
+    ``d = 0``, the finite subgradient at duplicates), ``dx = x * w.sum(1) - w @ y`` and
+    ``dy = y * w.sum(0) - w.T @ x``. Only ``x``, ``y`` and ``d`` are saved: one ``N x M``
+    matrix instead of the several that autograd would keep.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, y: Tensor, squared: bool) -> Tensor:  # type: ignore[override]
+        xx = (x * x).sum(dim=1, keepdim=True)
+        yy = (y * y).sum(dim=1).unsqueeze(0)
+        d = x @ y.t()
+        d.mul_(-2.0).add_(xx).add_(yy)
+        noise_floor = (xx + yy).mul_(8 * torch.finfo(d.dtype).eps)
+        d.masked_fill_(d <= noise_floor, 0.0)
+        del noise_floor
+        if not squared:
+            d.sqrt_()
+        ctx.squared = squared
+        ctx.save_for_backward(x, y, d)
+        return d
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
+        x, y, d = ctx.saved_tensors
+        if ctx.squared:
+            w = g * 2.0
+        else:
+            w = torch.where(d > 0, g / torch.where(d > 0, d, torch.ones_like(d)), 0.0)
+        gx = gy = None
+        if ctx.needs_input_grad[0]:
+            gx = x * w.sum(dim=1, keepdim=True) - w @ y
+        if ctx.needs_input_grad[1]:
+            gy = y * w.sum(dim=0).unsqueeze(1) - w.t() @ x
+        return gx, gy, None
 
 
 def _euclidean_from_squared(sq: Tensor) -> Tensor:
@@ -89,10 +123,7 @@ def _pairwise_distance_unchecked(x: Tensor, y: Tensor, metric: str) -> Tensor:
     if metric == "cosine":
         xn, yn = normalize_embeddings(x), normalize_embeddings(y)
         return (1.0 - xn @ yn.t()).clamp(0.0, 2.0)
-    sq = _squared_euclidean(x, y)
-    if metric == "sqeuclidean":
-        return sq
-    return _euclidean_from_squared(sq)
+    return _EuclideanMatrix.apply(x, y, metric == "sqeuclidean")
 
 
 def paired_distance(x: Tensor, y: Tensor, metric: str = "euclidean") -> Tensor:

@@ -153,16 +153,11 @@ class PKBatchSampler(Sampler[list[int]]):
 
         array = _labels_to_numpy(labels)
         classes, inverse, counts = np.unique(array, return_inverse=True, return_counts=True)
-        order = np.argsort(inverse, kind="stable")
-        per_class = np.split(order, np.cumsum(counts)[:-1])
         usable = counts >= self.k if self.small_classes == "skip" else counts >= 1
-        self._class_indices: list[np.ndarray] = [
-            idx for idx, ok in zip(per_class, usable, strict=True) if ok
-        ]
         self.num_samples = int(array.shape[0])
-        num_usable = len(self._class_indices)
+        num_usable = int(usable.sum())
         if self.p > num_usable:
-            skipped = int((~usable).sum())
+            skipped = len(classes) - num_usable
             why = (
                 f" ({skipped} of {len(classes)} classes have fewer than k={self.k} samples and "
                 "are skipped because small_classes='skip')"
@@ -173,8 +168,13 @@ class PKBatchSampler(Sampler[list[int]]):
                 f"p={self.p} is larger than the number of usable classes, {num_usable}{why}; "
                 "every batch needs p distinct classes"
             )
-        usable_counts = counts[usable]
-        self._groups = -(-usable_counts // self.k)  # ceil(n_c / k) groups per class
+        # Dataset indices of the usable classes, sorted by class; class c owns
+        # _order[_starts[c] : _starts[c] + _counts[c]].
+        keep = usable[inverse]
+        self._order = np.flatnonzero(keep)[np.argsort(inverse[keep], kind="stable")]
+        self._counts = counts[usable]
+        self._starts = np.concatenate([[0], np.cumsum(self._counts)[:-1]])
+        self._groups = -(-self._counts // self.k)  # ceil(n_c / k) groups per class
         total_groups = int(self._groups.sum())
         largest = int(self._groups.max())
         r = self.num_replicas
@@ -191,7 +191,7 @@ class PKBatchSampler(Sampler[list[int]]):
     @property
     def num_classes(self) -> int:
         """Number of classes that are sampled (classes skipped by ``"skip"`` excluded)."""
-        return len(self._class_indices)
+        return int(self._counts.shape[0])
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch that, with ``seed``, determines the next iteration's batches."""
@@ -213,61 +213,68 @@ class PKBatchSampler(Sampler[list[int]]):
         """This replica's batches for the current epoch, ``[B, p * k]``."""
         rng = np.random.default_rng([self.seed, self.epoch])
         k, p = self.k, self.p
+        counts, starts, groups = self._counts, self._starts, self._groups
+        num_classes = counts.shape[0]
         slots = self._num_batches * self.num_replicas  # batches across all replicas
-        groups = self._groups
+
+        # Shuffle every class's indices: sort by (class, random key).
+        owner = np.repeat(np.arange(num_classes), counts)
+        shuffled = self._order[np.lexsort((rng.random(owner.shape[0]), owner))]
+
+        # Groups covering every sample: class c lays out its shuffled positions 0..n_c-1
+        # and tops the last group up to k. A class with n_c >= k reuses its first positions,
+        # which are a uniformly random set of its other samples, so the group stays
+        # distinct; a smaller class is topped up with random repeats.
+        cover_class = np.repeat(np.arange(num_classes), groups)
+        slot_class = np.repeat(cover_class, k)
+        cover_start = np.cumsum(groups * k) - groups * k  # where each class's slots begin
+        j = np.arange(slot_class.shape[0]) - np.repeat(cover_start, groups * k)
+        n = counts[slot_class]
+        repeats = rng.integers(0, n)
+        pos = np.where(j < n, j, np.where(n >= k, j - n, repeats))
+        cover = shuffled[starts[slot_class] + pos].reshape(-1, k)
+
         # Extra groups that fill the last batches, from random classes, weighted by how many
         # more groups each class can take without appearing twice in a batch (at most
         # `slots` groups per class).
         num_extra = slots * p - int(groups.sum())
         capacity = slots - groups
-        extra = np.zeros_like(groups)
+        extra_class = np.zeros(0, dtype=np.int64)
+        extra = np.zeros((0, k), dtype=np.int64)
         if num_extra > 0:
             picks = rng.choice(int(capacity.sum()), size=num_extra, replace=False)
-            owner = np.searchsorted(np.cumsum(capacity), picks, side="right")
-            extra = np.bincount(owner, minlength=len(groups))
+            extra_class = np.searchsorted(np.cumsum(capacity), picks, side="right")
+            n = counts[extra_class]
+            # k distinct samples (Floyd's algorithm, vectorised over groups), or for a class
+            # with fewer than k samples all of them plus random repeats.
+            pos = np.empty((num_extra, k), dtype=np.int64)
+            for i in range(k):
+                top = np.maximum(n - k + i, 0)
+                draw = rng.integers(0, top + 1)
+                taken = (pos[:, :i] == draw[:, None]).any(axis=1)
+                pos[:, i] = np.where(taken, top, draw)
+            small = n < k
+            if small.any():
+                col = np.arange(k)
+                n_small = n[small, None]
+                pos[small] = np.where(
+                    col < n_small, col, rng.integers(0, n_small, size=(int(small.sum()), k))
+                )
+            extra = shuffled[starts[extra_class, None] + pos]
 
-        class_order = rng.permutation(len(self._class_indices))
-        listed = [
-            self._class_groups(rng, self._class_indices[c], int(groups[c]), int(extra[c]))
-            for c in class_order
+        # List groups class by class in a random class order, then deal group i to batch
+        # i mod slots: a class's (at most `slots`) contiguous groups land in distinct
+        # batches, so labels within a batch are distinct.
+        class_rank = np.empty(num_classes, dtype=np.int64)
+        class_rank[rng.permutation(num_classes)] = np.arange(num_classes)
+        all_class = np.concatenate([cover_class, extra_class])
+        all_groups = np.concatenate([cover, extra])[
+            np.argsort(class_rank[all_class], kind="stable")
         ]
-        all_groups = np.concatenate(listed, axis=0)  # [slots * p, k], classes contiguous
-        # Group i goes to batch i mod slots: a class's (at most `slots`) contiguous groups
-        # land in distinct batches, so labels within a batch are distinct.
         batches = all_groups.reshape(p, slots, k).transpose(1, 0, 2).reshape(slots, p * k)
         batches = batches[rng.permutation(slots)]
         start = self.rank * self._num_batches
         return batches[start : start + self._num_batches]
-
-    def _class_groups(
-        self, rng: np.random.Generator, indices: np.ndarray, num_groups: int, num_extra: int
-    ) -> np.ndarray:
-        """``num_groups`` groups covering every index of the class, then ``num_extra`` random
-        groups; ``[num_groups + num_extra, k]``."""
-        k = self.k
-        n = indices.shape[0]
-        shuffled = rng.permutation(indices)
-        if n < k:
-            # Every sample once plus repeats; the same recipe for extra groups.
-            rows = 1 + num_extra
-            base = rng.permuted(np.broadcast_to(indices, (rows, n)), axis=1)
-            top_up = rng.choice(indices, size=(rows, k - n), replace=True)
-            return np.concatenate([base, top_up], axis=1)
-        remainder = n % k
-        parts = [shuffled]
-        if remainder:
-            # Top the last group up with other samples of the class, so it has k distinct.
-            others = shuffled[: n - remainder]
-            parts.append(rng.choice(others, size=k - remainder, replace=False))
-        cover = np.concatenate(parts).reshape(num_groups, k)
-        if num_extra == 0:
-            return cover
-        # Extra groups of k distinct samples: cut fresh permutations into whole groups.
-        per_perm = n // k
-        perms = -(-num_extra // per_perm)
-        shuffled_rows = rng.permuted(np.broadcast_to(indices, (perms, n)), axis=1)
-        extra = shuffled_rows[:, : per_perm * k].reshape(perms * per_perm, k)[:num_extra]
-        return np.concatenate([cover, extra], axis=0)
 
     def __repr__(self) -> str:
         return (

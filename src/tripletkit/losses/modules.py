@@ -14,7 +14,13 @@ from ..distances import METRICS, normalize_embeddings, paired_distance
 from ..types import Pairs, Triplets
 from .fused import batch_all_triplet_loss, reduce_parts, triplet_terms
 
-__all__ = ["ContrastiveLoss", "TripletMarginLoss", "contrastive_loss", "triplet_margin_loss"]
+__all__ = [
+    "ContrastiveLoss",
+    "TripletMarginLoss",
+    "contrastive_loss",
+    "contrastive_parts",
+    "triplet_margin_loss",
+]
 
 _REDUCTIONS = ("mean", "sum", "mean_nonzero", "none")
 
@@ -120,6 +126,7 @@ def contrastive_loss(
     normalize: bool = False,
     ref_embeddings: Tensor | None = None,
     ref_labels: Tensor | None = None,
+    anchor_offset: int | None = None,
 ) -> Tensor:
     """Contrastive loss (Hadsell, Chopra & LeCun 2006), with a positive margin.
 
@@ -135,6 +142,9 @@ def contrastive_loss(
             negative [Q])``, e.g. a pair miner's output.
         reduction: ``"mean"``, ``"sum"``, ``"mean_nonzero"``, or ``"none"`` (``[P + Q]``;
             needs explicit pairs).
+        anchor_offset: with ``pairs=None`` and references given: the anchors are rows
+            ``anchor_offset : anchor_offset + N`` of the references, so the pairs of a sample
+            with itself are excluded (see :func:`~tripletkit.distributed.sharded_loss`).
 
     Returns:
         0-dim loss, or ``[P + Q]`` with ``reduction="none"``.
@@ -146,15 +156,13 @@ def contrastive_loss(
     if pairs is None:
         if reduction == "none":
             raise ValueError("reduction='none' needs explicit pairs (e.g. from PairMarginMiner)")
-        b = prepare(embeddings, labels, ref_embeddings, ref_labels, metric=metric, normalize=normalize)
-        same = b.labels[:, None] == b.ref_labels[None, :]
-        valid = torch.ones_like(same)
-        rows = torch.nonzero(b.self_index >= 0).squeeze(1)
-        valid[rows, b.self_index[rows]] = False
-        terms = torch.where(same, F.relu(b.dist - pos_margin), F.relu(neg_margin - b.dist))
-        terms = torch.where(valid, terms, torch.zeros_like(terms))
-        total = terms.sum()
-        return reduce_parts(total, int(valid.sum()), int((terms > 0).sum()), reduction)
+        parts = contrastive_parts(
+            embeddings, labels, pos_margin, neg_margin, metric, normalize=normalize,
+            ref_embeddings=ref_embeddings, ref_labels=ref_labels, anchor_offset=anchor_offset,
+        )
+        return reduce_parts(*parts, reduction)
+    if anchor_offset is not None:
+        raise ValueError("anchor_offset only applies with pairs=None (explicit pairs name their rows)")
     emb, _, ref, _ = check_pair(embeddings, labels, ref_embeddings, ref_labels)
     if normalize:
         emb = normalize_embeddings(emb)
@@ -174,6 +182,48 @@ def contrastive_loss(
         ]
     )
     return _reduce_terms(terms, reduction, emb)
+
+
+def contrastive_parts(
+    embeddings: Tensor,
+    labels: Tensor,
+    pos_margin: float = 0.0,
+    neg_margin: float = 1.0,
+    metric: str = "euclidean",
+    *,
+    normalize: bool = False,
+    ref_embeddings: Tensor | None = None,
+    ref_labels: Tensor | None = None,
+    anchor_offset: int | None = None,
+) -> tuple[Tensor, int, int]:
+    """The un-reduced contrastive loss over every pair: see :func:`contrastive_loss`.
+
+    Returns:
+        ``(total, n_valid, n_active)``: the 0-dim sum of the terms of every anchor-reference
+        pair other than a sample with itself (in the autograd graph), the number of those
+        pairs and the number of positive terms; reduce with
+        :func:`~tripletkit.losses.reduce_parts`.
+
+    Example:
+        >>> import torch
+        >>> total, n_valid, n_active = contrastive_parts(
+        ...     torch.tensor([[0.0], [0.5], [3.0]]), torch.tensor([0, 0, 1]))
+        >>> total.item(), n_valid, n_active
+        (1.0, 6, 2)
+    """
+    pos_margin = check_margin(pos_margin, "pos_margin")
+    neg_margin = check_margin(neg_margin, "neg_margin")
+    b = prepare(
+        embeddings, labels, ref_embeddings, ref_labels,
+        metric=metric, normalize=normalize, anchor_offset=anchor_offset,
+    )
+    same = b.labels[:, None] == b.ref_labels[None, :]
+    valid = torch.ones_like(same)
+    rows = torch.nonzero(b.self_index >= 0).squeeze(1)
+    valid[rows, b.self_index[rows]] = False
+    terms = torch.where(same, F.relu(b.dist - pos_margin), F.relu(neg_margin - b.dist))
+    terms = torch.where(valid, terms, torch.zeros_like(terms))
+    return terms.sum(), int(valid.sum()), int((terms > 0).sum())
 
 
 class TripletMarginLoss(nn.Module):
