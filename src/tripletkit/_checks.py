@@ -16,6 +16,7 @@ __all__ = [
     "REDUCTIONS",
     "check_choice",
     "check_embeddings",
+    "check_indices",
     "check_labels",
     "check_margin",
     "check_pair",
@@ -34,7 +35,9 @@ _INT_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
 def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
     """Return ``value`` if it is one of ``choices``, else raise a ValueError listing them."""
     if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(map(repr, choices))}")
+        raise ValueError(
+            f"unknown {name} {value!r}; expected one of {', '.join(map(repr, choices))}"
+        )
     return value
 
 
@@ -86,7 +89,9 @@ def check_embeddings(embeddings: object, name: str = "embeddings") -> Tensor:
             f"got {embeddings.dtype}"
         )
     if embeddings.shape[1] == 0:
-        raise ValueError(f"{name} must have at least one feature dimension, got shape {tuple(embeddings.shape)}")
+        raise ValueError(
+            f"{name} must have at least one feature dimension, got shape {tuple(embeddings.shape)}"
+        )
     if embeddings.numel() and not bool(torch.isfinite(embeddings).all()):
         raise ValueError(f"{name} contains NaN or Inf values")
     return embeddings.to(compute_dtype(embeddings.dtype))
@@ -138,3 +143,18 @@ def check_pair(
         common = torch.promote_types(ref.dtype, emb.dtype)
         emb, ref = emb.to(common), ref.to(common)
     return emb, lab, ref, ref_lab
+
+
+def check_indices(index: object, name: str, bound: int, device: torch.device) -> Tensor:
+    """Check a 1-D integer index tensor with values in ``[0, bound)``; returns it as int64."""
+    if not isinstance(index, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of indices, got {type(index).__name__}")
+    if index.dim() != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {tuple(index.shape)}")
+    if index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor, got {index.dtype}")
+    if index.device != device:
+        raise ValueError(f"{name} is on {index.device} but the embeddings are on {device}")
+    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= bound):
+        raise ValueError(f"{name} has indices outside [0, {bound})")
+    return index.to(torch.int64)

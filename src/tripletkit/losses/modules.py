@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._batch import prepare
-from .._checks import check_choice, check_margin, check_pair, check_reduction
+from .._checks import check_choice, check_indices, check_margin, check_pair, check_reduction
 from ..distances import METRICS, normalize_embeddings, paired_distance
 from ..types import Pairs, Triplets
 from .fused import batch_all_triplet_loss, reduce_parts, triplet_terms
@@ -23,20 +23,6 @@ __all__ = [
 ]
 
 _REDUCTIONS = ("mean", "sum", "mean_nonzero", "none")
-
-
-def _check_indices(index: object, name: str, bound: int, device: torch.device) -> Tensor:
-    if not isinstance(index, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of indices, got {type(index).__name__}")
-    if index.dim() != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {tuple(index.shape)}")
-    if index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
-        raise TypeError(f"{name} must be an integer tensor, got {index.dtype}")
-    if index.device != device:
-        raise ValueError(f"{name} is on {index.device} but the embeddings are on {device}")
-    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= bound):
-        raise ValueError(f"{name} has indices outside [0, {bound})")
-    return index.to(torch.int64)
 
 
 def _reduce_terms(terms: Tensor, reduction: str, graph_root: Tensor) -> Tensor:
@@ -101,9 +87,9 @@ def triplet_margin_loss(
         ref = normalize_embeddings(ref) if ref is not None else None
     ref = emb if ref is None else ref
     a, p, n = _unpack(triplets, 3, "triplets")
-    a = _check_indices(a, "triplets.anchor", emb.shape[0], emb.device)
-    p = _check_indices(p, "triplets.positive", ref.shape[0], emb.device)
-    n = _check_indices(n, "triplets.negative", ref.shape[0], emb.device)
+    a = check_indices(a, "triplets.anchor", emb.shape[0], emb.device)
+    p = check_indices(p, "triplets.positive", ref.shape[0], emb.device)
+    n = check_indices(n, "triplets.negative", ref.shape[0], emb.device)
     if not a.shape == p.shape == n.shape:
         raise ValueError(f"triplet index tensors differ in length: {a.shape[0]}, {p.shape[0]}, {n.shape[0]}")
     anchors = emb[a]
@@ -169,10 +155,10 @@ def contrastive_loss(
         ref = normalize_embeddings(ref) if ref is not None else None
     ref = emb if ref is None else ref
     ap, p, an, n = _unpack(pairs, 4, "pairs")
-    ap = _check_indices(ap, "pairs.anchor_pos", emb.shape[0], emb.device)
-    p = _check_indices(p, "pairs.positive", ref.shape[0], emb.device)
-    an = _check_indices(an, "pairs.anchor_neg", emb.shape[0], emb.device)
-    n = _check_indices(n, "pairs.negative", ref.shape[0], emb.device)
+    ap = check_indices(ap, "pairs.anchor_pos", emb.shape[0], emb.device)
+    p = check_indices(p, "pairs.positive", ref.shape[0], emb.device)
+    an = check_indices(an, "pairs.anchor_neg", emb.shape[0], emb.device)
+    n = check_indices(n, "pairs.negative", ref.shape[0], emb.device)
     if ap.shape != p.shape or an.shape != n.shape:
         raise ValueError("pairs: anchor_pos/positive and anchor_neg/negative must match in length")
     terms = torch.cat(

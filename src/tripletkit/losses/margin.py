@@ -1,0 +1,288 @@
+"""Margin-based loss with a learnable boundary (Wu, Manmatha, Smola & Krähenbühl 2017,
+"Sampling Matters in Deep Embedding Learning"), the loss that goes with distance-weighted
+sampling (:class:`~tripletkit.miners.DistanceWeightedMiner`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._checks import (
+    check_choice,
+    check_indices,
+    check_margin,
+    check_pair,
+    check_positive_int,
+    check_reduction,
+)
+from ..distances import METRICS, normalize_embeddings, paired_distance
+from ..types import Pairs, Triplets
+from .fused import reduce_parts
+
+__all__ = ["MarginLoss", "margin_loss"]
+
+_REDUCTIONS = ("mean", "sum", "mean_nonzero", "none")
+
+Indices = Triplets | Pairs | tuple[Tensor, Tensor, Tensor] | tuple[Tensor, Tensor, Tensor, Tensor]
+
+
+def _split_indices(
+    indices: object, n: int, m: int, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(anchor_pos, positive, anchor_neg, negative)`` from Triplets, Pairs or a 3/4-tuple."""
+    if not isinstance(indices, (tuple, list)) or len(indices) not in (3, 4):
+        raise TypeError(
+            "indices must be Triplets, Pairs, or a tuple of 3 or 4 index tensors, "
+            f"got {type(indices).__name__}"
+            + (f" of length {len(indices)}" if isinstance(indices, (tuple, list)) else "")
+        )
+    if len(indices) == 3:
+        a = check_indices(indices[0], "indices.anchor", n, device)
+        p = check_indices(indices[1], "indices.positive", m, device)
+        neg = check_indices(indices[2], "indices.negative", m, device)
+        if not a.shape == p.shape == neg.shape:
+            raise ValueError(
+                f"triplet index tensors differ in length: {a.shape[0]}, {p.shape[0]}, {neg.shape[0]}"
+            )
+        return a, p, a, neg
+    ap = check_indices(indices[0], "indices.anchor_pos", n, device)
+    p = check_indices(indices[1], "indices.positive", m, device)
+    an = check_indices(indices[2], "indices.anchor_neg", n, device)
+    neg = check_indices(indices[3], "indices.negative", m, device)
+    if ap.shape != p.shape or an.shape != neg.shape:
+        raise ValueError(
+            "indices: anchor_pos/positive and anchor_neg/negative must match in length"
+        )
+    return ap, p, an, neg
+
+
+def _check_beta(beta: object) -> Tensor:
+    if isinstance(beta, bool) or not isinstance(beta, (int, float, Tensor)):
+        raise TypeError(f"beta must be a real number or a tensor, got {type(beta).__name__}")
+    if not isinstance(beta, Tensor):
+        beta = torch.tensor([check_margin(beta, "beta")])
+    if not beta.dtype.is_floating_point:
+        raise TypeError(f"beta must be a floating tensor, got {beta.dtype}")
+    if beta.dim() > 1 or beta.numel() == 0:
+        raise ValueError(
+            f"beta must be a scalar, [1] or [num_classes], got shape {tuple(beta.shape)}"
+        )
+    if not bool(torch.isfinite(beta.detach()).all()):
+        raise ValueError("beta contains NaN or Inf values")
+    return beta.reshape(-1)
+
+
+def margin_loss(
+    embeddings: Tensor,
+    labels: Tensor,
+    indices: Indices,
+    beta: Tensor | float = 1.2,
+    margin: float = 0.2,
+    nu: float = 0.0,
+    metric: str = "euclidean",
+    reduction: str = "mean",
+    *,
+    normalize: bool = False,
+    ref_embeddings: Tensor | None = None,
+    ref_labels: Tensor | None = None,
+) -> Tensor:
+    """Margin-based loss of Wu et al. 2017 over given positive and negative pairs.
+
+    With ``alpha = margin``, ``beta`` the boundary of the anchor's class and ``d`` the pair's
+    distance, each positive pair costs ``max(0, alpha + d - beta)`` and each negative pair
+    ``max(0, alpha - d + beta)``, plus the paper's regulariser ``nu * beta`` once per pair
+    (the paper sums ``nu * beta`` with every pair's loss; the authors' reference code adds it
+    once per triplet instead).
+
+    Reductions, with ``total`` the sum of all pair terms (hinges plus regulariser) and
+    ``K`` the number of pairs whose hinge is > 0:
+
+    - ``"mean"``: ``total / K`` (the paper's normalisation: over the pairs with a non-zero
+      loss; ``total`` itself, i.e. only the regulariser, when ``K = 0``);
+    - ``"mean_nonzero"``: the same as ``"mean"`` (which already averages over non-zero pairs);
+    - ``"sum"``: ``total``;
+    - ``"none"``: the ``[P + Q]`` pair terms, positive pairs first, each with its
+      regulariser.
+
+    Args:
+        embeddings: ``[N, D]`` embeddings (the paper uses unit-norm ones; see ``normalize``).
+        labels: ``[N]`` integer labels; with per-class ``beta`` they index it (anchor labels).
+        indices: :class:`~tripletkit.types.Triplets` (each row gives the positive pair
+            ``(a, p)`` and the negative pair ``(a, n)``, so a positive pair listed by several
+            triplets counts several times), :class:`~tripletkit.types.Pairs`, or a plain 3- or
+            4-tuple of index tensors. Positives and negatives index ``ref_embeddings`` when given.
+        beta: the boundary: a number, a ``[1]`` tensor, or a ``[C]`` tensor of one boundary per
+            class (then every anchor label must be in ``[0, C)``). Gradients flow into it.
+        margin: ``alpha``, the half-width of the margin around ``beta``.
+        nu: weight of the regulariser ``nu * beta`` (``>= 0``).
+        metric: ``"euclidean"`` (the paper's), ``"sqeuclidean"`` or ``"cosine"``.
+        reduction: ``"mean"``, ``"mean_nonzero"``, ``"sum"`` or ``"none"``, as above.
+        normalize: L2-normalise the embeddings (and references) first.
+        ref_embeddings, ref_labels: optional reference set ``[M, D]``, ``[M]``.
+
+    Returns:
+        0-dim loss, or ``[P + Q]`` with ``reduction="none"``.
+
+    Shape:
+        - embeddings: ``[N, D]``; labels: ``[N]``; beta: ``[]``, ``[1]`` or ``[C]``.
+        - output: ``[]``, or ``[P + Q]`` with ``reduction="none"``.
+
+    Example:
+        >>> import torch
+        >>> x, labels = torch.tensor([[0.0], [1.2], [1.1], [3.0]]), torch.tensor([0, 0, 1, 1])
+        >>> pairs = Pairs(torch.tensor([0]), torch.tensor([1]), torch.tensor([0, 0]), torch.tensor([2, 3]))
+        >>> margin_loss(x, labels, pairs, beta=1.2, margin=0.2, reduction="none")
+        tensor([0.2000, 0.3000, 0.0000])
+        >>> margin_loss(x, labels, pairs, beta=1.2, margin=0.2)  # (0.2 + 0.3) / 2 non-zero pairs
+        tensor(0.2500)
+    """
+    check_reduction(reduction, _REDUCTIONS)
+    margin = check_margin(margin)
+    nu = check_margin(nu, "nu")
+    if nu < 0:
+        raise ValueError(f"nu must be >= 0, got {nu}")
+    check_choice("metric", metric, METRICS)
+    if not isinstance(normalize, bool):
+        raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
+    beta = _check_beta(beta)
+    emb, lab, ref, _ = check_pair(embeddings, labels, ref_embeddings, ref_labels)
+    if normalize:
+        emb = normalize_embeddings(emb)
+        ref = normalize_embeddings(ref) if ref is not None else None
+    ref = emb if ref is None else ref
+    ap, p, an, neg = _split_indices(indices, emb.shape[0], ref.shape[0], emb.device)
+    beta = beta.to(device=emb.device, dtype=emb.dtype)
+    if beta.shape[0] == 1:
+        beta_pos, beta_neg = beta.expand(ap.shape[0]), beta.expand(an.shape[0])
+    else:
+        anchor_labels = lab[torch.cat([ap, an])]
+        if anchor_labels.numel() and (
+            int(anchor_labels.min()) < 0 or int(anchor_labels.max()) >= beta.shape[0]
+        ):
+            raise ValueError(
+                f"per-class beta has {beta.shape[0]} entries, so anchor labels must be in "
+                f"[0, {beta.shape[0]}); got labels in "
+                f"[{int(anchor_labels.min())}, {int(anchor_labels.max())}]"
+            )
+        beta_pos, beta_neg = beta[lab[ap]], beta[lab[an]]
+    hinge = torch.cat(
+        [
+            F.relu(margin + paired_distance(emb[ap], ref[p], metric) - beta_pos),
+            F.relu(margin - paired_distance(emb[an], ref[neg], metric) + beta_neg),
+        ]
+    )
+    terms = hinge + nu * torch.cat([beta_pos, beta_neg])
+    if reduction == "none":
+        return terms
+    # Zero-weight terms keep an empty selection in the graph of both inputs.
+    total = terms.sum() + emb.sum() * 0 + beta.sum() * 0
+    n_active = int((hinge > 0).sum())
+    return reduce_parts(total, n_active, n_active, "sum" if reduction == "sum" else "mean")
+
+
+class MarginLoss(nn.Module):
+    """Margin-based loss with a learnable boundary ``beta`` (Wu et al. 2017), module form of
+    :func:`margin_loss`: ``loss(embeddings, labels, indices)``.
+
+    Positive pairs cost ``max(0, margin + d - beta)``, negative pairs
+    ``max(0, margin - d + beta)``, each plus ``nu * beta``; ``"mean"`` divides the sum by the
+    number of pairs with a non-zero hinge, as the paper does (see :func:`margin_loss` for
+    every reduction). ``beta`` is an ``nn.Parameter`` when ``learn_beta`` (a buffer
+    otherwise): one shared value, or one per class when ``num_classes`` is given (indexed by
+    the anchor's label, which must then be in ``[0, num_classes)``). Remember to give the
+    optimiser this module's parameters.
+
+    Args:
+        margin: ``alpha``.
+        beta: initial boundary.
+        learn_beta: make ``beta`` a learnable parameter.
+        num_classes: one ``beta`` per class instead of a shared one.
+        nu: weight of the regulariser ``nu * beta`` (``>= 0``).
+        metric: ``"euclidean"``, ``"sqeuclidean"`` or ``"cosine"``.
+        reduction: ``"mean"``, ``"mean_nonzero"`` (same as ``"mean"``), ``"sum"``, ``"none"``.
+        normalize: L2-normalise the embeddings first.
+
+    Shape:
+        - embeddings: ``[N, D]``; labels: ``[N]``; indices: Triplets (3 x ``[T]``, giving
+          ``P = Q = T``) or Pairs (``[P]``, ``[P]``, ``[Q]``, ``[Q]``).
+        - output: ``[]``, or ``[P + Q]`` with ``reduction="none"``.
+
+    Example:
+        >>> import torch
+        >>> from tripletkit.miners.sampling import DistanceWeightedMiner
+        >>> x = torch.randn(8, 16, generator=torch.Generator().manual_seed(0))
+        >>> x = torch.nn.functional.normalize(x, dim=1).requires_grad_()
+        >>> labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+        >>> loss_fn = MarginLoss(margin=0.2, beta=1.2)
+        >>> loss = loss_fn(x, labels, DistanceWeightedMiner(seed=0)(x, labels))
+        >>> loss.backward()
+        >>> loss_fn.beta.grad.shape
+        torch.Size([1])
+    """
+
+    beta: Tensor
+
+    def __init__(
+        self,
+        margin: float = 0.2,
+        beta: float = 1.2,
+        *,
+        learn_beta: bool = True,
+        num_classes: int | None = None,
+        nu: float = 0.0,
+        metric: str = "euclidean",
+        reduction: str = "mean",
+        normalize: bool = False,
+    ) -> None:
+        super().__init__()
+        self.margin = check_margin(margin)
+        self.nu = check_margin(nu, "nu")
+        if self.nu < 0:
+            raise ValueError(f"nu must be >= 0, got {self.nu}")
+        self.metric = check_choice("metric", metric, METRICS)
+        self.reduction = check_reduction(reduction, _REDUCTIONS)
+        if not isinstance(learn_beta, bool):
+            raise TypeError(f"learn_beta must be a bool, got {type(learn_beta).__name__}")
+        if not isinstance(normalize, bool):
+            raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
+        self.normalize = normalize
+        self.learn_beta = learn_beta
+        self.num_classes = (
+            None if num_classes is None else check_positive_int(num_classes, "num_classes")
+        )
+        init = torch.full((self.num_classes or 1,), check_margin(beta, "beta"))
+        if learn_beta:
+            self.beta = nn.Parameter(init)
+        else:
+            self.register_buffer("beta", init)
+
+    def forward(
+        self,
+        embeddings: Tensor,
+        labels: Tensor,
+        indices: Indices,
+        ref_embeddings: Tensor | None = None,
+        ref_labels: Tensor | None = None,
+    ) -> Tensor:
+        return margin_loss(
+            embeddings,
+            labels,
+            indices,
+            self.beta,
+            self.margin,
+            self.nu,
+            self.metric,
+            self.reduction,
+            normalize=self.normalize,
+            ref_embeddings=ref_embeddings,
+            ref_labels=ref_labels,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"margin={self.margin}, nu={self.nu}, learn_beta={self.learn_beta}, "
+            f"num_classes={self.num_classes}, metric={self.metric!r}, "
+            f"reduction={self.reduction!r}"
+        )
