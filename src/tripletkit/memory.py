@@ -29,17 +29,24 @@ class CrossBatchMemory:
     against the memory, reading the memory *before* enqueueing the current batch so that
     anchors never meet themselves; then enqueue the batch::
 
+        from tripletkit.losses import batch_hard_triplet_loss
+
         memory = CrossBatchMemory(size=8192, dim=128, device="cuda")
         for images, labels in loader:
             emb = model(images)
-            loss = loss_fn(emb, labels)
+            loss = batch_hard_triplet_loss(emb, labels)
             if len(memory) > 0:
                 mem_emb, mem_labels = memory.get()
-                loss = loss + loss_fn(emb, labels, ref_embeddings=mem_emb, ref_labels=mem_labels)
+                loss = loss + batch_hard_triplet_loss(
+                    emb, labels, ref_embeddings=mem_emb, ref_labels=mem_labels
+                )
+            optimizer.zero_grad()
             loss.backward()
+            optimizer.step()
             memory.enqueue(emb.detach(), labels)
 
-    Here ``loss_fn`` is any tripletkit loss that takes ``ref_embeddings`` / ``ref_labels``.
+    Any tripletkit loss or miner that takes ``ref_embeddings`` / ``ref_labels`` works the
+    same way; the anchors are not among the references, so no ``anchor_offset`` is needed.
     XBM starts using the memory only after a warm-up of some iterations, when the embedding
     has stopped changing fast. With DistributedDataParallel, gather the batch from every
     replica (``torch.distributed.all_gather``) and enqueue the gathered batch on every
@@ -114,13 +121,15 @@ class CrossBatchMemory:
             embeddings: ``[B, D]`` floating tensor.
             labels: ``[B]`` integer tensor on the same device.
         """
+        if isinstance(embeddings, Tensor) and embeddings.device != self.device:
+            raise ValueError(
+                f"embeddings are on {embeddings.device} but the memory is on {self.device}; "
+                "create the memory with device= matching the embeddings"
+            )
         emb = check_embeddings(embeddings)
         if emb.shape[1] != self.dim:
-            raise ValueError(f"embeddings have {emb.shape[1]} features but the memory has dim={self.dim}")
-        if emb.device != self.device:
             raise ValueError(
-                f"embeddings are on {emb.device} but the memory is on {self.device}; "
-                "create the memory with device= matching the embeddings"
+                f"embeddings have {emb.shape[1]} features but the memory has dim={self.dim}"
             )
         lab = check_labels(labels, emb.shape[0], emb.device)
         emb = emb.detach().to(self.dtype)

@@ -9,7 +9,6 @@ neighbours are exact, found by brute force in torch, a chunk of queries at a tim
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 
 import torch
@@ -32,17 +31,23 @@ def _check_ks(k: object) -> tuple[int, ...]:
 def _nearest_stable(dist: Tensor, num: int) -> Tensor:
     """Column indices of the ``num`` smallest entries of each row of ``dist``, nearest first,
     ties broken by the lower column index. ``[C, M] -> [C, num]``."""
-    rows, cols = dist.shape
-    if num >= cols:
+    if num >= dist.shape[1]:
         return torch.sort(dist, dim=1, stable=True).indices
-    # The num-th smallest value of each row; take everything below it, then as many of the
-    # entries equal to it as are needed, lowest column first.
-    kth = torch.topk(dist, num, dim=1, largest=False, sorted=True).values[:, -1:]
-    below = dist < kth
-    equal = dist == kth
-    needed = num - below.sum(dim=1, keepdim=True)
-    take = below | (equal & (equal.cumsum(dim=1) <= needed))
-    chosen = take.nonzero()[:, 1].view(rows, num)  # row-major: ascending column per row
+    # One more than needed: a row has a tie across the cut-off exactly when its
+    # (num + 1)-th smallest value equals its num-th, and topk then picks arbitrarily among
+    # the tied entries. Such rows are redone: everything below the num-th value, then the
+    # entries equal to it, lowest column first.
+    values, chosen = torch.topk(dist, num + 1, dim=1, largest=False, sorted=True)
+    kth = values[:, num - 1 : num]
+    redo = (values[:, num] == values[:, num - 1]).nonzero().squeeze(1)
+    chosen = chosen[:, :num]
+    chosen = chosen.sort(dim=1).values  # ascending column, so the sort below is stable
+    if redo.numel():
+        sub, sub_kth = dist[redo], kth[redo]
+        equal = sub == sub_kth
+        needed = num - (sub < sub_kth).sum(dim=1, keepdim=True)
+        take = (sub < sub_kth) | (equal & (equal.cumsum(dim=1) <= needed))
+        chosen[redo] = take.nonzero()[:, 1].view(-1, num)  # row-major: ascending column
     order = torch.sort(dist.gather(1, chosen), dim=1, stable=True).indices
     return chosen.gather(1, order)
 
@@ -71,8 +76,8 @@ def retrieval_metrics(
 
     Each metric is the mean over queries. Queries with no relevant reference (``R = 0``)
     are left out of every mean, as pytorch-metric-learning's ``AccuracyCalculator`` does;
-    when no query has a relevant reference, every value is NaN (again as there) and a
-    ``RuntimeWarning`` says so.
+    when no query has a relevant reference the metrics are undefined and a ValueError says
+    so (pytorch-metric-learning returns NaN there; tripletkit never returns NaN).
 
     When ``ref`` is None, every query is compared with all the *other* queries
     (leave-one-out): a query is never its own neighbour, but duplicates of it are.
@@ -116,9 +121,11 @@ def retrieval_metrics(
     ks = _check_ks(k)
     chunk_size = check_positive_int(chunk_size, "chunk_size")
     q, q_lab, r, r_lab = check_pair(query, query_labels, ref, ref_labels)
+    q = q.detach()  # evaluation only: never build an autograd graph
     leave_one_out = r is None
     if r is None or r_lab is None:
         r, r_lab = q, q_lab
+    r = r.detach()
     if q.shape[0] == 0:
         raise ValueError("query is empty: there is nothing to evaluate")
     if r.shape[0] == 0:
@@ -131,42 +138,34 @@ def retrieval_metrics(
     evaluated = (num_relevant > 0).nonzero().squeeze(1)
     num_evaluated = int(evaluated.shape[0])
     if num_evaluated == 0:
-        warnings.warn(
-            "no query has a reference with the same label; every retrieval metric is NaN",
-            RuntimeWarning,
-            stacklevel=2,
+        raise ValueError(
+            "no query has a reference with the same label, so retrieval metrics are undefined "
+            "(does every class have a single sample?)"
         )
-        return {
-            "precision_at_1": math.nan,
-            "recall_at_k": dict.fromkeys(ks, math.nan),
-            "r_precision": math.nan,
-            "mean_average_precision_at_r": math.nan,
-        }
 
     num_refs = r.shape[0] - int(leave_one_out)
     depth = min(num_refs, max(ks[-1], int(num_relevant[evaluated].max())))
     rank = torch.arange(1, depth + 1, device=q.device)
-    totals = torch.zeros(3 + len(ks), dtype=torch.float64, device=q.device)
+    # Per-query scores, averaged once at the end so that chunking cannot change the result.
+    scores = torch.empty(num_evaluated, 3 + len(ks), dtype=torch.float64, device=q.device)
     for start in range(0, num_evaluated, chunk_size):
         rows = evaluated[start : start + chunk_size]
         dist = _pairwise_distance_unchecked(q[rows], r, metric)
-        if not bool(torch.isfinite(dist).all()):
-            raise ValueError(
-                "distances overflow to inf or NaN; scale or normalise the embeddings"
-            )
+        if not math.isfinite(float(dist.amax())):  # amax propagates NaN
+            raise ValueError("distances overflow to inf or NaN; scale or normalise the embeddings")
         if leave_one_out:
             dist[torch.arange(rows.shape[0], device=q.device), rows] = math.inf
         hits = r_lab[_nearest_stable(dist, depth)] == q_lab[rows, None]  # [C, depth]
         big_r = num_relevant[rows]
         relevant_within_r = hits & (rank <= big_r[:, None])
         precision_at_i = hits.cumsum(dim=1, dtype=torch.float64) / rank
-        totals[0] += hits[:, 0].sum()
-        totals[1] += (relevant_within_r.sum(dim=1) / big_r.double()).sum()
-        ap = (precision_at_i * relevant_within_r).sum(dim=1)
-        totals[2] += (ap / big_r.double()).sum()
+        out = scores[start : start + chunk_size]
+        out[:, 0] = hits[:, 0]
+        out[:, 1] = relevant_within_r.sum(dim=1) / big_r.double()
+        out[:, 2] = (precision_at_i * relevant_within_r).sum(dim=1) / big_r
         for j, kk in enumerate(ks):
-            totals[3 + j] += hits[:, :kk].any(dim=1).sum()
-    means = (totals / num_evaluated).tolist()
+            out[:, 3 + j] = hits[:, :kk].any(dim=1)
+    means = scores.mean(dim=0).tolist()
     return {
         "precision_at_1": means[0],
         "recall_at_k": {kk: means[3 + j] for j, kk in enumerate(ks)},

@@ -129,6 +129,7 @@ class PKBatchSampler(Sampler[list[int]]):
         rank: int | None = None,
         small_classes: str = "replace",
     ) -> None:
+        super().__init__()
         self.p = check_positive_int(p, "p")
         self.k = check_positive_int(k, "k")
         self.small_classes = check_choice("small_classes", small_classes, SMALL_CLASSES)
@@ -217,9 +218,10 @@ class PKBatchSampler(Sampler[list[int]]):
         num_classes = counts.shape[0]
         slots = self._num_batches * self.num_replicas  # batches across all replicas
 
-        # Shuffle every class's indices: sort by (class, random key).
+        # Shuffle every class's indices: a random permutation, then stably back into classes.
         owner = np.repeat(np.arange(num_classes), counts)
-        shuffled = self._order[np.lexsort((rng.random(owner.shape[0]), owner))]
+        perm = rng.permutation(owner.shape[0])
+        shuffled = self._order[perm[np.argsort(owner[perm], kind="stable")]]
 
         # Groups covering every sample: class c lays out its shuffled positions 0..n_c-1
         # and tops the last group up to k. A class with n_c >= k reuses its first positions,
