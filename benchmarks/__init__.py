@@ -1,0 +1,1 @@
+"""Benchmarks for tripletkit: speed (``python -m benchmarks.speed``) and quality."""

@@ -1,0 +1,168 @@
+"""Helpers shared by the benchmark scripts: machine description, JSON output, progress bars.
+
+Every benchmark writes its results under :data:`RESULTS_DIR` together with
+:func:`machine_info`, so that a number can always be traced back to the machine, the library
+versions and the commit that produced it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+__all__ = ["REPO_ROOT", "RESULTS_DIR", "machine_info", "progress", "save_json"]
+
+T = TypeVar("T")
+
+#: The ``benchmarks/`` folder.
+BENCH_DIR = Path(__file__).resolve().parent
+#: The repository root (the folder above ``benchmarks/``).
+REPO_ROOT = BENCH_DIR.parent
+#: Where the benchmarks write their JSON files and plots.
+RESULTS_DIR = BENCH_DIR / "results"
+
+
+def _cpu_model() -> str:
+    """The CPU model name from ``/proc/cpuinfo`` (Linux), else :func:`platform.processor`."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _usable_cores() -> int | None:
+    """Cores this process may run on (affinity), falling back to the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count()
+
+
+def _git_commit() -> str | None:
+    """The current commit of the repository (``+dirty`` when the tree has changes), if any."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}+dirty" if status else commit or None
+
+
+def _version(module: str) -> str | None:
+    try:
+        mod = __import__(module)
+    except Exception:  # noqa: BLE001 - any import failure means "not available"
+        return None
+    return str(getattr(mod, "__version__", "unknown"))
+
+
+def machine_info() -> dict[str, Any]:
+    """Describe the machine and software a benchmark runs on.
+
+    Returns:
+        A JSON-serialisable dict: platform, python, torch / numpy / numba versions (``None``
+        when not installed), CPU model, core counts, torch's thread count, the CUDA device
+        name (``None`` without CUDA), an ISO-8601 UTC timestamp and the git commit.
+    """
+    import torch
+
+    cuda_name = None
+    if torch.cuda.is_available():
+        try:
+            cuda_name = torch.cuda.get_device_name(0)
+        except Exception:  # noqa: BLE001 - a broken driver should not stop a benchmark
+            cuda_name = "unknown"
+    return {
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "numpy": _version("numpy"),
+        "numba": _version("numba"),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "usable_cores": _usable_cores(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda_device": cuda_name,
+        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": _git_commit(),
+    }
+
+
+def _jsonable(obj: Any) -> Any:
+    """Convert numpy / torch scalars, paths and non-finite floats to plain JSON values."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    item = getattr(obj, "item", None)  # numpy / torch scalars
+    if callable(item):
+        try:
+            return _jsonable(item())
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    return str(obj)
+
+
+def save_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Write ``obj`` as indented JSON to ``path``, creating its folders.
+
+    Non-finite floats become ``null`` (strict JSON); numpy and torch scalars become
+    numbers. The file is written to a temporary name first, then renamed.
+
+    Returns:
+        The path written, as a :class:`~pathlib.Path`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(_jsonable(obj), fh, indent=2, sort_keys=False, allow_nan=False)
+        fh.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def progress(iterable: Iterable[T], **kw: Any) -> Iterable[T]:
+    """Wrap ``iterable`` in a tqdm progress bar when tqdm is installed, else return it as is.
+
+    Keyword arguments (``desc``, ``total``, ``disable``, ...) go to :class:`tqdm.tqdm`
+    and are ignored without tqdm. The returned object is the bar itself when tqdm is
+    installed, so callers may use ``set_postfix_str`` when it exists.
+    """
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, **kw)  # type: ignore[no-any-return]

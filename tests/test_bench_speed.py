@@ -1,0 +1,225 @@
+"""Smoke tests of the speed benchmark (``python -m benchmarks.speed --quick``).
+
+They check the structure of what the benchmark writes, never a timing: timings live in the
+benchmark itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+# ``benchmarks`` is a top-level folder of the repository, not part of the installed package:
+# make it importable however pytest was started.
+_REPO_ROOT = str(Path(__file__).resolve().parents[1])
+if _REPO_ROOT not in sys.path:
+    sys.path.insert(0, _REPO_ROOT)
+
+from benchmarks import speed  # noqa: E402
+from benchmarks.common import RESULTS_DIR, machine_info, save_json  # noqa: E402
+
+STATUSES = {"ok", "skipped", "error"}
+
+
+def _finite_positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    out = tmp_path_factory.mktemp("speed")
+    threads = torch.get_num_threads()
+    runs = speed.main(["--quick", "--device", "cpu", "--threads", "1", "--out", str(out)])
+    assert torch.get_num_threads() == threads  # main restores the thread count
+    return runs, out
+
+
+@pytest.mark.slow
+def test_quick_run_writes_json_and_png(quick_run: tuple[dict[str, Any], Path]) -> None:
+    runs, out = quick_run
+    assert set(runs) == {"cpu"}
+    json_path = out / "speed_cpu_quick.json"
+    png_path = out / "speed_cpu_quick.png"
+    assert json_path.is_file()
+    assert png_path.is_file() and png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads(json_path.read_text())
+    for key in ("benchmark", "machine", "config", "methods", "results", "targets", "files"):
+        assert key in saved, key
+    assert saved["benchmark"] == "speed"
+    assert saved["config"]["quick"] is True
+    assert saved["config"]["sizes"] == list(speed.QUICK_SIZES)
+    assert saved["files"]["png"] == str(png_path)
+    for key in ("python", "torch", "numpy", "numba", "cpu", "timestamp"):
+        assert key in saved["machine"], key
+    # The JSON holds exactly what main returned.
+    assert len(saved["results"]) == len(runs["cpu"]["results"])
+
+
+@pytest.mark.slow
+def test_quick_run_every_tripletkit_method_is_timed(
+    quick_run: tuple[dict[str, Any], Path],
+) -> None:
+    result = quick_run[0]["cpu"]
+    methods = result["methods"]
+    tk = [name for name, m in methods.items() if m["family"] == "tripletkit"]
+    expected = {
+        f"{s}[{b}]"
+        for s in ("batch_all", "batch_all_soft", "batch_hard", "semi_hard")
+        for b in ("torch", "numba")
+    }
+    assert set(tk) == expected
+    for entry in result["results"]:
+        assert entry["status"] in STATUSES
+        if entry["status"] == "skipped":
+            assert entry["reason"]
+        if entry["status"] == "error":
+            assert entry["error"]
+        if entry["family"] in ("tripletkit", "baseline"):
+            assert entry["status"] == "ok", entry
+            assert _finite_positive(entry["median_s"])
+            assert all(_finite_positive(t) for t in entry["times_s"])
+            assert entry["repeats"] == len(entry["times_s"]) >= 1
+            assert math.isfinite(entry["loss"])
+            assert _finite_positive(entry["ratio_to_cdist"])
+    for name in tk + ["cdist"]:
+        for n in speed.QUICK_SIZES:
+            assert any(e["method"] == name and e["n"] == n for e in result["results"])
+    for name, m in methods.items():
+        if m["backend"] == "numba":
+            assert m["compile_s"] is not None and m["compile_s"] >= 0, name
+    two = [e for e in result["results"] if e["labels"] == "two_classes"]
+    assert {e["method"] for e in two} >= {"cdist", "batch_all[torch]", "batch_all[numba]"}
+
+
+@pytest.mark.slow
+def test_quick_run_memory_targets_and_table(quick_run: tuple[dict[str, Any], Path]) -> None:
+    result = quick_run[0]["cpu"]
+    measured = [e for e in result["results"] if e.get("memory")]
+    assert len(measured) == 1  # --quick runs a single memory subprocess
+    memory = measured[0]["memory"]
+    assert "extra_peak_bytes" in memory, memory
+    assert memory["extra_peak_bytes"] >= 0
+    for target in result["targets"]:
+        assert target["passed"] in (True, False, None)
+        assert target["name"] and target["detail"]
+    table = speed.markdown_table(result)
+    assert table.startswith("| N | cdist |")
+    for n in speed.QUICK_SIZES:
+        assert f"| {n} |" in table
+
+
+def test_failing_configuration_is_recorded_not_raised() -> None:
+    def broken() -> speed.LossFn:
+        def f(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("kernel not written yet")
+
+        return f
+
+    methods, _ = speed.build_methods(peers=False, backends=("torch",))
+    methods = [m for m in methods if m.name in ("cdist", "batch_hard[torch]")]
+    methods.append(
+        speed.Method("broken", "tripletkit", "batch_all", "numba", "always fails", broken)
+    )
+    cfg = speed.RunConfig(
+        device="cpu",
+        sizes=[16, 32],
+        quick=True,
+        peers=False,
+        threads=None,
+        memory="none",
+        two_class_n=None,
+        policy=speed.TimingPolicy(target_s=0.0, min_repeats=1, max_repeats=1, warmups=1),
+        mem_limit_bytes=float(2**40),
+    )
+    results, warm = speed.run_device(methods, cfg)
+    assert len(results) == 6
+    by = {(e["method"], e["n"]): e for e in results}
+    for n in (16, 32):
+        assert by[("broken", n)]["status"] == "error"
+        assert "kernel not written yet" in by[("broken", n)]["error"]
+        assert by[("cdist", n)]["status"] == "ok"
+        assert by[("batch_hard[torch]", n)]["status"] == "ok"
+        assert by[("cdist", n)]["ratio_to_cdist"] == pytest.approx(1.0)
+    assert "error" in warm["broken"]
+
+
+def test_memory_guard_skips_cubic_peers() -> None:
+    labels = speed.make_inputs(1024, "pk")[1]
+    assert speed._otl_all_memory(1024, labels) > 16 * 2**30
+    assert speed._valid_triplets(labels) == 1024 * 7 * (1024 - 8)
+    two = speed.make_inputs(64, "two_classes")[1]
+    assert speed._valid_triplets(two) == 64 * 31 * 32
+
+
+def test_targets_and_table_from_synthetic_results() -> None:
+    def ok(method: str, n: int, ms: float, **extra: Any) -> dict[str, Any]:
+        family = "baseline" if method == "cdist" else "tripletkit"
+        if method.startswith("pml"):
+            family = "peer"
+        return {
+            "method": method,
+            "family": family,
+            "strategy": method.split("[")[0],
+            "backend": method[method.index("[") + 1 : -1] if "[" in method else None,
+            "device": "cpu",
+            "n": n,
+            "labels": "pk",
+            "status": "ok",
+            "median_s": ms / 1e3,
+            "times_s": [ms / 1e3],
+            **extra,
+        }
+
+    rows = [
+        ok("cdist", 1024, 10.0),
+        ok("batch_all[numba]", 1024, 20.0),
+        ok("batch_all[torch]", 1024, 40.0),
+        ok("semi_hard[numba]", 1024, 50.0),
+        ok("semi_hard[torch]", 1024, 25.0),
+        ok("batch_hard[numba]", 1024, 12.0),
+        ok("pml_all", 1024, 1000.0),
+        ok("batch_all[numba]", 8192, 900.0, memory={"extra_peak_bytes": 3 * 2**30, "how": "x"}),
+        {
+            "method": "batch_hard[torch]",
+            "family": "tripletkit",
+            "strategy": "batch_hard",
+            "backend": "torch",
+            "device": "cpu",
+            "n": 1024,
+            "labels": "pk",
+            "status": "error",
+            "error": "boom",
+        },
+    ]
+    speed._attach_ratios(rows)
+    result = {"config": {"device": "cpu", "backends": ["numba", "torch"]}, "results": rows}
+    got = {t["name"]: t["passed"] for t in speed.check_targets(result)}
+    assert got["N=1024 batch_all[numba] <= 3x cdist"] is True
+    assert got["N=1024 batch_all[torch] <= 3x cdist"] is False
+    assert got["N=1024 semi_hard[numba] <= 3x cdist"] is False
+    assert got["N=1024 batch_hard[numba] <= 1.5x cdist"] is True
+    assert got["N=1024 batch_hard[torch] <= 1.5x cdist"] is None
+    assert got["N=1024 batch_all[numba] >= 30x faster than PML all-triplets"] is True
+    assert got["N=1024 batch_all[torch] >= 30x faster than PML all-triplets"] is False
+    assert got["N=8192 batch_all[numba] extra peak memory < 2 GiB"] is False
+    assert got["N=8192 batch_all[torch] extra peak memory < 2 GiB"] is None
+    assert got["N=1024 batch_all: numba at least as fast as torch"] is True
+    assert got["N=1024 semi_hard: numba at least as fast as torch"] is False
+    table = speed.markdown_table(rows)
+    assert "| 1024 | 10 ms (1x) | 20 ms (2x) |" in table
+    assert "error" in table and "3.00 GiB" in table
+
+
+def test_common_helpers(tmp_path: Path) -> None:
+    info = machine_info()
+    assert info["torch"] == torch.__version__
+    assert isinstance(info["cpu_count"], int)
+    path = save_json(tmp_path / "a" / "b.json", {"x": float("nan"), "t": torch.tensor(2.5)})
+    assert json.loads(path.read_text()) == {"x": None, "t": 2.5}
+    assert RESULTS_DIR.name == "results" and RESULTS_DIR.is_absolute()
