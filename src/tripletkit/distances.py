@@ -48,9 +48,11 @@ class _EuclideanMatrix(torch.autograd.Function):
         yy = (y * y).sum(dim=1).unsqueeze(0)
         d = x @ y.t()
         d.mul_(-2.0).add_(xx).add_(yy)
-        noise_floor = (xx + yy).mul_(8 * torch.finfo(d.dtype).eps)
-        d.masked_fill_(d <= noise_floor, 0.0)
-        del noise_floor
+        scale = 8 * torch.finfo(d.dtype).eps
+        rows = max(1, (1 << 20) // max(d.shape[1], 1))  # bound the temporaries to ~1M entries
+        for r0 in range(0, d.shape[0], rows):
+            block = d[r0 : r0 + rows]
+            block.masked_fill_(block <= (xx[r0 : r0 + rows] + yy) * scale, 0.0)
         if not squared:
             d.sqrt_()
         ctx.squared = squared
@@ -63,7 +65,8 @@ class _EuclideanMatrix(torch.autograd.Function):
         if ctx.squared:
             w = g * 2.0
         else:
-            w = torch.where(d > 0, g / torch.where(d > 0, d, torch.ones_like(d)), 0.0)
+            w = g / d  # inf or NaN where d == 0, replaced by the zero subgradient
+            w.masked_fill_(d == 0, 0.0)
         gx = gy = None
         if ctx.needs_input_grad[0]:
             gx = x * w.sum(dim=1, keepdim=True) - w @ y

@@ -91,7 +91,7 @@ def batch_all_hinge(
     for start, stop in _chunks(n, m):
         d = dist[start:stop]
         pos, neg = _masks(labels, ref_labels, self_index, start, stop)
-        svals, _, k = _sorted_negatives(d, neg)
+        svals, sidx, k = _sorted_negatives(d, neg)
         finite = torch.where(neg.sum(1, keepdim=True) > torch.arange(m, device=d.device), svals, 0)
         prefix = torch.nn.functional.pad(finite.to(torch.float64).cumsum(dim=1), (1, 0))
         t = d + margin
@@ -102,12 +102,13 @@ def batch_all_hinge(
         total += torch.where(pos, terms, 0).sum()
         n_valid += (pos.sum(1) * k).sum()
         n_active += count.sum()
-        # gradient: +count at positives; at negatives, -#positives with t > d_an.
-        tpos = torch.where(pos, t, torch.full_like(t, float("-inf")))
-        tsorted, _ = torch.sort(tpos, dim=1)
-        below = torch.searchsorted(tsorted, d.contiguous(), side="right")  # t <= d_an
-        makes_active = m - below
-        g = torch.where(pos, count, 0) - torch.where(neg, makes_active, 0)
+        # Gradient: +count at a positive; at the negative in sorted slot j, minus the number
+        # of positives with count > j (those whose threshold exceeds it): a histogram of
+        # the counts, summed from the right, then scattered back to the columns.
+        hist = torch.zeros((d.shape[0], m + 1), dtype=torch.int64, device=d.device)
+        hist.scatter_add_(1, count, pos.to(torch.int64))
+        above = hist.flip(1).cumsum(1).flip(1)[:, 1:]  # above[:, j] = #{count > j}
+        g = torch.zeros_like(count).scatter_(1, sidx, -above) + count
         grad[start:stop] = g.to(dist.dtype)
     return total.to(dist.dtype), int(n_valid), int(n_active), grad
 

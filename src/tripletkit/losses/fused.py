@@ -178,8 +178,8 @@ def _selected_parts(
     dist: Tensor, a: Tensor, p: Tensor, n: Tensor, margin: float, soft_margin: bool
 ) -> tuple[Tensor, Tensor]:
     terms = triplet_terms(dist[a, p], dist[a, n], margin, soft_margin)
-    # dist.sum() * 0 keeps an empty selection in the graph with a zero gradient.
-    return terms, terms.sum() + dist.sum() * 0
+    # With nothing selected, dist.sum() * 0 keeps the loss in the graph with a zero gradient.
+    return terms, terms.sum() if terms.numel() else dist.sum() * 0
 
 
 def _parts_from_terms(terms: Tensor, total: Tensor) -> Parts:
