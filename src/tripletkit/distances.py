@@ -20,12 +20,24 @@ METRICS = ("euclidean", "sqeuclidean", "cosine")
 
 
 def normalize_embeddings(x: Tensor, eps: float = 1e-12) -> Tensor:
-    """Scale each row to unit L2 norm (rows of norm below ``eps`` are divided by ``eps``).
+    """Scale each row to unit L2 norm.
+
+    Rows of norm ``<= eps`` (all-zero rows) have no direction: they stay zero, with a zero
+    gradient (dividing by ``eps`` instead would give gradients of order ``1 / eps``). For
+    the cosine metric this puts a zero row at distance 1 from everything.
 
     Shape:
         - x: ``[N, D]`` -> ``[N, D]``.
+
+    Example:
+        >>> normalize_embeddings(torch.tensor([[3.0, 4.0], [0.0, 0.0]]))
+        tensor([[0.6000, 0.8000],
+                [0.0000, 0.0000]])
     """
-    return x / x.norm(dim=1, keepdim=True).clamp_min(eps)
+    norm = x.norm(dim=1, keepdim=True)
+    has_direction = norm > eps
+    safe = torch.where(has_direction, norm, torch.ones_like(norm))
+    return torch.where(has_direction, x / safe, torch.zeros_like(x))
 
 
 class _EuclideanMatrix(torch.autograd.Function):
@@ -143,6 +155,20 @@ def paired_distance(x: Tensor, y: Tensor, metric: str = "euclidean") -> Tensor:
         tensor([5.])
     """
     check_choice("metric", metric, METRICS)
+    x = check_embeddings(x, "x")
+    y = check_embeddings(y, "y")
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if x.device != y.device:
+        raise ValueError(f"y is on {y.device} but x is on {x.device}")
+    if x.dtype != y.dtype:
+        common = torch.promote_types(x.dtype, y.dtype)
+        x, y = x.to(common), y.to(common)
+    return _paired_distance_unchecked(x, y, metric)
+
+
+def _paired_distance_unchecked(x: Tensor, y: Tensor, metric: str) -> Tensor:
+    """:func:`paired_distance` for inputs already validated (internal fast path)."""
     if metric == "cosine":
         return (1.0 - (normalize_embeddings(x) * normalize_embeddings(y)).sum(dim=1)).clamp(0.0, 2.0)
     sq = ((x - y) ** 2).sum(dim=1)

@@ -79,7 +79,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ._checks import check_choice, check_reduction
+from ._checks import check_choice, check_embeddings, check_labels, check_reduction
 from .losses.fused import Parts, batch_all_parts, batch_hard_parts, reduce_parts, semi_hard_parts
 from .losses.modules import contrastive_parts
 
@@ -154,23 +154,12 @@ class _GatherRows(torch.autograd.Function):
 
 
 def _check_local(embeddings: object, labels: object) -> tuple[Tensor, Tensor]:
-    if not isinstance(embeddings, Tensor):
-        raise TypeError(f"embeddings must be a torch.Tensor, got {type(embeddings).__name__}")
-    if embeddings.dim() != 2:
-        raise ValueError(f"embeddings must be 2-D [N, D], got shape {tuple(embeddings.shape)}")
-    if embeddings.dtype not in _DTYPES:
-        raise TypeError(f"embeddings must be a floating tensor, got {embeddings.dtype}")
-    if not isinstance(labels, Tensor):
-        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
-    if labels.dim() != 1 or labels.shape[0] != embeddings.shape[0]:
-        raise ValueError(
-            f"labels must be 1-D with one entry per embedding row ({embeddings.shape[0]}), "
-            f"got shape {tuple(labels.shape)}"
-        )
-    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
-    if labels.device != embeddings.device:
-        raise ValueError(f"labels are on {labels.device} but the embeddings on {embeddings.device}")
+    # The shared checks (shape, dtype, finite values, label length and device); the
+    # embeddings keep their own dtype here, since the gathered batch is the caller's.
+    check_embeddings(embeddings)
+    assert isinstance(embeddings, Tensor)
+    check_labels(labels, embeddings.shape[0], embeddings.device)
+    assert isinstance(labels, Tensor)
     return embeddings, labels
 
 

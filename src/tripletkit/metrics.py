@@ -133,7 +133,7 @@ def retrieval_metrics(
 
     # R per query: references sharing its label, less the query itself when leave-one-out.
     uniq, counts = torch.unique(r_lab, return_counts=True)
-    pos = torch.searchsorted(uniq, q_lab).clamp_max(uniq.shape[0] - 1)
+    pos = torch.searchsorted(uniq, q_lab.contiguous()).clamp_max(uniq.shape[0] - 1)
     num_relevant = torch.where(uniq[pos] == q_lab, counts[pos], 0) - int(leave_one_out)
     evaluated = (num_relevant > 0).nonzero().squeeze(1)
     num_evaluated = int(evaluated.shape[0])

@@ -47,8 +47,9 @@ __all__ = [
     "triplet_region",
 ]
 
-# Region codes handed to the kernels, in the order of REGIONS.
-_VALID, _ACTIVE, _ALL, _HARD, _SEMIHARD, _EASY = range(6)
+# Region codes handed to the kernels, in the order of REGIONS, and the code that asks the
+# row-writing kernel for semi-hard rows instead.
+_VALID, _ACTIVE, _ALL, _HARD, _SEMIHARD, _EASY, _SEMI_HARD_ROWS = range(7)
 assert REGIONS == ("valid", "active", "all", "hard", "semihard", "easy")
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -129,56 +130,49 @@ def _region_bounds(svals, dap, t, region):
 # ---------------------------------------------------------------------------------------------
 
 
-@numba.njit(cache=True, parallel=True)
-def _batch_all_hinge_kernel(dist, labels, ref_labels, self_index, margin, grad, totals, counts):
-    """Hinge batch-all per anchor: ``totals[a]`` the float64 sum, ``counts[a]`` the numbers
-    of valid and of active triplets; writes row ``a`` of ``grad`` (zero on entry).
+@numba.njit(cache=True)
+def _hinge_anchor(row, label, ref_labels, own, margin, g):
+    """Hinge batch-all terms of one anchor: writes its gradient row ``g`` (zero on entry)
+    and returns ``(total, n_valid, n_active)``.
 
     The thresholds ``t_p = d_ap + margin`` are sorted; a negative at ``v`` is active for
     the positives with ``t_p > v``, the last ``P - r`` of them where ``r = #{t_p <= v}``.
-    Per bucket ``r`` the negatives' number and sum are kept, and a running sum over the
-    sorted thresholds gives each positive its count ``c_p`` and total ``S_p`` of active
-    negatives, hence the term ``c_p * t_p - S_p`` and the gradients ``c_p`` at ``(a, p)``
-    and ``-(P - r)`` at ``(a, n)``.
+    Per bucket ``r`` the negatives' number and float64 sum are kept, and running sums over
+    the sorted thresholds give each positive its count ``c_p`` and total ``S_p`` of active
+    negatives, hence its term ``c_p * t_p - S_p`` and gradient ``c_p``; a negative's
+    gradient is ``-(P - r)``.
     """
-    n, m = dist.shape
-    for a in prange(n):
-        row = dist[a]
-        g = grad[a]
-        label = labels[a]
-        pcols = _positives(label, ref_labels, self_index[a])
-        npos = pcols.shape[0]
-        if npos == 0:
-            continue
-        thresholds = np.empty(npos, dtype=dist.dtype)
-        for i in range(npos):
-            thresholds[i] = row[pcols[i]] + margin
-        order = np.argsort(thresholds)
-        tsorted = thresholds[order]
-        bucket_count = np.zeros(npos + 1, dtype=np.int64)
-        bucket_sum = np.zeros(npos + 1, dtype=np.float64)
-        k = 0
-        active = 0
-        for j in range(m):
-            if ref_labels[j] != label:
-                v = row[j]
-                r = np.searchsorted(tsorted, v, side="right")
-                k += 1
-                active += npos - r
-                g[j] = -(npos - r)
-                bucket_count[r] += 1
-                bucket_sum[r] += v
-        c = 0
-        s = 0.0
-        total = 0.0
-        for i in range(npos):
-            c += bucket_count[i]
-            s += bucket_sum[i]
-            g[pcols[order[i]]] = c
-            total += c * np.float64(tsorted[i]) - s
-        totals[a] = total
-        counts[a, 0] = npos * k
-        counts[a, 1] = active
+    pcols = _positives(label, ref_labels, own)
+    npos = pcols.shape[0]
+    if npos == 0:
+        return 0.0, 0, 0
+    thresholds = np.empty(npos, dtype=row.dtype)
+    for i in range(npos):
+        thresholds[i] = row[pcols[i]] + margin
+    order = np.argsort(thresholds, kind="mergesort")
+    tsorted = thresholds[order]
+    bucket_count = np.zeros(npos + 1, dtype=np.int64)
+    bucket_sum = np.zeros(npos + 1, dtype=np.float64)
+    k = 0
+    active = 0
+    for j in range(ref_labels.shape[0]):
+        if ref_labels[j] != label:
+            v = row[j]
+            r = np.searchsorted(tsorted, v, side="right")
+            k += 1
+            active += npos - r
+            g[j] = -(npos - r)
+            bucket_count[r] += 1
+            bucket_sum[r] += v
+    c = 0
+    s = 0.0
+    total = 0.0
+    for i in range(npos):
+        c += bucket_count[i]
+        s += bucket_sum[i]
+        g[pcols[order[i]]] = c
+        total += c * np.float64(tsorted[i]) - s
+    return total, npos * k, active
 
 
 @numba.njit(cache=True)
@@ -191,82 +185,88 @@ def _softplus_sigmoid(x):
     return softplus, e / (1.0 + e)
 
 
+@numba.njit(cache=True)
+def _soft_anchor(row, label, ref_labels, own, g):
+    """Soft-margin batch-all terms of one anchor in O(P M), in float64: writes its
+    gradient row ``g`` (zero on entry) and returns ``(total, n_valid)``."""
+    pcols = _positives(label, ref_labels, own)
+    npos = pcols.shape[0]
+    if npos == 0:
+        return 0.0, 0
+    dap = np.empty(npos, dtype=np.float64)
+    for i in range(npos):
+        dap[i] = row[pcols[i]]
+    gpos = np.zeros(npos, dtype=np.float64)
+    total = 0.0
+    k = 0
+    for j in range(ref_labels.shape[0]):
+        if ref_labels[j] != label:
+            v = np.float64(row[j])
+            k += 1
+            gneg = 0.0
+            for i in range(npos):
+                softplus, sigmoid = _softplus_sigmoid(dap[i] - v)
+                total += softplus
+                gpos[i] += sigmoid
+                gneg += sigmoid
+            g[j] = -gneg
+    for i in range(npos):
+        g[pcols[i]] = gpos[i]
+    return total, npos * k
+
+
 @numba.njit(cache=True, parallel=True)
-def _batch_all_soft_kernel(dist, labels, ref_labels, self_index, grad, totals, counts):
-    """Soft-margin batch-all per anchor, O(P M): ``totals[a]``, ``counts[a]`` (valid
-    triplets) and row ``a`` of ``grad`` (zero on entry), accumulated in float64."""
-    n, m = dist.shape
-    for a in prange(n):
-        row = dist[a]
-        g = grad[a]
-        label = labels[a]
-        pcols = _positives(label, ref_labels, self_index[a])
-        npos = pcols.shape[0]
-        if npos == 0:
-            continue
-        dap = np.empty(npos, dtype=np.float64)
-        for i in range(npos):
-            dap[i] = row[pcols[i]]
-        gpos = np.zeros(npos, dtype=np.float64)
-        total = 0.0
-        k = 0
-        for j in range(m):
-            if ref_labels[j] != label:
-                v = np.float64(row[j])
-                k += 1
-                gneg = 0.0
-                for i in range(npos):
-                    softplus, sigmoid = _softplus_sigmoid(dap[i] - v)
-                    total += softplus
-                    gpos[i] += sigmoid
-                    gneg += sigmoid
-                g[j] = -gneg
-        for i in range(npos):
-            g[pcols[i]] = gpos[i]
+def _batch_all_kernel(dist, labels, ref_labels, self_index, margin, soft, grad, totals, counts):
+    """:func:`_soft_anchor` (``soft``) or :func:`_hinge_anchor` for every anchor: its total
+    into ``totals[a]``, its numbers of valid and active triplets into ``counts[a]`` (active:
+    hinge only) and its gradient into row ``a`` of ``grad`` (zero on entry)."""
+    for a in prange(dist.shape[0]):
+        if soft:
+            total, valid = _soft_anchor(dist[a], labels[a], ref_labels, self_index[a], grad[a])
+            active = 0
+        else:
+            total, valid, active = _hinge_anchor(
+                dist[a], labels[a], ref_labels, self_index[a], margin, grad[a]
+            )
         totals[a] = total
-        counts[a] = npos * k
+        counts[a, 0] = valid
+        counts[a, 1] = active
 
 
 # ---------------------------------------------------------------------------------------------
-# One triplet per anchor or per positive pair
+# Mined triplets: one per anchor (batch-hard), per positive pair (semi-hard), per region
 # ---------------------------------------------------------------------------------------------
 
 
-@numba.njit(cache=True, parallel=True)
-def _batch_hard_kernel(dist, labels, ref_labels, self_index, hardest_p, hardest_n):
-    """Per anchor the farthest positive and the nearest negative (first column on ties), or
-    -1 where the anchor has none."""
-    n, m = dist.shape
-    for a in prange(n):
-        row = dist[a]
-        label = labels[a]
-        own = self_index[a]
-        best_p = -1
-        best_n = -1
-        for j in range(m):
-            v = row[j]
-            if ref_labels[j] == label:
-                if j != own and (best_p < 0 or v > row[best_p]):
-                    best_p = j
-            elif best_n < 0 or v < row[best_n]:
-                best_n = j
-        hardest_p[a] = best_p
-        hardest_n[a] = best_n
+@numba.njit(cache=True)
+def _hard_anchor(row, label, ref_labels, own):
+    """Farthest positive and nearest negative of one anchor (first column on ties), -1
+    for none."""
+    best_p = -1
+    best_n = -1
+    for j in range(ref_labels.shape[0]):
+        v = row[j]
+        if ref_labels[j] == label:
+            if j != own and (best_p < 0 or v > row[best_p]):
+                best_p = j
+        elif best_n < 0 or v < row[best_n]:
+            best_n = j
+    return best_p, best_n
 
 
 @numba.njit(cache=True, parallel=True)
-def _semi_hard_lengths(labels, ref_labels, self_index, lengths):
-    """Rows each anchor contributes to :func:`semi_hard`: its positives if it has a
-    negative, else none."""
-    for a in prange(labels.shape[0]):
-        label = labels[a]
-        if _count_negatives(label, ref_labels) > 0:
-            lengths[a] = _positives(label, ref_labels, self_index[a]).shape[0]
+def _hard_kernel(dist, labels, ref_labels, self_index, hardest_p, hardest_n):
+    """:func:`_hard_anchor` for every anchor."""
+    for a in prange(dist.shape[0]):
+        p, n = _hard_anchor(dist[a], labels[a], ref_labels, self_index[a])
+        hardest_p[a] = p
+        hardest_n[a] = n
 
 
-@numba.njit(cache=True, parallel=True)
-def _semi_hard_fill(dist, labels, ref_labels, self_index, offsets, out_a, out_p, out_n):
-    """Writes anchor ``a``'s semi-hard rows at ``offsets[a]`` onwards, positives ascending.
+@numba.njit(cache=True)
+def _semi_hard_anchor(row, label, ref_labels, own, fill, out_p, out_n):
+    """Number of one anchor's semi-hard rows (its positives if it has a negative, else 0);
+    with ``fill`` also writes each positive (columns ascending) and its negative.
 
     The distances ``d_ap`` are sorted; a negative at ``v`` is farther than the positives
     with ``d_ap < v``, the first ``r`` of them. Bucket ``r`` keeps the nearest such
@@ -274,124 +274,139 @@ def _semi_hard_fill(dist, labels, ref_labels, self_index, offsets, out_a, out_p,
     each positive its nearest farther negative. Without one, the first occurrence of the
     largest negative distance is taken.
     """
-    n, m = dist.shape
-    for a in prange(n):
-        start = offsets[a]
-        if offsets[a + 1] == start:
-            continue
-        row = dist[a]
-        label = labels[a]
-        pcols = _positives(label, ref_labels, self_index[a])
-        npos = pcols.shape[0]
-        dap = np.empty(npos, dtype=dist.dtype)
-        for i in range(npos):
-            dap[i] = row[pcols[i]]
-        order = np.argsort(dap)
-        dsorted = dap[order]
-        bucket = np.full(npos + 1, -1, dtype=np.int64)
-        largest = -1
-        for j in range(m):
-            if ref_labels[j] != label:
-                v = row[j]
-                if largest < 0 or v > row[largest]:
-                    largest = j
-                r = np.searchsorted(dsorted, v, side="left")
-                if r > 0 and (bucket[r] < 0 or v < row[bucket[r]]):
-                    bucket[r] = j
-        best = -1
-        for i in range(npos - 1, -1, -1):
-            cand = bucket[i + 1]
-            if cand >= 0 and (
-                best < 0 or row[cand] < row[best] or (row[cand] == row[best] and cand < best)
-            ):
-                best = cand
-            q = order[i]
-            out_a[start + q] = a
-            out_p[start + q] = pcols[q]
-            out_n[start + q] = best if best >= 0 else largest
+    pcols = _positives(label, ref_labels, own)
+    npos = pcols.shape[0]
+    if npos == 0 or _count_negatives(label, ref_labels) == 0:
+        return 0
+    if not fill:
+        return npos
+    dap = np.empty(npos, dtype=row.dtype)
+    for i in range(npos):
+        dap[i] = row[pcols[i]]
+    order = np.argsort(dap, kind="mergesort")
+    dsorted = dap[order]
+    bucket = np.full(npos + 1, -1, dtype=np.int64)
+    largest = -1
+    for j in range(ref_labels.shape[0]):
+        if ref_labels[j] != label:
+            v = row[j]
+            if largest < 0 or v > row[largest]:
+                largest = j
+            r = np.searchsorted(dsorted, v, side="left")
+            if r > 0 and (bucket[r] < 0 or v < row[bucket[r]]):
+                bucket[r] = j
+    best = -1
+    for i in range(npos - 1, -1, -1):
+        cand = bucket[i + 1]
+        if cand >= 0 and (
+            best < 0 or row[cand] < row[best] or (row[cand] == row[best] and cand < best)
+        ):
+            best = cand
+        q = order[i]
+        out_p[q] = pcols[q]
+        out_n[q] = best if best >= 0 else largest
+    return npos
 
 
-# ---------------------------------------------------------------------------------------------
-# Triplet regions and counts
-# ---------------------------------------------------------------------------------------------
-
-
-@numba.njit(cache=True, parallel=True)
-def _region_lengths(dist, labels, ref_labels, self_index, margin, region, lengths):
-    """Number of triplets of each anchor in ``region``."""
-    for a in prange(dist.shape[0]):
-        row = dist[a]
-        label = labels[a]
-        pcols = _positives(label, ref_labels, self_index[a])
-        if pcols.shape[0] == 0:
-            continue
-        svals, _ = _sorted_negatives(row, label, ref_labels)
-        total = 0
-        for i in range(pcols.shape[0]):
-            dap = row[pcols[i]]
-            lo, hi = _region_bounds(svals, dap, dap + margin, region)
-            total += hi - lo
-        lengths[a] = total
-
-
-@numba.njit(cache=True, parallel=True)
-def _region_fill(dist, labels, ref_labels, self_index, margin, region, offsets, out_a, out_p, out_n):
-    """Writes anchor ``a``'s triplets in ``region`` at ``offsets[a]`` onwards, by positive,
-    then by increasing ``d_an`` (first column on ties)."""
-    for a in prange(dist.shape[0]):
-        w = offsets[a]
-        if offsets[a + 1] == w:
-            continue
-        row = dist[a]
-        label = labels[a]
-        pcols = _positives(label, ref_labels, self_index[a])
-        svals, scols = _sorted_negatives(row, label, ref_labels)
-        for i in range(pcols.shape[0]):
-            p = pcols[i]
-            dap = row[p]
-            lo, hi = _region_bounds(svals, dap, dap + margin, region)
+@numba.njit(cache=True)
+def _region_anchor(row, label, ref_labels, own, margin, region, fill, out_p, out_n):
+    """Number of one anchor's triplets in ``region``; with ``fill`` also writes their
+    positives and negatives, by positive, then by increasing ``d_an`` (first column on
+    ties). Counting and filling take the runs from the same sorted negatives."""
+    pcols = _positives(label, ref_labels, own)
+    if pcols.shape[0] == 0:
+        return 0
+    svals, scols = _sorted_negatives(row, label, ref_labels)
+    w = 0
+    for i in range(pcols.shape[0]):
+        p = pcols[i]
+        dap = row[p]
+        lo, hi = _region_bounds(svals, dap, dap + margin, region)
+        if fill:
             for s in range(lo, hi):
-                out_a[w] = a
                 out_p[w] = p
                 out_n[w] = scols[s]
                 w += 1
+        else:
+            w += hi - lo
+    return w
 
 
 @numba.njit(cache=True, parallel=True)
-def _triplet_counts_kernel(dist, labels, ref_labels, self_index, margin, counts):
-    """Per anchor ``(valid, easy, hard)`` counts.
-
-    With ``u_p = max(d_ap + margin, d_ap)``, a negative at ``v`` is hard for the positives
-    with ``d_ap >= v`` and not easy for those with ``u_p >= v``; both counts come from a
-    binary search among the sorted ``d_ap`` and ``u_p``.
-    """
-    n, m = dist.shape
-    for a in prange(n):
+def _rows_kernel(
+    dist, labels, ref_labels, self_index, margin, mode, fill, offsets, out_a, out_p, out_n
+):
+    """Mined rows of every anchor, semi-hard (``mode == _SEMI_HARD_ROWS``) or in the region
+    ``mode``, in two calls. ``fill=False``: ``offsets[a + 1]`` = number of anchor ``a``'s
+    rows. ``fill=True``, ``offsets`` now cumulative: writes them from ``offsets[a]`` on."""
+    for a in prange(dist.shape[0]):
+        start = 0
+        stop = 0
+        if fill:
+            start = offsets[a]
+            stop = offsets[a + 1]
+            if stop == start:
+                continue
         row = dist[a]
         label = labels[a]
-        pcols = _positives(label, ref_labels, self_index[a])
-        npos = pcols.shape[0]
-        if npos == 0:
-            continue
-        dap = np.empty(npos, dtype=dist.dtype)
-        upper = np.empty(npos, dtype=dist.dtype)
-        for i in range(npos):
-            d = row[pcols[i]]
-            dap[i] = d
-            upper[i] = max(d + margin, d)
-        dap.sort()
-        upper.sort()
-        k = 0
-        hard = 0
-        not_easy = 0
-        for j in range(m):
-            if ref_labels[j] != label:
-                v = row[j]
-                k += 1
-                hard += npos - np.searchsorted(dap, v, side="left")
-                not_easy += npos - np.searchsorted(upper, v, side="left")
-        counts[a, 0] = npos * k
-        counts[a, 1] = npos * k - not_easy
+        own = self_index[a]
+        p = out_p[start:stop]
+        n = out_n[start:stop]
+        if mode == _SEMI_HARD_ROWS:
+            count = _semi_hard_anchor(row, label, ref_labels, own, fill, p, n)
+        else:
+            count = _region_anchor(row, label, ref_labels, own, margin, mode, fill, p, n)
+        if fill:
+            for i in range(start, stop):
+                out_a[i] = a
+        else:
+            offsets[a + 1] = count
+
+
+# ---------------------------------------------------------------------------------------------
+# Triplet counts
+# ---------------------------------------------------------------------------------------------
+
+
+@numba.njit(cache=True)
+def _counts_anchor(row, label, ref_labels, own, margin):
+    """``(valid, easy, hard)`` triplet counts of one anchor.
+
+    With ``u_p = max(d_ap + margin, d_ap)``, a negative at ``v`` is hard for the positives
+    with ``d_ap >= v`` and not easy for those with ``u_p >= v``; both numbers come from a
+    binary search among the sorted ``d_ap`` and ``u_p``.
+    """
+    pcols = _positives(label, ref_labels, own)
+    npos = pcols.shape[0]
+    if npos == 0:
+        return 0, 0, 0
+    dap = np.empty(npos, dtype=row.dtype)
+    upper = np.empty(npos, dtype=row.dtype)
+    for i in range(npos):
+        d = row[pcols[i]]
+        dap[i] = d
+        upper[i] = max(d + margin, d)
+    dap = dap[np.argsort(dap, kind="mergesort")]
+    upper = upper[np.argsort(upper, kind="mergesort")]
+    k = 0
+    hard = 0
+    not_easy = 0
+    for j in range(ref_labels.shape[0]):
+        if ref_labels[j] != label:
+            v = row[j]
+            k += 1
+            hard += npos - np.searchsorted(dap, v, side="left")
+            not_easy += npos - np.searchsorted(upper, v, side="left")
+    return npos * k, npos * k - not_easy, hard
+
+
+@numba.njit(cache=True, parallel=True)
+def _counts_kernel(dist, labels, ref_labels, self_index, margin, counts):
+    """:func:`_counts_anchor` for every anchor, into ``counts[a]``."""
+    for a in prange(dist.shape[0]):
+        valid, easy, hard = _counts_anchor(dist[a], labels[a], ref_labels, self_index[a], margin)
+        counts[a, 0] = valid
+        counts[a, 1] = easy
         counts[a, 2] = hard
 
 
@@ -425,10 +440,23 @@ def _empty_triplets() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return tuple(np.empty(0, dtype=np.int64) for _ in range(3))  # type: ignore[return-value]
 
 
-def _offsets(lengths: np.ndarray) -> np.ndarray:
-    offsets = np.zeros(lengths.shape[0] + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    return offsets
+def _rows(
+    dist: np.ndarray,
+    labels: np.ndarray,
+    ref_labels: np.ndarray,
+    self_index: np.ndarray,
+    margin: np.floating,
+    mode: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Runs :func:`_rows_kernel` twice: lengths per anchor, prefix sums, then the rows."""
+    args = (dist, labels, ref_labels, self_index, margin, mode)
+    offsets = np.zeros(dist.shape[0] + 1, dtype=np.int64)
+    empty = np.empty(0, dtype=np.int64)
+    _rows_kernel(*args, False, offsets, empty, empty, empty)
+    np.cumsum(offsets, out=offsets)
+    out = [np.empty(offsets[-1], dtype=np.int64) for _ in range(3)]
+    _rows_kernel(*args, True, offsets, *out)
+    return out[0], out[1], out[2]
 
 
 def batch_all_hinge(
@@ -459,9 +487,8 @@ def batch_all_hinge(
         return 0.0, 0, 0, grad
     totals = np.zeros(n, dtype=np.float64)
     counts = np.zeros((n, 2), dtype=np.int64)
-    _batch_all_hinge_kernel(
-        dist, labels, ref_labels, self_index, dist.dtype.type(margin), grad, totals, counts
-    )
+    margin_ = dist.dtype.type(margin)
+    _batch_all_kernel(dist, labels, ref_labels, self_index, margin_, False, grad, totals, counts)
     n_valid, n_active = counts.sum(axis=0)
     return float(totals.sum()), int(n_valid), int(n_active), grad
 
@@ -485,11 +512,12 @@ def batch_all_soft(
     n, m = dist.shape
     if n == 0 or m == 0:
         return 0.0, 0, np.zeros_like(dist)
-    grad = np.zeros((n, m), dtype=np.float64)
+    grad = np.zeros_like(dist)
     totals = np.zeros(n, dtype=np.float64)
-    counts = np.zeros(n, dtype=np.int64)
-    _batch_all_soft_kernel(dist, labels, ref_labels, self_index, grad, totals, counts)
-    return float(totals.sum()), int(counts.sum()), grad.astype(dist.dtype, copy=False)
+    counts = np.zeros((n, 2), dtype=np.int64)
+    margin_ = dist.dtype.type(0)
+    _batch_all_kernel(dist, labels, ref_labels, self_index, margin_, True, grad, totals, counts)
+    return float(totals.sum()), int(counts[:, 0].sum()), grad
 
 
 def batch_hard(
@@ -513,7 +541,7 @@ def batch_hard(
         return _empty_triplets()
     hardest_p = np.empty(n, dtype=np.int64)
     hardest_n = np.empty(n, dtype=np.int64)
-    _batch_hard_kernel(dist, labels, ref_labels, self_index, hardest_p, hardest_n)
+    _hard_kernel(dist, labels, ref_labels, self_index, hardest_p, hardest_n)
     keep = np.flatnonzero((hardest_p >= 0) & (hardest_n >= 0))
     return keep.astype(np.int64, copy=False), hardest_p[keep], hardest_n[keep]
 
@@ -540,12 +568,8 @@ def semi_hard(
     n, m = dist.shape
     if n == 0 or m == 0:
         return _empty_triplets()
-    lengths = np.zeros(n, dtype=np.int64)
-    _semi_hard_lengths(labels, ref_labels, self_index, lengths)
-    offsets = _offsets(lengths)
-    out = [np.empty(offsets[-1], dtype=np.int64) for _ in range(3)]
-    _semi_hard_fill(dist, labels, ref_labels, self_index, offsets, *out)
-    return out[0], out[1], out[2]
+    margin_ = dist.dtype.type(0)
+    return _rows(dist, labels, ref_labels, self_index, margin_, _SEMI_HARD_ROWS)
 
 
 def triplet_region(
@@ -580,14 +604,9 @@ def triplet_region(
     n, m = dist.shape
     if n == 0 or m == 0:
         return _empty_triplets()
-    code = REGIONS.index(region)
     margin_ = dist.dtype.type(margin)
-    lengths = np.zeros(n, dtype=np.int64)
-    _region_lengths(dist, labels, ref_labels, self_index, margin_, code, lengths)
-    offsets = _offsets(lengths)
-    out = [np.empty(offsets[-1], dtype=np.int64) for _ in range(3)]
-    _region_fill(dist, labels, ref_labels, self_index, margin_, code, offsets, *out)
-    return out[0], out[1], out[2]
+    code = REGIONS.index(region)
+    return _rows(dist, labels, ref_labels, self_index, margin_, code)
 
 
 def triplet_counts(
@@ -616,8 +635,6 @@ def triplet_counts(
     if n == 0 or m == 0:
         return 0, 0, 0, 0
     counts = np.zeros((n, 3), dtype=np.int64)
-    _triplet_counts_kernel(
-        dist, labels, ref_labels, self_index, dist.dtype.type(margin), counts
-    )
+    _counts_kernel(dist, labels, ref_labels, self_index, dist.dtype.type(margin), counts)
     valid, easy, hard = (int(c) for c in counts.sum(axis=0))
     return valid, easy, valid - easy - hard, hard

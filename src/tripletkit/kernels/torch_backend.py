@@ -19,9 +19,8 @@ with the same results; the tests run both.
 
 from __future__ import annotations
 
-from torch import Tensor
-
 import torch
+from torch import Tensor
 
 __all__ = [
     "REGIONS",
@@ -161,6 +160,8 @@ def batch_hard(
     n, m = dist.shape
     out_a, out_p, out_n = [], [], []
     for start, stop in _chunks(n, m):
+        if m == 0:  # no references: nothing to mine
+            break
         d = dist[start:stop]
         pos, neg = _masks(labels, ref_labels, self_index, start, stop)
         hardest_p = torch.where(pos, d, torch.full_like(d, float("-inf"))).argmax(dim=1)
@@ -187,6 +188,8 @@ def semi_hard(
     n, m = dist.shape
     out_a, out_p, out_n = [], [], []
     for start, stop in _chunks(n, m):
+        if m == 0:  # no references: nothing to mine
+            break
         d = dist[start:stop]
         pos, neg = _masks(labels, ref_labels, self_index, start, stop)
         svals, sidx, k = _sorted_negatives(d, neg)
