@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._checks import check_choice, check_pair
+from ._checks import check_bool, check_choice, check_pair
 from .distances import METRICS, _pairwise_distance_unchecked, normalize_embeddings
 from .kernels import self_index_for
 
@@ -49,7 +49,9 @@ def check_anchor_offset(anchor_offset: object, n: int, m: int, has_ref: bool) ->
         raise TypeError(f"anchor_offset must be an int or None, got {type(anchor_offset).__name__}")
     if not has_ref:
         if anchor_offset != 0:
-            raise ValueError("anchor_offset needs ref_embeddings: without them the anchors are the references")
+            raise ValueError(
+                "anchor_offset needs ref_embeddings: without them the anchors are the references"
+            )
         return 0
     if anchor_offset < 0 or anchor_offset + n > m:
         raise ValueError(
@@ -75,8 +77,7 @@ def prepare(
     are rows ``anchor_offset : anchor_offset + N`` of it (a gathered global batch, say).
     """
     check_choice("metric", metric, METRICS)
-    if not isinstance(normalize, bool):
-        raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
+    check_bool(normalize, "normalize")
     emb, lab, ref, ref_lab = check_pair(embeddings, labels, ref_embeddings, ref_labels)
     if normalize:
         emb = normalize_embeddings(emb)

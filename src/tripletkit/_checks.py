@@ -14,6 +14,7 @@ from torch import Tensor
 
 __all__ = [
     "REDUCTIONS",
+    "check_bool",
     "check_choice",
     "check_embeddings",
     "check_indices",
@@ -59,6 +60,13 @@ def check_margin(margin: object, name: str = "margin") -> float:
     return value
 
 
+def check_bool(value: object, name: str) -> bool:
+    """Return ``value`` if it is a bool (a flag such as ``normalize``)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
 def check_positive_int(value: object, name: str) -> int:
     """Return ``value`` if it is an int >= 1."""
     if isinstance(value, bool) or not isinstance(value, int):
@@ -93,7 +101,11 @@ def check_embeddings(embeddings: object, name: str = "embeddings") -> Tensor:
             f"{name} must have at least one feature dimension, got shape {tuple(embeddings.shape)}"
         )
     # (meta tensors carry no values to check; the device checks that follow refuse them)
-    if embeddings.numel() and embeddings.device.type != "meta" and not bool(torch.isfinite(embeddings).all()):
+    if (
+        embeddings.numel()
+        and embeddings.device.type != "meta"
+        and not bool(torch.isfinite(embeddings).all())
+    ):
         raise ValueError(f"{name} contains NaN or Inf values")
     return embeddings.to(compute_dtype(embeddings.dtype))
 

@@ -46,7 +46,7 @@ class _EuclideanMatrix(torch.autograd.Function):
     Forward: ``||x||^2 + ||y||^2 - 2 x.y`` through one matrix product (the fast path that
     ``torch.cdist`` also takes), computed in place. Cancellation leaves rounding noise of
     order ``eps * (||x||^2 + ||y||^2)`` where ``x ~= y``; values below that floor are set to
-    exactly 0, so exact duplicates are exactly 0 apart and tie exactly.
+    exactly 0, so exact duplicates are exactly 0 apart.
 
     Backward: with ``w = g / d`` (``2 g`` for the squared distance; ``w = 0`` where
     ``d = 0``, the finite subgradient at duplicates), ``dx = x * w.sum(1) - w @ y`` and
@@ -106,8 +106,11 @@ def pairwise_distance(x: Tensor, y: Tensor | None = None, metric: str = "euclide
 
     Returns:
         ``[N, M]`` distances in the compute dtype of the inputs (float16 and bfloat16 are
-        computed in float32). Exact duplicates are at distance exactly 0, and the Euclidean
-        distance has a finite (zero) gradient there.
+        computed in float32). Exact duplicates are at distance exactly 0 from each other
+        (rounding noise below ``8 eps`` of the squared norms is set to 0), and the Euclidean
+        distance has a finite (zero) gradient there. Distances from a third point to two
+        duplicates come from one matrix product and may differ in the last bit; miners break
+        ties between *equal computed* distances by the lowest index.
 
     Example:
         >>> x = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
@@ -137,7 +140,9 @@ def _pairwise_distance_unchecked(x: Tensor, y: Tensor, metric: str) -> Tensor:
     """:func:`pairwise_distance` for inputs already validated (internal fast path)."""
     if metric == "cosine":
         xn, yn = normalize_embeddings(x), normalize_embeddings(y)
-        return (1.0 - xn @ yn.t()).clamp(0.0, 2.0)
+        d = (1.0 - xn @ yn.t()).clamp(0.0, 2.0)
+        # 1 - cos(x, x) is rounding noise of a few eps: duplicates are exactly 0 apart.
+        return torch.where(d > 8 * torch.finfo(d.dtype).eps, d, torch.zeros_like(d))
     return _EuclideanMatrix.apply(x, y, metric == "sqeuclidean")
 
 
@@ -158,7 +163,9 @@ def paired_distance(x: Tensor, y: Tensor, metric: str = "euclidean") -> Tensor:
     x = check_embeddings(x, "x")
     y = check_embeddings(y, "y")
     if x.shape != y.shape:
-        raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     if x.device != y.device:
         raise ValueError(f"y is on {y.device} but x is on {x.device}")
     if x.dtype != y.dtype:
@@ -170,7 +177,9 @@ def paired_distance(x: Tensor, y: Tensor, metric: str = "euclidean") -> Tensor:
 def _paired_distance_unchecked(x: Tensor, y: Tensor, metric: str) -> Tensor:
     """:func:`paired_distance` for inputs already validated (internal fast path)."""
     if metric == "cosine":
-        return (1.0 - (normalize_embeddings(x) * normalize_embeddings(y)).sum(dim=1)).clamp(0.0, 2.0)
+        return (1.0 - (normalize_embeddings(x) * normalize_embeddings(y)).sum(dim=1)).clamp(
+            0.0, 2.0
+        )
     sq = ((x - y) ** 2).sum(dim=1)
     if metric == "sqeuclidean":
         return sq

@@ -9,8 +9,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._batch import prepare
-from .._checks import check_choice, check_indices, check_margin, check_pair, check_reduction
+from .._checks import (
+    check_bool,
+    check_choice,
+    check_indices,
+    check_margin,
+    check_pair,
+    check_reduction,
+)
 from ..distances import METRICS, normalize_embeddings, paired_distance
+from ..kernels import BACKENDS
 from ..types import Pairs, Triplets
 from .fused import batch_all_triplet_loss, reduce_parts, triplet_terms
 
@@ -34,7 +42,9 @@ def _reduce_terms(terms: Tensor, reduction: str, graph_root: Tensor) -> Tensor:
 
 def _unpack(indices: object, n: int, kind: str) -> Sequence[object]:
     if not isinstance(indices, (tuple, list)) or len(indices) != n:
-        raise TypeError(f"{kind} must be a tuple of {n} index tensors, got {type(indices).__name__}")
+        raise TypeError(
+            f"{kind} must be a tuple of {n} index tensors, got {type(indices).__name__}"
+        )
     return indices
 
 
@@ -78,8 +88,16 @@ def triplet_margin_loss(
                 "reduction='none' needs explicit triplets (e.g. from BatchAllMiner(active_only=False))"
             )
         return batch_all_triplet_loss(
-            embeddings, labels, margin, metric, soft_margin, reduction,
-            normalize=normalize, backend=backend, ref_embeddings=ref_embeddings, ref_labels=ref_labels,
+            embeddings,
+            labels,
+            margin,
+            metric,
+            soft_margin,
+            reduction,
+            normalize=normalize,
+            backend=backend,
+            ref_embeddings=ref_embeddings,
+            ref_labels=ref_labels,
         )
     emb, _, ref, _ = check_pair(embeddings, labels, ref_embeddings, ref_labels)
     if normalize:
@@ -91,11 +109,15 @@ def triplet_margin_loss(
     p = check_indices(p, "triplets.positive", ref.shape[0], emb.device)
     n = check_indices(n, "triplets.negative", ref.shape[0], emb.device)
     if not a.shape == p.shape == n.shape:
-        raise ValueError(f"triplet index tensors differ in length: {a.shape[0]}, {p.shape[0]}, {n.shape[0]}")
+        raise ValueError(
+            f"triplet index tensors differ in length: {a.shape[0]}, {p.shape[0]}, {n.shape[0]}"
+        )
     anchors = emb[a]
     terms = triplet_terms(
-        paired_distance(anchors, ref[p], metric), paired_distance(anchors, ref[n], metric),
-        margin, soft_margin,
+        paired_distance(anchors, ref[p], metric),
+        paired_distance(anchors, ref[n], metric),
+        margin,
+        soft_margin,
     )
     return _reduce_terms(terms, reduction, emb)
 
@@ -143,12 +165,21 @@ def contrastive_loss(
         if reduction == "none":
             raise ValueError("reduction='none' needs explicit pairs (e.g. from PairMarginMiner)")
         parts = contrastive_parts(
-            embeddings, labels, pos_margin, neg_margin, metric, normalize=normalize,
-            ref_embeddings=ref_embeddings, ref_labels=ref_labels, anchor_offset=anchor_offset,
+            embeddings,
+            labels,
+            pos_margin,
+            neg_margin,
+            metric,
+            normalize=normalize,
+            ref_embeddings=ref_embeddings,
+            ref_labels=ref_labels,
+            anchor_offset=anchor_offset,
         )
         return reduce_parts(*parts, reduction)
     if anchor_offset is not None:
-        raise ValueError("anchor_offset only applies with pairs=None (explicit pairs name their rows)")
+        raise ValueError(
+            "anchor_offset only applies with pairs=None (explicit pairs name their rows)"
+        )
     emb, _, ref, _ = check_pair(embeddings, labels, ref_embeddings, ref_labels)
     if normalize:
         emb = normalize_embeddings(emb)
@@ -200,8 +231,13 @@ def contrastive_parts(
     pos_margin = check_margin(pos_margin, "pos_margin")
     neg_margin = check_margin(neg_margin, "neg_margin")
     b = prepare(
-        embeddings, labels, ref_embeddings, ref_labels,
-        metric=metric, normalize=normalize, anchor_offset=anchor_offset,
+        embeddings,
+        labels,
+        ref_embeddings,
+        ref_labels,
+        metric=metric,
+        normalize=normalize,
+        anchor_offset=anchor_offset,
     )
     same = b.labels[:, None] == b.ref_labels[None, :]
     valid = torch.ones_like(same)
@@ -243,8 +279,8 @@ class TripletMarginLoss(nn.Module):
         self.metric = check_choice("metric", metric, METRICS)
         self.soft_margin = bool(soft_margin)
         self.reduction = check_reduction(reduction, _REDUCTIONS)
-        self.normalize = normalize
-        self.backend = backend
+        self.normalize = check_bool(normalize, "normalize")
+        self.backend = check_choice("backend", backend, BACKENDS)
 
     def forward(
         self,
@@ -255,9 +291,17 @@ class TripletMarginLoss(nn.Module):
         ref_labels: Tensor | None = None,
     ) -> Tensor:
         return triplet_margin_loss(
-            embeddings, labels, triplets, self.margin, self.metric, self.soft_margin,
-            self.reduction, normalize=self.normalize, ref_embeddings=ref_embeddings,
-            ref_labels=ref_labels, backend=self.backend,
+            embeddings,
+            labels,
+            triplets,
+            self.margin,
+            self.metric,
+            self.soft_margin,
+            self.reduction,
+            normalize=self.normalize,
+            ref_embeddings=ref_embeddings,
+            ref_labels=ref_labels,
+            backend=self.backend,
         )
 
     def extra_repr(self) -> str:
@@ -295,7 +339,7 @@ class ContrastiveLoss(nn.Module):
         self.neg_margin = check_margin(neg_margin, "neg_margin")
         self.metric = check_choice("metric", metric, METRICS)
         self.reduction = check_reduction(reduction, _REDUCTIONS)
-        self.normalize = normalize
+        self.normalize = check_bool(normalize, "normalize")
 
     def forward(
         self,
@@ -306,8 +350,15 @@ class ContrastiveLoss(nn.Module):
         ref_labels: Tensor | None = None,
     ) -> Tensor:
         return contrastive_loss(
-            embeddings, labels, pairs, self.pos_margin, self.neg_margin, self.metric,
-            self.reduction, normalize=self.normalize, ref_embeddings=ref_embeddings,
+            embeddings,
+            labels,
+            pairs,
+            self.pos_margin,
+            self.neg_margin,
+            self.metric,
+            self.reduction,
+            normalize=self.normalize,
+            ref_embeddings=ref_embeddings,
             ref_labels=ref_labels,
         )
 

@@ -1,0 +1,407 @@
+"""Brute-force references, written from the specification with explicit Python loops.
+
+Nothing here calls tripletkit except :func:`tripletkit.distances.pairwise_distance`, which
+gives the (detached) distance matrix that *selection* is based on, so that ties are broken
+on exactly the numbers the library sees; ``tests/test_distances.py`` checks that matrix
+against :func:`distance`, an explicit per-pair loop. Loss values are computed through
+:func:`distance` on the embeddings themselves, so autograd through these loops is an
+independent reference for the library's gradients.
+
+Specification, as implemented below:
+
+- positive of anchor ``a``: a reference ``j`` with the anchor's label and ``j`` not the
+  anchor's own row (only when the anchors are among the references: no reference set, or
+  ``anchor_offset``); negative: a reference with a different label; valid triplet: ``(a, p,
+  n)`` with ``p`` a positive and ``n`` a negative of ``a``.
+- hinge ``max(0, d_ap - d_an + m)``; soft margin ``softplus(d_ap - d_an)``.
+- ties between equal distances go to the lowest index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from tripletkit.distances import pairwise_distance
+
+Triplet = tuple[int, int, int]
+
+REGIONS = ("valid", "active", "all", "hard", "semihard", "easy")
+
+
+# --------------------------------------------------------------------------- distances
+
+
+def distance(u: Tensor, v: Tensor, metric: str) -> Tensor:
+    """Distance between two vectors ``[D]``, differentiable.
+
+    Identical vectors are at distance exactly 0 with a zero gradient (for the Euclidean
+    distance, whose derivative does not exist there, 0 is the subgradient of choice; for the
+    other two metrics 0 is the true gradient at a minimum).
+    """
+    if torch.equal(u, v):
+        return (u - v).sum() * 0
+    if metric == "euclidean":
+        return torch.sqrt(((u - v) ** 2).sum())
+    if metric == "sqeuclidean":
+        return ((u - v) ** 2).sum()
+    if metric == "cosine":
+        cos = (u * v).sum() / (torch.sqrt((u * u).sum()) * torch.sqrt((v * v).sum()))
+        return 1 - cos
+    raise AssertionError(metric)
+
+
+def distance_matrix(x: Tensor, y: Tensor | None, metric: str) -> Tensor:
+    """``[N, M]`` matrix of :func:`distance`, one pair at a time."""
+    y = x if y is None else y
+    rows = [
+        torch.stack([distance(x[i], y[j], metric) for j in range(y.shape[0])])
+        if y.shape[0]
+        else x.new_zeros(0)
+        for i in range(x.shape[0])
+    ]
+    return torch.stack(rows) if rows else x.new_zeros((0, y.shape[0]))
+
+
+def normalize_rows(x: Tensor) -> Tensor:
+    """Each row divided by its L2 norm."""
+    return x / x.norm(dim=1, keepdim=True)
+
+
+class LazyDistances:
+    """``d[i, j]`` through :func:`distance`, computed on first use (differentiable)."""
+
+    def __init__(self, x: Tensor, y: Tensor, metric: str) -> None:
+        self.x, self.y, self.metric = x, y, metric
+        self._cache: dict[tuple[int, int], Tensor] = {}
+
+    def __call__(self, i: int, j: int) -> Tensor:
+        if (i, j) not in self._cache:
+            self._cache[(i, j)] = distance(self.x[i], self.y[j], self.metric)
+        return self._cache[(i, j)]
+
+
+# ---------------------------------------------------------------------- the problem
+
+
+def self_index(n: int, has_ref: bool, anchor_offset: int | None) -> list[int]:
+    """Each anchor's own column among the references, or -1 when it is not among them."""
+    if not has_ref:
+        return list(range(n))
+    if anchor_offset is None:
+        return [-1] * n
+    return [anchor_offset + i for i in range(n)]
+
+
+class Problem:
+    """Labels and the selection matrix of a mining problem, as plain Python values."""
+
+    def __init__(
+        self,
+        dist: Tensor,
+        labels: Tensor,
+        ref_labels: Tensor | None = None,
+        anchor_offset: int | None = None,
+    ) -> None:
+        self.d: list[list[float]] = dist.detach().double().tolist()
+        self.labels: list[int] = [int(v) for v in labels.tolist()]
+        has_ref = ref_labels is not None
+        self.ref_labels: list[int] = (
+            [int(v) for v in ref_labels.tolist()] if has_ref else list(self.labels)
+        )
+        self.own = self_index(len(self.labels), has_ref, anchor_offset)
+        self.n = len(self.labels)
+        self.m = len(self.ref_labels)
+
+    def positives(self, a: int) -> list[int]:
+        return [
+            j for j in range(self.m) if self.ref_labels[j] == self.labels[a] and j != self.own[a]
+        ]
+
+    def negatives(self, a: int) -> list[int]:
+        return [j for j in range(self.m) if self.ref_labels[j] != self.labels[a]]
+
+    def valid(self) -> list[Triplet]:
+        """Every valid triplet, ordered by anchor, positive, negative index."""
+        return [
+            (a, p, n) for a in range(self.n) for p in self.positives(a) for n in self.negatives(a)
+        ]
+
+
+def problem(
+    x: Tensor,
+    labels: Tensor,
+    ref: Tensor | None = None,
+    ref_labels: Tensor | None = None,
+    *,
+    metric: str = "euclidean",
+    normalize: bool = False,
+    anchor_offset: int | None = None,
+) -> Problem:
+    """The :class:`Problem` of ``x`` (and a reference set), with the library's matrix."""
+    x = x.detach()
+    ref = None if ref is None else ref.detach()
+    if normalize:
+        x = normalize_rows(x)
+        ref = None if ref is None else normalize_rows(ref)
+    return Problem(pairwise_distance(x, ref, metric), labels, ref_labels, anchor_offset)
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def in_region(d_ap: float, d_an: float, margin: float, region: str) -> bool:
+    """Whether a valid triplet with distances ``d_ap``, ``d_an`` lies in ``region``."""
+    t = d_an - d_ap
+    if region == "valid":
+        return True
+    if region == "active":
+        return d_ap - d_an + margin > 0
+    if region == "all":
+        return t <= margin
+    if region == "hard":
+        return t <= 0
+    if region == "semihard":
+        return 0 < t <= margin
+    if region == "easy":
+        return t > margin
+    raise AssertionError(region)
+
+
+def region_triplets(pb: Problem, margin: float, region: str) -> list[Triplet]:
+    """Valid triplets in ``region``, in the documented order: anchor, positive, then
+    increasing ``d_an`` with ties by the lower negative index."""
+    out = [
+        (a, p, n) for (a, p, n) in pb.valid() if in_region(pb.d[a][p], pb.d[a][n], margin, region)
+    ]
+    return sorted(out, key=lambda t: (t[0], t[1], pb.d[t[0]][t[2]], t[2]))
+
+
+def _argbest(values: Sequence[tuple[float, int]], better: Callable[[float, float], bool]) -> int:
+    """Index of the best value; on ties the first one (values are listed by index)."""
+    best_v, best_j = values[0]
+    for v, j in values[1:]:
+        if better(v, best_v):
+            best_v, best_j = v, j
+    return best_j
+
+
+def batch_hard_triplets(pb: Problem) -> list[Triplet]:
+    """Per anchor with a positive and a negative: farthest positive, nearest negative."""
+    out = []
+    for a in range(pb.n):
+        pos, neg = pb.positives(a), pb.negatives(a)
+        if not pos or not neg:
+            continue
+        p = _argbest([(pb.d[a][j], j) for j in pos], lambda v, b: v > b)
+        n = _argbest([(pb.d[a][j], j) for j in neg], lambda v, b: v < b)
+        out.append((a, p, n))
+    return out
+
+
+def semi_hard_triplets(pb: Problem) -> list[Triplet]:
+    """For every positive pair whose anchor has a negative: the nearest negative farther
+    than the positive, else the farthest negative. Ordered by anchor, then positive."""
+    out = []
+    for a in range(pb.n):
+        neg = pb.negatives(a)
+        if not neg:
+            continue
+        for p in pb.positives(a):
+            farther = [(pb.d[a][j], j) for j in neg if pb.d[a][j] > pb.d[a][p]]
+            if farther:
+                n = _argbest(farther, lambda v, b: v < b)
+            else:
+                n = _argbest([(pb.d[a][j], j) for j in neg], lambda v, b: v > b)
+            out.append((a, p, n))
+    return out
+
+
+def counts(pb: Problem, margin: float) -> tuple[int, int, int, int]:
+    """``(valid, easy, semi_hard, hard)``: easy ``d_an > d_ap + m``, semi-hard
+    ``d_ap < d_an <= d_ap + m``, hard ``d_an <= d_ap``."""
+    valid = easy = semi = hard = 0
+    for a, p, n in pb.valid():
+        d_ap, d_an = pb.d[a][p], pb.d[a][n]
+        valid += 1
+        if d_an > d_ap + margin:
+            easy += 1
+        elif d_ap < d_an <= d_ap + margin:
+            semi += 1
+        elif d_an <= d_ap:
+            hard += 1
+    return valid, easy, semi, hard
+
+
+# -------------------------------------------------------------------------- losses
+
+
+def hinge(d_ap: Tensor, d_an: Tensor, margin: float) -> Tensor:
+    """``max(0, d_ap - d_an + m)``, with gradient 0 at the kink."""
+    v = d_ap - d_an + margin
+    return v if v > 0 else v * 0
+
+
+def softplus(v: Tensor) -> Tensor:
+    """``log(1 + exp(v))`` of a 0-dim tensor, written stably (each branch is smooth, so the
+    derivative at 0 is 1/2)."""
+    if v > 0:
+        return v + torch.log1p(torch.exp(-v))
+    return torch.log1p(torch.exp(v))
+
+
+def term(d_ap: Tensor, d_an: Tensor, margin: float, soft_margin: bool) -> Tensor:
+    return softplus(d_ap - d_an) if soft_margin else hinge(d_ap, d_an, margin)
+
+
+def reduce(terms: list[Tensor], reduction: str, zero: Tensor) -> Tensor:
+    """``mean`` over all terms, ``sum``, ``mean_nonzero`` over terms > 0, or ``none``.
+
+    ``zero`` is a 0-dim zero in the graph of the inputs, so that an empty list still gives
+    a loss that backpropagates (a zero gradient).
+    """
+    if reduction == "none":
+        return torch.stack(terms) if terms else zero.reshape(1)[:0]
+    total = zero
+    for t in terms:
+        total = total + t
+    if reduction == "sum":
+        return total
+    if reduction == "mean":
+        count = len(terms)
+    elif reduction == "mean_nonzero":
+        count = sum(1 for t in terms if float(t.detach()) > 0)
+    else:
+        raise AssertionError(reduction)
+    return total / count if count else total
+
+
+def graph_zero(*tensors: Tensor | None) -> Tensor:
+    """A 0-dim zero connected to every given tensor."""
+    out = None
+    for t in tensors:
+        if t is not None:
+            z = t.sum() * 0
+            out = z if out is None else out + z
+    assert out is not None
+    return out
+
+
+def _inputs(x: Tensor, ref: Tensor | None, normalize: bool) -> tuple[Tensor, Tensor]:
+    if normalize:
+        x = normalize_rows(x)
+        ref = None if ref is None else normalize_rows(ref)
+    return x, (x if ref is None else ref)
+
+
+def fused_triplets(kind: str, pb: Problem) -> list[Triplet]:
+    """The triplets a fused loss sums over: ``batch_all``, ``batch_hard`` or ``semi_hard``."""
+    if kind == "batch_all":
+        return pb.valid()
+    if kind == "batch_hard":
+        return batch_hard_triplets(pb)
+    if kind == "semi_hard":
+        return semi_hard_triplets(pb)
+    raise AssertionError(kind)
+
+
+def fused_terms(
+    kind: str,
+    x: Tensor,
+    labels: Tensor,
+    ref: Tensor | None = None,
+    ref_labels: Tensor | None = None,
+    *,
+    margin: float = 0.2,
+    metric: str = "euclidean",
+    soft_margin: bool = False,
+    normalize: bool = False,
+    anchor_offset: int | None = None,
+) -> tuple[list[Tensor], Tensor]:
+    """The loss terms of a fused loss (in selection order) and a graph-connected zero."""
+    pb = problem(
+        x, labels, ref, ref_labels, metric=metric, normalize=normalize, anchor_offset=anchor_offset
+    )
+    xs, rs = _inputs(x, ref, normalize)
+    d = LazyDistances(xs, rs, metric)
+    terms = [term(d(a, p), d(a, n), margin, soft_margin) for a, p, n in fused_triplets(kind, pb)]
+    return terms, graph_zero(x, ref)
+
+
+def fused_loss(kind: str, *args: object, reduction: str = "mean", **kwargs: object) -> Tensor:
+    """Reference for the fused losses: ``kind`` in ``batch_all``, ``batch_hard``,
+    ``semi_hard``; the arguments of :func:`fused_terms`. Differentiable in ``x`` and
+    ``ref``."""
+    terms, zero = fused_terms(kind, *args, **kwargs)  # type: ignore[arg-type]
+    return reduce(terms, reduction, zero)
+
+
+def triplet_margin_loss(
+    x: Tensor,
+    triplets: Sequence[Triplet],
+    ref: Tensor | None = None,
+    *,
+    margin: float = 0.2,
+    metric: str = "euclidean",
+    soft_margin: bool = False,
+    reduction: str = "mean",
+    normalize: bool = False,
+) -> Tensor:
+    """The hinge (or soft margin) of each given triplet, reduced."""
+    xs, rs = _inputs(x, ref, normalize)
+    d = LazyDistances(xs, rs, metric)
+    terms = [term(d(a, p), d(a, n), margin, soft_margin) for a, p, n in triplets]
+    return reduce(terms, reduction, graph_zero(x, ref))
+
+
+def contrastive_loss(
+    x: Tensor,
+    labels: Tensor,
+    pairs: tuple[Sequence[tuple[int, int]], Sequence[tuple[int, int]]] | None = None,
+    ref: Tensor | None = None,
+    ref_labels: Tensor | None = None,
+    *,
+    pos_margin: float = 0.0,
+    neg_margin: float = 1.0,
+    metric: str = "euclidean",
+    reduction: str = "mean",
+    normalize: bool = False,
+) -> Tensor:
+    """Contrastive loss: ``max(0, d - pos_margin)`` for same-label pairs and
+    ``max(0, neg_margin - d)`` otherwise, over ordered pairs ``i != j`` (every
+    anchor-reference pair with a reference set) or over the given ``(positive pairs,
+    negative pairs)``, positive terms first."""
+    xs, rs = _inputs(x, ref, normalize)
+    d = LazyDistances(xs, rs, metric)
+
+    def relu(v: Tensor) -> Tensor:
+        return v if v > 0 else v * 0
+
+    terms = []
+    if pairs is None:
+        lab = [int(v) for v in labels.tolist()]
+        rlab = lab if ref_labels is None else [int(v) for v in ref_labels.tolist()]
+        for i in range(len(lab)):
+            for j in range(len(rlab)):
+                if ref is None and i == j:
+                    continue
+                if lab[i] == rlab[j]:
+                    terms.append(relu(d(i, j) - pos_margin))
+                else:
+                    terms.append(relu(neg_margin - d(i, j)))
+    else:
+        positive, negative = pairs
+        terms = [relu(d(i, j) - pos_margin) for i, j in positive]
+        terms += [relu(neg_margin - d(i, j)) for i, j in negative]
+    return reduce(terms, reduction, graph_zero(x, ref))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def as_list(triplets: Sequence[Tensor]) -> list[Triplet]:
+    """Mined ``(anchor, positive, negative)`` index tensors as a list of tuples."""
+    a, p, n = (t.tolist() for t in triplets)
+    return list(zip(a, p, n, strict=True))

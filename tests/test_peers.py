@@ -1,0 +1,172 @@
+"""Agreement with pytorch-metric-learning and online-triplet-loss where they share a meaning.
+
+Each test is skipped when its package is not installed. Inputs are continuous float64
+batches (no ties, no duplicates), since the peers break ties and treat zero distances in
+their own ways.
+
+Known, intended differences (not tested for equality):
+
+- online-triplet-loss's ``batch_hard_triplet_loss`` gives an anchor without a positive a
+  hardest-positive distance of 0 and averages over *every* anchor, where tripletkit leaves
+  such anchors out; the two agree when every anchor has a positive and a negative.
+- pytorch-metric-learning's ``LpDistance`` normalises embeddings by default;
+  ``normalize_embeddings=False`` matches tripletkit's ``metric="euclidean"``.
+- pytorch-metric-learning's ``smooth_loss`` is ``softplus(d_ap - d_an + margin)``; with
+  ``margin=0`` it is tripletkit's ``soft_margin``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from reference import as_list
+
+from tripletkit import mining
+from tripletkit.losses import TripletMarginLoss, batch_all_triplet_loss, batch_hard_triplet_loss
+from tripletkit.miners import BatchAllMiner, BatchHardMiner, TripletMarginMiner
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TYPES = ("all", "hard", "semihard", "easy")
+
+
+def _batch(seed: int, n: int = 16, classes: int = 4, singleton: bool = True):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 5, generator=g, dtype=torch.float64)
+    labels = torch.arange(n) % classes
+    if singleton:
+        labels[-1] = classes  # a class of its own
+    return x, labels
+
+
+def _refs(seed: int):
+    g = torch.Generator().manual_seed(seed + 100)
+    return torch.randn(11, 5, generator=g, dtype=torch.float64), torch.arange(11) % 3
+
+
+def _pml():
+    pytest.importorskip("pytorch_metric_learning")
+    from pytorch_metric_learning import distances, losses, miners, reducers
+
+    return distances, losses, miners, reducers
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("type_of_triplets", TYPES)
+@pytest.mark.parametrize("normalize", [False, True], ids=["raw", "normalized"])
+def test_pml_triplet_margin_miner(
+    seed: int, type_of_triplets: str, normalize: bool, backend: str
+) -> None:
+    distances, _, miners, _ = _pml()
+    x, labels = _batch(seed)
+    margin = 0.3 if normalize else 1.0
+    theirs = miners.TripletMarginMiner(
+        margin, type_of_triplets, distance=distances.LpDistance(normalize_embeddings=normalize)
+    )
+    ours = TripletMarginMiner(margin, type_of_triplets, normalize=normalize, backend=backend)
+    want = set(as_list(theirs(x, labels)))
+    assert want, "the comparison should not be vacuous"
+    assert set(as_list(ours(x, labels))) == want
+    ref, ref_labels = _refs(seed)
+    want = set(as_list(theirs(x, labels, ref, ref_labels)))
+    assert set(as_list(ours(x, labels, ref, ref_labels))) == want
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_pml_batch_hard_miner(seed: int, backend: str) -> None:
+    distances, _, miners, _ = _pml()
+    x, labels = _batch(seed)
+    theirs = miners.BatchHardMiner(distance=distances.LpDistance(normalize_embeddings=False))
+    got = as_list(BatchHardMiner(backend=backend)(x, labels))
+    assert got == as_list(theirs(x, labels))
+    assert len(got) == x.shape[0] - 1  # the singleton anchor is left out by both
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_pml_triplet_margin_loss_on_the_same_triplets(seed: int, backend: str) -> None:
+    distances, losses, _, reducers = _pml()
+    x, labels = _batch(seed)
+    lp = distances.LpDistance(normalize_embeddings=False)
+    triplets = BatchAllMiner(0.5, active_only=False, backend=backend)(x, labels)
+    cases = [
+        (
+            losses.TripletMarginLoss(0.5, distance=lp),
+            TripletMarginLoss(0.5, reduction="mean_nonzero"),
+        ),
+        (
+            losses.TripletMarginLoss(0.5, distance=lp, reducer=reducers.MeanReducer()),
+            TripletMarginLoss(0.5, reduction="mean"),
+        ),
+        (
+            losses.TripletMarginLoss(
+                0.0, distance=lp, smooth_loss=True, reducer=reducers.MeanReducer()
+            ),
+            TripletMarginLoss(soft_margin=True, reduction="mean"),
+        ),
+    ]
+    for theirs, ours in cases:
+        x1 = x.clone().requires_grad_()
+        x2 = x.clone().requires_grad_()
+        want = theirs(x1, labels, tuple(triplets))
+        got = ours(x2, labels, triplets)
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+        (g1,) = torch.autograd.grad(want, x1)
+        (g2,) = torch.autograd.grad(got, x2)
+        torch.testing.assert_close(g2, g1, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_pml_avg_non_zero_is_fused_mean_nonzero(seed: int, backend: str) -> None:
+    distances, losses, _, _ = _pml()
+    x, labels = _batch(seed)
+    theirs = losses.TripletMarginLoss(
+        0.5, distance=distances.LpDistance(normalize_embeddings=False)
+    )
+    got = batch_all_triplet_loss(x, labels, 0.5, reduction="mean_nonzero", backend=backend)
+    torch.testing.assert_close(got, theirs(x, labels), rtol=1e-9, atol=1e-12)
+    hard = mining.triplet_margin_triplets(
+        x, labels, margin=0.5, type_of_triplets="hard", backend=backend
+    )
+    got = TripletMarginLoss(0.5, reduction="mean_nonzero")(x, labels, hard)
+    torch.testing.assert_close(got, theirs(x, labels, tuple(hard)), rtol=1e-9, atol=1e-12)
+
+
+def _otl():
+    pytest.importorskip("online_triplet_loss")
+    from online_triplet_loss import losses
+
+    return losses
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("squared", [False, True])
+def test_otl_batch_all(seed: int, squared: bool, backend: str) -> None:
+    """online-triplet-loss averages over the triplets with a positive loss: mean_nonzero."""
+    otl = _otl()
+    x, labels = _batch(seed)
+    metric = "sqeuclidean" if squared else "euclidean"
+    x1 = x.clone().requires_grad_()
+    x2 = x.clone().requires_grad_()
+    want, _ = otl.batch_all_triplet_loss(labels, x1, 0.5, squared=squared)
+    got = batch_all_triplet_loss(x2, labels, 0.5, metric, reduction="mean_nonzero", backend=backend)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    (g1,) = torch.autograd.grad(want, x1)
+    (g2,) = torch.autograd.grad(got, x2)
+    torch.testing.assert_close(g2, g1, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("squared", [False, True])
+def test_otl_batch_hard(seed: int, squared: bool, backend: str) -> None:
+    """Equal when every anchor has a positive and a negative (no singleton class)."""
+    otl = _otl()
+    x, labels = _batch(seed, singleton=False)
+    metric = "sqeuclidean" if squared else "euclidean"
+    x1 = x.clone().requires_grad_()
+    x2 = x.clone().requires_grad_()
+    want = otl.batch_hard_triplet_loss(labels, x1, 0.5, squared=squared)
+    got = batch_hard_triplet_loss(x2, labels, 0.5, metric, backend=backend)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    (g1,) = torch.autograd.grad(want, x1)
+    (g2,) = torch.autograd.grad(got, x2)
+    torch.testing.assert_close(g2, g1, rtol=1e-7, atol=1e-10)
