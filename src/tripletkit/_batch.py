@@ -88,6 +88,11 @@ def prepare(
     else:
         offset = check_anchor_offset(anchor_offset, emb.shape[0], ref.shape[0], has_ref=True)
     dist = _pairwise_distance_unchecked(emb, ref, metric)
+    if dist.numel() and not bool(torch.isfinite(dist).all()):
+        raise ValueError(
+            "distances overflow to inf: the embeddings are too large for their dtype; "
+            "scale or normalise them (normalize=True)"
+        )
     self_index = self_index_for(emb.shape[0], emb.device, offset)
     return Batch(dist, lab, ref_lab, self_index, emb, ref)
 

@@ -8,7 +8,6 @@ contract); this module converts between tensors and zero-copy numpy views.
 
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -53,10 +52,35 @@ def self_index_for(n: int, device: torch.device, offset: int | None = 0) -> Tens
     return torch.arange(offset, offset + n, dtype=torch.int64, device=device)
 
 
-def _numba() -> ModuleType:
-    from . import numba_backend  # imported lazily: compiling is only paid when used
+class _NumbaBackend:
+    """Calls into :mod:`.numba_backend`, imported lazily (compiling is only paid when used).
 
-    return numba_backend
+    numba's OpenMP pool resets the process-wide OpenMP thread count when it starts, which
+    would silently undo a user's ``torch.set_num_threads``; torch's setting is restored
+    after every call.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        from . import numba_backend
+
+        kernel = getattr(numba_backend, name)
+
+        def call(*args: Any) -> Any:
+            threads = torch.get_num_threads()
+            try:
+                return kernel(*args)
+            finally:
+                if torch.get_num_threads() != threads:
+                    torch.set_num_threads(threads)
+
+        return call
+
+
+_NUMBA = _NumbaBackend()
+
+
+def _numba() -> _NumbaBackend:
+    return _NUMBA
 
 
 def _np(t: Tensor) -> np.ndarray:
@@ -68,11 +92,24 @@ def _to_torch(a: Any, like: Tensor) -> Tensor:
 
 
 def _prepare(dist: Tensor, labels: Tensor, ref_labels: Tensor, self_index: Tensor) -> tuple:
-    return (dist.detach().contiguous(), labels.contiguous(), ref_labels.contiguous(), self_index.contiguous())
+    dist = dist.detach()
+    if dist.dtype not in (torch.float32, torch.float64):
+        dist = dist.float()  # kernels compute in float32 or float64
+    return (
+        dist.contiguous(),
+        labels.contiguous(),
+        ref_labels.contiguous(),
+        self_index.contiguous(),
+    )
 
 
 def batch_all_hinge(
-    dist: Tensor, labels: Tensor, ref_labels: Tensor, self_index: Tensor, margin: float, backend: str
+    dist: Tensor,
+    labels: Tensor,
+    ref_labels: Tensor,
+    self_index: Tensor,
+    margin: float,
+    backend: str,
 ) -> tuple[Tensor, int, int, Tensor]:
     """See :func:`.torch_backend.batch_all_hinge`."""
     args = _prepare(dist, labels, ref_labels, self_index)
@@ -141,7 +178,12 @@ def triplet_region(
 
 
 def triplet_counts(
-    dist: Tensor, labels: Tensor, ref_labels: Tensor, self_index: Tensor, margin: float, backend: str
+    dist: Tensor,
+    labels: Tensor,
+    ref_labels: Tensor,
+    self_index: Tensor,
+    margin: float,
+    backend: str,
 ) -> tuple[int, int, int, int]:
     """See :func:`.torch_backend.triplet_counts`."""
     args = _prepare(dist, labels, ref_labels, self_index)

@@ -22,9 +22,9 @@ Numeric rules that make the results *identical* to the torch backend:
 * Ties between equal distances go to the lowest reference index, everywhere.
 
 Most kernels avoid sorting an anchor's ``M`` negatives: they sort the anchor's ``P``
-thresholds instead (one per positive, ``P`` is usually much smaller) and binary-search each
-negative among them, which is O(N M log P). Only :func:`triplet_region`, whose output is
-ordered by ``d_an``, sorts the negatives.
+thresholds instead (one per positive; ``P`` is usually much smaller than ``M``) and rank each
+negative among them (:func:`_rank`), which is O(N M log P). Only :func:`triplet_region`,
+whose output is ordered by ``d_an``, sorts the negatives.
 """
 
 from __future__ import annotations
@@ -53,6 +53,9 @@ _VALID, _ACTIVE, _ALL, _HARD, _SEMIHARD, _EASY, _SEMI_HARD_ROWS = range(7)
 assert REGIONS == ("valid", "active", "all", "hard", "semihard", "easy")
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+# Up to this many sorted values, _rank counts instead of bisecting.
+_LINEAR_RANK_MAX = 16
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,6 +88,28 @@ def _count_negatives(label, ref_labels):
         if ref_labels[j] != label:
             k += 1
     return k
+
+
+@numba.njit(cache=True)
+def _rank(sorted_values, v, inclusive):
+    """Number of ``sorted_values`` below ``v`` (``inclusive``: at most ``v``).
+
+    A binary search, except for the few values of a typical anchor's positives, where a
+    branch-free count is several times faster than mispredicted binary-search branches.
+    """
+    n = sorted_values.shape[0]
+    if n > _LINEAR_RANK_MAX:
+        if inclusive:
+            return np.searchsorted(sorted_values, v, side="right")
+        return np.searchsorted(sorted_values, v, side="left")
+    r = 0
+    if inclusive:
+        for i in range(n):
+            r += sorted_values[i] <= v
+    else:
+        for i in range(n):
+            r += sorted_values[i] < v
+    return r
 
 
 @numba.njit(cache=True)
@@ -158,7 +183,7 @@ def _hinge_anchor(row, label, ref_labels, own, margin, g):
     for j in range(ref_labels.shape[0]):
         if ref_labels[j] != label:
             v = row[j]
-            r = np.searchsorted(tsorted, v, side="right")
+            r = _rank(tsorted, v, True)
             k += 1
             active += npos - r
             g[j] = -(npos - r)
@@ -292,7 +317,7 @@ def _semi_hard_anchor(row, label, ref_labels, own, fill, out_p, out_n):
             v = row[j]
             if largest < 0 or v > row[largest]:
                 largest = j
-            r = np.searchsorted(dsorted, v, side="left")
+            r = _rank(dsorted, v, False)
             if r > 0 and (bucket[r] < 0 or v < row[bucket[r]]):
                 bucket[r] = j
     best = -1
@@ -373,8 +398,8 @@ def _counts_anchor(row, label, ref_labels, own, margin):
     """``(valid, easy, hard)`` triplet counts of one anchor.
 
     With ``u_p = max(d_ap + margin, d_ap)``, a negative at ``v`` is hard for the positives
-    with ``d_ap >= v`` and not easy for those with ``u_p >= v``; both numbers come from a
-    binary search among the sorted ``d_ap`` and ``u_p``.
+    with ``d_ap >= v`` and not easy for those with ``u_p >= v``; both numbers are ranks of
+    ``v`` among the sorted ``d_ap`` and ``u_p``.
     """
     pcols = _positives(label, ref_labels, own)
     npos = pcols.shape[0]
@@ -395,8 +420,8 @@ def _counts_anchor(row, label, ref_labels, own, margin):
         if ref_labels[j] != label:
             v = row[j]
             k += 1
-            hard += npos - np.searchsorted(dap, v, side="left")
-            not_easy += npos - np.searchsorted(upper, v, side="left")
+            hard += npos - _rank(dap, v, False)
+            not_easy += npos - _rank(upper, v, False)
     return npos * k, npos * k - not_easy, hard
 
 
@@ -437,7 +462,7 @@ def _inputs(
 
 
 def _empty_triplets() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return tuple(np.empty(0, dtype=np.int64) for _ in range(3))  # type: ignore[return-value]
+    return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
 
 
 def _rows(
