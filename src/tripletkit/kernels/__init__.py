@@ -52,35 +52,19 @@ def self_index_for(n: int, device: torch.device, offset: int | None = 0) -> Tens
     return torch.arange(offset, offset + n, dtype=torch.int64, device=device)
 
 
-class _NumbaBackend:
-    """Calls into :mod:`.numba_backend`, imported lazily (compiling is only paid when used).
+def _numba(kernel: str, *args: Any) -> Any:
+    """Run a kernel of :mod:`.numba_backend`, imported lazily (compiling is only paid when
+    used). numba's OpenMP pool resets the process-wide OpenMP thread count when it starts,
+    which would silently undo a user's ``torch.set_num_threads``: torch's setting is
+    restored after every call."""
+    from . import numba_backend
 
-    numba's OpenMP pool resets the process-wide OpenMP thread count when it starts, which
-    would silently undo a user's ``torch.set_num_threads``; torch's setting is restored
-    after every call.
-    """
-
-    def __getattr__(self, name: str) -> Any:
-        from . import numba_backend
-
-        kernel = getattr(numba_backend, name)
-
-        def call(*args: Any) -> Any:
-            threads = torch.get_num_threads()
-            try:
-                return kernel(*args)
-            finally:
-                if torch.get_num_threads() != threads:
-                    torch.set_num_threads(threads)
-
-        return call
-
-
-_NUMBA = _NumbaBackend()
-
-
-def _numba() -> _NumbaBackend:
-    return _NUMBA
+    threads = torch.get_num_threads()
+    try:
+        return getattr(numba_backend, kernel)(*args)
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 def _np(t: Tensor) -> np.ndarray:
@@ -115,7 +99,7 @@ def batch_all_hinge(
     args = _prepare(dist, labels, ref_labels, self_index)
     if resolve_backend(backend, dist.device) == "torch":
         return torch_backend.batch_all_hinge(*args, margin)
-    total, n_valid, n_active, grad = _numba().batch_all_hinge(*map(_np, args), float(margin))
+    total, n_valid, n_active, grad = _numba("batch_all_hinge", *map(_np, args), float(margin))
     return (
         torch.tensor(total, dtype=dist.dtype),
         int(n_valid),
@@ -131,7 +115,7 @@ def batch_all_soft(
     args = _prepare(dist, labels, ref_labels, self_index)
     if resolve_backend(backend, dist.device) == "torch":
         return torch_backend.batch_all_soft(*args)
-    total, n_valid, grad = _numba().batch_all_soft(*map(_np, args))
+    total, n_valid, grad = _numba("batch_all_soft", *map(_np, args))
     return torch.tensor(total, dtype=dist.dtype), int(n_valid), _to_torch(grad, dist)
 
 
@@ -147,7 +131,7 @@ def batch_hard(
     args = _prepare(dist, labels, ref_labels, self_index)
     if resolve_backend(backend, dist.device) == "torch":
         return torch_backend.batch_hard(*args)
-    return _indices(_numba().batch_hard(*map(_np, args)), dist)
+    return _indices(_numba("batch_hard", *map(_np, args)), dist)
 
 
 def semi_hard(
@@ -157,7 +141,7 @@ def semi_hard(
     args = _prepare(dist, labels, ref_labels, self_index)
     if resolve_backend(backend, dist.device) == "torch":
         return torch_backend.semi_hard(*args)
-    return _indices(_numba().semi_hard(*map(_np, args)), dist)
+    return _indices(_numba("semi_hard", *map(_np, args)), dist)
 
 
 def triplet_region(
@@ -174,7 +158,7 @@ def triplet_region(
     args = _prepare(dist, labels, ref_labels, self_index)
     if resolve_backend(backend, dist.device) == "torch":
         return torch_backend.triplet_region(*args, margin, region)
-    return _indices(_numba().triplet_region(*map(_np, args), float(margin), region), dist)
+    return _indices(_numba("triplet_region", *map(_np, args), float(margin), region), dist)
 
 
 def triplet_counts(
@@ -189,5 +173,5 @@ def triplet_counts(
     args = _prepare(dist, labels, ref_labels, self_index)
     if resolve_backend(backend, dist.device) == "torch":
         return torch_backend.triplet_counts(*args, margin)
-    valid, easy, semi, hard = _numba().triplet_counts(*map(_np, args), float(margin))
+    valid, easy, semi, hard = _numba("triplet_counts", *map(_np, args), float(margin))
     return int(valid), int(easy), int(semi), int(hard)

@@ -13,6 +13,7 @@ gradient.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -174,16 +175,38 @@ def batch_all_triplet_loss(
     return reduce_parts(*parts, reduction)
 
 
-def _selected_parts(
-    dist: Tensor, a: Tensor, p: Tensor, n: Tensor, margin: float, soft_margin: bool
-) -> tuple[Tensor, Tensor]:
-    terms = triplet_terms(dist[a, p], dist[a, n], margin, soft_margin)
+def _mined_parts(
+    select: Callable[..., tuple[Tensor, Tensor, Tensor]],
+    embeddings: Tensor,
+    labels: Tensor,
+    margin: float,
+    metric: str,
+    soft_margin: bool,
+    normalize: bool,
+    backend: str,
+    ref_embeddings: Tensor | None,
+    ref_labels: Tensor | None,
+    anchor_offset: int | None,
+    return_terms: bool,
+) -> Parts | Tensor:
+    """Mine one triplet per anchor (or pair) with a selection kernel, then gather its
+    distances from the matrix in the graph: the loss's gradient flows through them."""
+    margin = check_margin(margin)
+    b = prepare(
+        embeddings, labels, ref_embeddings, ref_labels,
+        metric=metric, normalize=normalize, anchor_offset=anchor_offset,
+    )
+    a, p, n = select(b.dist.detach(), b.labels, b.ref_labels, b.self_index, backend)
+    terms = triplet_terms(b.dist[a, p], b.dist[a, n], margin, soft_margin)
+    if return_terms:
+        return terms
     # With nothing selected, dist.sum() * 0 keeps the loss in the graph with a zero gradient.
-    return terms, terms.sum() if terms.numel() else dist.sum() * 0
-
-
-def _parts_from_terms(terms: Tensor, total: Tensor) -> Parts:
+    total = terms.sum() if terms.numel() else b.dist.sum() * 0
     return total, int(terms.shape[0]), int((terms > 0).sum())
+
+
+def _reduced(parts: Parts | Tensor, reduction: str) -> Tensor:
+    return parts if isinstance(parts, Tensor) else reduce_parts(*parts, reduction)
 
 
 def batch_hard_parts(
@@ -201,14 +224,10 @@ def batch_hard_parts(
     return_terms: bool = False,
 ) -> Parts | Tensor:
     """The un-reduced batch-hard loss: see :func:`batch_hard_triplet_loss`."""
-    margin = check_margin(margin)
-    b = prepare(
-        embeddings, labels, ref_embeddings, ref_labels,
-        metric=metric, normalize=normalize, anchor_offset=anchor_offset,
+    return _mined_parts(
+        batch_hard, embeddings, labels, margin, metric, soft_margin, normalize, backend,
+        ref_embeddings, ref_labels, anchor_offset, return_terms,
     )
-    a, p, n = batch_hard(b.dist.detach(), b.labels, b.ref_labels, b.self_index, backend)
-    terms, total = _selected_parts(b.dist, a, p, n, margin, soft_margin)
-    return terms if return_terms else _parts_from_terms(terms, total)
 
 
 def batch_hard_triplet_loss(
@@ -247,14 +266,12 @@ def batch_hard_triplet_loss(
         tensor([0.1000, 0.6000, 4.5000, 0.1000])
     """
     check_reduction(reduction, (*_FUSED_REDUCTIONS, "none"))
-    result = batch_hard_parts(
+    parts = batch_hard_parts(
         embeddings, labels, margin, metric, soft_margin,
         normalize=normalize, backend=backend, ref_embeddings=ref_embeddings,
         ref_labels=ref_labels, anchor_offset=anchor_offset, return_terms=reduction == "none",
     )
-    if isinstance(result, Tensor):
-        return result
-    return reduce_parts(*result, reduction)
+    return _reduced(parts, reduction)
 
 
 def semi_hard_parts(
@@ -272,14 +289,10 @@ def semi_hard_parts(
     return_terms: bool = False,
 ) -> Parts | Tensor:
     """The un-reduced semi-hard loss: see :func:`semi_hard_triplet_loss`."""
-    margin = check_margin(margin)
-    b = prepare(
-        embeddings, labels, ref_embeddings, ref_labels,
-        metric=metric, normalize=normalize, anchor_offset=anchor_offset,
+    return _mined_parts(
+        semi_hard, embeddings, labels, margin, metric, soft_margin, normalize, backend,
+        ref_embeddings, ref_labels, anchor_offset, return_terms,
     )
-    a, p, n = semi_hard(b.dist.detach(), b.labels, b.ref_labels, b.self_index, backend)
-    terms, total = _selected_parts(b.dist, a, p, n, margin, soft_margin)
-    return terms if return_terms else _parts_from_terms(terms, total)
 
 
 def semi_hard_triplet_loss(
@@ -320,11 +333,9 @@ def semi_hard_triplet_loss(
         tensor([0.1000, 0.0000, 4.0000, 0.1000])
     """
     check_reduction(reduction, (*_FUSED_REDUCTIONS, "none"))
-    result = semi_hard_parts(
+    parts = semi_hard_parts(
         embeddings, labels, margin, metric, soft_margin,
         normalize=normalize, backend=backend, ref_embeddings=ref_embeddings,
         ref_labels=ref_labels, anchor_offset=anchor_offset, return_terms=reduction == "none",
     )
-    if isinstance(result, Tensor):
-        return result
-    return reduce_parts(*result, reduction)
+    return _reduced(parts, reduction)
