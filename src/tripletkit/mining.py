@@ -59,11 +59,18 @@ def batch_all_triplets(
     """
     margin = check_margin(margin)
     b = no_grad_prepare(
-        embeddings, labels, ref_embeddings, ref_labels,
-        metric=metric, normalize=normalize, anchor_offset=anchor_offset,
+        embeddings,
+        labels,
+        ref_embeddings,
+        ref_labels,
+        metric=metric,
+        normalize=normalize,
+        anchor_offset=anchor_offset,
     )
     region = "active" if active_only else "valid"
-    return Triplets(*triplet_region(b.dist, b.labels, b.ref_labels, b.self_index, margin, region, backend))
+    return Triplets(
+        *triplet_region(b.dist, b.labels, b.ref_labels, b.self_index, margin, region, backend)
+    )
 
 
 def batch_hard_triplets(
@@ -86,11 +93,16 @@ def batch_hard_triplets(
         >>> import torch
         >>> x = torch.tensor([[0.0], [0.1], [0.5], [1.0], [3.0]])
         >>> batch_hard_triplets(x, torch.tensor([0, 0, 0, 1, 2]))
-        Triplets(anchor=tensor([0, 1, 2, 3, 4]), positive=tensor([2, 2, 0, 3, 4]), negative=tensor([3, 3, 3, 2, 3]))
+        Triplets(anchor=tensor([0, 1, 2]), positive=tensor([2, 2, 0]), negative=tensor([3, 3, 3]))
     """
     b = no_grad_prepare(
-        embeddings, labels, ref_embeddings, ref_labels,
-        metric=metric, normalize=normalize, anchor_offset=anchor_offset,
+        embeddings,
+        labels,
+        ref_embeddings,
+        ref_labels,
+        metric=metric,
+        normalize=normalize,
+        anchor_offset=anchor_offset,
     )
     return Triplets(*batch_hard(b.dist, b.labels, b.ref_labels, b.self_index, backend))
 
@@ -119,8 +131,13 @@ def semi_hard_triplets(
     """
     margin = check_margin(margin)
     b = no_grad_prepare(
-        embeddings, labels, ref_embeddings, ref_labels,
-        metric=metric, normalize=normalize, anchor_offset=anchor_offset,
+        embeddings,
+        labels,
+        ref_embeddings,
+        ref_labels,
+        metric=metric,
+        normalize=normalize,
+        anchor_offset=anchor_offset,
     )
     a, p, n = semi_hard(b.dist, b.labels, b.ref_labels, b.self_index, backend)
     if active_only:
@@ -151,9 +168,16 @@ def triplet_margin_triplets(
     margin = check_margin(margin)
     check_choice("type_of_triplets", type_of_triplets, TYPES_OF_TRIPLETS)
     b = no_grad_prepare(
-        embeddings, labels, ref_embeddings, ref_labels,
-        metric=metric, normalize=normalize, anchor_offset=anchor_offset,
+        embeddings,
+        labels,
+        ref_embeddings,
+        ref_labels,
+        metric=metric,
+        normalize=normalize,
+        anchor_offset=anchor_offset,
     )
     return Triplets(
-        *triplet_region(b.dist, b.labels, b.ref_labels, b.self_index, margin, type_of_triplets, backend)
+        *triplet_region(
+            b.dist, b.labels, b.ref_labels, b.self_index, margin, type_of_triplets, backend
+        )
     )

@@ -50,4 +50,6 @@ def triplet_stats(
     b = no_grad_prepare(
         embeddings, labels, ref_embeddings, ref_labels, metric=metric, normalize=normalize
     )
-    return TripletStats(*triplet_counts(b.dist, b.labels, b.ref_labels, b.self_index, margin, backend))
+    return TripletStats(
+        *triplet_counts(b.dist, b.labels, b.ref_labels, b.self_index, margin, backend)
+    )

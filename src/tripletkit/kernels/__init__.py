@@ -75,7 +75,9 @@ def _to_torch(a: Any, like: Tensor) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(a)).to(like.device)
 
 
-def _prepare(dist: Tensor, labels: Tensor, ref_labels: Tensor, self_index: Tensor) -> tuple:
+def _prepare(
+    dist: Tensor, labels: Tensor, ref_labels: Tensor, self_index: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     dist = dist.detach()
     if dist.dtype not in (torch.float32, torch.float64):
         dist = dist.float()  # kernels compute in float32 or float64

@@ -110,8 +110,13 @@ def batch_all_parts(
     """The un-reduced batch-all loss: see :func:`batch_all_triplet_loss`."""
     margin = check_margin(margin)
     b = prepare(
-        embeddings, labels, ref_embeddings, ref_labels,
-        metric=metric, normalize=normalize, anchor_offset=anchor_offset,
+        embeddings,
+        labels,
+        ref_embeddings,
+        ref_labels,
+        metric=metric,
+        normalize=normalize,
+        anchor_offset=anchor_offset,
     )
     total, counts = _BatchAllSum.apply(
         b.dist, b.labels, b.ref_labels, b.self_index, margin, bool(soft_margin), backend
@@ -168,9 +173,16 @@ def batch_all_triplet_loss(
     """
     check_reduction(reduction, _FUSED_REDUCTIONS)
     parts = batch_all_parts(
-        embeddings, labels, margin, metric, soft_margin,
-        normalize=normalize, backend=backend, ref_embeddings=ref_embeddings,
-        ref_labels=ref_labels, anchor_offset=anchor_offset,
+        embeddings,
+        labels,
+        margin,
+        metric,
+        soft_margin,
+        normalize=normalize,
+        backend=backend,
+        ref_embeddings=ref_embeddings,
+        ref_labels=ref_labels,
+        anchor_offset=anchor_offset,
     )
     return reduce_parts(*parts, reduction)
 
@@ -193,8 +205,13 @@ def _mined_parts(
     distances from the matrix in the graph: the loss's gradient flows through them."""
     margin = check_margin(margin)
     b = prepare(
-        embeddings, labels, ref_embeddings, ref_labels,
-        metric=metric, normalize=normalize, anchor_offset=anchor_offset,
+        embeddings,
+        labels,
+        ref_embeddings,
+        ref_labels,
+        metric=metric,
+        normalize=normalize,
+        anchor_offset=anchor_offset,
     )
     a, p, n = select(b.dist.detach(), b.labels, b.ref_labels, b.self_index, backend)
     terms = triplet_terms(b.dist[a, p], b.dist[a, n], margin, soft_margin)
@@ -225,8 +242,18 @@ def batch_hard_parts(
 ) -> Parts | Tensor:
     """The un-reduced batch-hard loss: see :func:`batch_hard_triplet_loss`."""
     return _mined_parts(
-        batch_hard, embeddings, labels, margin, metric, soft_margin, normalize, backend,
-        ref_embeddings, ref_labels, anchor_offset, return_terms,
+        batch_hard,
+        embeddings,
+        labels,
+        margin,
+        metric,
+        soft_margin,
+        normalize,
+        backend,
+        ref_embeddings,
+        ref_labels,
+        anchor_offset,
+        return_terms,
     )
 
 
@@ -267,9 +294,17 @@ def batch_hard_triplet_loss(
     """
     check_reduction(reduction, (*_FUSED_REDUCTIONS, "none"))
     parts = batch_hard_parts(
-        embeddings, labels, margin, metric, soft_margin,
-        normalize=normalize, backend=backend, ref_embeddings=ref_embeddings,
-        ref_labels=ref_labels, anchor_offset=anchor_offset, return_terms=reduction == "none",
+        embeddings,
+        labels,
+        margin,
+        metric,
+        soft_margin,
+        normalize=normalize,
+        backend=backend,
+        ref_embeddings=ref_embeddings,
+        ref_labels=ref_labels,
+        anchor_offset=anchor_offset,
+        return_terms=reduction == "none",
     )
     return _reduced(parts, reduction)
 
@@ -290,8 +325,18 @@ def semi_hard_parts(
 ) -> Parts | Tensor:
     """The un-reduced semi-hard loss: see :func:`semi_hard_triplet_loss`."""
     return _mined_parts(
-        semi_hard, embeddings, labels, margin, metric, soft_margin, normalize, backend,
-        ref_embeddings, ref_labels, anchor_offset, return_terms,
+        semi_hard,
+        embeddings,
+        labels,
+        margin,
+        metric,
+        soft_margin,
+        normalize,
+        backend,
+        ref_embeddings,
+        ref_labels,
+        anchor_offset,
+        return_terms,
     )
 
 
@@ -334,8 +379,16 @@ def semi_hard_triplet_loss(
     """
     check_reduction(reduction, (*_FUSED_REDUCTIONS, "none"))
     parts = semi_hard_parts(
-        embeddings, labels, margin, metric, soft_margin,
-        normalize=normalize, backend=backend, ref_embeddings=ref_embeddings,
-        ref_labels=ref_labels, anchor_offset=anchor_offset, return_terms=reduction == "none",
+        embeddings,
+        labels,
+        margin,
+        metric,
+        soft_margin,
+        normalize=normalize,
+        backend=backend,
+        ref_embeddings=ref_embeddings,
+        ref_labels=ref_labels,
+        anchor_offset=anchor_offset,
+        return_terms=reduction == "none",
     )
     return _reduced(parts, reduction)

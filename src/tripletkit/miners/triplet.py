@@ -68,8 +68,13 @@ class BatchAllMiner(_TripletMiner):
         ref_labels: Tensor | None = None,
     ) -> Triplets:
         return mining.batch_all_triplets(
-            embeddings, labels, ref_embeddings, ref_labels,
-            margin=self.margin, active_only=self.active_only, **self._common(),
+            embeddings,
+            labels,
+            ref_embeddings,
+            ref_labels,
+            margin=self.margin,
+            active_only=self.active_only,
+            **self._common(),
         )
 
 
@@ -135,8 +140,13 @@ class SemiHardMiner(_TripletMiner):
         ref_labels: Tensor | None = None,
     ) -> Triplets:
         return mining.semi_hard_triplets(
-            embeddings, labels, ref_embeddings, ref_labels,
-            margin=self.margin, active_only=self.active_only, **self._common(),
+            embeddings,
+            labels,
+            ref_embeddings,
+            ref_labels,
+            margin=self.margin,
+            active_only=self.active_only,
+            **self._common(),
         )
 
 
@@ -175,6 +185,11 @@ class TripletMarginMiner(_TripletMiner):
         ref_labels: Tensor | None = None,
     ) -> Triplets:
         return mining.triplet_margin_triplets(
-            embeddings, labels, ref_embeddings, ref_labels,
-            margin=self.margin, type_of_triplets=self.type_of_triplets, **self._common(),
+            embeddings,
+            labels,
+            ref_embeddings,
+            ref_labels,
+            margin=self.margin,
+            type_of_triplets=self.type_of_triplets,
+            **self._common(),
         )

@@ -1,0 +1,95 @@
+"""Run tripletkit's benchmarks: ``python -m benchmarks [--quick] [--only quality|speed]``.
+
+First the quality benchmark (:mod:`benchmarks.quality`: every mining strategy trained on
+Omniglot, retrieval on unseen characters), then the speed benchmark (:mod:`benchmarks.speed`:
+forward + backward time and memory of the fused losses). Ends by printing both tables and
+where the JSON files and plots went. ``--quick`` runs both as CI smoke runs (their files get
+a ``_quick`` suffix and never overwrite a full run's); ``--out`` sets the output folder of
+both (default ``benchmarks/results/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .common import RESULTS_DIR
+
+BENCHMARKS = ("quality", "speed")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Run the quality benchmark, then the speed benchmark, and summarise both.",
+    )
+    p.add_argument("--quick", action="store_true", help="CI smoke runs of both benchmarks")
+    p.add_argument("--only", choices=BENCHMARKS, help="run only this benchmark")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR, help="output folder of both")
+    return p
+
+
+def _speed_module() -> Any:
+    """:mod:`benchmarks.speed`, or None when it cannot be imported."""
+    try:
+        return importlib.import_module(f"{__package__ or 'benchmarks'}.speed")
+    except ImportError as exc:
+        print(f"benchmarks.speed is not available ({exc}); skipping it", file=sys.stderr)
+        return None
+
+
+def _speed_files(result: dict[str, Any]) -> list[str]:
+    files = result.get("files") or {}
+    return [str(f) for f in files.values() if f] if isinstance(files, dict) else []
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the selected benchmarks; returns ``{"quality": ..., "speed": ...}`` (each what
+    that benchmark's ``main`` returned, for those that ran)."""
+    args = _parser().parse_args(None if argv is None else list(argv))
+    common = ["--out", str(args.out)] + (["--quick"] if args.quick else [])
+    started = time.perf_counter()
+    done: dict[str, Any] = {}
+
+    if args.only in (None, "quality"):
+        from . import quality
+
+        done["quality"] = quality.main(common)
+
+    speed = None
+    if args.only in (None, "speed"):
+        speed = _speed_module()
+        if speed is not None:
+            done["speed"] = speed.main(common)
+
+    print("\n" + "=" * 80)
+    print(f"Summary ({time.perf_counter() - started:.0f} s)")
+    files: list[str] = []
+    if "quality" in done:
+        from . import quality
+
+        q = done["quality"]
+        print("\n## Quality (retrieval on unseen Omniglot characters, mean ± std over seeds)\n")
+        print(quality.markdown_table(q))
+        files += [q["outputs"]["json"], *q["outputs"]["png"]]
+    if "speed" in done and speed is not None:
+        table = getattr(speed, "markdown_table", None)
+        for device, result in done["speed"].items():
+            print(f"\n## Speed on {device} (forward + backward)\n")
+            if table is not None:
+                print(table(result))
+            files += _speed_files(result)
+    if files:
+        print("\nResults written to:")
+        for f in files:
+            print(f"  {f}")
+    return done
+
+
+if __name__ == "__main__":
+    main()
