@@ -51,6 +51,11 @@ def batch_all_triplets(
 
     Rows are ordered by anchor, then positive, then increasing ``d_an``.
 
+    Shape:
+        - embeddings: ``[N, D]``; labels: ``[N]``; optional ref_embeddings ``[M, D]``,
+          ref_labels ``[M]``.
+        - output: :class:`~tripletkit.types.Triplets` of ``[T]`` int64 tensors.
+
     Example:
         >>> import torch
         >>> x = torch.tensor([[0.0], [0.1], [1.0]])
@@ -88,6 +93,11 @@ def batch_hard_triplets(
 
     One triplet per anchor that has at least one positive and one negative: its farthest
     positive and its nearest negative. Anchors lacking either are left out.
+
+    Shape:
+        - embeddings: ``[N, D]``; labels: ``[N]``; optional ref_embeddings ``[M, D]``,
+          ref_labels ``[M]``.
+        - output: :class:`~tripletkit.types.Triplets` of ``[T]`` int64 tensors.
 
     Example:
         >>> import torch
@@ -128,6 +138,17 @@ def semi_hard_triplets(
     whose hinge ``d_ap - d_an + m`` is positive are kept (the margin plays no other role).
 
     Rows are ordered by anchor, then positive.
+
+    Shape:
+        - embeddings: ``[N, D]``; labels: ``[N]``; optional ref_embeddings ``[M, D]``,
+          ref_labels ``[M]``.
+        - output: :class:`~tripletkit.types.Triplets` of ``[T]`` int64 tensors.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[0.0], [0.5], [0.6], [5.0]])
+        >>> semi_hard_triplets(x, torch.tensor([0, 0, 1, 1]))
+        Triplets(anchor=tensor([0, 1, 2, 3]), positive=tensor([1, 0, 3, 2]), negative=tensor([2, 3, 0, 1]))
     """
     margin = check_margin(margin)
     b = no_grad_prepare(
@@ -164,6 +185,17 @@ def triplet_margin_triplets(
     ``"semihard"`` ``0 < t <= m``; ``"easy"`` ``t > m``.
 
     Rows are ordered by anchor, then positive, then increasing ``d_an``.
+
+    Shape:
+        - embeddings: ``[N, D]``; labels: ``[N]``; optional ref_embeddings ``[M, D]``,
+          ref_labels ``[M]``.
+        - output: :class:`~tripletkit.types.Triplets` of ``[T]`` int64 tensors.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[0.0], [0.5], [0.6], [5.0]])
+        >>> triplet_margin_triplets(x, torch.tensor([0, 0, 1, 1]), type_of_triplets="hard")
+        Triplets(anchor=tensor([1, 2, 2]), positive=tensor([0, 3, 3]), negative=tensor([2, 1, 0]))
     """
     margin = check_margin(margin)
     check_choice("type_of_triplets", type_of_triplets, TYPES_OF_TRIPLETS)

@@ -28,6 +28,12 @@ class Triplets(NamedTuple):
 
     Shape:
         - anchor, positive, negative: ``[T]``, int64, on the embeddings' device.
+
+    Example:
+        >>> t = Triplets(torch.tensor([0]), torch.tensor([1]), torch.tensor([2]))
+        >>> anchor, positive, negative = t  # unpacks like a 3-tuple
+        >>> t.num_triplets, Triplets.empty().num_triplets
+        (1, 0)
     """
 
     anchor: Tensor
@@ -52,6 +58,11 @@ class Pairs(NamedTuple):
     Shape:
         - anchor_pos, positive: ``[P]``, int64.
         - anchor_neg, negative: ``[Q]``, int64.
+
+    Example:
+        >>> p = Pairs(torch.tensor([0]), torch.tensor([1]), torch.tensor([0, 1]), torch.tensor([2, 2]))
+        >>> p.num_positive, p.num_negative
+        (1, 2)
     """
 
     anchor_pos: Tensor
@@ -79,7 +90,11 @@ class TripletStats(NamedTuple):
 
     With ``d_ap`` the anchor-positive and ``d_an`` the anchor-negative distance and margin
     ``m``: *easy* ``d_an > d_ap + m``, *semi-hard* ``d_ap < d_an <= d_ap + m``, *hard*
-    ``d_an <= d_ap``. ``valid = easy + semi_hard + hard``.
+    ``d_an <= d_ap``. ``valid = easy + semi_hard + hard``. Plain Python ints.
+
+    Example:
+        >>> TripletStats(valid=8, easy=4, semi_hard=2, hard=2).fractions["semi_hard"]
+        0.25
     """
 
     valid: int

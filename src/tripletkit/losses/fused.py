@@ -43,7 +43,15 @@ _FUSED_REDUCTIONS = ("mean", "sum", "mean_nonzero")
 
 def reduce_parts(total: Tensor, n_valid: int, n_active: int, reduction: str) -> Tensor:
     """``"sum"``: the total; ``"mean"``: total / n_valid; ``"mean_nonzero"``: total /
-    n_active (the mean over terms > 0). Both means are 0 when their count is 0."""
+    n_active (the mean over terms > 0). Both means are 0 when their count is 0.
+
+    Shape:
+        - total: ``[]`` -> ``[]``.
+
+    Example:
+        >>> reduce_parts(torch.tensor(3.0), n_valid=6, n_active=2, reduction="mean_nonzero")
+        tensor(1.5000)
+    """
     if reduction == "sum":
         return total
     count = n_valid if reduction == "mean" else n_active

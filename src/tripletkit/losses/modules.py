@@ -78,6 +78,13 @@ def triplet_margin_loss(
 
     Returns:
         0-dim loss, or ``[T]`` with ``reduction="none"``.
+
+    Example:
+        >>> import torch
+        >>> from tripletkit.mining import batch_hard_triplets
+        >>> x, y = torch.tensor([[0.0], [0.5], [0.6], [5.0]]), torch.tensor([0, 0, 1, 1])
+        >>> triplet_margin_loss(x, y, batch_hard_triplets(x, y), margin=0.2, reduction="none")
+        tensor([0.1000, 0.6000, 4.5000, 0.1000])
     """
     check_reduction(reduction, _REDUCTIONS)
     margin = check_margin(margin)
@@ -156,6 +163,12 @@ def contrastive_loss(
 
     Returns:
         0-dim loss, or ``[P + Q]`` with ``reduction="none"``.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[0.0], [0.5], [0.6], [5.0]])
+        >>> contrastive_loss(x, torch.tensor([0, 0, 1, 1]), reduction="sum")  # 2 x (0.5 + 4.4 + 0.9 + 0.4)
+        tensor(12.4000)
     """
     check_reduction(reduction, _REDUCTIONS)
     pos_margin = check_margin(pos_margin, "pos_margin")

@@ -87,6 +87,12 @@ class BatchHardMiner(_TripletMiner):
     Shape:
         - embeddings: ``[N, D]``, labels: ``[N]``.
         - output: :class:`~tripletkit.types.Triplets` of ``[A]`` int64 tensors, one per kept anchor.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[0.0], [0.5], [0.6], [5.0]])
+        >>> BatchHardMiner()(x, torch.tensor([0, 0, 1, 1]))
+        Triplets(anchor=tensor([0, 1, 2, 3]), positive=tensor([1, 0, 3, 2]), negative=tensor([2, 2, 1, 1]))
     """
 
     def __init__(
@@ -117,6 +123,12 @@ class SemiHardMiner(_TripletMiner):
     Shape:
         - embeddings: ``[N, D]``, labels: ``[N]``.
         - output: :class:`~tripletkit.types.Triplets`, one row per positive pair.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[0.0], [0.5], [0.6], [5.0]])
+        >>> SemiHardMiner(margin=0.2)(x, torch.tensor([0, 0, 1, 1])).negative
+        tensor([2, 3, 0, 1])
     """
 
     def __init__(
@@ -160,6 +172,12 @@ class TripletMarginMiner(_TripletMiner):
     Shape:
         - embeddings: ``[N, D]``, labels: ``[N]``.
         - output: :class:`~tripletkit.types.Triplets` of ``[T]`` int64 tensors.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[0.0], [0.5], [0.6], [5.0]])
+        >>> TripletMarginMiner(margin=0.2, type_of_triplets="semihard")(x, torch.tensor([0, 0, 1, 1]))
+        Triplets(anchor=tensor([0, 3]), positive=tensor([1, 2]), negative=tensor([2, 1]))
     """
 
     def __init__(
