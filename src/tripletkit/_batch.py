@@ -60,6 +60,19 @@ def check_anchor_offset(anchor_offset: object, n: int, m: int, has_ref: bool) ->
     return anchor_offset
 
 
+def _check_no_overflow(emb: Tensor, ref: Tensor) -> None:
+    """Euclidean distances are finite when the largest squared norms add up to a finite
+    number (``|x - y|^2 <= 2 |x|^2 + 2 |y|^2``): an O(N D) check instead of an O(N M) one."""
+    if not emb.numel() or not ref.numel():
+        return
+    largest = 2 * (emb * emb).sum(dim=1).max() + 2 * (ref * ref).sum(dim=1).max()
+    if not bool(torch.isfinite(largest)):
+        raise ValueError(
+            "distances overflow to inf: the embeddings are too large for their dtype; "
+            "scale or normalise them (normalize=True)"
+        )
+
+
 def prepare(
     embeddings: Tensor,
     labels: Tensor,
@@ -87,12 +100,9 @@ def prepare(
         offset = check_anchor_offset(anchor_offset, emb.shape[0], emb.shape[0], has_ref=False)
     else:
         offset = check_anchor_offset(anchor_offset, emb.shape[0], ref.shape[0], has_ref=True)
+    if metric != "cosine":
+        _check_no_overflow(emb, ref)
     dist = _pairwise_distance_unchecked(emb, ref, metric)
-    if dist.numel() and not bool(torch.isfinite(dist).all()):
-        raise ValueError(
-            "distances overflow to inf: the embeddings are too large for their dtype; "
-            "scale or normalise them (normalize=True)"
-        )
     self_index = self_index_for(emb.shape[0], emb.device, offset)
     return Batch(dist, lab, ref_lab, self_index, emb, ref)
 

@@ -58,8 +58,7 @@ class _EuclideanMatrix(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, y: Tensor, squared: bool) -> Tensor:  # type: ignore[override]
         xx = (x * x).sum(dim=1, keepdim=True)
         yy = (y * y).sum(dim=1).unsqueeze(0)
-        d = x @ y.t()
-        d.mul_(-2.0).add_(xx).add_(yy)
+        d = torch.addmm(xx, x, y.t(), alpha=-2.0).add_(yy)
         scale = 8 * torch.finfo(d.dtype).eps
         rows = max(1, (1 << 20) // max(d.shape[1], 1))  # bound the temporaries to ~1M entries
         for r0 in range(0, d.shape[0], rows):
@@ -80,6 +79,9 @@ class _EuclideanMatrix(torch.autograd.Function):
             w = g / d  # inf or NaN where d == 0, replaced by the zero subgradient
             w.masked_fill_(d == 0, 0.0)
         gx = gy = None
+        if y is x:  # d(x, x): both gradients land on x, in one matrix product
+            w = w + w.t()
+            return x * w.sum(dim=1, keepdim=True) - w @ x, None, None
         if ctx.needs_input_grad[0]:
             gx = x * w.sum(dim=1, keepdim=True) - w @ y
         if ctx.needs_input_grad[1]:
@@ -143,7 +145,7 @@ def _pairwise_distance_unchecked(x: Tensor, y: Tensor, metric: str) -> Tensor:
         d = (1.0 - xn @ yn.t()).clamp(0.0, 2.0)
         # 1 - cos(x, x) is rounding noise of a few eps: duplicates are exactly 0 apart.
         return torch.where(d > 8 * torch.finfo(d.dtype).eps, d, torch.zeros_like(d))
-    return _EuclideanMatrix.apply(x, y, metric == "sqeuclidean")
+    return _EuclideanMatrix.apply(x, y, metric == "sqeuclidean")  # y may be x itself
 
 
 def paired_distance(x: Tensor, y: Tensor, metric: str = "euclidean") -> Tensor:

@@ -222,7 +222,9 @@ def _mined_parts(
         anchor_offset=anchor_offset,
     )
     a, p, n = select(b.dist.detach(), b.labels, b.ref_labels, b.self_index, backend)
-    terms = triplet_terms(b.dist[a, p], b.dist[a, n], margin, soft_margin)
+    # one gather for both distances: a single N x M gradient buffer in backward
+    d_ap, d_an = b.dist[a.repeat(2), torch.cat([p, n])].view(2, -1)
+    terms = triplet_terms(d_ap, d_an, margin, soft_margin)
     if return_terms:
         return terms
     # With nothing selected, dist.sum() * 0 keeps the loss in the graph with a zero gradient.
