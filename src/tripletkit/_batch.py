@@ -16,7 +16,7 @@ from ._checks import check_bool, check_choice, check_pair
 from .distances import METRICS, _pairwise_distance_unchecked, normalize_embeddings
 from .kernels import self_index_for
 
-__all__ = ["Batch", "prepare"]
+__all__ = ["Batch", "prepare", "prepare_rows"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,27 @@ def _check_no_overflow(emb: Tensor, ref: Tensor) -> None:
         )
 
 
+def prepare_rows(
+    embeddings: Tensor,
+    labels: Tensor,
+    ref_embeddings: Tensor | None = None,
+    ref_labels: Tensor | None = None,
+    *,
+    normalize: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Validate the inputs, L2-normalise them if asked, and default the references to the
+    embeddings: ``(embeddings [N, D], labels [N], ref_embeddings [M, D], ref_labels [M])``.
+    The first step of :func:`prepare`, and all that losses over explicit indices need."""
+    check_bool(normalize, "normalize")
+    emb, lab, ref, ref_lab = check_pair(embeddings, labels, ref_embeddings, ref_labels)
+    if normalize:
+        emb = normalize_embeddings(emb)
+        ref = normalize_embeddings(ref) if ref is not None else None
+    if ref is None or ref_lab is None:
+        return emb, lab, emb, lab
+    return emb, lab, ref, ref_lab
+
+
 def prepare(
     embeddings: Tensor,
     labels: Tensor,
@@ -90,16 +111,12 @@ def prepare(
     are rows ``anchor_offset : anchor_offset + N`` of it (a gathered global batch, say).
     """
     check_choice("metric", metric, METRICS)
-    check_bool(normalize, "normalize")
-    emb, lab, ref, ref_lab = check_pair(embeddings, labels, ref_embeddings, ref_labels)
-    if normalize:
-        emb = normalize_embeddings(emb)
-        ref = normalize_embeddings(ref) if ref is not None else None
-    if ref is None or ref_lab is None:
-        ref, ref_lab = emb, lab
-        offset = check_anchor_offset(anchor_offset, emb.shape[0], emb.shape[0], has_ref=False)
-    else:
-        offset = check_anchor_offset(anchor_offset, emb.shape[0], ref.shape[0], has_ref=True)
+    emb, lab, ref, ref_lab = prepare_rows(
+        embeddings, labels, ref_embeddings, ref_labels, normalize=normalize
+    )
+    offset = check_anchor_offset(
+        anchor_offset, emb.shape[0], ref.shape[0], has_ref=ref_embeddings is not None
+    )
     if metric != "cosine":
         _check_no_overflow(emb, ref)
     dist = _pairwise_distance_unchecked(emb, ref, metric)

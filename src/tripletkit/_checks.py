@@ -23,6 +23,7 @@ __all__ = [
     "check_pair",
     "check_positive_int",
     "check_reduction",
+    "check_same_space",
     "compute_dtype",
 ]
 
@@ -145,17 +146,22 @@ def check_pair(
     if ref_embeddings is None:
         return emb, lab, None, None
     ref = check_embeddings(ref_embeddings, "ref_embeddings")
-    if ref.device != emb.device:
-        raise ValueError(f"ref_embeddings is on {ref.device} but embeddings are on {emb.device}")
-    if ref.shape[1] != emb.shape[1]:
-        raise ValueError(
-            f"ref_embeddings has {ref.shape[1]} features but embeddings have {emb.shape[1]}"
-        )
+    emb, ref = check_same_space(emb, ref, "embeddings", "ref_embeddings")
     ref_lab = check_labels(ref_labels, ref.shape[0], ref.device, "ref_labels")
-    if ref.dtype != emb.dtype:
-        common = torch.promote_types(ref.dtype, emb.dtype)
-        emb, ref = emb.to(common), ref.to(common)
     return emb, lab, ref, ref_lab
+
+
+def check_same_space(x: Tensor, y: Tensor, x_name: str, y_name: str) -> tuple[Tensor, Tensor]:
+    """Two checked embedding matrices that must meet: same device and width. Returns both
+    in their common dtype."""
+    if y.device != x.device:
+        raise ValueError(f"{y_name} is on {y.device} but {x_name} is on {x.device}")
+    if y.shape[1] != x.shape[1]:
+        raise ValueError(f"{y_name} has {y.shape[1]} features but {x_name} has {x.shape[1]}")
+    if y.dtype != x.dtype:
+        common = torch.promote_types(x.dtype, y.dtype)
+        x, y = x.to(common), y.to(common)
+    return x, y
 
 
 def check_indices(index: object, name: str, bound: int, device: torch.device) -> Tensor:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._checks import check_choice, check_embeddings
+from ._checks import check_choice, check_embeddings, check_same_space
 
 __all__ = ["METRICS", "normalize_embeddings", "paired_distance", "pairwise_distance"]
 
@@ -127,14 +127,7 @@ def pairwise_distance(x: Tensor, y: Tensor | None = None, metric: str = "euclide
     if y is None:
         y = x
     else:
-        y = check_embeddings(y, "y")
-        if y.device != x.device:
-            raise ValueError(f"y is on {y.device} but x is on {x.device}")
-        if y.shape[1] != x.shape[1]:
-            raise ValueError(f"y has {y.shape[1]} features but x has {x.shape[1]}")
-        if y.dtype != x.dtype:
-            common = torch.promote_types(x.dtype, y.dtype)
-            x, y = x.to(common), y.to(common)
+        x, y = check_same_space(x, check_embeddings(y, "y"), "x", "y")
     return _pairwise_distance_unchecked(x, y, metric)
 
 
@@ -162,17 +155,9 @@ def paired_distance(x: Tensor, y: Tensor, metric: str = "euclidean") -> Tensor:
         tensor([5.])
     """
     check_choice("metric", metric, METRICS)
-    x = check_embeddings(x, "x")
-    y = check_embeddings(y, "y")
-    if x.shape != y.shape:
-        raise ValueError(
-            f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}"
-        )
-    if x.device != y.device:
-        raise ValueError(f"y is on {y.device} but x is on {x.device}")
-    if x.dtype != y.dtype:
-        common = torch.promote_types(x.dtype, y.dtype)
-        x, y = x.to(common), y.to(common)
+    x, y = check_same_space(check_embeddings(x, "x"), check_embeddings(y, "y"), "x", "y")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y must have the same rows, got {x.shape[0]} and {y.shape[0]}")
     return _paired_distance_unchecked(x, y, metric)
 
 

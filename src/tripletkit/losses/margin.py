@@ -9,15 +9,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._batch import prepare_rows
 from .._checks import (
+    check_bool,
     check_choice,
     check_indices,
     check_margin,
-    check_pair,
     check_positive_int,
     check_reduction,
 )
-from ..distances import METRICS, normalize_embeddings, paired_distance
+from ..distances import METRICS, paired_distance
 from ..types import Pairs, Triplets
 from .fused import reduce_parts
 
@@ -144,14 +145,10 @@ def margin_loss(
     if nu < 0:
         raise ValueError(f"nu must be >= 0, got {nu}")
     check_choice("metric", metric, METRICS)
-    if not isinstance(normalize, bool):
-        raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
     beta = _check_beta(beta)
-    emb, lab, ref, _ = check_pair(embeddings, labels, ref_embeddings, ref_labels)
-    if normalize:
-        emb = normalize_embeddings(emb)
-        ref = normalize_embeddings(ref) if ref is not None else None
-    ref = emb if ref is None else ref
+    emb, lab, ref, _ = prepare_rows(
+        embeddings, labels, ref_embeddings, ref_labels, normalize=normalize
+    )
     ap, p, an, neg = _split_indices(indices, emb.shape[0], ref.shape[0], emb.device)
     beta = beta.to(device=emb.device, dtype=emb.dtype)
     if beta.shape[0] == 1:
@@ -245,9 +242,7 @@ class MarginLoss(nn.Module):
         self.reduction = check_reduction(reduction, _REDUCTIONS)
         if not isinstance(learn_beta, bool):
             raise TypeError(f"learn_beta must be a bool, got {type(learn_beta).__name__}")
-        if not isinstance(normalize, bool):
-            raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
-        self.normalize = normalize
+        self.normalize = check_bool(normalize, "normalize")
         self.learn_beta = learn_beta
         self.num_classes = (
             None if num_classes is None else check_positive_int(num_classes, "num_classes")

@@ -8,16 +8,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._batch import prepare
+from .._batch import prepare, prepare_rows
 from .._checks import (
     check_bool,
     check_choice,
     check_indices,
     check_margin,
-    check_pair,
     check_reduction,
 )
-from ..distances import METRICS, normalize_embeddings, paired_distance
+from ..distances import METRICS, paired_distance
 from ..kernels import BACKENDS
 from ..types import Pairs, Triplets
 from .fused import batch_all_triplet_loss, reduce_parts, triplet_terms
@@ -106,11 +105,9 @@ def triplet_margin_loss(
             ref_embeddings=ref_embeddings,
             ref_labels=ref_labels,
         )
-    emb, _, ref, _ = check_pair(embeddings, labels, ref_embeddings, ref_labels)
-    if normalize:
-        emb = normalize_embeddings(emb)
-        ref = normalize_embeddings(ref) if ref is not None else None
-    ref = emb if ref is None else ref
+    emb, _, ref, _ = prepare_rows(
+        embeddings, labels, ref_embeddings, ref_labels, normalize=normalize
+    )
     a, p, n = _unpack(triplets, 3, "triplets")
     a = check_indices(a, "triplets.anchor", emb.shape[0], emb.device)
     p = check_indices(p, "triplets.positive", ref.shape[0], emb.device)
@@ -193,11 +190,9 @@ def contrastive_loss(
         raise ValueError(
             "anchor_offset only applies with pairs=None (explicit pairs name their rows)"
         )
-    emb, _, ref, _ = check_pair(embeddings, labels, ref_embeddings, ref_labels)
-    if normalize:
-        emb = normalize_embeddings(emb)
-        ref = normalize_embeddings(ref) if ref is not None else None
-    ref = emb if ref is None else ref
+    emb, _, ref, _ = prepare_rows(
+        embeddings, labels, ref_embeddings, ref_labels, normalize=normalize
+    )
     ap, p, an, n = _unpack(pairs, 4, "pairs")
     ap = check_indices(ap, "pairs.anchor_pos", emb.shape[0], emb.device)
     p = check_indices(p, "pairs.positive", ref.shape[0], emb.device)

@@ -13,13 +13,13 @@ the same stream. :class:`MultiSimilarityMiner` and
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from torch import Tensor, nn
 
 from .. import sampling_miners as sm
-from .._checks import check_choice, check_margin, check_positive_int
-from ..distances import METRICS
-from ..types import Pairs, Triplets
+from .._checks import check_bool, check_margin, check_positive_int
+from ._base import Miner, common_options
 
 __all__ = [
     "DistanceWeightedMiner",
@@ -29,11 +29,19 @@ __all__ = [
 ]
 
 
-class _SeededMiner(nn.Module):
-    def __init__(self, seed: int | None) -> None:
-        super().__init__()
+class _SeededMiner(Miner):
+    """A miner that owns a :class:`torch.Generator`, passed to its function on every call."""
+
+    def __init__(self, seed: int | None, **options: object) -> None:
+        super().__init__(**options)
         self.generator: torch.Generator = sm.make_generator(seed)
         self.seed = seed
+
+    def options(self) -> dict[str, Any]:
+        return {**super().options(), "generator": self.generator}
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, seed={self.seed}".lstrip(", ")
 
     def manual_seed(self, seed: int) -> None:
         """Restart the miner's random stream from ``seed``."""
@@ -74,6 +82,8 @@ class DistanceWeightedMiner(_SeededMiner):
         6
     """
 
+    function = staticmethod(sm.distance_weighted_triplets)
+
     def __init__(
         self,
         cutoff: float = 0.5,
@@ -82,32 +92,12 @@ class DistanceWeightedMiner(_SeededMiner):
         normalize: bool = False,
         seed: int | None = None,
     ) -> None:
-        super().__init__(seed)
-        self.cutoff, self.nonzero_loss_cutoff = sm.check_cutoffs(cutoff, nonzero_loss_cutoff)
-        self.normalize = _check_bool(normalize, "normalize")
-
-    def forward(
-        self,
-        embeddings: Tensor,
-        labels: Tensor,
-        ref_embeddings: Tensor | None = None,
-        ref_labels: Tensor | None = None,
-    ) -> Triplets:
-        return sm.distance_weighted_triplets(
-            embeddings,
-            labels,
-            ref_embeddings,
-            ref_labels,
-            cutoff=self.cutoff,
-            nonzero_loss_cutoff=self.nonzero_loss_cutoff,
-            normalize=self.normalize,
-            generator=self.generator,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"cutoff={self.cutoff}, nonzero_loss_cutoff={self.nonzero_loss_cutoff}, "
-            f"normalize={self.normalize}, seed={self.seed}"
+        cutoff, nonzero_loss_cutoff = sm.check_cutoffs(cutoff, nonzero_loss_cutoff)
+        super().__init__(
+            seed,
+            cutoff=cutoff,
+            nonzero_loss_cutoff=nonzero_loss_cutoff,
+            normalize=check_bool(normalize, "normalize"),
         )
 
 
@@ -129,33 +119,15 @@ class RandomTripletMiner(_SeededMiner):
         5
     """
 
+    function = staticmethod(sm.random_triplets)
+
     def __init__(self, num_triplets: int | None = None, *, seed: int | None = None) -> None:
-        super().__init__(seed)
-        self.num_triplets = (
-            None if num_triplets is None else check_positive_int(num_triplets, "num_triplets")
-        )
-
-    def forward(
-        self,
-        embeddings: Tensor,
-        labels: Tensor,
-        ref_embeddings: Tensor | None = None,
-        ref_labels: Tensor | None = None,
-    ) -> Triplets:
-        return sm.random_triplets(
-            embeddings,
-            labels,
-            ref_embeddings,
-            ref_labels,
-            num_triplets=self.num_triplets,
-            generator=self.generator,
-        )
-
-    def extra_repr(self) -> str:
-        return f"num_triplets={self.num_triplets}, seed={self.seed}"
+        if num_triplets is not None:
+            check_positive_int(num_triplets, "num_triplets")
+        super().__init__(seed, num_triplets=num_triplets)
 
 
-class MultiSimilarityMiner(nn.Module):
+class MultiSimilarityMiner(Miner):
     """The pair mining of the multi-similarity loss (Wang et al. 2019).
 
     With ``S = 1 - cosine distance``: negative pairs with ``S_an > min_p S_ap - epsilon`` and
@@ -174,36 +146,17 @@ class MultiSimilarityMiner(nn.Module):
         6
     """
 
+    function = staticmethod(sm.multi_similarity_pairs)
+
     def __init__(
         self, epsilon: float = 0.1, *, metric: str = "cosine", normalize: bool = False
     ) -> None:
-        super().__init__()
-        self.epsilon = check_margin(epsilon, "epsilon")
-        self.metric = check_choice("metric", metric, METRICS)
-        self.normalize = _check_bool(normalize, "normalize")
-
-    def forward(
-        self,
-        embeddings: Tensor,
-        labels: Tensor,
-        ref_embeddings: Tensor | None = None,
-        ref_labels: Tensor | None = None,
-    ) -> Pairs:
-        return sm.multi_similarity_pairs(
-            embeddings,
-            labels,
-            ref_embeddings,
-            ref_labels,
-            epsilon=self.epsilon,
-            metric=self.metric,
-            normalize=self.normalize,
+        super().__init__(
+            epsilon=check_margin(epsilon, "epsilon"), **common_options(metric, normalize)
         )
 
-    def extra_repr(self) -> str:
-        return f"epsilon={self.epsilon}, metric={self.metric!r}, normalize={self.normalize}"
 
-
-class PairMarginMiner(nn.Module):
+class PairMarginMiner(Miner):
     """The pairs with a non-zero contrastive loss: positive pairs with ``d > pos_margin``,
     negative pairs with ``d < neg_margin``, for :class:`~tripletkit.losses.ContrastiveLoss`.
     See :func:`tripletkit.sampling_miners.pair_margin_pairs`.
@@ -221,6 +174,8 @@ class PairMarginMiner(nn.Module):
         >>> ContrastiveLoss(reduction="sum")(x, labels, pairs).backward()
     """
 
+    function = staticmethod(sm.pair_margin_pairs)
+
     def __init__(
         self,
         pos_margin: float = 0.0,
@@ -229,38 +184,8 @@ class PairMarginMiner(nn.Module):
         metric: str = "euclidean",
         normalize: bool = False,
     ) -> None:
-        super().__init__()
-        self.pos_margin = check_margin(pos_margin, "pos_margin")
-        self.neg_margin = check_margin(neg_margin, "neg_margin")
-        self.metric = check_choice("metric", metric, METRICS)
-        self.normalize = _check_bool(normalize, "normalize")
-
-    def forward(
-        self,
-        embeddings: Tensor,
-        labels: Tensor,
-        ref_embeddings: Tensor | None = None,
-        ref_labels: Tensor | None = None,
-    ) -> Pairs:
-        return sm.pair_margin_pairs(
-            embeddings,
-            labels,
-            ref_embeddings,
-            ref_labels,
-            pos_margin=self.pos_margin,
-            neg_margin=self.neg_margin,
-            metric=self.metric,
-            normalize=self.normalize,
+        super().__init__(
+            pos_margin=check_margin(pos_margin, "pos_margin"),
+            neg_margin=check_margin(neg_margin, "neg_margin"),
+            **common_options(metric, normalize),
         )
-
-    def extra_repr(self) -> str:
-        return (
-            f"pos_margin={self.pos_margin}, neg_margin={self.neg_margin}, "
-            f"metric={self.metric!r}, normalize={self.normalize}"
-        )
-
-
-def _check_bool(value: object, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return value

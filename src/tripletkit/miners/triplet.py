@@ -1,6 +1,7 @@
 """Triplet miner modules: thin ``nn.Module`` wrappers over :mod:`tripletkit.mining`.
 
-Each miner stores its hyper-parameters and is called as
+Each miner stores its hyper-parameters (see :class:`~tripletkit.miners._base.Miner`) and is
+called as
 ``miner(embeddings, labels, ref_embeddings=None, ref_labels=None) -> Triplets``. Mining runs
 without autograd; feed the indices to a loss, e.g. :class:`~tripletkit.losses.TripletMarginLoss`
 or any loss that takes a 3-tuple of index tensors.
@@ -8,29 +9,14 @@ or any loss that takes a 3-tuple of index tensors.
 
 from __future__ import annotations
 
-from torch import Tensor, nn
-
 from .. import mining
-from .._checks import check_choice, check_margin
-from ..distances import METRICS
-from ..kernels import BACKENDS
-from ..types import Triplets
+from .._checks import check_bool, check_choice, check_margin
+from ._base import Miner, common_options
 
 __all__ = ["BatchAllMiner", "BatchHardMiner", "SemiHardMiner", "TripletMarginMiner"]
 
 
-class _TripletMiner(nn.Module):
-    def __init__(self, metric: str, normalize: bool, backend: str) -> None:
-        super().__init__()
-        self.metric = check_choice("metric", metric, METRICS)
-        self.normalize = bool(normalize)
-        self.backend = check_choice("backend", backend, BACKENDS)
-
-    def _common(self) -> dict:
-        return {"metric": self.metric, "normalize": self.normalize, "backend": self.backend}
-
-
-class BatchAllMiner(_TripletMiner):
+class BatchAllMiner(Miner):
     """Every valid triplet, or only the active ones (hinge > 0): Hermans et al. 2017.
 
     See :func:`tripletkit.mining.batch_all_triplets`.
@@ -47,6 +33,8 @@ class BatchAllMiner(_TripletMiner):
         tensor([0, 1])
     """
 
+    function = staticmethod(mining.batch_all_triplets)
+
     def __init__(
         self,
         margin: float = 0.2,
@@ -56,29 +44,14 @@ class BatchAllMiner(_TripletMiner):
         normalize: bool = False,
         backend: str = "auto",
     ) -> None:
-        super().__init__(metric, normalize, backend)
-        self.margin = check_margin(margin)
-        self.active_only = bool(active_only)
-
-    def forward(
-        self,
-        embeddings: Tensor,
-        labels: Tensor,
-        ref_embeddings: Tensor | None = None,
-        ref_labels: Tensor | None = None,
-    ) -> Triplets:
-        return mining.batch_all_triplets(
-            embeddings,
-            labels,
-            ref_embeddings,
-            ref_labels,
-            margin=self.margin,
-            active_only=self.active_only,
-            **self._common(),
+        super().__init__(
+            margin=check_margin(margin),
+            active_only=check_bool(active_only, "active_only"),
+            **common_options(metric, normalize, backend),
         )
 
 
-class BatchHardMiner(_TripletMiner):
+class BatchHardMiner(Miner):
     """Per anchor its farthest positive and nearest negative (Hermans et al. 2017).
 
     See :func:`tripletkit.mining.batch_hard_triplets`. Anchors without a positive or
@@ -95,24 +68,15 @@ class BatchHardMiner(_TripletMiner):
         Triplets(anchor=tensor([0, 1, 2, 3]), positive=tensor([1, 0, 3, 2]), negative=tensor([2, 2, 1, 1]))
     """
 
+    function = staticmethod(mining.batch_hard_triplets)
+
     def __init__(
         self, metric: str = "euclidean", *, normalize: bool = False, backend: str = "auto"
     ) -> None:
-        super().__init__(metric, normalize, backend)
-
-    def forward(
-        self,
-        embeddings: Tensor,
-        labels: Tensor,
-        ref_embeddings: Tensor | None = None,
-        ref_labels: Tensor | None = None,
-    ) -> Triplets:
-        return mining.batch_hard_triplets(
-            embeddings, labels, ref_embeddings, ref_labels, **self._common()
-        )
+        super().__init__(**common_options(metric, normalize, backend))
 
 
-class SemiHardMiner(_TripletMiner):
+class SemiHardMiner(Miner):
     """One semi-hard negative per positive pair, as FaceNet / TensorFlow-Addons pick it.
 
     See :func:`tripletkit.mining.semi_hard_triplets`; ``TripletMarginLoss(margin)`` over its
@@ -131,6 +95,8 @@ class SemiHardMiner(_TripletMiner):
         tensor([2, 3, 0, 1])
     """
 
+    function = staticmethod(mining.semi_hard_triplets)
+
     def __init__(
         self,
         margin: float = 0.2,
@@ -140,29 +106,14 @@ class SemiHardMiner(_TripletMiner):
         normalize: bool = False,
         backend: str = "auto",
     ) -> None:
-        super().__init__(metric, normalize, backend)
-        self.margin = check_margin(margin)
-        self.active_only = bool(active_only)
-
-    def forward(
-        self,
-        embeddings: Tensor,
-        labels: Tensor,
-        ref_embeddings: Tensor | None = None,
-        ref_labels: Tensor | None = None,
-    ) -> Triplets:
-        return mining.semi_hard_triplets(
-            embeddings,
-            labels,
-            ref_embeddings,
-            ref_labels,
-            margin=self.margin,
-            active_only=self.active_only,
-            **self._common(),
+        super().__init__(
+            margin=check_margin(margin),
+            active_only=check_bool(active_only, "active_only"),
+            **common_options(metric, normalize, backend),
         )
 
 
-class TripletMarginMiner(_TripletMiner):
+class TripletMarginMiner(Miner):
     """Triplets by difficulty, with pytorch-metric-learning's ``TripletMarginMiner`` regions.
 
     With ``t = d_an - d_ap``: ``"all"`` ``t <= margin``, ``"hard"`` ``t <= 0``,
@@ -180,6 +131,8 @@ class TripletMarginMiner(_TripletMiner):
         Triplets(anchor=tensor([0, 3]), positive=tensor([1, 2]), negative=tensor([2, 1]))
     """
 
+    function = staticmethod(mining.triplet_margin_triplets)
+
     def __init__(
         self,
         margin: float = 0.2,
@@ -189,25 +142,10 @@ class TripletMarginMiner(_TripletMiner):
         normalize: bool = False,
         backend: str = "auto",
     ) -> None:
-        super().__init__(metric, normalize, backend)
-        self.margin = check_margin(margin)
-        self.type_of_triplets = check_choice(
-            "type_of_triplets", type_of_triplets, mining.TYPES_OF_TRIPLETS
-        )
-
-    def forward(
-        self,
-        embeddings: Tensor,
-        labels: Tensor,
-        ref_embeddings: Tensor | None = None,
-        ref_labels: Tensor | None = None,
-    ) -> Triplets:
-        return mining.triplet_margin_triplets(
-            embeddings,
-            labels,
-            ref_embeddings,
-            ref_labels,
-            margin=self.margin,
-            type_of_triplets=self.type_of_triplets,
-            **self._common(),
+        super().__init__(
+            margin=check_margin(margin),
+            type_of_triplets=check_choice(
+                "type_of_triplets", type_of_triplets, mining.TYPES_OF_TRIPLETS
+            ),
+            **common_options(metric, normalize, backend),
         )
