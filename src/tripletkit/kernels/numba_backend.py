@@ -505,17 +505,7 @@ def batch_all_hinge(
         valid and of active triplets, and ``d total / d dist`` (``[N, M]``, dtype of
         ``dist``).
     """
-    dist, labels, ref_labels, self_index = _inputs(dist, labels, ref_labels, self_index)
-    n, m = dist.shape
-    grad = np.zeros_like(dist)
-    if n == 0 or m == 0:
-        return 0.0, 0, 0, grad
-    totals = np.zeros(n, dtype=np.float64)
-    counts = np.zeros((n, 2), dtype=np.int64)
-    margin_ = dist.dtype.type(margin)
-    _batch_all_kernel(dist, labels, ref_labels, self_index, margin_, False, grad, totals, counts)
-    n_valid, n_active = counts.sum(axis=0)
-    return float(totals.sum()), int(n_valid), int(n_active), grad
+    return _batch_all(dist, labels, ref_labels, self_index, margin, soft=False)
 
 
 def batch_all_soft(
@@ -533,16 +523,30 @@ def batch_all_soft(
         ``(total, n_valid, grad)`` as in :func:`batch_all_hinge`; terms and gradients are
         computed in float64.
     """
+    total, n_valid, _, grad = _batch_all(dist, labels, ref_labels, self_index, 0.0, soft=True)
+    return total, n_valid, grad
+
+
+def _batch_all(
+    dist: np.ndarray,
+    labels: np.ndarray,
+    ref_labels: np.ndarray,
+    self_index: np.ndarray,
+    margin: float,
+    soft: bool,
+) -> tuple[float, int, int, np.ndarray]:
+    """The wrapper shared by the hinge and soft-margin batch-all kernels."""
     dist, labels, ref_labels, self_index = _inputs(dist, labels, ref_labels, self_index)
     n, m = dist.shape
-    if n == 0 or m == 0:
-        return 0.0, 0, np.zeros_like(dist)
     grad = np.zeros_like(dist)
+    if n == 0 or m == 0:
+        return 0.0, 0, 0, grad
     totals = np.zeros(n, dtype=np.float64)
     counts = np.zeros((n, 2), dtype=np.int64)
-    margin_ = dist.dtype.type(0)
-    _batch_all_kernel(dist, labels, ref_labels, self_index, margin_, True, grad, totals, counts)
-    return float(totals.sum()), int(counts[:, 0].sum()), grad
+    margin_ = dist.dtype.type(margin)
+    _batch_all_kernel(dist, labels, ref_labels, self_index, margin_, soft, grad, totals, counts)
+    n_valid, n_active = counts.sum(axis=0)
+    return float(totals.sum()), int(n_valid), int(n_active), grad
 
 
 def batch_hard(
