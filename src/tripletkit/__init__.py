@@ -1,11 +1,18 @@
 """tripletkit: online triplet mining and sampling for PyTorch.
 
-Layout, from the bottom up: :mod:`~tripletkit.distances` (the ``[N, M]`` distance matrix)
--> :mod:`~tripletkit.kernels` (selection and fused-loss kernels, torch or numba) ->
-:mod:`~tripletkit.mining` / :mod:`~tripletkit.sampling_miners` (pure mining functions) and
-:mod:`~tripletkit.losses` -> thin modules in :mod:`~tripletkit.miners`; around them
-:mod:`~tripletkit.samplers`, :mod:`~tripletkit.memory`, :mod:`~tripletkit.metrics`,
-:mod:`~tripletkit.stats`, :mod:`~tripletkit.datasets` and :mod:`~tripletkit.distributed`.
+Layout, from the bottom up (no module imports one from a higher floor):
+
+1. :mod:`~tripletkit._checks` (every validation), :mod:`~tripletkit.types` (result tuples),
+   :mod:`~tripletkit._masks` (who is a positive or negative of whom),
+   :mod:`~tripletkit._world` (distributed world size and rank);
+2. :mod:`~tripletkit.distances` (the ``[N, M]`` distance matrix);
+3. :mod:`~tripletkit.kernels` (selection and fused-loss kernels, torch or numba, one
+   dispatcher);
+4. ``_batch.prepare`` (the one first step: validate, normalise, distances, backend);
+5. :mod:`~tripletkit.miners` and :mod:`~tripletkit.losses` (pure functions with their
+   ``nn.Module`` forms, one file per family), :mod:`~tripletkit.stats`;
+6. around them :mod:`~tripletkit.samplers`, :mod:`~tripletkit.memory`,
+   :mod:`~tripletkit.metrics`, :mod:`~tripletkit.datasets`, :mod:`~tripletkit.distributed`.
 """
 
 from __future__ import annotations
@@ -23,19 +30,20 @@ from . import (
     stats,
     types,
 )
-from .distances import pairwise_distance
+from .distances import paired_distance, pairwise_distance
 from .memory import CrossBatchMemory
-from .metrics import retrieval_metrics
+from .metrics import RetrievalMetrics, retrieval_metrics
 from .samplers import PKBatchSampler
 from .stats import triplet_stats
 from .types import Pairs, Triplets, TripletStats
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "CrossBatchMemory",
     "PKBatchSampler",
     "Pairs",
+    "RetrievalMetrics",
     "TripletStats",
     "Triplets",
     "datasets",
@@ -46,6 +54,7 @@ __all__ = [
     "metrics",
     "miners",
     "mining",
+    "paired_distance",
     "pairwise_distance",
     "retrieval_metrics",
     "samplers",

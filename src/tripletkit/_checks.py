@@ -9,26 +9,27 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = [
-    "REDUCTIONS",
     "check_bool",
     "check_choice",
     "check_embeddings",
+    "check_finite_real",
+    "check_index_tuple",
     "check_indices",
     "check_labels",
-    "check_margin",
+    "check_nonnegative_real",
     "check_pair",
     "check_positive_int",
+    "check_positive_real",
     "check_reduction",
     "check_same_space",
+    "check_nonnegative_int",
     "compute_dtype",
 ]
-
-#: Every reduction name understood somewhere in the toolkit.
-REDUCTIONS = ("mean", "sum", "mean_nonzero", "none")
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _INT_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
@@ -48,17 +49,39 @@ def check_reduction(reduction: object, allowed: Sequence[str]) -> str:
     return check_choice("reduction", reduction, allowed)
 
 
-def check_margin(margin: object, name: str = "margin") -> float:
-    """Return ``margin`` as a float; it must be a finite real number."""
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
-        if isinstance(margin, Tensor) and margin.numel() == 1 and not margin.requires_grad:
-            margin = float(margin.item())
+def check_finite_real(value: object, name: str) -> float:
+    """Return ``value`` as a float; it must be a finite real number (a Python number or a
+    one-element tensor without grad)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, Tensor) and value.numel() == 1 and not value.requires_grad:
+            value = float(value.item())
+        elif isinstance(value, Tensor) and value.dim() == 2:
+            raise TypeError(
+                f"{name} must be a real number, got a {tuple(value.shape)} tensor; pass a "
+                "reference set by keyword: ref_embeddings=..., ref_labels=..."
+            )
         else:
-            raise TypeError(f"{name} must be a real number, got {type(margin).__name__}")
-    value = float(margin)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return value
+            raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    result = float(value)
+    if not math.isfinite(result):
+        raise ValueError(f"{name} must be finite, got {result}")
+    return result
+
+
+def check_nonnegative_real(value: object, name: str) -> float:
+    """Return ``value`` as a float; it must be a finite real number ``>= 0``."""
+    result = check_finite_real(value, name)
+    if result < 0:
+        raise ValueError(f"{name} must be >= 0, got {result}")
+    return result
+
+
+def check_positive_real(value: object, name: str) -> float:
+    """Return ``value`` as a float; it must be a finite real number ``> 0``."""
+    result = check_finite_real(value, name)
+    if result <= 0:
+        raise ValueError(f"{name} must be > 0, got {result}")
+    return result
 
 
 def check_bool(value: object, name: str) -> bool:
@@ -75,6 +98,19 @@ def check_positive_int(value: object, name: str) -> int:
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
     return value
+
+
+def check_nonnegative_int(value: object, name: str, *, allow_none: bool = False) -> int | None:
+    """Return ``value`` if it is an int ``>= 0`` (a seed, an epoch), or ``None`` when
+    ``allow_none``."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        expected = "an int or None" if allow_none else "an int"
+        raise TypeError(f"{name} must be {expected}, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return int(value)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -177,3 +213,49 @@ def check_indices(index: object, name: str, bound: int, device: torch.device) ->
     if index.numel() and (int(index.min()) < 0 or int(index.max()) >= bound):
         raise ValueError(f"{name} has indices outside [0, {bound})")
     return index.to(torch.int64)
+
+
+#: Field names of the index tuples the losses accept, by length.
+_INDEX_FIELDS = {
+    3: ("anchor", "positive", "negative"),
+    4: ("anchor_pos", "positive", "anchor_neg", "negative"),
+}
+
+
+def check_index_tuple(
+    indices: object,
+    name: str,
+    lengths: Sequence[int],
+    n_anchors: int,
+    n_refs: int,
+    device: torch.device,
+) -> tuple[Tensor, ...]:
+    """Check a tuple of index tensors: ``Triplets`` or a 3-tuple ``(anchor, positive,
+    negative)``, ``Pairs`` or a 4-tuple ``(anchor_pos, positive, anchor_neg, negative)``, as
+    ``lengths`` allows. Anchors index the ``n_anchors`` embeddings, the others the ``n_refs``
+    references; tensors that go together must have equal lengths. Returns int64 tensors."""
+    if not isinstance(indices, (tuple, list)) or len(indices) not in lengths:
+        kinds = " or ".join(
+            f"{'Triplets' if n == 3 else 'Pairs'} (a tuple of {n} index tensors)" for n in lengths
+        )
+        got = type(indices).__name__
+        if isinstance(indices, (tuple, list)):
+            got += f" of length {len(indices)}"
+        raise TypeError(f"{name} must be {kinds}, got {got}")
+    fields = _INDEX_FIELDS[len(indices)]
+    out = tuple(
+        check_indices(
+            index, f"{name}.{field}", n_anchors if field.startswith("anchor") else n_refs, device
+        )
+        for index, field in zip(indices, fields, strict=True)
+    )
+    if len(out) == 3 and not out[0].shape == out[1].shape == out[2].shape:
+        raise ValueError(
+            f"{name}: triplet index tensors differ in length: "
+            f"{out[0].shape[0]}, {out[1].shape[0]}, {out[2].shape[0]}"
+        )
+    if len(out) == 4 and (out[0].shape != out[1].shape or out[2].shape != out[3].shape):
+        raise ValueError(
+            f"{name}: anchor_pos/positive and anchor_neg/negative must match in length"
+        )
+    return out

@@ -79,9 +79,18 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ._checks import check_choice, check_embeddings, check_labels, check_reduction
-from .losses.fused import Parts, batch_all_parts, batch_hard_parts, reduce_parts, semi_hard_parts
-from .losses.modules import contrastive_parts
+from ._batch import prepare
+from ._checks import check_choice, check_reduction
+from ._world import world
+from .losses import (
+    FUSED_REDUCTIONS,
+    Parts,
+    batch_all_parts,
+    batch_hard_parts,
+    contrastive_parts,
+    reduce_parts,
+    semi_hard_parts,
+)
 
 __all__ = ["SHARDED_LOSSES", "gather", "rank_offset", "sharded_loss"]
 
@@ -94,22 +103,18 @@ SHARDED_LOSSES = {
     "contrastive": "mean",
 }
 
-_PARTS: dict[str, Callable[..., Parts | Tensor]] = {
+_PARTS: dict[str, Callable[..., Parts]] = {
     "batch_all": batch_all_parts,
     "batch_hard": batch_hard_parts,
     "semi_hard": semi_hard_parts,
     "contrastive": contrastive_parts,
 }
-_REDUCTIONS = ("mean", "sum", "mean_nonzero")
-_RESERVED = ("ref_embeddings", "ref_labels", "anchor_offset", "return_terms")
+#: The keyword arguments each kind of :func:`sharded_loss` takes (besides ``reduction``).
+_OPTIONS = {
+    "triplet": ("margin", "metric", "soft_margin", "normalize", "backend"),
+    "contrastive": ("pos_margin", "neg_margin", "metric", "normalize"),
+}
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def _world() -> tuple[int, int]:
-    """``(world_size, rank)`` of the initialised default process group, else ``(1, 0)``."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
 
 
 def _collective_device() -> torch.device:
@@ -153,19 +158,15 @@ class _GatherRows(torch.autograd.Function):
         return grad[ctx.start : ctx.start + ctx.n], None, None
 
 
-def _check_local(embeddings: object, labels: object) -> tuple[Tensor, Tensor]:
-    # The shared checks (shape, dtype, finite values, label length and device); the
-    # embeddings keep their own dtype here, since the gathered batch is the caller's.
-    check_embeddings(embeddings)
-    assert isinstance(embeddings, Tensor)
-    check_labels(labels, embeddings.shape[0], embeddings.device)
-    assert isinstance(labels, Tensor)
-    return embeddings, labels
+def _check_local(embeddings: Tensor, labels: Tensor) -> None:
+    """The shared first step's checks (shape, dtype, finite values, label length and
+    device); what is gathered are the caller's tensors, in their own dtype."""
+    prepare(embeddings, labels, metric=None)
 
 
 def _gather(embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, int]:
     """:func:`gather` plus this replica's row offset, for a world size above 1."""
-    world, rank = _world()
+    world_size, rank = world()
     meta = [embeddings.shape[0], embeddings.shape[1], _DTYPES.index(embeddings.dtype)]
     table = _all_gather_sizes(meta, embeddings.device)
     widths = {row[1] for row in table}
@@ -216,7 +217,7 @@ def gather(embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         True
     """
     _check_local(embeddings, labels)
-    if _world()[0] == 1:
+    if world()[0] == 1:
         return embeddings, labels
     gathered, gathered_labels, _ = _gather(embeddings, labels)
     return gathered, gathered_labels
@@ -241,8 +242,8 @@ def rank_offset(n_local: int) -> int:
         raise TypeError(f"n_local must be an int, got {type(n_local).__name__}")
     if n_local < 0:
         raise ValueError(f"n_local must be >= 0, got {n_local}")
-    world, rank = _world()
-    if world == 1:
+    world_size, rank = world()
+    if world_size == 1:
         return 0
     sizes = _all_gather_sizes([n_local], _collective_device())
     return sum(row[0] for row in sizes[:rank])
@@ -253,8 +254,14 @@ def sharded_loss(
     embeddings: Tensor,
     labels: Tensor,
     *,
+    margin: float | None = None,
+    metric: str = "euclidean",
+    soft_margin: bool | None = None,
+    pos_margin: float | None = None,
+    neg_margin: float | None = None,
     reduction: str | None = None,
-    **loss_kwargs: Any,
+    normalize: bool = False,
+    backend: str | None = None,
 ) -> Tensor:
     """A loss of the global batch in which each replica mines only its own anchors.
 
@@ -273,11 +280,13 @@ def sharded_loss(
             :func:`~tripletkit.losses.contrastive_loss` with ``pairs=None``).
         embeddings: ``[N_r, D]`` embeddings of this replica.
         labels: ``[N_r]`` integer labels.
+        margin, soft_margin, backend: the triplet losses' options (their defaults when
+            ``None``: 0.2, ``False``, ``"auto"``); a TypeError for ``"contrastive"``.
+        pos_margin, neg_margin: the contrastive loss's margins (defaults 0.0 and 1.0); a
+            TypeError for the triplet losses.
+        metric, normalize: as in every loss.
         reduction: ``"mean"``, ``"sum"`` or ``"mean_nonzero"``; by default that of the
             single-process function (``"mean_nonzero"`` for batch-all, else ``"mean"``).
-        **loss_kwargs: the keyword arguments of that loss: ``margin``, ``metric``,
-            ``soft_margin``, ``normalize``, ``backend`` for the triplet losses;
-            ``pos_margin``, ``neg_margin``, ``metric``, ``normalize`` for contrastive.
 
     Returns:
         0-dim loss: the global loss in value; its gradient is this replica's share, scaled
@@ -293,46 +302,60 @@ def sharded_loss(
     """
     check_choice("kind", kind, tuple(SHARDED_LOSSES))
     reduction = check_reduction(
-        SHARDED_LOSSES[kind] if reduction is None else reduction, _REDUCTIONS
+        SHARDED_LOSSES[kind] if reduction is None else reduction, FUSED_REDUCTIONS
     )
-    for key in _RESERVED:
-        if key in loss_kwargs:
-            raise TypeError(f"sharded_loss sets {key} itself; it cannot be passed")
+    options = _loss_options(
+        kind,
+        margin=margin,
+        metric=metric,
+        soft_margin=soft_margin,
+        pos_margin=pos_margin,
+        neg_margin=neg_margin,
+        normalize=normalize,
+        backend=backend,
+    )
     parts_of = _PARTS[kind]
     _check_local(embeddings, labels)
-    world, _ = _world()
-    if world == 1:
-        return reduce_parts(*_parts(parts_of(embeddings, labels, **loss_kwargs)), reduction)
+    world_size, _ = world()
+    if world_size == 1:
+        return reduce_parts(*parts_of(embeddings, labels, **options), reduction)
     ref, ref_labels, offset = _gather(embeddings, labels)
-    total, n_valid, n_active = _parts(
-        parts_of(
-            embeddings,
-            labels,
-            ref_embeddings=ref,
-            ref_labels=ref_labels,
-            anchor_offset=offset,
-            **loss_kwargs,
-        )
+    total, n_valid, n_active = parts_of(
+        embeddings,
+        labels,
+        ref_embeddings=ref,
+        ref_labels=ref_labels,
+        anchor_offset=offset,
+        **options,
     )
     # One all-reduce for the partial sum (for the logged value) and both counts; float64
     # holds counts exactly up to 2**53.
-    stats = torch.cat(
+    stats = torch.stack(
         [
-            total.detach().reshape(1).to(torch.float64),
-            torch.tensor([n_valid, n_active], dtype=torch.float64, device=total.device),
+            total.detach().to(torch.float64),
+            torch.as_tensor(n_valid, dtype=torch.float64, device=total.device),
+            torch.as_tensor(n_active, dtype=torch.float64, device=total.device),
         ]
     )
     dist.all_reduce(stats, op=dist.ReduceOp.SUM)
     global_total, global_valid, global_active = stats.tolist()
     count = {"sum": 1.0, "mean": global_valid, "mean_nonzero": global_active}[reduction]
     count = max(count, 1.0)
-    share = total * (world / count)  # gradient: R * dS_r / C, averaged by DDP to dS / C
+    share = total * (world_size / count)  # gradient: R * dS_r / C, averaged by DDP to dS / C
     value = torch.tensor(global_total / count, dtype=total.dtype, device=total.device)
     # share - share.detach() is exactly 0 in value and carries share's gradient.
     return share - share.detach() + value
 
 
-def _parts(result: Parts | Tensor) -> Parts:
-    # The *_parts functions return terms only when asked (return_terms), which is reserved.
-    assert not isinstance(result, Tensor)
-    return result
+def _loss_options(kind: str, **given: Any) -> dict[str, Any]:
+    """The options of ``kind``'s loss that were given (not ``None``); a TypeError names any
+    option that ``kind`` does not take."""
+    family = "contrastive" if kind == "contrastive" else "triplet"
+    given = {name: value for name, value in given.items() if value is not None}
+    wrong = sorted(set(given) - set(_OPTIONS[family]) - {"metric", "normalize"})
+    if wrong:
+        raise TypeError(
+            f"sharded_loss({kind!r}) does not take {', '.join(wrong)}; its options are "
+            f"{', '.join(_OPTIONS[family])} and reduction"
+        )
+    return given

@@ -8,16 +8,65 @@ neighbours are exact, found by brute force in torch, a chunk of queries at a tim
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ._checks import check_choice, check_pair, check_positive_int
+from ._deprecation import warn
 from .distances import METRICS, _pairwise_distance_unchecked
 
-__all__ = ["retrieval_metrics"]
+__all__ = ["RetrievalMetrics", "retrieval_metrics"]
+
+
+class RetrievalMetrics(dict):
+    """The result of :func:`retrieval_metrics`: named attributes that also read as the dict
+    of tripletkit 0.1 (``result["precision_at_1"]``, ``json.dump(result)``, ``dict(result)``).
+
+    Attributes:
+        precision_at_1: fraction of queries whose nearest reference is relevant.
+        recall_at_k: ``{k: fraction of queries with a relevant reference among the k
+            nearest}``.
+        r_precision: mean R-precision.
+        mean_average_precision_at_r: mean MAP@R.
+    """
+
+    def __init__(
+        self,
+        precision_at_1: float,
+        recall_at_k: dict[int, float],
+        r_precision: float,
+        mean_average_precision_at_r: float,
+    ) -> None:
+        super().__init__(
+            precision_at_1=precision_at_1,
+            recall_at_k=recall_at_k,
+            r_precision=r_precision,
+            mean_average_precision_at_r=mean_average_precision_at_r,
+        )
+
+    @property
+    def precision_at_1(self) -> float:
+        return self["precision_at_1"]
+
+    @property
+    def recall_at_k(self) -> dict[int, float]:
+        return self["recall_at_k"]
+
+    @property
+    def r_precision(self) -> float:
+        return self["r_precision"]
+
+    @property
+    def mean_average_precision_at_r(self) -> float:
+        return self["mean_average_precision_at_r"]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.items())})"
 
 
 def _check_ks(k: object) -> tuple[int, ...]:
@@ -52,15 +101,45 @@ def _nearest_stable(dist: Tensor, num: int) -> Tensor:
     return chosen.gather(1, order)
 
 
+_OLD_POSITIONAL = ("ref", "ref_labels", "k", "metric", "chunk_size")
+
+
+def _old_call_form(func: Callable[..., RetrievalMetrics]) -> Callable[..., RetrievalMetrics]:
+    """tripletkit 0.1 took ``(query, query_labels, ref, ref_labels, k, metric, chunk_size)``
+    positionally and the references as ``ref=``: both still work, with a warning."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> RetrievalMetrics:
+        warned = len(args) > 2
+        if warned:
+            warn(
+                "retrieval_metrics(query, query_labels, ref, ...): pass everything after "
+                "query_labels by keyword (ref_embeddings=, ref_labels=, k=, metric=, chunk_size=)"
+            )
+            kwargs.update(zip(_OLD_POSITIONAL, args[2:], strict=False))
+            args = args[:2]
+        if "ref" in kwargs:
+            if "ref_embeddings" in kwargs:
+                raise TypeError("retrieval_metrics got both ref= and ref_embeddings=")
+            if not warned:
+                warn("retrieval_metrics(ref=...) is now retrieval_metrics(ref_embeddings=...)")
+            kwargs["ref_embeddings"] = kwargs.pop("ref")
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+@_old_call_form
 def retrieval_metrics(
     query: Tensor,
     query_labels: Tensor,
-    ref: Tensor | None = None,
+    *,
+    ref_embeddings: Tensor | None = None,
     ref_labels: Tensor | None = None,
     k: int | Sequence[int] = (1, 5, 10),
     metric: str = "euclidean",
     chunk_size: int = 1024,
-) -> dict:
+) -> RetrievalMetrics:
     """Nearest-neighbour retrieval metrics of query embeddings against a reference set.
 
     Each query ranks the references by distance (ties broken by the lower reference index).
@@ -79,25 +158,26 @@ def retrieval_metrics(
     when no query has a relevant reference the metrics are undefined and a ValueError says
     so (pytorch-metric-learning returns NaN there; tripletkit never returns NaN).
 
-    When ``ref`` is None, every query is compared with all the *other* queries
+    When ``ref_embeddings`` is None, every query is compared with all the *other* queries
     (leave-one-out): a query is never its own neighbour, but duplicates of it are.
-    Passing ``ref=query`` instead counts each query as its own nearest neighbour.
+    Passing ``ref_embeddings=query`` instead counts each query as its own nearest neighbour.
 
     Memory is ``O(chunk_size * M)``; results do not depend on ``chunk_size``.
 
     Args:
         query: ``[N, D]`` query embeddings.
         query_labels: ``[N]`` integer labels.
-        ref: ``[M, D]`` reference embeddings, or None for leave-one-out on ``query``.
-        ref_labels: ``[M]`` integer labels, given exactly when ``ref`` is.
+        ref_embeddings: ``[M, D]`` reference embeddings, or None for leave-one-out on
+            ``query``.
+        ref_labels: ``[M]`` integer labels, given exactly when ``ref_embeddings`` is.
         k: one or several neighbourhood sizes for recall@k.
         metric: ``"euclidean"``, ``"sqeuclidean"`` or ``"cosine"`` (see
             :func:`tripletkit.distances.pairwise_distance`).
         chunk_size: number of queries whose distances are held at once.
 
     Returns:
-        ``{"precision_at_1": float, "recall_at_k": {k: float, ...}, "r_precision": float,
-        "mean_average_precision_at_r": float}``.
+        :class:`RetrievalMetrics`: ``precision_at_1``, ``recall_at_k`` (``{k: float}``),
+        ``r_precision`` and ``mean_average_precision_at_r``, as attributes and as dict keys.
 
     Raises:
         ValueError / TypeError: malformed embeddings or labels, an empty query or reference
@@ -106,21 +186,21 @@ def retrieval_metrics(
 
     Shape:
         - query: ``[N, D]``, query_labels: ``[N]``.
-        - ref: ``[M, D]``, ref_labels: ``[M]``.
+        - ref_embeddings: ``[M, D]``, ref_labels: ``[M]``.
 
     Example:
         >>> query = torch.tensor([[0.0], [0.1], [1.0], [1.2], [5.0]])
         >>> labels = torch.tensor([0, 0, 1, 0, 1])
         >>> m = retrieval_metrics(query, labels, k=(1, 2))
-        >>> m["precision_at_1"], m["recall_at_k"]
+        >>> m.precision_at_1, m.recall_at_k
         (0.4, {1: 0.4, 2: 0.8})
-        >>> m["r_precision"], m["mean_average_precision_at_r"]
+        >>> m["r_precision"], m["mean_average_precision_at_r"]  # also a dict
         (0.3, 0.25)
     """
     check_choice("metric", metric, METRICS)
     ks = _check_ks(k)
     chunk_size = check_positive_int(chunk_size, "chunk_size")
-    q, q_lab, r, r_lab = check_pair(query, query_labels, ref, ref_labels)
+    q, q_lab, r, r_lab = check_pair(query, query_labels, ref_embeddings, ref_labels)
     q = q.detach()  # evaluation only: never build an autograd graph
     leave_one_out = r is None
     if r is None or r_lab is None:
@@ -129,7 +209,7 @@ def retrieval_metrics(
     if q.shape[0] == 0:
         raise ValueError("query is empty: there is nothing to evaluate")
     if r.shape[0] == 0:
-        raise ValueError("ref is empty: there is nothing to retrieve")
+        raise ValueError("ref_embeddings is empty: there is nothing to retrieve")
 
     # R per query: references sharing its label, less the query itself when leave-one-out.
     uniq, counts = torch.unique(r_lab, return_counts=True)
@@ -166,9 +246,9 @@ def retrieval_metrics(
         for j, kk in enumerate(ks):
             out[:, 3 + j] = hits[:, :kk].any(dim=1)
     means = scores.mean(dim=0).tolist()
-    return {
-        "precision_at_1": means[0],
-        "recall_at_k": {kk: means[3 + j] for j, kk in enumerate(ks)},
-        "r_precision": means[1],
-        "mean_average_precision_at_r": means[2],
-    }
+    return RetrievalMetrics(
+        precision_at_1=means[0],
+        recall_at_k={kk: means[3 + j] for j, kk in enumerate(ks)},
+        r_precision=means[1],
+        mean_average_precision_at_r=means[2],
+    )

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from ._checks import check_choice, check_positive_int
+from ._checks import check_choice, check_nonnegative_int, check_positive_int
+from ._world import resolve_replicas
 
 __all__ = ["SMALL_CLASSES", "PKBatchSampler"]
 
@@ -45,14 +46,6 @@ def _labels_to_numpy(labels: object) -> np.ndarray:
     if array.shape[0] == 0:
         raise ValueError("labels is empty: there is nothing to sample")
     return array.astype(np.int64, copy=False)
-
-
-def _default_replicas() -> tuple[int, int]:
-    """World size and rank of the initialised default process group, else ``(1, 0)``."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
 
 
 class PKBatchSampler(Sampler[list[int]]):
@@ -133,23 +126,8 @@ class PKBatchSampler(Sampler[list[int]]):
         self.p = check_positive_int(p, "p")
         self.k = check_positive_int(k, "k")
         self.small_classes = check_choice("small_classes", small_classes, SMALL_CLASSES)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-        if seed < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
-        self.seed = int(seed)
-
-        default_replicas, default_rank = _default_replicas()
-        if num_replicas is None:
-            num_replicas = default_replicas
-        if rank is None:
-            rank = default_rank
-        self.num_replicas = check_positive_int(num_replicas, "num_replicas")
-        if isinstance(rank, bool) or not isinstance(rank, int):
-            raise TypeError(f"rank must be an int, got {type(rank).__name__}")
-        if not 0 <= rank < self.num_replicas:
-            raise ValueError(f"rank must be in [0, {self.num_replicas}), got {rank}")
-        self.rank = rank
+        self.seed = int(check_nonnegative_int(seed, "seed"))  # type: ignore[arg-type]
+        self.num_replicas, self.rank = resolve_replicas(num_replicas, rank)
         self.epoch = 0
 
         array = _labels_to_numpy(labels)
@@ -196,11 +174,7 @@ class PKBatchSampler(Sampler[list[int]]):
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch that, with ``seed``, determines the next iteration's batches."""
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)):
-            raise TypeError(f"epoch must be an int, got {type(epoch).__name__}")
-        if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
-        self.epoch = int(epoch)
+        self.epoch = int(check_nonnegative_int(epoch, "epoch"))  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         """Number of batches this replica yields per epoch."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ._batch import no_grad_prepare
-from ._checks import check_margin
+from ._batch import prepare
+from ._checks import check_nonnegative_real
 from .kernels import triplet_counts
 from .types import TripletStats
 
@@ -18,10 +18,11 @@ def triplet_stats(
     margin: float = 0.2,
     metric: str = "euclidean",
     *,
-    normalize: bool = False,
-    backend: str = "auto",
     ref_embeddings: Tensor | None = None,
     ref_labels: Tensor | None = None,
+    anchor_offset: int | None = None,
+    normalize: bool = False,
+    backend: str = "auto",
 ) -> TripletStats:
     """Count the valid triplets of a batch by difficulty, without listing them.
 
@@ -34,6 +35,8 @@ def triplet_stats(
         embeddings: ``[N, D]``; labels: ``[N]``.
         margin: ``m >= 0``.
         metric: ``"euclidean"``, ``"sqeuclidean"`` or ``"cosine"``.
+        ref_embeddings, ref_labels, anchor_offset, normalize, backend: as in
+            :func:`~tripletkit.losses.batch_all_triplet_loss`.
 
     Returns:
         :class:`~tripletkit.types.TripletStats` ``(valid, easy, semi_hard, hard)``.
@@ -44,12 +47,18 @@ def triplet_stats(
         >>> triplet_stats(x, torch.tensor([0, 0, 1, 1]), margin=0.2)
         TripletStats(valid=8, easy=3, semi_hard=3, hard=2)
     """
-    margin = check_margin(margin)
-    if margin < 0:
-        raise ValueError(f"margin must be >= 0 for the easy/semi-hard/hard taxonomy, got {margin}")
-    b = no_grad_prepare(
-        embeddings, labels, ref_embeddings, ref_labels, metric=metric, normalize=normalize
+    margin = check_nonnegative_real(margin, "margin")
+    b = prepare(
+        embeddings,
+        labels,
+        ref_embeddings=ref_embeddings,
+        ref_labels=ref_labels,
+        anchor_offset=anchor_offset,
+        metric=metric,
+        normalize=normalize,
+        backend=backend,
+        grad=False,
     )
     return TripletStats(
-        *triplet_counts(b.dist, b.labels, b.ref_labels, b.self_index, margin, backend)
+        *triplet_counts(b.distances, b.labels, b.ref_labels, b.self_index, margin, b.backend)
     )

@@ -24,7 +24,6 @@ __all__ = [
     "batch_all_soft",
     "batch_hard",
     "resolve_backend",
-    "self_index_for",
     "semi_hard",
     "triplet_counts",
     "triplet_region",
@@ -42,14 +41,6 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "numba" and device.type != "cpu":
         raise ValueError(f"backend='numba' runs on CPU tensors only, got a tensor on {device}")
     return backend
-
-
-def self_index_for(n: int, device: torch.device, offset: int | None = 0) -> Tensor:
-    """``self_index`` for anchors that are rows ``offset .. offset + n`` of the references;
-    ``offset=None`` when the anchors are not among the references at all."""
-    if offset is None:
-        return torch.full((n,), -1, dtype=torch.int64, device=device)
-    return torch.arange(offset, offset + n, dtype=torch.int64, device=device)
 
 
 def _numba(kernel: str, *args: Any) -> Any:

@@ -47,10 +47,33 @@ __all__ = [
     "triplet_region",
 ]
 
-# Region codes handed to the kernels, in the order of REGIONS, and the code that asks the
-# row-writing kernel for semi-hard rows instead.
-_VALID, _ACTIVE, _ALL, _HARD, _SEMIHARD, _EASY, _SEMI_HARD_ROWS = range(7)
-assert REGIONS == ("valid", "active", "all", "hard", "semihard", "easy")
+# Region codes handed to the kernels (a region's index in REGIONS), and the code that asks
+# the row-writing kernel for semi-hard rows instead.
+_KERNEL_REGIONS = ("valid", "active", "all", "hard", "semihard", "easy")
+if set(REGIONS) != set(_KERNEL_REGIONS):  # a region added to the torch backend only
+    raise ImportError(
+        f"the numba kernels implement the regions {_KERNEL_REGIONS}, but the torch backend "
+        f"defines {REGIONS}: add the missing ones to both backends"
+    )
+_VALID, _ACTIVE, _ALL, _HARD, _SEMIHARD, _EASY = (REGIONS.index(r) for r in _KERNEL_REGIONS)
+_SEMI_HARD_ROWS = len(REGIONS)
+
+# Explicit signatures of the parallel kernels, for the float32 and float64 distance matrices
+# the wrappers hand them (C-contiguous; labels and indices int64): both are compiled, or
+# loaded from numba's on-disk cache, when this module is first imported, so no call pays a
+# compilation for its dtype.
+_INDEX = numba.int64[::1]
+_FLOATS = (numba.float32, numba.float64)
+
+
+def _signatures(*args: object) -> list:
+    """One ``void(...)`` signature per float type; ``"f"`` stands for the float scalar and
+    ``"F"`` for the C-contiguous float matrix."""
+    return [
+        numba.void(*(f if a == "f" else f[:, ::1] if a == "F" else a for a in args))
+        for f in _FLOATS
+    ]
+
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -240,7 +263,21 @@ def _soft_anchor(row, label, ref_labels, own, g):
     return total, npos * k
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(
+    _signatures(
+        "F",
+        _INDEX,
+        _INDEX,
+        _INDEX,
+        "f",
+        numba.boolean,
+        "F",
+        numba.float64[::1],
+        numba.int64[:, ::1],
+    ),
+    cache=True,
+    parallel=True,
+)
 def _batch_all_kernel(dist, labels, ref_labels, self_index, margin, soft, grad, totals, counts):
     """:func:`_soft_anchor` (``soft``) or :func:`_hinge_anchor` for every anchor: its total
     into ``totals[a]``, its numbers of valid and active triplets into ``counts[a]`` (active:
@@ -279,7 +316,7 @@ def _hard_anchor(row, label, ref_labels, own):
     return best_p, best_n
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(_signatures("F", _INDEX, _INDEX, _INDEX, _INDEX, _INDEX), cache=True, parallel=True)
 def _hard_kernel(dist, labels, ref_labels, self_index, hardest_p, hardest_n):
     """:func:`_hard_anchor` for every anchor."""
     for a in prange(dist.shape[0]):
@@ -357,7 +394,23 @@ def _region_anchor(row, label, ref_labels, own, margin, region, fill, out_p, out
     return w
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(
+    _signatures(
+        "F",
+        _INDEX,
+        _INDEX,
+        _INDEX,
+        "f",
+        numba.int64,
+        numba.boolean,
+        _INDEX,
+        _INDEX,
+        _INDEX,
+        _INDEX,
+    ),
+    cache=True,
+    parallel=True,
+)
 def _rows_kernel(
     dist, labels, ref_labels, self_index, margin, mode, fill, offsets, out_a, out_p, out_n
 ):
@@ -425,7 +478,9 @@ def _counts_anchor(row, label, ref_labels, own, margin):
     return npos * k, npos * k - not_easy, hard
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(
+    _signatures("F", _INDEX, _INDEX, _INDEX, "f", numba.int64[:, ::1]), cache=True, parallel=True
+)
 def _counts_kernel(dist, labels, ref_labels, self_index, margin, counts):
     """:func:`_counts_anchor` for every anchor, into ``counts[a]``."""
     for a in prange(dist.shape[0]):

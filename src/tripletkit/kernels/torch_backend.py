@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._masks import pair_masks
+
 __all__ = [
     "REGIONS",
     "batch_all_hinge",
@@ -50,12 +52,7 @@ def _masks(
     labels: Tensor, ref_labels: Tensor, self_index: Tensor, start: int, stop: int
 ) -> tuple[Tensor, Tensor]:
     """Positive and negative masks ``[stop - start, M]`` for a chunk of anchors."""
-    same = labels[start:stop, None] == ref_labels[None, :]
-    pos = same.clone()
-    own = self_index[start:stop]
-    rows = torch.nonzero(own >= 0).squeeze(1)
-    pos[rows, own[rows]] = False
-    return pos, ~same
+    return pair_masks(labels[start:stop], ref_labels, self_index[start:stop])
 
 
 def _sorted_negatives(d: Tensor, neg: Tensor) -> tuple[Tensor, Tensor, Tensor]:

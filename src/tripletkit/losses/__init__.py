@@ -1,32 +1,58 @@
-"""Triplet and pairwise losses.
+"""Triplet and pairwise losses: pure functions and their ``nn.Module`` forms, one file per
+loss family.
 
-- Fused losses that never list the N³ triplets: :func:`batch_all_triplet_loss`,
-  :func:`batch_hard_triplet_loss`, :func:`semi_hard_triplet_loss`.
-- Modules over explicit triplets or pairs (a miner's output): :class:`TripletMarginLoss`,
-  :class:`ContrastiveLoss`, and :class:`MarginLoss` (Wu et al. 2017, for distance-weighted
-  sampling).
+- :mod:`.triplet`: the fused losses that never list the N³ triplets
+  (:func:`batch_all_triplet_loss` / :class:`BatchAllTripletLoss`,
+  :func:`batch_hard_triplet_loss` / :class:`BatchHardTripletLoss`,
+  :func:`semi_hard_triplet_loss` / :class:`SemiHardTripletLoss`) and the triplet margin loss
+  over a miner's triplets (:func:`triplet_margin_loss` / :class:`TripletMarginLoss`).
+- :mod:`.pairwise`: the contrastive loss (:func:`contrastive_loss` / :class:`ContrastiveLoss`).
+- :mod:`.margin`: the margin loss of Wu et al. 2017 with a learnable boundary
+  (:func:`margin_loss` / :class:`MarginLoss`), for distance-weighted sampling.
+
+Un-reduced forms (``*_parts``) return :class:`Parts`; :func:`reduce_parts` reduces them.
 """
 
 from __future__ import annotations
 
-from .fused import (
-    batch_all_triplet_loss,
-    batch_hard_triplet_loss,
-    reduce_parts,
-    semi_hard_triplet_loss,
-)
+from ._reduce import FUSED_REDUCTIONS, REDUCTIONS, Parts, reduce_parts
 from .margin import MarginLoss, margin_loss
-from .modules import ContrastiveLoss, TripletMarginLoss, contrastive_loss, triplet_margin_loss
+from .pairwise import ContrastiveLoss, contrastive_loss, contrastive_parts
+from .triplet import (
+    BatchAllTripletLoss,
+    BatchHardTripletLoss,
+    SemiHardTripletLoss,
+    TripletMarginLoss,
+    batch_all_parts,
+    batch_all_triplet_loss,
+    batch_hard_parts,
+    batch_hard_triplet_loss,
+    semi_hard_parts,
+    semi_hard_triplet_loss,
+    triplet_margin_loss,
+    triplet_terms,
+)
 
 __all__ = [
+    "FUSED_REDUCTIONS",
+    "REDUCTIONS",
+    "BatchAllTripletLoss",
+    "BatchHardTripletLoss",
     "ContrastiveLoss",
     "MarginLoss",
+    "Parts",
+    "SemiHardTripletLoss",
     "TripletMarginLoss",
+    "batch_all_parts",
     "batch_all_triplet_loss",
+    "batch_hard_parts",
     "batch_hard_triplet_loss",
     "contrastive_loss",
+    "contrastive_parts",
     "margin_loss",
     "reduce_parts",
+    "semi_hard_parts",
     "semi_hard_triplet_loss",
     "triplet_margin_loss",
+    "triplet_terms",
 ]

@@ -9,61 +9,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._batch import prepare_rows
+from .._batch import check_options, prepare
 from .._checks import (
     check_bool,
-    check_choice,
-    check_indices,
-    check_margin,
+    check_finite_real,
+    check_index_tuple,
+    check_nonnegative_real,
     check_positive_int,
     check_reduction,
 )
-from ..distances import METRICS, paired_distance
+from ..distances import _paired_distance_unchecked
 from ..types import Pairs, Triplets
-from .fused import reduce_parts
+from ._base import LossModule
+from ._reduce import REDUCTIONS, keep_in_graph, reduce_parts
 
 __all__ = ["MarginLoss", "margin_loss"]
 
-_REDUCTIONS = ("mean", "sum", "mean_nonzero", "none")
-
 Indices = Triplets | Pairs | tuple[Tensor, Tensor, Tensor] | tuple[Tensor, Tensor, Tensor, Tensor]
-
-
-def _split_indices(
-    indices: object, n: int, m: int, device: torch.device
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(anchor_pos, positive, anchor_neg, negative)`` from Triplets, Pairs or a 3/4-tuple."""
-    if not isinstance(indices, (tuple, list)) or len(indices) not in (3, 4):
-        raise TypeError(
-            "indices must be Triplets, Pairs, or a tuple of 3 or 4 index tensors, "
-            f"got {type(indices).__name__}"
-            + (f" of length {len(indices)}" if isinstance(indices, (tuple, list)) else "")
-        )
-    if len(indices) == 3:
-        a = check_indices(indices[0], "indices.anchor", n, device)
-        p = check_indices(indices[1], "indices.positive", m, device)
-        neg = check_indices(indices[2], "indices.negative", m, device)
-        if not a.shape == p.shape == neg.shape:
-            raise ValueError(
-                f"triplet index tensors differ in length: {a.shape[0]}, {p.shape[0]}, {neg.shape[0]}"
-            )
-        return a, p, a, neg
-    ap = check_indices(indices[0], "indices.anchor_pos", n, device)
-    p = check_indices(indices[1], "indices.positive", m, device)
-    an = check_indices(indices[2], "indices.anchor_neg", n, device)
-    neg = check_indices(indices[3], "indices.negative", m, device)
-    if ap.shape != p.shape or an.shape != neg.shape:
-        raise ValueError(
-            "indices: anchor_pos/positive and anchor_neg/negative must match in length"
-        )
-    return ap, p, an, neg
 
 
 def _check_beta(beta: object) -> Tensor:
     if isinstance(beta, bool) or not isinstance(beta, (int, float, Tensor)):
         raise TypeError(f"beta must be a real number or a tensor, got {type(beta).__name__}")
     if not isinstance(beta, Tensor):
-        beta = torch.tensor([check_margin(beta, "beta")])
+        beta = torch.tensor([check_finite_real(beta, "beta")])
     if not beta.dtype.is_floating_point:
         raise TypeError(f"beta must be a floating tensor, got {beta.dtype}")
     if beta.dim() > 1 or beta.numel() == 0:
@@ -85,9 +54,9 @@ def margin_loss(
     metric: str = "euclidean",
     reduction: str = "mean",
     *,
-    normalize: bool = False,
     ref_embeddings: Tensor | None = None,
     ref_labels: Tensor | None = None,
+    normalize: bool = False,
 ) -> Tensor:
     """Margin-based loss of Wu et al. 2017 over given positive and negative pairs.
 
@@ -139,17 +108,22 @@ def margin_loss(
         >>> margin_loss(x, labels, pairs, beta=1.2, margin=0.2)  # (0.2 + 0.3) / 2 non-zero pairs
         tensor(0.2500)
     """
-    check_reduction(reduction, _REDUCTIONS)
-    margin = check_margin(margin)
-    nu = check_margin(nu, "nu")
-    if nu < 0:
-        raise ValueError(f"nu must be >= 0, got {nu}")
-    check_choice("metric", metric, METRICS)
+    check_reduction(reduction, REDUCTIONS)
+    margin = check_finite_real(margin, "margin")
+    nu = check_nonnegative_real(nu, "nu")
+    check_options(metric=metric)
     beta = _check_beta(beta)
-    emb, lab, ref, _ = prepare_rows(
-        embeddings, labels, ref_embeddings, ref_labels, normalize=normalize
+    b = prepare(
+        embeddings,
+        labels,
+        ref_embeddings=ref_embeddings,
+        ref_labels=ref_labels,
+        metric=None,
+        normalize=normalize,
     )
-    ap, p, an, neg = _split_indices(indices, emb.shape[0], ref.shape[0], emb.device)
+    emb, lab, ref = b.embeddings, b.labels, b.ref_embeddings
+    checked = check_index_tuple(indices, "indices", (3, 4), emb.shape[0], ref.shape[0], emb.device)
+    ap, p, an, neg = checked if len(checked) == 4 else (checked[0], checked[1], *checked[::2])
     beta = beta.to(device=emb.device, dtype=emb.dtype)
     if beta.shape[0] == 1:
         beta_pos, beta_neg = beta.expand(ap.shape[0]), beta.expand(an.shape[0])
@@ -166,20 +140,20 @@ def margin_loss(
         beta_pos, beta_neg = beta[lab[ap]], beta[lab[an]]
     hinge = torch.cat(
         [
-            F.relu(margin + paired_distance(emb[ap], ref[p], metric) - beta_pos),
-            F.relu(margin - paired_distance(emb[an], ref[neg], metric) + beta_neg),
+            F.relu(margin + _paired_distance_unchecked(emb[ap], ref[p], metric) - beta_pos),
+            F.relu(margin - _paired_distance_unchecked(emb[an], ref[neg], metric) + beta_neg),
         ]
     )
     terms = hinge + nu * torch.cat([beta_pos, beta_neg])
     if reduction == "none":
         return terms
     # Zero-weight terms keep an empty selection in the graph of both inputs.
-    total = terms.sum() + emb.sum() * 0 + beta.sum() * 0
-    n_active = int((hinge > 0).sum())
+    total = keep_in_graph(terms.sum(), emb, beta)
+    n_active = (hinge > 0).sum()
     return reduce_parts(total, n_active, n_active, "sum" if reduction == "sum" else "mean")
 
 
-class MarginLoss(nn.Module):
+class MarginLoss(LossModule):
     """Margin-based loss with a learnable boundary ``beta`` (Wu et al. 2017), module form of
     :func:`margin_loss`: ``loss(embeddings, labels, indices)``.
 
@@ -208,7 +182,7 @@ class MarginLoss(nn.Module):
 
     Example:
         >>> import torch
-        >>> from tripletkit.miners.sampling import DistanceWeightedMiner
+        >>> from tripletkit.miners import DistanceWeightedMiner
         >>> x = torch.randn(8, 16, generator=torch.Generator().manual_seed(0))
         >>> x = torch.nn.functional.normalize(x, dim=1).requires_grad_()
         >>> labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
@@ -233,27 +207,23 @@ class MarginLoss(nn.Module):
         reduction: str = "mean",
         normalize: bool = False,
     ) -> None:
-        super().__init__()
-        self.margin = check_margin(margin)
-        self.nu = check_margin(nu, "nu")
-        if self.nu < 0:
-            raise ValueError(f"nu must be >= 0, got {self.nu}")
-        self.metric = check_choice("metric", metric, METRICS)
-        self.reduction = check_reduction(reduction, _REDUCTIONS)
-        if not isinstance(learn_beta, bool):
-            raise TypeError(f"learn_beta must be a bool, got {type(learn_beta).__name__}")
-        self.normalize = check_bool(normalize, "normalize")
-        self.learn_beta = learn_beta
+        super().__init__(
+            margin=check_finite_real(margin, "margin"),
+            nu=check_nonnegative_real(nu, "nu"),
+            reduction=check_reduction(reduction, REDUCTIONS),
+            **check_options(metric=metric, normalize=normalize),
+        )
+        self.learn_beta = check_bool(learn_beta, "learn_beta")
         self.num_classes = (
             None if num_classes is None else check_positive_int(num_classes, "num_classes")
         )
-        init = torch.full((self.num_classes or 1,), check_margin(beta, "beta"))
+        init = torch.full((self.num_classes or 1,), check_finite_real(beta, "beta"))
         if learn_beta:
             self.beta = nn.Parameter(init)
         else:
             self.register_buffer("beta", init)
 
-    def forward(
+    def forward(  # type: ignore[override]
         self,
         embeddings: Tensor,
         labels: Tensor,
@@ -266,18 +236,12 @@ class MarginLoss(nn.Module):
             labels,
             indices,
             self.beta,
-            self.margin,
-            self.nu,
-            self.metric,
-            self.reduction,
-            normalize=self.normalize,
             ref_embeddings=ref_embeddings,
             ref_labels=ref_labels,
+            **self.options(),
         )
 
     def extra_repr(self) -> str:
         return (
-            f"margin={self.margin}, nu={self.nu}, learn_beta={self.learn_beta}, "
-            f"num_classes={self.num_classes}, metric={self.metric!r}, "
-            f"reduction={self.reduction!r}"
+            f"{super().extra_repr()}, learn_beta={self.learn_beta}, num_classes={self.num_classes}"
         )

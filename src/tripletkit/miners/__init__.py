@@ -1,31 +1,57 @@
-"""Online miners: ``miner(embeddings, labels, ref_embeddings=None, ref_labels=None)``.
+"""Online miners: pure functions and their ``nn.Module`` forms, one file per family.
 
-Triplet miners return :class:`~tripletkit.types.Triplets`; pair miners return
-:class:`~tripletkit.types.Pairs`. Both are named tuples of int64 index tensors.
+- :mod:`.triplet`: batch-all, batch-hard, semi-hard and margin regions
+  (:func:`batch_all_triplets` / :class:`BatchAllMiner`, ...).
+- :mod:`.sampling`: distance-weighted and uniformly random triplets.
+- :mod:`.pairs`: the pairs of the multi-similarity and contrastive losses.
 
-- Exhaustive / hardest: :class:`BatchAllMiner`, :class:`BatchHardMiner`,
-  :class:`SemiHardMiner`, :class:`TripletMarginMiner`.
-- Sampling and pair mining: :class:`DistanceWeightedMiner`, :class:`RandomTripletMiner`,
-  :class:`MultiSimilarityMiner`, :class:`PairMarginMiner`.
+Modules are called as ``miner(embeddings, labels, ref_embeddings=None, ref_labels=None)``;
+functions as ``fn(embeddings, labels, <hyper-parameters>, *, ref_embeddings=None,
+ref_labels=None, ...)``. Triplet miners return :class:`~tripletkit.types.Triplets`, pair
+miners :class:`~tripletkit.types.Pairs`: named tuples of int64 index tensors.
 """
 
 from __future__ import annotations
 
+from ._base import Miner, SeededMiner, make_generator
+from .pairs import MultiSimilarityMiner, PairMarginMiner, multi_similarity_pairs, pair_margin_pairs
 from .sampling import (
     DistanceWeightedMiner,
-    MultiSimilarityMiner,
-    PairMarginMiner,
     RandomTripletMiner,
+    distance_weighted_triplets,
+    random_triplets,
 )
-from .triplet import BatchAllMiner, BatchHardMiner, SemiHardMiner, TripletMarginMiner
+from .triplet import (
+    TYPES_OF_TRIPLETS,
+    BatchAllMiner,
+    BatchHardMiner,
+    SemiHardMiner,
+    TripletMarginMiner,
+    batch_all_triplets,
+    batch_hard_triplets,
+    semi_hard_triplets,
+    triplet_margin_triplets,
+)
 
 __all__ = [
+    "TYPES_OF_TRIPLETS",
     "BatchAllMiner",
     "BatchHardMiner",
     "DistanceWeightedMiner",
+    "Miner",
     "MultiSimilarityMiner",
     "PairMarginMiner",
     "RandomTripletMiner",
+    "SeededMiner",
     "SemiHardMiner",
     "TripletMarginMiner",
+    "batch_all_triplets",
+    "batch_hard_triplets",
+    "distance_weighted_triplets",
+    "make_generator",
+    "multi_similarity_pairs",
+    "pair_margin_pairs",
+    "random_triplets",
+    "semi_hard_triplets",
+    "triplet_margin_triplets",
 ]

@@ -1,25 +1,244 @@
-"""Triplet miner modules: thin ``nn.Module`` wrappers over :mod:`tripletkit.mining`.
+"""Triplet mining by distance: batch-all, batch-hard, semi-hard and margin regions.
 
-Each miner stores its hyper-parameters (see :class:`~tripletkit.miners._base.Miner`) and is
-called as
-``miner(embeddings, labels, ref_embeddings=None, ref_labels=None) -> Triplets``. Mining runs
-without autograd; feed the indices to a loss, e.g. :class:`~tripletkit.losses.TripletMarginLoss`
-or any loss that takes a 3-tuple of index tensors.
+Each strategy is a pure function (the single source of truth) with its ``nn.Module`` form
+beside it. Definitions (``d_ap``: anchor-positive distance, ``d_an``: anchor-negative
+distance, ``m``: margin): a positive of anchor ``a`` is another sample with the same label; a
+negative is a sample with a different label; a *valid* triplet is ``(a, p, n)`` with ``p`` a
+positive and ``n`` a negative of ``a``. Ties between equal distances go to the lowest index.
+
+Every function takes ``embeddings [N, D]`` and integer ``labels [N]``, then the
+hyper-parameters that define the strategy; keyword-only: a reference set
+``ref_embeddings [M, D]``, ``ref_labels [M]`` that positives and negatives are drawn from
+(then ``positive`` and ``negative`` index the references), ``anchor_offset`` when the anchors
+are rows ``anchor_offset : anchor_offset + N`` of the references, ``normalize`` and
+``backend``. Each returns :class:`~tripletkit.types.Triplets`. Memory is O(N M + T) for T
+output rows; no ``N x M x M`` tensor is built. Mining runs without autograd.
 """
 
 from __future__ import annotations
 
-from .. import mining
-from .._checks import check_bool, check_choice, check_margin
-from ._base import Miner, common_options
+from torch import Tensor
 
-__all__ = ["BatchAllMiner", "BatchHardMiner", "SemiHardMiner", "TripletMarginMiner"]
+from .._batch import Batch, check_options, prepare
+from .._checks import check_bool, check_choice, check_finite_real
+from .._deprecation import refs_keyword_only
+from ..kernels import batch_hard, semi_hard, triplet_region
+from ..types import Triplets
+from ._base import Miner
+
+__all__ = [
+    "TYPES_OF_TRIPLETS",
+    "BatchAllMiner",
+    "BatchHardMiner",
+    "SemiHardMiner",
+    "TripletMarginMiner",
+    "batch_all_triplets",
+    "batch_hard_triplets",
+    "semi_hard_triplets",
+    "triplet_margin_triplets",
+]
+
+#: ``type_of_triplets`` values of :func:`triplet_margin_triplets` (pytorch-metric-learning's).
+TYPES_OF_TRIPLETS = ("all", "hard", "semihard", "easy")
+
+
+def _mined_batch(
+    embeddings: Tensor,
+    labels: Tensor,
+    metric: str,
+    ref_embeddings: Tensor | None,
+    ref_labels: Tensor | None,
+    anchor_offset: int | None,
+    normalize: bool,
+    backend: str,
+) -> Batch:
+    return prepare(
+        embeddings,
+        labels,
+        ref_embeddings=ref_embeddings,
+        ref_labels=ref_labels,
+        anchor_offset=anchor_offset,
+        metric=metric,
+        normalize=normalize,
+        backend=backend,
+        grad=False,
+    )
+
+
+@refs_keyword_only
+def batch_all_triplets(
+    embeddings: Tensor,
+    labels: Tensor,
+    margin: float = 0.2,
+    metric: str = "euclidean",
+    active_only: bool = True,
+    *,
+    ref_embeddings: Tensor | None = None,
+    ref_labels: Tensor | None = None,
+    anchor_offset: int | None = None,
+    normalize: bool = False,
+    backend: str = "auto",
+) -> Triplets:
+    """Every valid triplet, or with ``active_only`` those with ``d_ap - d_an + m > 0``
+    (the non-zero terms of Hermans et al.'s batch-all loss, "BA≠0").
+
+    Rows are ordered by anchor, then positive, then increasing ``d_an``.
+
+    Shape:
+        - embeddings: ``[N, D]``; labels: ``[N]``; optional ref_embeddings ``[M, D]``,
+          ref_labels ``[M]``.
+        - output: :class:`~tripletkit.types.Triplets` of ``[T]`` int64 tensors.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[0.0], [0.1], [1.0]])
+        >>> batch_all_triplets(x, torch.tensor([0, 0, 1]), margin=0.2, active_only=False)
+        Triplets(anchor=tensor([0, 1]), positive=tensor([1, 0]), negative=tensor([2, 2]))
+    """
+    margin = check_finite_real(margin, "margin")
+    region = "active" if check_bool(active_only, "active_only") else "valid"
+    b = _mined_batch(
+        embeddings, labels, metric, ref_embeddings, ref_labels, anchor_offset, normalize, backend
+    )
+    return Triplets(
+        *triplet_region(
+            b.distances, b.labels, b.ref_labels, b.self_index, margin, region, b.backend
+        )
+    )
+
+
+@refs_keyword_only
+def batch_hard_triplets(
+    embeddings: Tensor,
+    labels: Tensor,
+    metric: str = "euclidean",
+    *,
+    ref_embeddings: Tensor | None = None,
+    ref_labels: Tensor | None = None,
+    anchor_offset: int | None = None,
+    normalize: bool = False,
+    backend: str = "auto",
+) -> Triplets:
+    """Batch-hard triplets (Hermans, Beyer & Leibe 2017, "In Defense of the Triplet Loss").
+
+    One triplet per anchor that has at least one positive and one negative: its farthest
+    positive and its nearest negative. Anchors lacking either are left out.
+
+    Shape:
+        - embeddings: ``[N, D]``; labels: ``[N]``; optional ref_embeddings ``[M, D]``,
+          ref_labels ``[M]``.
+        - output: :class:`~tripletkit.types.Triplets` of ``[T]`` int64 tensors.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[0.0], [0.1], [0.5], [1.0], [3.0]])
+        >>> batch_hard_triplets(x, torch.tensor([0, 0, 0, 1, 2]))
+        Triplets(anchor=tensor([0, 1, 2]), positive=tensor([2, 2, 0]), negative=tensor([3, 3, 3]))
+    """
+    b = _mined_batch(
+        embeddings, labels, metric, ref_embeddings, ref_labels, anchor_offset, normalize, backend
+    )
+    return Triplets(*batch_hard(b.distances, b.labels, b.ref_labels, b.self_index, b.backend))
+
+
+@refs_keyword_only
+def semi_hard_triplets(
+    embeddings: Tensor,
+    labels: Tensor,
+    margin: float = 0.2,
+    metric: str = "euclidean",
+    active_only: bool = False,
+    *,
+    ref_embeddings: Tensor | None = None,
+    ref_labels: Tensor | None = None,
+    anchor_offset: int | None = None,
+    normalize: bool = False,
+    backend: str = "auto",
+) -> Triplets:
+    """Semi-hard triplets as FaceNet (Schroff et al. 2015) and TensorFlow-Addons mine them.
+
+    For every positive pair ``(a, p)`` whose anchor has a negative: the negative with the
+    smallest ``d_an`` among those with ``d_an > d_ap``; when none is farther than the
+    positive, the negative with the largest ``d_an``. With ``active_only`` only the rows
+    whose hinge ``d_ap - d_an + m`` is positive are kept (the margin plays no other role).
+
+    Rows are ordered by anchor, then positive.
+
+    Shape:
+        - embeddings: ``[N, D]``; labels: ``[N]``; optional ref_embeddings ``[M, D]``,
+          ref_labels ``[M]``.
+        - output: :class:`~tripletkit.types.Triplets` of ``[T]`` int64 tensors.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[0.0], [0.5], [0.6], [5.0]])
+        >>> semi_hard_triplets(x, torch.tensor([0, 0, 1, 1]))
+        Triplets(anchor=tensor([0, 1, 2, 3]), positive=tensor([1, 0, 3, 2]), negative=tensor([2, 3, 0, 1]))
+    """
+    margin = check_finite_real(margin, "margin")
+    active_only = check_bool(active_only, "active_only")
+    b = _mined_batch(
+        embeddings, labels, metric, ref_embeddings, ref_labels, anchor_offset, normalize, backend
+    )
+    dist = b.distances
+    a, p, n = semi_hard(dist, b.labels, b.ref_labels, b.self_index, b.backend)
+    if active_only:
+        keep = dist[a, p] - dist[a, n] + margin > 0
+        a, p, n = a[keep], p[keep], n[keep]
+    return Triplets(a, p, n)
+
+
+@refs_keyword_only
+def triplet_margin_triplets(
+    embeddings: Tensor,
+    labels: Tensor,
+    margin: float = 0.2,
+    type_of_triplets: str = "all",
+    metric: str = "euclidean",
+    *,
+    ref_embeddings: Tensor | None = None,
+    ref_labels: Tensor | None = None,
+    anchor_offset: int | None = None,
+    normalize: bool = False,
+    backend: str = "auto",
+) -> Triplets:
+    """Valid triplets by region of ``t = d_an - d_ap``, with pytorch-metric-learning's
+    ``TripletMarginMiner`` regions: ``"all"`` ``t <= m``; ``"hard"`` ``t <= 0``;
+    ``"semihard"`` ``0 < t <= m``; ``"easy"`` ``t > m``.
+
+    Rows are ordered by anchor, then positive, then increasing ``d_an``.
+
+    Shape:
+        - embeddings: ``[N, D]``; labels: ``[N]``; optional ref_embeddings ``[M, D]``,
+          ref_labels ``[M]``.
+        - output: :class:`~tripletkit.types.Triplets` of ``[T]`` int64 tensors.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[0.0], [0.5], [0.6], [5.0]])
+        >>> triplet_margin_triplets(x, torch.tensor([0, 0, 1, 1]), type_of_triplets="hard")
+        Triplets(anchor=tensor([1, 2, 2]), positive=tensor([0, 3, 3]), negative=tensor([2, 1, 0]))
+    """
+    margin = check_finite_real(margin, "margin")
+    check_choice("type_of_triplets", type_of_triplets, TYPES_OF_TRIPLETS)
+    b = _mined_batch(
+        embeddings, labels, metric, ref_embeddings, ref_labels, anchor_offset, normalize, backend
+    )
+    return Triplets(
+        *triplet_region(
+            b.distances, b.labels, b.ref_labels, b.self_index, margin, type_of_triplets, b.backend
+        )
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Module forms
 
 
 class BatchAllMiner(Miner):
     """Every valid triplet, or only the active ones (hinge > 0): Hermans et al. 2017.
 
-    See :func:`tripletkit.mining.batch_all_triplets`.
+    See :func:`batch_all_triplets`.
 
     Shape:
         - embeddings: ``[N, D]``, labels: ``[N]``; optional ref_embeddings ``[M, D]``,
@@ -33,7 +252,7 @@ class BatchAllMiner(Miner):
         tensor([0, 1])
     """
 
-    function = staticmethod(mining.batch_all_triplets)
+    function = staticmethod(batch_all_triplets)
 
     def __init__(
         self,
@@ -45,17 +264,17 @@ class BatchAllMiner(Miner):
         backend: str = "auto",
     ) -> None:
         super().__init__(
-            margin=check_margin(margin),
+            margin=check_finite_real(margin, "margin"),
             active_only=check_bool(active_only, "active_only"),
-            **common_options(metric, normalize, backend),
+            **check_options(metric=metric, normalize=normalize, backend=backend),
         )
 
 
 class BatchHardMiner(Miner):
     """Per anchor its farthest positive and nearest negative (Hermans et al. 2017).
 
-    See :func:`tripletkit.mining.batch_hard_triplets`. Anchors without a positive or
-    without a negative yield no row.
+    See :func:`batch_hard_triplets`. Anchors without a positive or without a negative yield
+    no row.
 
     Shape:
         - embeddings: ``[N, D]``, labels: ``[N]``.
@@ -68,21 +287,20 @@ class BatchHardMiner(Miner):
         Triplets(anchor=tensor([0, 1, 2, 3]), positive=tensor([1, 0, 3, 2]), negative=tensor([2, 2, 1, 1]))
     """
 
-    function = staticmethod(mining.batch_hard_triplets)
+    function = staticmethod(batch_hard_triplets)
 
     def __init__(
         self, metric: str = "euclidean", *, normalize: bool = False, backend: str = "auto"
     ) -> None:
-        super().__init__(**common_options(metric, normalize, backend))
+        super().__init__(**check_options(metric=metric, normalize=normalize, backend=backend))
 
 
 class SemiHardMiner(Miner):
     """One semi-hard negative per positive pair, as FaceNet / TensorFlow-Addons pick it.
 
-    See :func:`tripletkit.mining.semi_hard_triplets`; ``TripletMarginLoss(margin)`` over its
-    output with ``reduction="mean"`` equals
-    :func:`~tripletkit.losses.semi_hard_triplet_loss`. ``active_only=True`` drops rows whose
-    hinge with ``margin`` is zero.
+    See :func:`semi_hard_triplets`; ``TripletMarginLoss(margin)`` over its output with
+    ``reduction="mean"`` equals :func:`~tripletkit.losses.semi_hard_triplet_loss`.
+    ``active_only=True`` drops rows whose hinge with ``margin`` is zero.
 
     Shape:
         - embeddings: ``[N, D]``, labels: ``[N]``.
@@ -95,21 +313,21 @@ class SemiHardMiner(Miner):
         tensor([2, 3, 0, 1])
     """
 
-    function = staticmethod(mining.semi_hard_triplets)
+    function = staticmethod(semi_hard_triplets)
 
     def __init__(
         self,
         margin: float = 0.2,
         metric: str = "euclidean",
-        *,
         active_only: bool = False,
+        *,
         normalize: bool = False,
         backend: str = "auto",
     ) -> None:
         super().__init__(
-            margin=check_margin(margin),
+            margin=check_finite_real(margin, "margin"),
             active_only=check_bool(active_only, "active_only"),
-            **common_options(metric, normalize, backend),
+            **check_options(metric=metric, normalize=normalize, backend=backend),
         )
 
 
@@ -118,7 +336,7 @@ class TripletMarginMiner(Miner):
 
     With ``t = d_an - d_ap``: ``"all"`` ``t <= margin``, ``"hard"`` ``t <= 0``,
     ``"semihard"`` ``0 < t <= margin``, ``"easy"`` ``t > margin``. See
-    :func:`tripletkit.mining.triplet_margin_triplets`.
+    :func:`triplet_margin_triplets`.
 
     Shape:
         - embeddings: ``[N, D]``, labels: ``[N]``.
@@ -131,7 +349,7 @@ class TripletMarginMiner(Miner):
         Triplets(anchor=tensor([0, 3]), positive=tensor([1, 2]), negative=tensor([2, 1]))
     """
 
-    function = staticmethod(mining.triplet_margin_triplets)
+    function = staticmethod(triplet_margin_triplets)
 
     def __init__(
         self,
@@ -143,9 +361,7 @@ class TripletMarginMiner(Miner):
         backend: str = "auto",
     ) -> None:
         super().__init__(
-            margin=check_margin(margin),
-            type_of_triplets=check_choice(
-                "type_of_triplets", type_of_triplets, mining.TYPES_OF_TRIPLETS
-            ),
-            **common_options(metric, normalize, backend),
+            margin=check_finite_real(margin, "margin"),
+            type_of_triplets=check_choice("type_of_triplets", type_of_triplets, TYPES_OF_TRIPLETS),
+            **check_options(metric=metric, normalize=normalize, backend=backend),
         )

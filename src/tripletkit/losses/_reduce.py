@@ -1,0 +1,76 @@
+"""How every loss turns its terms into one number: the reduction names, "mean over the
+active terms", and keeping a loss with no term in the autograd graph.
+
+A loss computed without listing its terms reports :class:`Parts`: the sum of its terms (in
+the graph) and two counts, which :func:`reduce_parts` turns into the requested reduction.
+The split is what lets :mod:`tripletkit.distributed` all-reduce the counts across replicas.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from torch import Tensor
+
+__all__ = [
+    "FUSED_REDUCTIONS",
+    "REDUCTIONS",
+    "Parts",
+    "keep_in_graph",
+    "reduce_parts",
+    "reduce_terms",
+]
+
+#: Every reduction: ``"none"`` needs one term per listed row.
+REDUCTIONS = ("mean", "sum", "mean_nonzero", "none")
+#: The reductions of a loss whose terms are never listed.
+FUSED_REDUCTIONS = ("mean", "sum", "mean_nonzero")
+
+
+class Parts(NamedTuple):
+    """An un-reduced loss: ``total`` (0-dim, in the autograd graph), the number of terms
+    ``n_valid`` and the number of terms > 0 ``n_active`` (ints, or 0-dim integer tensors)."""
+
+    total: Tensor
+    n_valid: int | Tensor
+    n_active: int | Tensor
+
+
+def reduce_parts(
+    total: Tensor, n_valid: int | Tensor, n_active: int | Tensor, reduction: str
+) -> Tensor:
+    """``"sum"``: the total; ``"mean"``: total / n_valid; ``"mean_nonzero"``: total /
+    n_active (the mean over terms > 0). Both means are 0 when their count is 0.
+
+    Shape:
+        - total: ``[]`` -> ``[]``.
+
+    Example:
+        >>> import torch
+        >>> reduce_parts(torch.tensor(3.0), n_valid=6, n_active=2, reduction="mean_nonzero")
+        tensor(1.5000)
+    """
+    if reduction == "sum":
+        return total
+    count = n_valid if reduction == "mean" else n_active
+    if isinstance(count, Tensor):
+        return total / count.clamp_min(1).to(total.dtype)
+    return total / max(count, 1)
+
+
+def keep_in_graph(total: Tensor, *roots: Tensor) -> Tensor:
+    """``total`` plus zero-weight sums of ``roots``: a loss with no term still belongs to
+    the autograd graph of every input, with a zero gradient (never an error in backward)."""
+    for root in roots:
+        total = total + root.sum() * 0
+    return total
+
+
+def reduce_terms(terms: Tensor, reduction: str, *roots: Tensor) -> Tensor:
+    """Reduce listed terms ``[T]``: ``"none"`` returns them; otherwise :func:`reduce_parts`
+    over ``T`` terms of which those > 0 are active; with no term, kept in the graph of
+    ``roots``."""
+    if reduction == "none":
+        return terms
+    total = terms.sum() if terms.numel() else keep_in_graph(terms.sum(), *roots)
+    return reduce_parts(total, terms.shape[0], (terms > 0).sum(), reduction)
