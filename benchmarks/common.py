@@ -1,8 +1,12 @@
 """Helpers shared by the benchmark scripts: machine description, JSON output, progress bars.
 
-Every benchmark writes its results under :data:`RESULTS_DIR` together with
-:func:`machine_info`, so that a number can always be traced back to the machine, the library
-versions and the commit that produced it.
+Every benchmark writes its results under :data:`RESULTS_DIR` as a dict that starts with
+:func:`new_result` (the benchmark's name and :func:`machine_info`), so that a number can always
+be traced back to the machine, the library versions and the commit that produced it.
+
+The other shared layers of the package: :mod:`benchmarks.registry` (what is measured),
+:mod:`benchmarks.measure` (how time and memory are measured) and :mod:`benchmarks.report`
+(aggregation, tables and figures).
 """
 
 from __future__ import annotations
@@ -14,13 +18,26 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import Any, Generic, TypeVar
 
-__all__ = ["REPO_ROOT", "RESULTS_DIR", "machine_info", "progress", "save_json"]
+__all__ = [
+    "GIB",
+    "REPO_ROOT",
+    "RESULTS_DIR",
+    "ProgressBar",
+    "machine_info",
+    "new_result",
+    "progress",
+    "save_json",
+]
 
 T = TypeVar("T")
+
+#: Bytes in a GiB.
+GIB = 1024**3
 
 #: The ``benchmarks/`` folder.
 BENCH_DIR = Path(__file__).resolve().parent
@@ -154,15 +171,85 @@ def save_json(path: str | os.PathLike[str], obj: Any) -> Path:
     return path
 
 
-def progress(iterable: Iterable[T], **kw: Any) -> Iterable[T]:
-    """Wrap ``iterable`` in a tqdm progress bar when tqdm is installed, else return it as is.
+def new_result(benchmark: str, **fields: Any) -> dict[str, Any]:
+    """The head of every benchmark's results: ``{"benchmark", "machine", **fields}``.
 
-    Keyword arguments (``desc``, ``total``, ``disable``, ...) go to :class:`tqdm.tqdm`
-    and are ignored without tqdm. The returned object is the bar itself when tqdm is
-    installed, so callers may use ``set_postfix_str`` when it exists.
+    Args:
+        benchmark: the benchmark's name (``"speed"``, ``"quality"``...).
+        **fields: the benchmark's own keys, in the order they should appear in the JSON.
+
+    Returns:
+        A new dict; :func:`machine_info` is taken now, so call this when the measurements
+        it describes are made.
     """
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return iterable
-    return tqdm(iterable, **kw)  # type: ignore[no-any-return]
+    return {"benchmark": benchmark, "machine": machine_info(), **fields}
+
+
+class ProgressBar(Generic[T]):
+    """A tqdm progress bar when tqdm is installed, else a silent stand-in with the same methods.
+
+    Iterate over it to iterate over the wrapped iterable, or call :meth:`update` to advance a
+    bar made without one (``ProgressBar(None, total=...)``). Also a context manager that closes
+    the bar.
+
+    Args:
+        iterable: what to iterate over, or ``None`` for a bar advanced by :meth:`update`.
+        **kw: passed to :class:`tqdm.tqdm` (``desc``, ``total``, ``leave``, ``unit``...);
+            ignored without tqdm.
+    """
+
+    def __init__(self, iterable: Iterable[T] | None = None, **kw: Any) -> None:
+        self._iterable = iterable
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            self._bar: Any = None
+        else:
+            self._bar = tqdm(iterable, **kw)
+
+    def __iter__(self) -> Iterator[T]:
+        if self._bar is not None:
+            return iter(self._bar)
+        return iter(self._iterable if self._iterable is not None else ())
+
+    def set_postfix_str(self, text: str) -> None:
+        """Show ``text`` after the bar (what is running now)."""
+        if self._bar is not None:
+            self._bar.set_postfix_str(text)
+
+    def update(self, n: int = 1) -> None:
+        """Advance the bar by ``n``."""
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def write(self, text: str) -> None:
+        """Print a line above the bar (plain :func:`print` without tqdm)."""
+        if self._bar is not None:
+            self._bar.write(text)
+        else:
+            print(text)
+
+    def close(self) -> None:
+        """Close the bar (tqdm also closes it when an iteration over it ends)."""
+        if self._bar is not None:
+            self._bar.close()
+
+    def __enter__(self) -> ProgressBar[T]:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def progress(iterable: Iterable[T] | None = None, **kw: Any) -> ProgressBar[T]:
+    """A :class:`ProgressBar` over ``iterable`` (tqdm when installed, silent otherwise).
+
+    Keyword arguments (``desc``, ``total``, ``leave``...) go to :class:`tqdm.tqdm` and are
+    ignored without tqdm.
+    """
+    return ProgressBar(iterable, **kw)

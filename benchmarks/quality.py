@@ -13,17 +13,9 @@ distance-weighted in 150-step pilots: with so few steps, the speed of learning m
 same P x K batches (32 x 4, a :class:`~tripletkit.samplers.PKBatchSampler` with the run's
 seed) and the same number of steps. Only the miner and the loss differ. Embeddings are
 L2-normalised for every strategy, so all distances lie in ``[0, 2]`` and one set of margins
-fits all:
-
-- triplet margin ``0.2`` for batch-all, batch-hard, semi-hard and random triplets (the usual
-  value on unit-norm embeddings; FaceNet used 0.2);
-- soft margin (``softplus(d_ap - d_an)``, no margin) for batch-hard soft margin;
-- distance-weighted sampling (cutoff 0.5, no weight at ``d >= 1.4``, as in Wu et al. 2017)
-  with their margin loss: ``alpha = 0.2``, learnable ``beta`` starting at ``1.2`` (trained by
-  the same Adam optimiser, same learning rate), ``nu = 0``;
-- contrastive loss with ``pos_margin = 0`` and ``neg_margin = 0.8`` (negatives pushed beyond
-  cosine similarity 0.68) over the pairs mined by ``PairMarginMiner`` with the same margins,
-  i.e. exactly the pairs with a non-zero loss.
+fits all (triplet margin 0.2, soft margin, distance-weighted sampling with the margin loss of
+Wu et al. 2017, contrastive loss over the pairs mined with the same margins): the strategies
+and the reasons for each value are listed in :mod:`benchmarks.registry`.
 
 During training, MAP@R, R-precision and P@1 are measured at a few checkpoints on a fixed
 subset of the evaluation classes (for speed; the same subset for every run), together with
@@ -57,18 +49,20 @@ run's files) and three plots to ``--out`` (default ``benchmarks/results/``):
 ``quality_difficulty.png`` (easy / semi-hard / hard fractions vs step, one panel per
 strategy); the quick run's plots are ``quality_quick_*.png``. Standard deviations are over
 seeds (``ddof = 1``; 0 for a single seed).
+
+This module holds the network, the data, training, evaluation, the budget and the CLI. The
+strategies live in :mod:`benchmarks.registry`; aggregation over seeds, the table and the
+figures in :mod:`benchmarks.report`.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import statistics
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,20 +73,26 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from tripletkit.datasets import omniglot
-from tripletkit.losses import (
-    ContrastiveLoss,
-    TripletMarginLoss,
-    batch_all_triplet_loss,
-    batch_hard_triplet_loss,
-    semi_hard_triplet_loss,
-)
-from tripletkit.losses.margin import MarginLoss
 from tripletkit.metrics import retrieval_metrics
-from tripletkit.miners.sampling import DistanceWeightedMiner, PairMarginMiner, RandomTripletMiner
 from tripletkit.samplers import PKBatchSampler
 from tripletkit.stats import triplet_stats
 
-from .common import RESULTS_DIR, machine_info, progress, save_json
+from .common import RESULTS_DIR, ProgressBar, new_result, progress, save_json
+from .registry import (
+    CONTRASTIVE_NEG_MARGIN,
+    CONTRASTIVE_POS_MARGIN,
+    DW_CUTOFF,
+    DW_NONZERO_LOSS_CUTOFF,
+    MARGIN,
+    MARGIN_LOSS_BETA,
+    STRATEGIES,
+    Strategy,
+)
+from .registry import FusedCriterion as FusedCriterion
+from .registry import MinedCriterion as MinedCriterion
+from .report import aggregate_runs as aggregate
+from .report import plot_quality as plot_results
+from .report import quality_table as markdown_table
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -107,15 +107,6 @@ __all__ = [
     "train_strategy",
 ]
 
-#: Triplet margin on unit-norm embeddings (all triplet strategies, triplet_stats, margin loss).
-MARGIN = 0.2
-#: Contrastive margins on unit-norm embeddings (loss and PairMarginMiner alike).
-CONTRASTIVE_POS_MARGIN = 0.0
-CONTRASTIVE_NEG_MARGIN = 0.8
-#: Distance-weighted sampling and margin loss (Wu et al. 2017).
-DW_CUTOFF = 0.5
-DW_NONZERO_LOSS_CUTOFF = 1.4
-MARGIN_LOSS_BETA = 1.2
 #: Embedding dimension.
 EMBEDDING_DIM = 64
 #: The seed that picks the fixed subset of evaluation classes used at training checkpoints.
@@ -125,7 +116,7 @@ DEFAULT_BUDGET_S = 15 * 60
 
 
 # --------------------------------------------------------------------------------------
-# Network and strategies
+# Network
 # --------------------------------------------------------------------------------------
 
 
@@ -157,129 +148,6 @@ class EmbeddingNet(nn.Module):
         # channels_last: oneDNN's convolutions run about twice as fast on CPU in this layout.
         x = x.contiguous(memory_format=torch.channels_last)
         return F.normalize(self.head(self.features(x)), dim=1)
-
-
-class FusedCriterion(nn.Module):
-    """``criterion(embeddings, labels)`` for a fused loss function with fixed keywords."""
-
-    def __init__(self, fn: Callable[..., Tensor], **kwargs: Any) -> None:
-        super().__init__()
-        self.fn = fn
-        self.kwargs = kwargs
-
-    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        return self.fn(embeddings, labels, **self.kwargs)
-
-
-class MinedCriterion(nn.Module):
-    """``criterion(embeddings, labels)``: a miner's triplets or pairs fed to a loss module.
-
-    The miner sees detached embeddings (mining is not differentiated); the loss module's own
-    parameters (the margin loss's ``beta``) are this module's parameters.
-    """
-
-    def __init__(self, miner: nn.Module, loss: nn.Module) -> None:
-        super().__init__()
-        self.miner = miner
-        self.loss = loss
-
-    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        return self.loss(embeddings, labels, self.miner(embeddings.detach(), labels))
-
-
-@dataclass(frozen=True)
-class Strategy:
-    """One row of the strategy table: how a batch of embeddings becomes a loss.
-
-    ``build(seed)`` returns a fresh criterion ``(embeddings, labels) -> loss`` (an
-    ``nn.Module``; its parameters, if any, are trained with the network); random miners take
-    their seed from it.
-    """
-
-    name: str
-    label: str
-    miner: str
-    loss: str
-    build: Callable[[int], nn.Module]
-
-
-def _strategies() -> dict[str, Strategy]:
-    table = [
-        Strategy(
-            "batch_all_nonzero",
-            "batch-all (mean > 0)",
-            "all valid triplets (fused)",
-            f"hinge, margin {MARGIN}, mean over triplets with loss > 0 (Hermans et al. BA!=0)",
-            lambda seed: FusedCriterion(
-                batch_all_triplet_loss, margin=MARGIN, reduction="mean_nonzero"
-            ),
-        ),
-        Strategy(
-            "batch_all_mean",
-            "batch-all (mean)",
-            "all valid triplets (fused)",
-            f"hinge, margin {MARGIN}, mean over all valid triplets",
-            lambda seed: FusedCriterion(batch_all_triplet_loss, margin=MARGIN, reduction="mean"),
-        ),
-        Strategy(
-            "batch_hard",
-            "batch-hard",
-            "hardest positive and negative per anchor (fused)",
-            f"hinge, margin {MARGIN}, mean over anchors",
-            lambda seed: FusedCriterion(batch_hard_triplet_loss, margin=MARGIN),
-        ),
-        Strategy(
-            "batch_hard_soft",
-            "batch-hard soft",
-            "hardest positive and negative per anchor (fused)",
-            "soft margin softplus(d_ap - d_an), mean over anchors",
-            lambda seed: FusedCriterion(batch_hard_triplet_loss, soft_margin=True),
-        ),
-        Strategy(
-            "semi_hard",
-            "semi-hard",
-            "per positive pair the nearest negative beyond it (FaceNet, fused)",
-            f"hinge, margin {MARGIN}, mean over positive pairs",
-            lambda seed: FusedCriterion(semi_hard_triplet_loss, margin=MARGIN),
-        ),
-        Strategy(
-            "distance_weighted",
-            "distance-weighted",
-            f"DistanceWeightedMiner(cutoff={DW_CUTOFF}, "
-            f"nonzero_loss_cutoff={DW_NONZERO_LOSS_CUTOFF}), one negative per positive pair",
-            f"MarginLoss(margin={MARGIN}, beta={MARGIN_LOSS_BETA} learnable, nu=0) (Wu et al.)",
-            lambda seed: MinedCriterion(
-                DistanceWeightedMiner(DW_CUTOFF, DW_NONZERO_LOSS_CUTOFF, seed=seed),
-                MarginLoss(margin=MARGIN, beta=MARGIN_LOSS_BETA),
-            ),
-        ),
-        Strategy(
-            "contrastive",
-            "contrastive",
-            f"PairMarginMiner(pos_margin={CONTRASTIVE_POS_MARGIN}, "
-            f"neg_margin={CONTRASTIVE_NEG_MARGIN}): the pairs with a non-zero loss",
-            f"ContrastiveLoss(pos_margin={CONTRASTIVE_POS_MARGIN}, "
-            f"neg_margin={CONTRASTIVE_NEG_MARGIN}), mean over mined pairs",
-            lambda seed: MinedCriterion(
-                PairMarginMiner(CONTRASTIVE_POS_MARGIN, CONTRASTIVE_NEG_MARGIN),
-                ContrastiveLoss(CONTRASTIVE_POS_MARGIN, CONTRASTIVE_NEG_MARGIN),
-            ),
-        ),
-        Strategy(
-            "random",
-            "random triplets",
-            "RandomTripletMiner: one uniform negative per positive pair",
-            f"hinge, margin {MARGIN}, mean over triplets",
-            lambda seed: MinedCriterion(
-                RandomTripletMiner(seed=seed), TripletMarginLoss(margin=MARGIN)
-            ),
-        ),
-    ]
-    return {s.name: s for s in table}
-
-
-#: The strategies, in the order they are run, tabulated and plotted.
-STRATEGIES: dict[str, Strategy] = _strategies()
 
 
 # --------------------------------------------------------------------------------------
@@ -474,6 +342,73 @@ def train_strategy(
         return _train(strategy, seed, cfg, data, on_step)
 
 
+#: The series recorded at every checkpoint of a run.
+_CURVE_SERIES = (
+    "step",
+    "mean_average_precision_at_r",
+    "r_precision",
+    "precision_at_1",
+    "easy",
+    "semi_hard",
+    "hard",
+    "valid",
+)
+
+
+@dataclass
+class _Run:
+    """One training run in progress: the network, its criterion and optimiser, the batches,
+    and what has been recorded so far."""
+
+    model: EmbeddingNet
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    batches: Iterator[tuple[Tensor, Tensor]]
+    curve: dict[str, list] = field(default_factory=lambda: {key: [] for key in _CURVE_SERIES})
+    losses: list[float] = field(default_factory=list)
+    final: dict | None = None
+    eval_s: float = 0.0
+
+
+def _start_run(strategy: Strategy, seed: int, cfg: Config, data: Data) -> _Run:
+    """A fresh network (initialised from torch's global generator: seed it first), the
+    strategy's criterion, Adam over both, and the run's P x K batches."""
+    model = EmbeddingNet()
+    criterion = strategy.build(seed)
+    optimizer = torch.optim.Adam([*model.parameters(), *criterion.parameters()], lr=cfg.lr)
+    sampler = PKBatchSampler(data.train.labels, cfg.p, cfg.k, seed=seed)
+    batches = _batches(DataLoader(data.train, batch_sampler=sampler), sampler)
+    return _Run(model, criterion, optimizer, batches)
+
+
+def _descend(optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
+    """One optimiser step on ``loss``."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def _evaluate_checkpoint(run: _Run, data: Data, step: int, final: bool) -> None:
+    """Record the retrieval metrics on the checkpoint subset (and the final set's metrics
+    when ``final``)."""
+    t0 = time.perf_counter()
+    sub, full = evaluate(run.model, data, final=final)
+    run.eval_s += time.perf_counter() - t0
+    run.curve["step"].append(step)
+    for key in ("mean_average_precision_at_r", "r_precision", "precision_at_1"):
+        run.curve[key].append(sub[key])
+    if full is not None:
+        run.final = full
+
+
+def _record_difficulty(run: _Run, embeddings: Tensor, labels: Tensor) -> None:
+    """Record the easy / semi-hard / hard fractions and the valid triplets of a batch."""
+    stats = triplet_stats(embeddings.detach(), labels, margin=MARGIN)
+    for key, value in stats.fractions.items():
+        run.curve[key].append(value)
+    run.curve["valid"].append(stats.valid)
+
+
 def _train(
     strategy: Strategy,
     seed: int,
@@ -483,249 +418,88 @@ def _train(
 ) -> dict[str, Any]:
     start = time.perf_counter()
     torch.manual_seed(seed)
-    model = EmbeddingNet()
-    criterion = strategy.build(seed)
-    optimizer = torch.optim.Adam([*model.parameters(), *criterion.parameters()], lr=cfg.lr)
-    sampler = PKBatchSampler(data.train.labels, cfg.p, cfg.k, seed=seed)
-    batches = _batches(DataLoader(data.train, batch_sampler=sampler), sampler)
+    run = _start_run(strategy, seed, cfg, data)
     checkpoints = set(cfg.checkpoint_steps())
-    curve: dict[str, list] = {
-        key: []
-        for key in (
-            "step",
-            "mean_average_precision_at_r",
-            "r_precision",
-            "precision_at_1",
-            "easy",
-            "semi_hard",
-            "hard",
-            "valid",
-        )
-    }
-    losses: list[float] = []
-    final: dict | None = None
-    eval_s = 0.0
-    model.train()
+    run.model.train()
     for step in range(cfg.steps + 1):
-        images, labels = next(batches)
+        images, labels = next(run.batches)
         last = step == cfg.steps
         if step in checkpoints:
-            t0 = time.perf_counter()
-            sub, full = evaluate(model, data, final=last)
-            eval_s += time.perf_counter() - t0
-            curve["step"].append(step)
-            for key in ("mean_average_precision_at_r", "r_precision", "precision_at_1"):
-                curve[key].append(sub[key])
-            if full is not None:
-                final = full
-        if last:
-            # Difficulty of one more training batch, as the miners would see it (train-mode
-            # BatchNorm). Its side effect on the running statistics comes after the final
-            # evaluation and is never observed.
-            with torch.no_grad():
-                embeddings = model(images)
-        else:
-            embeddings = model(images)
+            _evaluate_checkpoint(run, data, step, final=last)
+        # After the last step, the difficulty of one more training batch, as the miners would
+        # see it (train-mode BatchNorm). Its side effect on the running statistics comes after
+        # the final evaluation and is never observed.
+        with torch.no_grad() if last else nullcontext():
+            embeddings = run.model(images)
         if step in checkpoints:
-            stats = triplet_stats(embeddings.detach(), labels, margin=MARGIN)
-            for key, value in stats.fractions.items():
-                curve[key].append(value)
-            curve["valid"].append(stats.valid)
+            _record_difficulty(run, embeddings, labels)
         if last:
             break
-        loss = criterion(embeddings, labels)
+        loss = run.criterion(embeddings, labels)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"{strategy.name} seed {seed}: the loss is {loss.item()} at step {step}"
             )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+        _descend(run.optimizer, loss)
+        run.losses.append(loss.item())
         if on_step is not None:
             on_step()
-    wall_s = time.perf_counter() - start
+    return _run_result(run, seed, time.perf_counter() - start)
+
+
+def _run_result(run: _Run, seed: int, wall_s: float) -> dict[str, Any]:
     extra = {}
-    beta = getattr(getattr(criterion, "loss", None), "beta", None)
+    beta = getattr(getattr(run.criterion, "loss", None), "beta", None)
     if isinstance(beta, Tensor):
         extra["beta_final"] = beta.detach().reshape(-1).tolist()
     return {
         "seed": seed,
-        "curve": curve,
-        "loss": losses,
-        "final": final,
-        "train_s": wall_s - eval_s,
-        "eval_s": eval_s,
+        "curve": run.curve,
+        "loss": run.losses,
+        "final": run.final,
+        "train_s": wall_s - run.eval_s,
+        "eval_s": run.eval_s,
         "wall_s": wall_s,
         **extra,
     }
 
 
-# --------------------------------------------------------------------------------------
-# Aggregation, table, plots
-# --------------------------------------------------------------------------------------
+def run_strategies(cfg: Config, data: Data) -> dict[str, Any]:
+    """Train every strategy of ``cfg`` with every seed, with a progress bar over all steps.
 
-_FINAL_KEYS = ("mean_average_precision_at_r", "r_precision", "precision_at_1")
-_CURVE_KEYS = (*_FINAL_KEYS, "easy", "semi_hard", "hard")
-
-
-def _mean_std(values: Sequence[float]) -> dict[str, Any]:
-    vals = [float(v) for v in values]
-    return {
-        "mean": statistics.fmean(vals),
-        "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
-        "n": len(vals),
-    }
-
-
-def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and std over seeds of the final metrics, the times and every curve point."""
-    final = {key: _mean_std([r["final"][key] for r in runs]) for key in _FINAL_KEYS}
-    for k in runs[0]["final"]["recall_at_k"]:
-        final[f"recall_at_{k}"] = _mean_std([r["final"]["recall_at_k"][k] for r in runs])
-    curves: dict[str, Any] = {"step": runs[0]["curve"]["step"]}
-    for key in _CURVE_KEYS:
-        columns = list(zip(*(r["curve"][key] for r in runs), strict=True))
-        stats = [_mean_std(c) for c in columns]
-        curves[key] = {"mean": [s["mean"] for s in stats], "std": [s["std"] for s in stats]}
-    return {
-        "final": final,
-        "wall_s": _mean_std([r["wall_s"] for r in runs]),
-        "train_s": _mean_std([r["train_s"] for r in runs]),
-        "curves": curves,
-    }
-
-
-def _pm(stat: dict[str, Any], digits: int = 3) -> str:
-    if stat["n"] > 1:
-        return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
-    return f"{stat['mean']:.{digits}f}"
-
-
-def markdown_table(results: dict[str, Any]) -> str:
-    """``| strategy | MAP@R | R-prec | P@1 | wall s |`` with mean ± std over seeds, in the
-    order of the strategy table. ``results`` is what :func:`main` returns."""
-    lines = [
-        "| strategy | MAP@R | R-prec | P@1 | wall s |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for name, entry in results["strategies"].items():
-        agg = entry["aggregate"]
-        f = agg["final"]
-        cells = [
-            _pm(f["mean_average_precision_at_r"]),
-            _pm(f["r_precision"]),
-            _pm(f["precision_at_1"]),
-            _pm(agg["wall_s"], 1),
-        ]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def plot_results(results: dict[str, Any], stem: Path) -> list[Path]:
-    """Write ``<stem>_map_at_r.png``, ``<stem>_final.png`` and ``<stem>_difficulty.png``.
-
-    Returns the paths written (none when matplotlib is not installed).
+    Returns:
+        Per strategy name: ``label``, ``miner``, ``loss``, ``runs`` (one per seed, see
+        :func:`train_strategy`) and ``aggregate`` (see
+        :func:`benchmarks.report.aggregate_runs`).
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plots", file=sys.stderr)
-        return []
-    entries = results["strategies"]
-    names = list(entries)
-    colors = plt.get_cmap("tab10").colors  # type: ignore[attr-defined]
-    color = {name: colors[i % len(colors)] for i, name in enumerate(names)}
-    cfg = results["config"]
-    seeds = len(cfg["seeds"])
-    where = f"Omniglot, {cfg['p']}x{cfg['k']} batches, {seeds} seed{'s' * (seeds > 1)}" + (
-        " [quick]" if cfg["quick"] else ""
-    )
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths: list[Path] = []
-
-    # MAP@R vs step, mean over seeds with a +-1 std band.
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for name in names:
-        curves = entries[name]["aggregate"]["curves"]
-        steps = np.asarray(curves["step"])
-        mean = np.asarray(curves["mean_average_precision_at_r"]["mean"])
-        std = np.asarray(curves["mean_average_precision_at_r"]["std"])
-        ax.plot(steps, mean, marker="o", markersize=3, color=color[name], label=name)
-        ax.fill_between(steps, mean - std, mean + std, color=color[name], alpha=0.15)
-    ax.set_xlabel("training step")
-    ax.set_ylabel(f"MAP@R ({cfg['subset_classes']} evaluation classes)")
-    ax.set_title(f"MAP@R on unseen classes during training ({where})", fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(stem.with_name(stem.name + "_map_at_r.png"))
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
-
-    # Final metrics, grouped bars with std error bars.
-    metrics = (
-        ("mean_average_precision_at_r", "MAP@R"),
-        ("r_precision", "R-precision"),
-        ("precision_at_1", "P@1"),
-    )
-    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(names) + 2), 5))
-    x = np.arange(len(names))
-    width = 0.8 / len(metrics)
-    for j, (key, label) in enumerate(metrics):
-        means = [entries[n]["aggregate"]["final"][key]["mean"] for n in names]
-        stds = [entries[n]["aggregate"]["final"][key]["std"] for n in names]
-        ax.bar(x + (j - 1) * width, means, width, yerr=stds, capsize=3, label=label)
-    ax.set_xticks(x, names, rotation=25, ha="right")
-    ax.set_ylim(0, 1)
-    final_classes = cfg["final_classes"] or "all 659"
-    ax.set_ylabel(f"final retrieval score ({final_classes} evaluation classes)")
-    ax.set_title(f"Final retrieval on unseen classes, mean ± std ({where})", fontsize=10)
-    ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(stem.with_name(stem.name + "_final.png"))
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
-
-    # Difficulty fractions vs step, small multiples.
-    cols = min(4, len(names))
-    rows = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(3.2 * cols, 2.7 * rows), sharex=True, sharey=True, squeeze=False
-    )
-    kinds = (("easy", "tab:green"), ("semi_hard", "tab:orange"), ("hard", "tab:red"))
-    for i, name in enumerate(names):
-        ax = axes[i // cols][i % cols]
-        curves = entries[name]["aggregate"]["curves"]
-        steps = np.asarray(curves["step"])
-        for kind, c in kinds:
-            mean = np.asarray(curves[kind]["mean"])
-            std = np.asarray(curves[kind]["std"])
-            ax.plot(steps, mean, marker="o", markersize=2.5, color=c, label=kind)
-            ax.fill_between(steps, mean - std, mean + std, color=c, alpha=0.15)
-        ax.set_title(name, fontsize=9)
-        ax.set_ylim(0, 1)
-        ax.grid(True, alpha=0.3)
-    for j in range(len(names), rows * cols):
-        axes[j // cols][j % cols].axis("off")
-    for ax in axes[-1]:
-        ax.set_xlabel("training step", fontsize=8)
-    for row in axes:
-        row[0].set_ylabel("fraction of valid triplets", fontsize=8)
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(
-        f"Easy / semi-hard / hard triplets in the training batch, margin {MARGIN} ({where})",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    paths.append(stem.with_name(stem.name + "_difficulty.png"))
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
-    return paths
+    runs_total = len(cfg.strategies) * len(cfg.seeds)
+    entries: dict[str, Any] = {}
+    done = 0
+    bar: ProgressBar[Any]
+    with progress(total=runs_total * cfg.steps, desc="quality", unit="step") as bar:
+        for name in cfg.strategies:
+            strategy = STRATEGIES[name]
+            runs = []
+            for seed in cfg.seeds:
+                bar.set_postfix_str(f"{name} seed {seed}")
+                run = train_strategy(strategy, seed, cfg, data, on_step=bar.update)
+                runs.append(run)
+                done += 1
+                f = run["final"]
+                bar.write(
+                    f"[{done}/{runs_total}] {name} seed {seed}: "
+                    f"MAP@R {f['mean_average_precision_at_r']:.3f}  "
+                    f"R-prec {f['r_precision']:.3f}  P@1 {f['precision_at_1']:.3f}  "
+                    f"({run['wall_s']:.1f} s)"
+                )
+            entries[name] = {
+                "label": strategy.label,
+                "miner": strategy.miner,
+                "loss": strategy.loss,
+                "runs": runs,
+                "aggregate": aggregate(runs),
+            }
+    return entries
 
 
 # --------------------------------------------------------------------------------------
@@ -748,29 +522,22 @@ def warm_up(cfg: Config) -> float:
     return time.perf_counter() - start
 
 
-def plan_budget(cfg: Config, data: Data, repeats: int = 3) -> dict[str, Any]:
-    """Time a few training steps and evaluations on a throwaway network and extrapolate the
-    run's wall time. Touches no run's random state (every run reseeds)."""
-    started = time.perf_counter()
-    warmup_s = warm_up(cfg)
-    model = EmbeddingNet()
-    criterion = STRATEGIES["batch_hard"].build(0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sampler = PKBatchSampler(data.train.labels, cfg.p, cfg.k, seed=0)
-    batches = _batches(DataLoader(data.train, batch_sampler=sampler), sampler)
+def _seconds_per_step(run: _Run, repeats: int) -> float:
+    """Mean time of a batch-hard training step, after one warm-up step."""
 
     def step() -> None:
-        images, labels = next(batches)
-        loss = criterion(model(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        images, labels = next(run.batches)
+        _descend(run.optimizer, run.criterion(run.model(images), labels))
 
     step()  # warm-up (first calls, kernel compilation)
     t0 = time.perf_counter()
     for _ in range(repeats):
         step()
-    step_s = (time.perf_counter() - t0) / repeats
+    return (time.perf_counter() - t0) / repeats
+
+
+def _seconds_per_evaluation(model: nn.Module, data: Data) -> tuple[float, float]:
+    """Time to embed the checkpoint subset and to compute its metrics, after a warm-up."""
     model.eval()
     evaluate(model, data, final=False)  # warm-up
     t0 = time.perf_counter()
@@ -778,7 +545,17 @@ def plan_budget(cfg: Config, data: Data, repeats: int = 3) -> dict[str, Any]:
     embed_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     _retrieval(emb, data.eval_labels[data.subset])
-    metric_s = time.perf_counter() - t0
+    return embed_s, time.perf_counter() - t0
+
+
+def plan_budget(cfg: Config, data: Data, repeats: int = 3) -> dict[str, Any]:
+    """Time a few training steps and evaluations on a throwaway network and extrapolate the
+    run's wall time. Touches no run's random state (every run reseeds)."""
+    started = time.perf_counter()
+    warmup_s = warm_up(cfg)
+    run = _start_run(STRATEGIES["batch_hard"], 0, cfg, data)
+    step_s = _seconds_per_step(run, repeats)
+    embed_s, metric_s = _seconds_per_evaluation(run.model, data)
     n_sub, n_fin = len(data.subset), len(data.final)
     subset_eval_s = embed_s + metric_s
     final_eval_s = embed_s * n_fin / n_sub + metric_s * (n_fin / n_sub) ** 2 + subset_eval_s
@@ -871,6 +648,31 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ``aggregate`` (see :func:`aggregate`)), ``wall_s`` and ``outputs`` (JSON and PNG paths).
     """
     args = _parser().parse_args(None if argv is None else list(argv))
+    cfg = _config(args)
+    stem = args.out / ("quality_quick" if cfg.quick else "quality")
+    started = time.perf_counter()
+    data = load_data(cfg)
+    plan = plan_budget(cfg, data, repeats=1 if cfg.quick else 3)
+    _print_plan(cfg, data, plan)
+    results = new_result(
+        "quality",
+        config={**asdict(cfg), "batch_size": cfg.batch_size},
+        hyperparameters=hyperparameters(cfg),
+        plan=plan,
+        strategies={},
+    )
+    results["strategies"] = run_strategies(cfg, data)
+    json_path = stem.with_suffix(".json")
+    pngs = plot_results(results, stem)
+    results["wall_s"] = time.perf_counter() - started
+    results["outputs"] = {"json": str(json_path), "png": [str(p) for p in pngs]}
+    save_json(json_path, results)
+    _print_summary(results, json_path, pngs)
+    return results
+
+
+def _config(args: argparse.Namespace) -> Config:
+    """The :class:`Config` the command line asks for."""
     cfg = QUICK_CONFIG if args.quick else DEFAULT_CONFIG
     if args.seeds is not None:
         cfg = replace(cfg, seeds=args.seeds)
@@ -878,16 +680,33 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         cfg = replace(cfg, steps=args.steps)
     if args.strategies is not None:
         cfg = replace(cfg, strategies=args.strategies)
-    out_dir: Path = args.out
-    stem = out_dir / ("quality_quick" if cfg.quick else "quality")
+    return cfg
 
-    started = time.perf_counter()
-    data = load_data(cfg)
-    plan = plan_budget(cfg, data, repeats=1 if cfg.quick else 3)
-    runs_total = plan["runs"]
+
+def hyperparameters(cfg: Config) -> dict[str, Any]:
+    """The ``hyperparameters`` of the results: network, optimiser, metric and margins."""
+    return {
+        "network": "4 x [conv3x3 (no bias), BatchNorm, ReLU, maxpool2], channels "
+        f"1-32-64-64-64, linear 64 -> {EMBEDDING_DIM}, L2-normalised",
+        "optimizer": f"Adam(lr={cfg.lr}), network and loss parameters together",
+        "metric": "euclidean on unit-norm embeddings",
+        "margin": MARGIN,
+        "contrastive_margins": [CONTRASTIVE_POS_MARGIN, CONTRASTIVE_NEG_MARGIN],
+        "distance_weighted": {
+            "cutoff": DW_CUTOFF,
+            "nonzero_loss_cutoff": DW_NONZERO_LOSS_CUTOFF,
+            "margin_loss_beta_init": MARGIN_LOSS_BETA,
+        },
+        "triplet_stats_margin": MARGIN,
+        "subset_seed": SUBSET_SEED,
+        "std": "sample standard deviation over seeds (ddof=1), 0 for one seed",
+    }
+
+
+def _print_plan(cfg: Config, data: Data, plan: dict[str, Any]) -> None:
     print(
         f"Quality benchmark{' [quick]' if cfg.quick else ''}: {len(cfg.strategies)} strategies "
-        f"x {len(cfg.seeds)} seeds x {cfg.steps} steps of {cfg.p}x{cfg.k} = {runs_total} runs; "
+        f"x {len(cfg.seeds)} seeds x {cfg.steps} steps of {cfg.p}x{cfg.k} = {plan['runs']} runs; "
         f"{len(data.train.labels)} training images, checkpoints at {cfg.checkpoint_steps()} "
         f"on {cfg.subset_classes} evaluation classes, final on "
         f"{cfg.final_classes or 'all 659'} classes."
@@ -910,82 +729,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             flush=True,
         )
 
-    results: dict[str, Any] = {
-        "benchmark": "quality",
-        "machine": machine_info(),
-        "config": {**asdict(cfg), "batch_size": cfg.batch_size},
-        "hyperparameters": {
-            "network": "4 x [conv3x3 (no bias), BatchNorm, ReLU, maxpool2], channels "
-            f"1-32-64-64-64, linear 64 -> {EMBEDDING_DIM}, L2-normalised",
-            "optimizer": f"Adam(lr={cfg.lr}), network and loss parameters together",
-            "metric": "euclidean on unit-norm embeddings",
-            "margin": MARGIN,
-            "contrastive_margins": [CONTRASTIVE_POS_MARGIN, CONTRASTIVE_NEG_MARGIN],
-            "distance_weighted": {
-                "cutoff": DW_CUTOFF,
-                "nonzero_loss_cutoff": DW_NONZERO_LOSS_CUTOFF,
-                "margin_loss_beta_init": MARGIN_LOSS_BETA,
-            },
-            "triplet_stats_margin": MARGIN,
-            "subset_seed": SUBSET_SEED,
-            "std": "sample standard deviation over seeds (ddof=1), 0 for one seed",
-        },
-        "plan": plan,
-        "strategies": {},
-    }
 
-    total_steps = runs_total * cfg.steps
-    bar = progress(range(total_steps), total=total_steps, desc="quality", unit="step")
-    update = getattr(bar, "update", None)
-    write = getattr(bar, "write", print)
-    set_postfix = getattr(bar, "set_postfix_str", None)
-    done = 0
-    for name in cfg.strategies:
-        strategy = STRATEGIES[name]
-        runs = []
-        for seed in cfg.seeds:
-            if set_postfix is not None:
-                set_postfix(f"{name} seed {seed}")
-            run = train_strategy(
-                strategy, seed, cfg, data, on_step=(lambda: update(1)) if update else None
-            )
-            runs.append(run)
-            done += 1
-            f = run["final"]
-            write(
-                f"[{done}/{runs_total}] {name} seed {seed}: "
-                f"MAP@R {f['mean_average_precision_at_r']:.3f}  "
-                f"R-prec {f['r_precision']:.3f}  P@1 {f['precision_at_1']:.3f}  "
-                f"({run['wall_s']:.1f} s)"
-            )
-        results["strategies"][name] = {
-            "label": strategy.label,
-            "miner": strategy.miner,
-            "loss": strategy.loss,
-            "runs": runs,
-            "aggregate": aggregate(runs),
-        }
-    close = getattr(bar, "close", None)
-    if close is not None:
-        close()
-
-    json_path = stem.with_suffix(".json")
-    pngs = plot_results(results, stem)
-    results["wall_s"] = time.perf_counter() - started
-    results["outputs"] = {"json": str(json_path), "png": [str(p) for p in pngs]}
-    save_json(json_path, results)
-
-    print(f"\n## Quality on Omniglot evaluation ({cfg.final_classes or 659} unseen classes)\n")
+def _print_summary(results: dict[str, Any], json_path: Path, pngs: list[Path]) -> None:
+    final_classes = results["config"]["final_classes"] or 659
+    print(f"\n## Quality on Omniglot evaluation ({final_classes} unseen classes)\n")
     print(markdown_table(results))
     runs_s = sum(r["wall_s"] for e in results["strategies"].values() for r in e["runs"])
     print(
         f"\nMeasured wall time: {results['wall_s']:.0f} s in all, {runs_s:.0f} s in the runs "
-        f"(planned ~{plan['total_s_estimate']:.0f} s for the runs)."
+        f"(planned ~{results['plan']['total_s_estimate']:.0f} s for the runs)."
     )
     print(f"Wrote {json_path}")
     for path in pngs:
         print(f"Wrote {path}")
-    return results
 
 
 if __name__ == "__main__":

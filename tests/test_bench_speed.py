@@ -21,7 +21,7 @@ _REPO_ROOT = str(Path(__file__).resolve().parents[1])
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
-from benchmarks import speed  # noqa: E402
+from benchmarks import registry, speed  # noqa: E402
 from benchmarks.common import RESULTS_DIR, machine_info, save_json  # noqa: E402
 
 STATUSES = {"ok", "skipped", "error"}
@@ -151,10 +151,10 @@ def test_failing_configuration_is_recorded_not_raised() -> None:
 
 def test_memory_guard_skips_cubic_peers() -> None:
     labels = speed.make_inputs(1024, "pk")[1]
-    assert speed._otl_all_memory(1024, labels) > 16 * 2**30
-    assert speed._valid_triplets(labels) == 1024 * 7 * (1024 - 8)
+    assert registry.otl_all_memory(1024, labels) > 16 * 2**30
+    assert registry.valid_triplets(labels) == 1024 * 7 * (1024 - 8)
     two = speed.make_inputs(64, "two_classes")[1]
-    assert speed._valid_triplets(two) == 64 * 31 * 32
+    assert registry.valid_triplets(two) == 64 * 31 * 32
 
 
 def test_targets_and_table_from_synthetic_results() -> None:

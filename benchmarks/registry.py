@@ -1,0 +1,482 @@
+"""What the benchmarks measure: the speed benchmark's methods, the quality benchmark's strategies.
+
+Both registries hold tripletkit's own entries and those of its peers, told apart by ``family``
+(``"tripletkit"``, ``"peer"``, and ``"baseline"`` for the ``torch.cdist`` floor of the speed
+benchmark). Peers are optional dependencies: their entries import them lazily and are only
+listed when :func:`installed` finds them.
+
+**Speed** (:mod:`benchmarks.speed`): a :class:`Method` builds ``f(embeddings, labels) -> loss``
+whose forward + backward is timed. :func:`build_methods` lists
+
+- ``cdist``: ``torch.cdist(x, x)`` forward + ``.sum().backward()``, the floor every online
+  miner pays;
+- the fused tripletkit losses: batch-all hinge (``reduction="mean_nonzero"``) and soft margin
+  (``reduction="mean"``), batch-hard and semi-hard, margin :data:`MARGIN`, once per backend;
+- the peers when installed: pytorch-metric-learning (``TripletMarginMiner`` "all" and
+  "semihard", ``BatchHardMiner``, each with ``TripletMarginLoss(margin=0.2)``) and
+  online-triplet-loss (batch-all and batch-hard). Their O(N^3) methods carry a time exponent
+  and a memory estimate so that the run can skip sizes that cannot fit.
+
+**Quality** (:mod:`benchmarks.quality`): a :class:`Strategy` builds a criterion module
+``(embeddings, labels) -> loss`` trained with the network. Embeddings are L2-normalised for
+every strategy, so all distances lie in ``[0, 2]`` and one set of margins fits all:
+
+- triplet margin ``0.2`` for batch-all, batch-hard, semi-hard and random triplets (the usual
+  value on unit-norm embeddings; FaceNet used 0.2);
+- soft margin (``softplus(d_ap - d_an)``, no margin) for batch-hard soft margin;
+- distance-weighted sampling (cutoff 0.5, no weight at ``d >= 1.4``, as in Wu et al. 2017)
+  with their margin loss: ``alpha = 0.2``, learnable ``beta`` starting at ``1.2`` (trained by
+  the same optimiser as the network, same learning rate), ``nu = 0``;
+- contrastive loss with ``pos_margin = 0`` and ``neg_margin = 0.8`` (negatives pushed beyond
+  cosine similarity 0.68) over the pairs mined by ``PairMarginMiner`` with the same margins,
+  i.e. exactly the pairs with a non-zero loss.
+
+A recipe from another library belongs here as a :class:`Strategy` with ``family="peer"``
+(its ``build`` importing the library), next to the speed benchmark's peer methods.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from tripletkit.losses import (
+    ContrastiveLoss,
+    MarginLoss,
+    TripletMarginLoss,
+    batch_all_triplet_loss,
+    batch_hard_triplet_loss,
+    semi_hard_triplet_loss,
+)
+from tripletkit.miners import DistanceWeightedMiner, PairMarginMiner, RandomTripletMiner
+
+__all__ = [
+    "CONTRASTIVE_NEG_MARGIN",
+    "CONTRASTIVE_POS_MARGIN",
+    "DW_CUTOFF",
+    "DW_NONZERO_LOSS_CUTOFF",
+    "MARGIN",
+    "MARGIN_LOSS_BETA",
+    "STRATEGIES",
+    "SPEED_STRATEGIES",
+    "FusedCriterion",
+    "LossFn",
+    "Method",
+    "MinedCriterion",
+    "Strategy",
+    "build_methods",
+    "installed",
+    "otl_all_memory",
+    "pml_all_memory",
+    "valid_triplets",
+]
+
+#: Triplet margin of both benchmarks (all triplet losses and miners, triplet_stats, the margin
+#: loss's ``alpha``).
+MARGIN = 0.2
+#: Contrastive margins on unit-norm embeddings (loss and PairMarginMiner alike).
+CONTRASTIVE_POS_MARGIN = 0.0
+CONTRASTIVE_NEG_MARGIN = 0.8
+#: Distance-weighted sampling and margin loss (Wu et al. 2017).
+DW_CUTOFF = 0.5
+DW_NONZERO_LOSS_CUTOFF = 1.4
+MARGIN_LOSS_BETA = 1.2
+
+#: ``f(embeddings, labels) -> 0-dim loss``: what the speed benchmark times.
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported (without importing it)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+# --------------------------------------------------------------------------------------
+# Speed: methods
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Method:
+    """One measured method: ``make()`` returns ``f(embeddings, labels) -> 0-dim loss``.
+
+    Attributes:
+        name: identifier used in the JSON, the table and the plot.
+        family: ``"baseline"`` (cdist), ``"tripletkit"`` or ``"peer"``.
+        strategy: ``"cdist"``, ``"batch_all"``, ``"batch_all_soft"``, ``"batch_hard"``,
+            ``"semi_hard"``.
+        backend: the tripletkit backend (``"torch"`` / ``"numba"``), else ``None``.
+        description: what exactly runs.
+        make: builds the loss function (imports happen here, outside the timings).
+        time_exponent: expected growth of the time with ``N``, used to predict whether the
+            next size fits in the time budget (``None``: no prediction).
+        memory_estimate: estimated peak bytes for ``(n, labels)``, used to skip
+            configurations that cannot fit (``None``: O(N^2), never skipped).
+        cuda: whether the method runs on CUDA tensors.
+    """
+
+    name: str
+    family: str
+    strategy: str
+    backend: str | None
+    description: str
+    make: Callable[[], LossFn]
+    time_exponent: float | None = None
+    memory_estimate: Callable[[int, Tensor], float] | None = None
+    cuda: bool = True
+
+
+#: The fused tripletkit losses the speed benchmark times, once per backend.
+SPEED_STRATEGIES = ("batch_all", "batch_all_soft", "batch_hard", "semi_hard")
+
+
+def valid_triplets(labels: Tensor) -> int:
+    """Number of valid triplets ``(a, p, n)`` of a label vector (``p != a``)."""
+    _, counts = torch.unique(labels, return_counts=True)
+    c = counts.to(torch.float64)
+    n = float(labels.numel())
+    return int(((c * (c - 1)) * (n - c)).sum().item())
+
+
+def pml_all_memory(n: int, labels: Tensor) -> float:
+    """Estimated peak bytes of pytorch-metric-learning's all-triplets mining and loss."""
+    # get_all_triplets_indices: an N^3 uint8 product while N^3 < INT_MAX (a per-anchor
+    # loop beyond), then ~120 bytes per listed triplet (three int64 index vectors, the
+    # gathered distances, the mask and the loss terms kept for backward).
+    cube = float(n) ** 3 if float(n) ** 3 < 2**31 - 1 else 0.0
+    return cube + 120.0 * valid_triplets(labels)
+
+
+def otl_all_memory(n: int, labels: Tensor) -> float:
+    """Estimated peak bytes of online-triplet-loss's batch-all loss."""
+    # Several N^3 float32 and bool tensors (measured: ~21 bytes per N^3 element).
+    return 24.0 * float(n) ** 3
+
+
+def _cdist() -> LossFn:
+    def f(x: Tensor, y: Tensor) -> Tensor:
+        return torch.cdist(x, x).sum()
+
+    return f
+
+
+def _tripletkit(strategy: str, backend: str) -> Callable[[], LossFn]:
+    def make() -> LossFn:
+        if strategy == "batch_all":
+            return lambda x, y: batch_all_triplet_loss(
+                x, y, MARGIN, reduction="mean_nonzero", backend=backend
+            )
+        if strategy == "batch_all_soft":
+            return lambda x, y: batch_all_triplet_loss(
+                x, y, soft_margin=True, reduction="mean", backend=backend
+            )
+        if strategy == "batch_hard":
+            return lambda x, y: batch_hard_triplet_loss(x, y, MARGIN, backend=backend)
+        if strategy == "semi_hard":
+            return lambda x, y: semi_hard_triplet_loss(x, y, MARGIN, backend=backend)
+        raise ValueError(f"unknown strategy {strategy!r}")
+
+    return make
+
+
+def _pml(kind: str) -> Callable[[], LossFn]:
+    def make() -> LossFn:
+        from pytorch_metric_learning import losses, miners
+
+        miner: Any
+        if kind == "batch_hard":
+            miner = miners.BatchHardMiner()
+        else:
+            miner = miners.TripletMarginMiner(margin=MARGIN, type_of_triplets=kind)
+        loss_fn = losses.TripletMarginLoss(margin=MARGIN)
+
+        def f(x: Tensor, y: Tensor) -> Tensor:
+            return loss_fn(x, y, miner(x, y))
+
+        return f
+
+    return make
+
+
+def _otl(kind: str) -> Callable[[], LossFn]:
+    def make() -> LossFn:
+        from online_triplet_loss import losses as otl
+
+        if kind == "batch_all":
+
+            def f(x: Tensor, y: Tensor) -> Tensor:
+                loss, _fraction_positive = otl.batch_all_triplet_loss(y, x, MARGIN)
+                return loss
+
+            return f
+        return lambda x, y: otl.batch_hard_triplet_loss(y, x, MARGIN)
+
+    return make
+
+
+def _baseline_methods() -> list[Method]:
+    return [
+        Method(
+            "cdist",
+            "baseline",
+            "cdist",
+            None,
+            "torch.cdist(x, x) forward + .sum().backward() (the floor of any online miner)",
+            _cdist,
+            time_exponent=2.0,
+        )
+    ]
+
+
+def _tripletkit_methods(backends: Sequence[str]) -> list[Method]:
+    return [
+        Method(
+            f"{strategy}[{backend}]",
+            "tripletkit",
+            strategy,
+            backend,
+            f"tripletkit {strategy} loss, backend={backend!r}",
+            _tripletkit(strategy, backend),
+            cuda=backend != "numba",
+        )
+        for strategy in SPEED_STRATEGIES
+        for backend in backends
+    ]
+
+
+def _pml_methods() -> list[Method]:
+    doc = "pytorch-metric-learning {} + TripletMarginLoss(margin=0.2) (default LpDistance)"
+    return [
+        Method(
+            "pml_all",
+            "peer",
+            "batch_all",
+            None,
+            doc.format("TripletMarginMiner(margin=0.2, type_of_triplets='all')"),
+            _pml("all"),
+            time_exponent=3.0,
+            memory_estimate=pml_all_memory,
+        ),
+        Method(
+            "pml_semihard",
+            "peer",
+            "semi_hard",
+            None,
+            doc.format("TripletMarginMiner(margin=0.2, type_of_triplets='semihard')"),
+            _pml("semihard"),
+            time_exponent=3.0,
+            memory_estimate=pml_all_memory,
+        ),
+        Method(
+            "pml_batch_hard",
+            "peer",
+            "batch_hard",
+            None,
+            doc.format("BatchHardMiner()"),
+            _pml("batch_hard"),
+            time_exponent=2.0,
+        ),
+    ]
+
+
+def _otl_methods() -> list[Method]:
+    return [
+        Method(
+            "otl_batch_all",
+            "peer",
+            "batch_all",
+            None,
+            "online_triplet_loss.losses.batch_all_triplet_loss(labels, x, margin=0.2)",
+            _otl("batch_all"),
+            time_exponent=3.0,
+            memory_estimate=otl_all_memory,
+        ),
+        Method(
+            "otl_batch_hard",
+            "peer",
+            "batch_hard",
+            None,
+            "online_triplet_loss.losses.batch_hard_triplet_loss(labels, x, margin=0.2)",
+            _otl("batch_hard"),
+            time_exponent=2.0,
+        ),
+    ]
+
+
+#: The speed benchmark's peers: import name, distribution name, their methods.
+_SPEED_PEERS: tuple[tuple[str, str, Callable[[], list[Method]]], ...] = (
+    ("pytorch_metric_learning", "pytorch-metric-learning", _pml_methods),
+    ("online_triplet_loss", "online-triplet-loss", _otl_methods),
+)
+
+
+def build_methods(
+    peers: bool = True, backends: Sequence[str] = ("torch", "numba")
+) -> tuple[list[Method], list[str]]:
+    """The methods to measure, and the peers that were asked for but are not installed.
+
+    Args:
+        peers: include pytorch-metric-learning and online-triplet-loss when installed.
+        backends: tripletkit backends to measure.
+
+    Returns:
+        The methods in run order (cdist, tripletkit strategy by strategy, then the peers),
+        and the distribution names of the missing peers.
+    """
+    methods = [*_baseline_methods(), *_tripletkit_methods(backends)]
+    missing: list[str] = []
+    if not peers:
+        return methods, missing
+    for module, distribution, peer_methods in _SPEED_PEERS:
+        if installed(module):
+            methods += peer_methods()
+        else:
+            missing.append(distribution)
+    return methods, missing
+
+
+# --------------------------------------------------------------------------------------
+# Quality: criteria and strategies
+# --------------------------------------------------------------------------------------
+
+
+class FusedCriterion(nn.Module):
+    """``criterion(embeddings, labels)`` for a fused loss function with fixed keywords."""
+
+    def __init__(self, fn: Callable[..., Tensor], **kwargs: Any) -> None:
+        super().__init__()
+        self.fn = fn
+        self.kwargs = kwargs
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        return self.fn(embeddings, labels, **self.kwargs)
+
+
+class MinedCriterion(nn.Module):
+    """``criterion(embeddings, labels)``: a miner's triplets or pairs fed to a loss module.
+
+    The miner sees detached embeddings (mining is not differentiated); the loss module's own
+    parameters (the margin loss's ``beta``) are this module's parameters.
+    """
+
+    def __init__(self, miner: nn.Module, loss: nn.Module) -> None:
+        super().__init__()
+        self.miner = miner
+        self.loss = loss
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        return self.loss(embeddings, labels, self.miner(embeddings.detach(), labels))
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One row of the strategy table: how a batch of embeddings becomes a loss.
+
+    Attributes:
+        name: identifier used on the command line, in the JSON, the table and the plots.
+        label: a human-readable name.
+        miner: what is mined, in words (saved in the JSON).
+        loss: the loss and its reduction, in words (saved in the JSON).
+        build: ``build(seed)`` returns a fresh criterion ``(embeddings, labels) -> loss``
+            (an ``nn.Module``; its parameters, if any, are trained with the network); random
+            miners take their seed from it.
+        family: ``"tripletkit"``, or ``"peer"`` for another library's recipe.
+    """
+
+    name: str
+    label: str
+    miner: str
+    loss: str
+    build: Callable[[int], nn.Module]
+    family: str = "tripletkit"
+
+
+def _fused_strategies() -> list[Strategy]:
+    return [
+        Strategy(
+            "batch_all_nonzero",
+            "batch-all (mean > 0)",
+            "all valid triplets (fused)",
+            f"hinge, margin {MARGIN}, mean over triplets with loss > 0 (Hermans et al. BA!=0)",
+            lambda seed: FusedCriterion(
+                batch_all_triplet_loss, margin=MARGIN, reduction="mean_nonzero"
+            ),
+        ),
+        Strategy(
+            "batch_all_mean",
+            "batch-all (mean)",
+            "all valid triplets (fused)",
+            f"hinge, margin {MARGIN}, mean over all valid triplets",
+            lambda seed: FusedCriterion(batch_all_triplet_loss, margin=MARGIN, reduction="mean"),
+        ),
+        Strategy(
+            "batch_hard",
+            "batch-hard",
+            "hardest positive and negative per anchor (fused)",
+            f"hinge, margin {MARGIN}, mean over anchors",
+            lambda seed: FusedCriterion(batch_hard_triplet_loss, margin=MARGIN),
+        ),
+        Strategy(
+            "batch_hard_soft",
+            "batch-hard soft",
+            "hardest positive and negative per anchor (fused)",
+            "soft margin softplus(d_ap - d_an), mean over anchors",
+            lambda seed: FusedCriterion(batch_hard_triplet_loss, soft_margin=True),
+        ),
+        Strategy(
+            "semi_hard",
+            "semi-hard",
+            "per positive pair the nearest negative beyond it (FaceNet, fused)",
+            f"hinge, margin {MARGIN}, mean over positive pairs",
+            lambda seed: FusedCriterion(semi_hard_triplet_loss, margin=MARGIN),
+        ),
+    ]
+
+
+def _mined_strategies() -> list[Strategy]:
+    return [
+        Strategy(
+            "distance_weighted",
+            "distance-weighted",
+            f"DistanceWeightedMiner(cutoff={DW_CUTOFF}, "
+            f"nonzero_loss_cutoff={DW_NONZERO_LOSS_CUTOFF}), one negative per positive pair",
+            f"MarginLoss(margin={MARGIN}, beta={MARGIN_LOSS_BETA} learnable, nu=0) (Wu et al.)",
+            lambda seed: MinedCriterion(
+                DistanceWeightedMiner(DW_CUTOFF, DW_NONZERO_LOSS_CUTOFF, seed=seed),
+                MarginLoss(margin=MARGIN, beta=MARGIN_LOSS_BETA),
+            ),
+        ),
+        Strategy(
+            "contrastive",
+            "contrastive",
+            f"PairMarginMiner(pos_margin={CONTRASTIVE_POS_MARGIN}, "
+            f"neg_margin={CONTRASTIVE_NEG_MARGIN}): the pairs with a non-zero loss",
+            f"ContrastiveLoss(pos_margin={CONTRASTIVE_POS_MARGIN}, "
+            f"neg_margin={CONTRASTIVE_NEG_MARGIN}), mean over mined pairs",
+            lambda seed: MinedCriterion(
+                PairMarginMiner(CONTRASTIVE_POS_MARGIN, CONTRASTIVE_NEG_MARGIN),
+                ContrastiveLoss(CONTRASTIVE_POS_MARGIN, CONTRASTIVE_NEG_MARGIN),
+            ),
+        ),
+        Strategy(
+            "random",
+            "random triplets",
+            "RandomTripletMiner: one uniform negative per positive pair",
+            f"hinge, margin {MARGIN}, mean over triplets",
+            lambda seed: MinedCriterion(
+                RandomTripletMiner(seed=seed), TripletMarginLoss(margin=MARGIN)
+            ),
+        ),
+    ]
+
+
+#: The quality benchmark's strategies, in the order they are run, tabulated and plotted.
+STRATEGIES: dict[str, Strategy] = {s.name: s for s in (*_fused_strategies(), *_mined_strategies())}

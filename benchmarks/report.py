@@ -1,0 +1,486 @@
+"""How the benchmarks report: aggregation over seeds, markdown tables and figures.
+
+Shared helpers come first: :func:`mean_std` and :func:`mean_std_series` (mean and sample
+standard deviation over seeds, ``ddof = 1``, 0 for one value), :func:`format_mean_std`,
+:func:`md_table`, :func:`pyplot` (matplotlib with the Agg backend, or ``None``),
+:func:`save_figure` and :func:`plot_mean_band` (a mean curve with a +-1 std band, against
+training steps or seconds alike). Then the renderers of each benchmark's results, which
+read nothing but the dicts the benchmarks save as JSON:
+
+- speed: :func:`speed_table` (``benchmarks.speed.markdown_table``) and :func:`plot_speed`
+  (``benchmarks.speed.plot_results``);
+- quality: :func:`aggregate_runs` (``benchmarks.quality.aggregate``), :func:`quality_table`
+  (``benchmarks.quality.markdown_table``) and :func:`plot_quality`
+  (``benchmarks.quality.plot_results``), one function per figure.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .common import GIB
+
+__all__ = [
+    "CURVE_KEYS",
+    "FINAL_KEYS",
+    "aggregate_runs",
+    "find_entry",
+    "format_bytes",
+    "format_mean_std",
+    "md_table",
+    "mean_std",
+    "mean_std_series",
+    "plot_mean_band",
+    "plot_quality",
+    "plot_speed",
+    "pyplot",
+    "quality_table",
+    "save_figure",
+    "speed_table",
+]
+
+#: Dots per inch of every figure.
+DPI = 110
+
+
+# --------------------------------------------------------------------------------------
+# Aggregation and formatting
+# --------------------------------------------------------------------------------------
+
+
+def mean_std(values: Sequence[float]) -> dict[str, Any]:
+    """``{"mean", "std", "n"}`` of ``values``; ``std`` is the sample standard deviation
+    (``ddof = 1``), 0 for a single value.
+
+    Raises:
+        statistics.StatisticsError: ``values`` is empty.
+    """
+    vals = [float(v) for v in values]
+    return {
+        "mean": statistics.fmean(vals),
+        "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+        "n": len(vals),
+    }
+
+
+def mean_std_series(series: Sequence[Sequence[float]]) -> dict[str, list[float]]:
+    """Point-wise :func:`mean_std` of equally long series (one per seed).
+
+    Returns:
+        ``{"mean": [...], "std": [...]}``, one value per point.
+
+    Raises:
+        ValueError: the series differ in length.
+    """
+    stats = [mean_std(column) for column in zip(*series, strict=True)]
+    return {"mean": [s["mean"] for s in stats], "std": [s["std"] for s in stats]}
+
+
+def format_mean_std(stat: dict[str, Any], digits: int = 3) -> str:
+    """``"mean ± std"`` of a :func:`mean_std` dict, or just the mean for a single value."""
+    if stat["n"] > 1:
+        return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+    return f"{stat['mean']:.{digits}f}"
+
+
+def format_bytes(b: float) -> str:
+    """Bytes in GiB (two decimals) from 1 GiB on, else in MiB (one decimal)."""
+    if b >= GIB:
+        return f"{b / GIB:.2f} GiB"
+    return f"{b / 1024**2:.1f} MiB"
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "") -> str:
+    """A markdown table.
+
+    Args:
+        header: the column titles.
+        rows: the cells, row by row (converted with :class:`str`).
+        align: one letter per column, ``"l"`` (left) or ``"r"`` (right); missing letters
+            mean left.
+
+    Returns:
+        The table, lines joined by newlines (no trailing newline).
+    """
+    rule = ["---:" if align[i : i + 1] == "r" else "---" for i in range(len(header))]
+    lines = [_md_row(header), "|" + "|".join(rule) + "|"]
+    lines += [_md_row(row) for row in rows]
+    return "\n".join(lines)
+
+
+def _md_row(cells: Sequence[Any]) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+# --------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` with the non-interactive Agg backend, or ``None`` when
+    matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` (creating its folders) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def plot_mean_band(
+    ax: Any,
+    x: Sequence[float],
+    stat: Mapping[str, Sequence[float]],
+    *,
+    color: Any,
+    label: str,
+    markersize: float = 3,
+) -> None:
+    """Draw ``stat["mean"]`` against ``x`` with a +-1 ``stat["std"]`` band (as returned by
+    :func:`mean_std_series`); ``x`` may be training steps or seconds."""
+    xs = np.asarray(x)
+    mean = np.asarray(stat["mean"])
+    std = np.asarray(stat["std"])
+    ax.plot(xs, mean, marker="o", markersize=markersize, color=color, label=label)
+    ax.fill_between(xs, mean - std, mean + std, color=color, alpha=0.15)
+
+
+# --------------------------------------------------------------------------------------
+# Speed results
+# --------------------------------------------------------------------------------------
+
+
+def find_entry(
+    rows: list[dict[str, Any]], method: str, n: int, labels: str = "pk"
+) -> dict[str, Any] | None:
+    """The speed result entry of ``method`` at ``n`` with ``labels``, if any."""
+    for e in rows:
+        if e["method"] == method and e["n"] == n and e["labels"] == labels:
+            return e
+    return None
+
+
+def _method_names(rows: list[dict[str, Any]]) -> list[str]:
+    """Method names in order of first appearance."""
+    return list(dict.fromkeys(e["method"] for e in rows))
+
+
+def _speed_cell(e: dict[str, Any] | None) -> str:
+    if e is None:
+        return ""
+    if e["status"] == "skipped":
+        return "skip"
+    if e["status"] == "error":
+        return "error"
+    ms = 1e3 * e["median_s"]
+    text = f"{ms:.3g} ms" if ms < 1000 else f"{ms:,.0f} ms"
+    if "ratio_to_cdist" in e:
+        text += f" ({e['ratio_to_cdist']:.3g}x)"
+    return text
+
+
+def _time_table(rows: list[dict[str, Any]]) -> str | None:
+    sizes = sorted({e["n"] for e in rows if e["labels"] == "pk"})
+    if not sizes:
+        return None
+    names = _method_names(rows)
+    cells = [[n, *(_speed_cell(find_entry(rows, name, n)) for name in names)] for n in sizes]
+    return md_table(["N", *names], cells, "r" * (len(names) + 1))
+
+
+def _two_class_table(rows: list[dict[str, Any]]) -> str | None:
+    two = [e for e in rows if e["labels"] == "two_classes"]
+    if not two:
+        return None
+    cells = [[e["n"], e["method"], _speed_cell(e)] for e in two]
+    return md_table(["two classes, N", "method", "time (ratio to cdist)"], cells, "rlr")
+
+
+def _memory_table(rows: list[dict[str, Any]]) -> str | None:
+    mem = [e for e in rows if e.get("memory")]
+    if not mem:
+        return None
+    cells = []
+    for e in mem:
+        m = e["memory"]
+        value = format_bytes(m["extra_peak_bytes"]) if "extra_peak_bytes" in m else "error"
+        cells.append([e["n"], e["method"], value])
+    return md_table(["memory, N", "method", "extra peak"], cells, "rlr")
+
+
+def _skip_notes(rows: list[dict[str, Any]]) -> str | None:
+    notes = [e for e in rows if e["status"] in ("skipped", "error")]
+    if not notes:
+        return None
+    return "\n".join(
+        f"- {e['method']} N={e['n']} ({e['labels']}): {e['status']}: "
+        f"{e.get('reason') or e.get('error')}"
+        for e in notes
+    )
+
+
+def speed_table(results: dict[str, Any] | list[dict[str, Any]]) -> str:
+    """Markdown tables of a speed run: time (and ratio to cdist) per ``N`` and method, the
+    two-class configuration, the extra peak memory measured, and the skips and errors.
+
+    Args:
+        results: the dict of one device (see :func:`benchmarks.speed.main`) or its
+            ``"results"``.
+    """
+    rows = results["results"] if isinstance(results, dict) else results
+    parts = (_time_table(rows), _two_class_table(rows), _memory_table(rows), _skip_notes(rows))
+    return "\n\n".join(p for p in parts if p is not None)
+
+
+_STRATEGY_COLORS = {
+    "batch_all": "tab:blue",
+    "batch_all_soft": "tab:cyan",
+    "batch_hard": "tab:red",
+    "semi_hard": "tab:green",
+}
+_PEER_COLORS = ("tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:orange")
+
+
+def _speed_style(first: dict[str, Any], peer_colors: Iterator[str]) -> dict[str, Any]:
+    """Line style of a method: black for cdist, a colour per strategy for tripletkit
+    (dashed for numba), the next peer colour (dotted) for a peer."""
+    if first["family"] == "baseline":
+        style: dict[str, Any] = {"color": "black", "linestyle": "-", "marker": "x"}
+    elif first["family"] == "tripletkit":
+        style = {
+            "color": _STRATEGY_COLORS.get(first["strategy"], "tab:gray"),
+            "linestyle": "--" if first["backend"] == "numba" else "-",
+            "marker": "o",
+        }
+    else:
+        style = {"color": next(peer_colors, "tab:gray"), "linestyle": ":", "marker": "s"}
+    style.update(markersize=4, label=first["method"])
+    return style
+
+
+def _speed_axes(axes: Sequence[Any], sizes: list[int]) -> None:
+    ylabels = ("forward + backward time (ms)", "time / torch.cdist time")
+    for ax, ylabel in zip(axes, ylabels, strict=True):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        if sizes:
+            ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.set_xlabel("batch size N (P x K, K = 8, D = 128)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+
+
+def plot_speed(result: dict[str, Any], path: Path) -> Path | None:
+    """Log-log plot: time vs N (left) and ratio to cdist vs N (right), one line per method
+    (P x K configurations only). Returns ``None`` when matplotlib is not installed."""
+    plt = pyplot()
+    if plt is None:
+        return None
+    rows = [e for e in result["results"] if e["labels"] == "pk" and e["status"] == "ok"]
+    fig, (ax_t, ax_r) = plt.subplots(1, 2, figsize=(13, 5.5))
+    peer_colors = iter(_PEER_COLORS)
+    for name in _method_names(rows):
+        pts = sorted(((e["n"], e) for e in rows if e["method"] == name), key=lambda p: p[0])
+        style = _speed_style(pts[0][1], peer_colors)
+        ax_t.plot([n for n, _ in pts], [1e3 * e["median_s"] for _, e in pts], **style)
+        ratios = [(n, e["ratio_to_cdist"]) for n, e in pts if "ratio_to_cdist" in e]
+        if ratios and pts[0][1]["family"] != "baseline":
+            ax_r.plot([n for n, _ in ratios], [r for _, r in ratios], **style)
+    _speed_axes((ax_t, ax_r), sorted({e["n"] for e in rows}))
+    ax_r.axhline(1.0, color="black", linewidth=0.8, label="cdist")
+    ax_t.legend(fontsize=7, ncol=2)
+    machine = result.get("machine", {})
+    fig.suptitle(
+        f"tripletkit speed on {result['config']['device']} ({machine.get('cpu', '?')}, "
+        f"torch threads: {machine.get('torch_threads', '?')})"
+        + (" [quick]" if result["config"]["quick"] else "")
+    )
+    return save_figure(fig, path)
+
+
+# --------------------------------------------------------------------------------------
+# Quality results
+# --------------------------------------------------------------------------------------
+
+#: Retrieval metrics of a quality run's final evaluation and checkpoints.
+FINAL_KEYS = ("mean_average_precision_at_r", "r_precision", "precision_at_1")
+#: The per-checkpoint series aggregated over seeds.
+CURVE_KEYS = (*FINAL_KEYS, "easy", "semi_hard", "hard")
+
+
+def aggregate_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and std over seeds of the final metrics, the times and every curve point.
+
+    Args:
+        runs: one quality run per seed (see :func:`benchmarks.quality.train_strategy`).
+
+    Returns:
+        ``final`` (metric -> :func:`mean_std`, with ``recall_at_<k>``), ``wall_s``,
+        ``train_s`` and ``curves`` (``step``, and per key of :data:`CURVE_KEYS` the
+        :func:`mean_std_series`).
+    """
+    final = {key: mean_std([r["final"][key] for r in runs]) for key in FINAL_KEYS}
+    for k in runs[0]["final"]["recall_at_k"]:
+        final[f"recall_at_{k}"] = mean_std([r["final"]["recall_at_k"][k] for r in runs])
+    curves: dict[str, Any] = {"step": runs[0]["curve"]["step"]}
+    for key in CURVE_KEYS:
+        curves[key] = mean_std_series([r["curve"][key] for r in runs])
+    return {
+        "final": final,
+        "wall_s": mean_std([r["wall_s"] for r in runs]),
+        "train_s": mean_std([r["train_s"] for r in runs]),
+        "curves": curves,
+    }
+
+
+def quality_table(results: dict[str, Any]) -> str:
+    """``| strategy | MAP@R | R-prec | P@1 | wall s |`` with mean ± std over seeds, in the
+    order of the strategy table. ``results`` is what :func:`benchmarks.quality.main`
+    returns."""
+    rows = []
+    for name, entry in results["strategies"].items():
+        agg = entry["aggregate"]
+        rows.append(
+            [
+                name,
+                *(format_mean_std(agg["final"][key]) for key in FINAL_KEYS),
+                format_mean_std(agg["wall_s"], 1),
+            ]
+        )
+    return md_table(["strategy", "MAP@R", "R-prec", "P@1", "wall s"], rows, "lrrrr")
+
+
+def _quality_where(cfg: dict[str, Any]) -> str:
+    """The run's setting, for figure titles."""
+    seeds = len(cfg["seeds"])
+    return f"Omniglot, {cfg['p']}x{cfg['k']} batches, {seeds} seed{'s' * (seeds > 1)}" + (
+        " [quick]" if cfg["quick"] else ""
+    )
+
+
+def _strategy_colors(plt: Any, names: list[str]) -> dict[str, Any]:
+    colors = plt.get_cmap("tab10").colors
+    return {name: colors[i % len(colors)] for i, name in enumerate(names)}
+
+
+def plot_quality_map_at_r(plt: Any, results: dict[str, Any], path: Path) -> Path:
+    """MAP@R vs training step, one line per strategy: mean over seeds with a +-1 std band."""
+    entries = results["strategies"]
+    cfg = results["config"]
+    color = _strategy_colors(plt, list(entries))
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, entry in entries.items():
+        curves = entry["aggregate"]["curves"]
+        stat = curves["mean_average_precision_at_r"]
+        plot_mean_band(ax, curves["step"], stat, color=color[name], label=name)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"MAP@R ({cfg['subset_classes']} evaluation classes)")
+    ax.set_title(f"MAP@R on unseen classes during training ({_quality_where(cfg)})", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def plot_quality_final(plt: Any, results: dict[str, Any], path: Path) -> Path:
+    """Final MAP@R, R-precision and P@1 per strategy: grouped bars with std error bars."""
+    entries = results["strategies"]
+    cfg = results["config"]
+    names = list(entries)
+    metrics = zip(FINAL_KEYS, ("MAP@R", "R-precision", "P@1"), strict=True)
+    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(names) + 2), 5))
+    x = np.arange(len(names))
+    width = 0.8 / len(FINAL_KEYS)
+    for j, (key, label) in enumerate(metrics):
+        means = [entries[n]["aggregate"]["final"][key]["mean"] for n in names]
+        stds = [entries[n]["aggregate"]["final"][key]["std"] for n in names]
+        ax.bar(x + (j - 1) * width, means, width, yerr=stds, capsize=3, label=label)
+    ax.set_xticks(x, names, rotation=25, ha="right")
+    ax.set_ylim(0, 1)
+    final_classes = cfg["final_classes"] or "all 659"
+    ax.set_ylabel(f"final retrieval score ({final_classes} evaluation classes)")
+    ax.set_title(
+        f"Final retrieval on unseen classes, mean ± std ({_quality_where(cfg)})", fontsize=10
+    )
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def plot_quality_difficulty(plt: Any, results: dict[str, Any], path: Path) -> Path:
+    """Easy / semi-hard / hard fractions of the training batch vs step, one panel per
+    strategy (mean over seeds with a +-1 std band)."""
+    entries = results["strategies"]
+    names = list(entries)
+    cols = min(4, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.2 * cols, 2.7 * rows), sharex=True, sharey=True, squeeze=False
+    )
+    kinds = (("easy", "tab:green"), ("semi_hard", "tab:orange"), ("hard", "tab:red"))
+    for i, name in enumerate(names):
+        ax = axes[i // cols][i % cols]
+        curves = entries[name]["aggregate"]["curves"]
+        for kind, c in kinds:
+            plot_mean_band(ax, curves["step"], curves[kind], color=c, label=kind, markersize=2.5)
+        ax.set_title(name, fontsize=9)
+        ax.set_ylim(0, 1)
+        ax.grid(True, alpha=0.3)
+    for j in range(len(names), rows * cols):
+        axes[j // cols][j % cols].axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("training step", fontsize=8)
+    for row in axes:
+        row[0].set_ylabel("fraction of valid triplets", fontsize=8)
+    axes[0][0].legend(fontsize=7)
+    margin = results["hyperparameters"]["triplet_stats_margin"]
+    fig.suptitle(
+        "Easy / semi-hard / hard triplets in the training batch, "
+        f"margin {margin} ({_quality_where(results['config'])})",
+        fontsize=10,
+    )
+    return save_figure(fig, path)
+
+
+#: The quality figures: file-name suffix and drawing function.
+QUALITY_FIGURES = (
+    ("map_at_r", plot_quality_map_at_r),
+    ("final", plot_quality_final),
+    ("difficulty", plot_quality_difficulty),
+)
+
+
+def plot_quality(results: dict[str, Any], stem: Path) -> list[Path]:
+    """Write ``<stem>_map_at_r.png``, ``<stem>_final.png`` and ``<stem>_difficulty.png``.
+
+    Returns:
+        The paths written (none when matplotlib is not installed).
+    """
+    plt = pyplot()
+    if plt is None:
+        print("matplotlib is not installed: no plots", file=sys.stderr)
+        return []
+    return [
+        draw(plt, results, stem.with_name(f"{stem.name}_{suffix}.png"))
+        for suffix, draw in QUALITY_FIGURES
+    ]
