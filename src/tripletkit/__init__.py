@@ -30,6 +30,7 @@ from . import (
     stats,
     types,
 )
+from ._checks import input_checks_enabled, set_input_checks
 from .distances import paired_distance, pairwise_distance
 from .memory import CrossBatchMemory
 from .metrics import RetrievalMetrics, retrieval_metrics
@@ -47,6 +48,7 @@ __all__ = [
     "TripletStats",
     "Triplets",
     "datasets",
+    "input_checks_enabled",
     "distances",
     "distributed",
     "losses",
@@ -58,6 +60,7 @@ __all__ = [
     "pairwise_distance",
     "retrieval_metrics",
     "samplers",
+    "set_input_checks",
     "stats",
     "triplet_stats",
     "types",

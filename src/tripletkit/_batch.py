@@ -9,13 +9,13 @@ matrix is built.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
 from . import _masks
-from ._checks import check_bool, check_choice, check_pair
+from ._checks import DeviceChecks, check_bool, check_choice, check_nonnegative_int, check_pair
 from .distances import METRICS, _pairwise_distance_unchecked, normalize_embeddings
 from .kernels import BACKENDS, resolve_backend
 
@@ -29,13 +29,14 @@ class Batch:
     Attributes:
         embeddings: ``[N, D]`` anchors as used (cast to the compute dtype, normalised if asked).
         labels: ``[N]`` int64 anchor labels.
-        ref_embeddings: ``[M, D]`` references as used (the anchors themselves by default).
+        ref_embeddings: ``[M, D]`` references as used (the anchors themselves by default:
+            the same tensor object).
         ref_labels: ``[M]`` int64 reference labels.
         self_index: ``[N]`` int64, each anchor's own column among the references or -1.
         backend: the kernel backend that runs on these tensors, ``"torch"`` or ``"numba"``.
-        dist: ``[N, M]`` distances from each anchor to each reference (in the autograd graph
-            when the embeddings require grad and ``grad=True``), or ``None`` when
-            :func:`prepare` was asked for no metric.
+        metric: the metric of :meth:`distances`, or ``None``.
+        width: an upper bound on any anchor's number of positives, when known on the host
+            (given as ``max_positives``, or read with the checks); else ``None``.
     """
 
     embeddings: Tensor
@@ -44,18 +45,33 @@ class Batch:
     ref_labels: Tensor
     self_index: Tensor
     backend: str
-    dist: Tensor | None = None
+    metric: str | None = None
+    width: int | None = None
 
-    @property
-    def distances(self) -> Tensor:
-        """:attr:`dist`, which must have been computed."""
-        if self.dist is None:  # a programming error inside tripletkit, not user input
+    def distances(self, grad: bool = False) -> Tensor:
+        """The ``[N, M]`` distance matrix, in the autograd graph when ``grad`` (and grad mode
+        is on), else detached."""
+        if self.metric is None:  # a programming error inside tripletkit, not user input
             raise RuntimeError("prepare() was called with metric=None: no distance matrix")
-        return self.dist
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            return _pairwise_distance_unchecked(self.embeddings, self.ref_embeddings, self.metric)
 
     def masks(self) -> tuple[Tensor, Tensor]:
         """Positive and negative masks ``[N, M]`` (see :func:`tripletkit._masks.pair_masks`)."""
         return _masks.pair_masks(self.labels, self.ref_labels, self.self_index)
+
+    def positive_counts(self) -> Tensor:
+        """``[N]`` int64: each anchor's number of positives, from the label histogram of the
+        references (O(M log M), no ``N x M`` pass)."""
+        ref_sorted = self.ref_labels.sort().values
+        same = torch.searchsorted(ref_sorted, self.labels, right=True) - torch.searchsorted(
+            ref_sorted, self.labels
+        )
+        own = self.self_index.clamp_min(0)
+        if self.ref_labels.numel() == 0:
+            return same
+        own_is_same = (self.self_index >= 0) & (self.ref_labels[own] == self.labels)
+        return same - own_is_same.to(torch.int64)
 
 
 def check_anchor_offset(anchor_offset: object, n: int, m: int, has_ref: bool) -> int | None:
@@ -89,17 +105,65 @@ def check_options(**options: object) -> dict[str, object]:
     return {name: checks[name](value) for name, value in options.items()}
 
 
-def _check_no_overflow(emb: Tensor, ref: Tensor) -> None:
+def _overflow_free(emb: Tensor, ref: Tensor) -> Tensor:
     """Euclidean distances are finite when the largest squared norms add up to a finite
     number (``|x - y|^2 <= 2 |x|^2 + 2 |y|^2``): an O(N D) check instead of an O(N M) one."""
-    if not emb.numel() or not ref.numel():
-        return
     largest = 2 * (emb * emb).sum(dim=1).max() + 2 * (ref * ref).sum(dim=1).max()
-    if not bool(torch.isfinite(largest)):
-        raise ValueError(
-            "distances overflow to inf: the embeddings are too large for their dtype; "
-            "scale or normalise them (normalize=True)"
+    return torch.isfinite(largest)
+
+
+def _overflow_error() -> ValueError:
+    return ValueError(
+        "distances overflow to inf: the embeddings are too large for their dtype; "
+        "scale or normalise them (normalize=True)"
+    )
+
+
+def _unit_norm_tolerance(*dtypes: torch.dtype) -> float:
+    return max(max(1e-3, 4 * torch.finfo(dt).eps) for dt in dtypes)
+
+
+def _require_unit_norm(
+    checks: DeviceChecks, x: Tensor, name: str, tol: float, needed_by: str
+) -> None:
+    if not x.numel():
+        return
+    err = (x.detach().norm(dim=1) - 1).abs()
+
+    def error() -> ValueError:
+        worst = int(err.argmax())
+        return ValueError(
+            f"{needed_by} needs unit-norm {name}, but row {worst} has norm "
+            f"{float(x[worst].detach().norm()):.6g} (tolerance {tol:g}); L2-normalise them or "
+            "pass normalize=True"
         )
+
+    checks.require(err <= tol, error)
+
+
+def _width(
+    b: Batch, checks: DeviceChecks, max_positives: int | None, need_width: bool
+) -> Tensor | int | None:
+    """The width of the positive slots: the caller's bound (checked against the batch when
+    checks are on), the batch's largest positive count read with the checks, or ``None``."""
+    if b.labels.numel() == 0:
+        return 0
+    if max_positives is not None:
+        if checks.enabled:
+            counts = b.positive_counts()
+
+            def error() -> ValueError:
+                worst = int(counts.argmax())
+                return ValueError(
+                    f"max_positives={max_positives}, but anchor {worst} has "
+                    f"{int(counts[worst])} positives"
+                )
+
+            checks.require(counts <= max_positives, error)
+        return max_positives
+    if need_width and checks.enabled:
+        return b.positive_counts().max()
+    return None
 
 
 def prepare(
@@ -112,31 +176,49 @@ def prepare(
     metric: str | None = "euclidean",
     normalize: bool = False,
     backend: str = "auto",
-    grad: bool = True,
+    max_positives: int | None = None,
+    need_width: bool = False,
+    unit_norm: str | None = None,
 ) -> Batch:
-    """Validate the inputs and, unless ``metric`` is ``None``, compute the distance matrix.
+    """Validate the inputs: the first step of every miner, loss, statistic and distributed
+    path. The distance matrix (for ``metric``) is then :meth:`Batch.distances`.
 
     Without a reference set the anchors are their own references. With one, the anchors are
     taken to be different samples from every reference, unless ``anchor_offset`` says they
     are rows ``anchor_offset : anchor_offset + N`` of it (a gathered global batch, say).
-    ``grad=False`` computes the distances without an autograd graph (miners, statistics).
+
+    Every check of tensor values (finite embeddings, no overflow of the distances, unit norms
+    when ``unit_norm`` names what needs them, the caller's ``max_positives`` bound) is read in **one** host read,
+    none at all with :func:`~tripletkit.set_input_checks` off. ``need_width`` asks for the
+    batch's largest number of positives (:attr:`Batch.width`), read in that same host read
+    when checks are on (``None`` when they are off and no ``max_positives`` is given).
     """
     check_options(normalize=normalize, **({} if metric is None else {"metric": metric}))
-    emb, lab, ref, ref_lab = check_pair(embeddings, labels, ref_embeddings, ref_labels)
+    if max_positives is not None:
+        max_positives = check_nonnegative_int(max_positives, "max_positives")
+    checks = DeviceChecks()
+    emb, lab, ref, ref_lab = check_pair(embeddings, labels, ref_embeddings, ref_labels, checks)
     resolved = resolve_backend(backend, emb.device)
     has_ref = ref is not None and ref_lab is not None
     m = ref.shape[0] if ref is not None else emb.shape[0]
     offset = check_anchor_offset(anchor_offset, emb.shape[0], m, has_ref)
+    if unit_norm and checks.enabled and not normalize:
+        dtypes = [emb.dtype, embeddings.dtype] + ([ref_embeddings.dtype] if has_ref else [])  # type: ignore[union-attr]
+        tol = _unit_norm_tolerance(*dtypes)
+        _require_unit_norm(checks, emb, "embeddings", tol, unit_norm)
+        if ref is not None:
+            _require_unit_norm(checks, ref, "ref_embeddings", tol, unit_norm)
     if normalize:
         emb = normalize_embeddings(emb)
         ref = normalize_embeddings(ref) if ref is not None else None
     if ref is None or ref_lab is None:
         ref, ref_lab = emb, lab
+    if metric not in (None, "cosine") and checks.enabled and emb.numel() and ref.numel():
+        checks.require(_overflow_free(emb, ref), _overflow_error)
     own = _masks.self_index(emb.shape[0], emb.device, offset)
-    dist = None
-    if metric is not None:
-        if metric != "cosine":
-            _check_no_overflow(emb, ref)
-        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-            dist = _pairwise_distance_unchecked(emb, ref, metric)
-    return Batch(emb, lab, ref, ref_lab, own, resolved, dist)
+    b = Batch(emb, lab, ref, ref_lab, own, resolved, metric)
+    width = _width(b, checks, max_positives, need_width)
+    read = checks.run(*([width] if isinstance(width, Tensor) else []))
+    if isinstance(width, Tensor):
+        width = read[0]
+    return replace(b, width=width)

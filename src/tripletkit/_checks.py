@@ -2,18 +2,31 @@
 
 One place decides what counts as bad input and what the error says, so that every miner,
 loss, metric and sampler refuses the same things with the same words.
+
+Two kinds of checks:
+
+- checks of host metadata (types, shapes, dtypes, devices, Python scalars) always run and
+  cost nothing on the device;
+- checks of tensor *values* (finite embeddings, index ranges, distance overflow, a caller's
+  bound on the number of positives) need the device to report back to the host, a
+  synchronisation that stalls a CUDA pipeline. They are gathered in a :class:`DeviceChecks`
+  and read with a single host read per call, and :func:`set_input_checks` turns them off.
+
+Every read of device values into Python in tripletkit goes through :func:`to_host`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = [
+    "HOST_READ_HOOKS",
+    "DeviceChecks",
     "check_bool",
     "check_choice",
     "check_embeddings",
@@ -29,7 +42,103 @@ __all__ = [
     "check_same_space",
     "check_nonnegative_int",
     "compute_dtype",
+    "input_checks_enabled",
+    "set_input_checks",
+    "to_host",
 ]
+
+# ---------------------------------------------------------------------------------------------
+# Checks of tensor values: the switch, the one host read, the deferred conditions
+
+_STATE = {"input_checks": True}
+
+#: Callables run with the tensor on every :func:`to_host` (instrumentation: the sync audits of
+#: the tests and of ``benchmarks.gpu`` count host reads here).
+HOST_READ_HOOKS: list[Callable[[Tensor], None]] = []
+
+
+class set_input_checks:  # noqa: N801 - named like torch.set_grad_enabled, which it mirrors
+    """Turn the checks of tensor values on or off, as a call or as a context manager.
+
+    With checks on (the default), every entry point refuses NaN or Inf embeddings, index
+    tensors out of range, distances that overflow and a ``max_positives`` bound that a batch
+    exceeds, with a clear error; these checks read device values on the host once per call.
+    With checks off they cost nothing: no host read, so a CUDA pipeline never stalls on them
+    and ``torch.compile(fullgraph=True)`` can capture the losses; bad values then give
+    undefined results instead of an error. Checks of shapes, dtypes and devices always run.
+
+    Example:
+        >>> import torch, tripletkit
+        >>> with tripletkit.set_input_checks(False):
+        ...     tripletkit.input_checks_enabled()
+        False
+        >>> tripletkit.input_checks_enabled()
+        True
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.previous = _STATE["input_checks"]
+        _STATE["input_checks"] = check_bool(enabled, "enabled")
+
+    def __enter__(self) -> set_input_checks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _STATE["input_checks"] = self.previous
+
+
+def input_checks_enabled() -> bool:
+    """Whether the checks of tensor values run (see :func:`set_input_checks`)."""
+    return _STATE["input_checks"]
+
+
+def to_host(values: Tensor) -> list:
+    """``values.tolist()``: the one place where tripletkit reads device values into Python
+    (a synchronisation on CUDA)."""
+    for hook in HOST_READ_HOOKS:
+        hook(values)
+    return values.tolist()
+
+
+class DeviceChecks:
+    """Conditions on tensor values, gathered and then checked with one host read.
+
+    ``require(ok, error)`` adds a 0-dim boolean ``ok`` and the exception to raise when it is
+    false; :meth:`run` reads every condition (and any extra integers asked for) in one
+    :func:`to_host`. With checks off, conditions are dropped (nothing is computed for them:
+    callers test :attr:`enabled` first when building a condition costs a pass).
+    """
+
+    def __init__(self) -> None:
+        self.enabled = input_checks_enabled()
+        self._conditions: list[tuple[Tensor, Callable[[], Exception]]] = []
+
+    def require(self, ok: Tensor, error: Callable[[], Exception]) -> None:
+        """Add the condition ``ok`` (a boolean tensor, all of which must hold)."""
+        if self.enabled and ok.device.type != "meta":
+            self._conditions.append((ok.all(), error))
+
+    def run(self, *values: Tensor) -> list[int]:
+        """Check every condition and return the 0-dim integer tensors ``values`` as ints,
+        all in one host read (none when there is nothing to read). Raises the error of the
+        first condition that fails."""
+        if not self._conditions and not values:
+            return []
+        parts = [ok.to(torch.int64) for ok, _ in self._conditions]
+        parts += [v.to(torch.int64).to(parts[0].device if parts else v.device) for v in values]
+        devices = {p.device for p in parts}
+        if len(devices) > 1:  # conditions on tensors of several devices: read each apart
+            host = [to_host(p.reshape(1))[0] for p in parts]
+        else:
+            host = to_host(torch.stack(parts))
+        for flag, (_, error) in zip(host, self._conditions, strict=False):
+            if not flag:
+                raise error()
+        return host[len(self._conditions) :]
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks of host metadata
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _INT_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
@@ -118,11 +227,14 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def check_embeddings(embeddings: object, name: str = "embeddings") -> Tensor:
+def check_embeddings(
+    embeddings: object, name: str = "embeddings", checks: DeviceChecks | None = None
+) -> Tensor:
     """Check a ``[N, D]`` floating embedding matrix with finite values.
 
     Returns the tensor cast to its compute dtype (float16/bfloat16 -> float32), so callers
-    never do arithmetic in half precision. The cast is differentiable.
+    never do arithmetic in half precision. The cast is differentiable. The finiteness check
+    is added to ``checks`` (read later, with the caller's other checks) or run now.
     """
     if not isinstance(embeddings, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(embeddings).__name__}")
@@ -137,13 +249,15 @@ def check_embeddings(embeddings: object, name: str = "embeddings") -> Tensor:
         raise ValueError(
             f"{name} must have at least one feature dimension, got shape {tuple(embeddings.shape)}"
         )
+    now = checks is None
+    checks = DeviceChecks() if checks is None else checks
     # (meta tensors carry no values to check; the device checks that follow refuse them)
-    if (
-        embeddings.numel()
-        and embeddings.device.type != "meta"
-        and not bool(torch.isfinite(embeddings).all())
-    ):
-        raise ValueError(f"{name} contains NaN or Inf values")
+    if checks.enabled and embeddings.numel():
+        checks.require(
+            torch.isfinite(embeddings), lambda: ValueError(f"{name} contains NaN or Inf values")
+        )
+    if now:
+        checks.run()
     return embeddings.to(compute_dtype(embeddings.dtype))
 
 
@@ -167,23 +281,30 @@ def check_pair(
     labels: object,
     ref_embeddings: object = None,
     ref_labels: object = None,
+    checks: DeviceChecks | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """Validate ``(embeddings, labels)`` and the optional reference set.
 
     Returns ``(embeddings, labels, ref_embeddings, ref_labels)`` with embeddings in their
     compute dtype and labels as int64. ``ref_embeddings`` and ``ref_labels`` are given
     together or not at all; the reference set must match the embeddings' width, dtype
-    family and device.
+    family and device. Value checks go to ``checks`` (or run now).
     """
-    emb = check_embeddings(embeddings)
+    now = checks is None
+    checks = DeviceChecks() if checks is None else checks
+    emb = check_embeddings(embeddings, checks=checks)
     lab = check_labels(labels, emb.shape[0], emb.device)
     if (ref_embeddings is None) != (ref_labels is None):
         raise ValueError("ref_embeddings and ref_labels must be given together")
     if ref_embeddings is None:
+        if now:
+            checks.run()
         return emb, lab, None, None
-    ref = check_embeddings(ref_embeddings, "ref_embeddings")
+    ref = check_embeddings(ref_embeddings, "ref_embeddings", checks=checks)
     emb, ref = check_same_space(emb, ref, "embeddings", "ref_embeddings")
     ref_lab = check_labels(ref_labels, ref.shape[0], ref.device, "ref_labels")
+    if now:
+        checks.run()
     return emb, lab, ref, ref_lab
 
 
@@ -200,8 +321,11 @@ def check_same_space(x: Tensor, y: Tensor, x_name: str, y_name: str) -> tuple[Te
     return x, y
 
 
-def check_indices(index: object, name: str, bound: int, device: torch.device) -> Tensor:
-    """Check a 1-D integer index tensor with values in ``[0, bound)``; returns it as int64."""
+def check_indices(
+    index: object, name: str, bound: int, device: torch.device, checks: DeviceChecks | None = None
+) -> Tensor:
+    """Check a 1-D integer index tensor with values in ``[0, bound)``; returns it as int64.
+    The range check goes to ``checks`` (or runs now)."""
     if not isinstance(index, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of indices, got {type(index).__name__}")
     if index.dim() != 1:
@@ -210,8 +334,15 @@ def check_indices(index: object, name: str, bound: int, device: torch.device) ->
         raise TypeError(f"{name} must be an integer tensor, got {index.dtype}")
     if index.device != device:
         raise ValueError(f"{name} is on {index.device} but the embeddings are on {device}")
-    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= bound):
-        raise ValueError(f"{name} has indices outside [0, {bound})")
+    now = checks is None
+    checks = DeviceChecks() if checks is None else checks
+    if checks.enabled and index.numel():
+        checks.require(
+            (index >= 0) & (index < bound),
+            lambda: ValueError(f"{name} has indices outside [0, {bound})"),
+        )
+    if now:
+        checks.run()
     return index.to(torch.int64)
 
 
@@ -229,6 +360,7 @@ def check_index_tuple(
     n_anchors: int,
     n_refs: int,
     device: torch.device,
+    checks: DeviceChecks | None = None,
 ) -> tuple[Tensor, ...]:
     """Check a tuple of index tensors: ``Triplets`` or a 3-tuple ``(anchor, positive,
     negative)``, ``Pairs`` or a 4-tuple ``(anchor_pos, positive, anchor_neg, negative)``, as
@@ -243,9 +375,15 @@ def check_index_tuple(
             got += f" of length {len(indices)}"
         raise TypeError(f"{name} must be {kinds}, got {got}")
     fields = _INDEX_FIELDS[len(indices)]
+    now = checks is None
+    checks = DeviceChecks() if checks is None else checks
     out = tuple(
         check_indices(
-            index, f"{name}.{field}", n_anchors if field.startswith("anchor") else n_refs, device
+            index,
+            f"{name}.{field}",
+            n_anchors if field.startswith("anchor") else n_refs,
+            device,
+            checks,
         )
         for index, field in zip(indices, fields, strict=True)
     )
@@ -258,4 +396,6 @@ def check_index_tuple(
         raise ValueError(
             f"{name}: anchor_pos/positive and anchor_neg/negative must match in length"
         )
+    if now:
+        checks.run()
     return out

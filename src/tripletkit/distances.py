@@ -40,52 +40,76 @@ def normalize_embeddings(x: Tensor, eps: float = 1e-12) -> Tensor:
     return torch.where(has_direction, x / safe, torch.zeros_like(x))
 
 
+def _euclidean_matrix(x: Tensor, y: Tensor, squared: bool) -> Tensor:
+    """``||x_i - y_j||`` (or its square) for every pair, outside autograd: one matrix product
+    (the fast path that ``torch.cdist`` also takes), computed in place. Cancellation leaves
+    rounding noise of order ``eps * (||x||^2 + ||y||^2)`` where ``x ~= y``; values below that
+    floor are set to exactly 0, so exact duplicates are exactly 0 apart."""
+    xx = (x * x).sum(dim=1, keepdim=True)
+    yy = (y * y).sum(dim=1).unsqueeze(0)
+    d = torch.addmm(xx, x, y.t(), alpha=-2.0).add_(yy)
+    scale = 8 * torch.finfo(d.dtype).eps
+    rows = max(1, (1 << 20) // max(d.shape[1], 1))  # bound the temporaries to ~1M entries
+    for r0 in range(0, d.shape[0], rows):
+        block = d[r0 : r0 + rows]
+        block.masked_fill_(block <= (xx[r0 : r0 + rows] + yy) * scale, 0.0)
+    if not squared:
+        d.sqrt_()
+    return d
+
+
+def _euclidean_weights_(g: Tensor, d: Tensor, squared: bool) -> Tensor:
+    """Turn ``g = dL/dd`` into the weights ``w`` of :func:`_euclidean_backward`, **in place**:
+    ``w = 2 g`` for the squared distance, else ``w = g / d`` with ``w = 0`` where ``d = 0``
+    (the finite subgradient at duplicates)."""
+    if squared:
+        return g.mul_(2.0)
+    g.div_(d)  # inf or NaN where d == 0, replaced by the zero subgradient
+    return g.masked_fill_(d == 0, 0.0)
+
+
+def _euclidean_backward(
+    x: Tensor, y: Tensor, w: Tensor, y_is_x: bool, need_x: bool = True, need_y: bool = True
+) -> tuple[Tensor | None, Tensor | None]:
+    """Gradients of ``sum(g * d)`` with respect to ``x`` and ``y`` from the weights ``w``
+    (see :func:`_euclidean_weights_`): ``dx = x * w.sum(1) - w @ y`` and
+    ``dy = y * w.sum(0) - w.T @ x``. With ``y is x`` both land on ``x``: two matrix
+    products, no ``w + w.T`` copy. ``w`` is not modified."""
+    if y_is_x:
+        rows, cols = w.sum(dim=1, keepdim=True), w.sum(dim=0).unsqueeze(1)
+        return x * (rows + cols) - w @ x - w.t() @ x, None
+    gx = x * w.sum(dim=1, keepdim=True) - w @ y if need_x else None
+    gy = y * w.sum(dim=0).unsqueeze(1) - w.t() @ x if need_y else None
+    return gx, gy
+
+
 class _EuclideanMatrix(torch.autograd.Function):
     """Euclidean (or squared) distance matrix with a hand-written, memory-lean backward.
 
-    Forward: ``||x||^2 + ||y||^2 - 2 x.y`` through one matrix product (the fast path that
-    ``torch.cdist`` also takes), computed in place. Cancellation leaves rounding noise of
-    order ``eps * (||x||^2 + ||y||^2)`` where ``x ~= y``; values below that floor are set to
-    exactly 0, so exact duplicates are exactly 0 apart.
-
-    Backward: with ``w = g / d`` (``2 g`` for the squared distance; ``w = 0`` where
-    ``d = 0``, the finite subgradient at duplicates), ``dx = x * w.sum(1) - w @ y`` and
-    ``dy = y * w.sum(0) - w.T @ x``. Only ``x``, ``y`` and ``d`` are saved: one ``N x M``
-    matrix instead of the several that autograd would keep.
+    Forward: :func:`_euclidean_matrix`. Backward: :func:`_euclidean_weights_` on a copy of
+    the incoming gradient, then :func:`_euclidean_backward`. Only ``x``, ``y`` and ``d`` are
+    saved: one ``N x M`` matrix instead of the several that autograd would keep.
     """
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, y: Tensor, squared: bool) -> Tensor:  # type: ignore[override]
-        xx = (x * x).sum(dim=1, keepdim=True)
-        yy = (y * y).sum(dim=1).unsqueeze(0)
-        d = torch.addmm(xx, x, y.t(), alpha=-2.0).add_(yy)
-        scale = 8 * torch.finfo(d.dtype).eps
-        rows = max(1, (1 << 20) // max(d.shape[1], 1))  # bound the temporaries to ~1M entries
-        for r0 in range(0, d.shape[0], rows):
-            block = d[r0 : r0 + rows]
-            block.masked_fill_(block <= (xx[r0 : r0 + rows] + yy) * scale, 0.0)
-        if not squared:
-            d.sqrt_()
+        d = _euclidean_matrix(x, y, squared)
         ctx.squared = squared
-        ctx.save_for_backward(x, y, d)
+        ctx.y_is_x = y is x
+        ctx.save_for_backward(x, d) if ctx.y_is_x else ctx.save_for_backward(x, y, d)
         return d
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
-        x, y, d = ctx.saved_tensors
-        if ctx.squared:
-            w = g * 2.0
+        if ctx.y_is_x:
+            x, d = ctx.saved_tensors
+            y = x
         else:
-            w = g / d  # inf or NaN where d == 0, replaced by the zero subgradient
-            w.masked_fill_(d == 0, 0.0)
-        gx = gy = None
-        if y is x:  # d(x, x): both gradients land on x, in one matrix product
-            w = w + w.t()
-            return x * w.sum(dim=1, keepdim=True) - w @ x, None, None
-        if ctx.needs_input_grad[0]:
-            gx = x * w.sum(dim=1, keepdim=True) - w @ y
-        if ctx.needs_input_grad[1]:
-            gy = y * w.sum(dim=0).unsqueeze(1) - w.t() @ x
+            x, y, d = ctx.saved_tensors
+        w = _euclidean_weights_(g.clone(), d, ctx.squared)
+        gx, gy = _euclidean_backward(
+            x, y, w, ctx.y_is_x, ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        )
         return gx, gy, None
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ._batch import prepare
-from ._checks import check_nonnegative_real
+from ._checks import check_nonnegative_real, to_host
 from .kernels import triplet_counts
 from .types import TripletStats
 
@@ -57,8 +57,6 @@ def triplet_stats(
         metric=metric,
         normalize=normalize,
         backend=backend,
-        grad=False,
     )
-    return TripletStats(
-        *triplet_counts(b.distances, b.labels, b.ref_labels, b.self_index, margin, b.backend)
-    )
+    counts = triplet_counts(b.distances(), b.labels, b.ref_labels, b.self_index, margin, b.backend)
+    return TripletStats(*to_host(counts))

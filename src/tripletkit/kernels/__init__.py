@@ -1,9 +1,12 @@
 """The one place that decides which backend runs a kernel.
 
-``backend="auto"`` picks numba for CPU tensors and torch for every other device;
-``"torch"`` and ``"numba"`` force one (numba only accepts CPU tensors). Both backends
-expose the same kernels with the same results (see :mod:`.torch_backend` for their
-contract); this module converts between tensors and zero-copy numpy views.
+``backend="auto"`` picks numba for CPU tensors and torch for every other device (and torch
+while ``torch.compile`` traces, since a numba call cannot be captured in a graph);
+``"torch"`` and ``"numba"`` force one (numba only accepts CPU tensors). Both backends expose
+the same kernels with the same results (see :mod:`.torch_backend` for their contract); this
+module converts between tensors and zero-copy numpy views, so callers always get tensors on
+the input's device: counts as 0-dim int64 tensors, selections as a
+:class:`~.torch_backend.Selection`.
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ from torch import Tensor
 
 from .._checks import check_choice
 from . import torch_backend
+from .torch_backend import REGIONS, Selection
 
 __all__ = [
     "BACKENDS",
     "REGIONS",
+    "Selection",
     "batch_all_hinge",
     "batch_all_soft",
     "batch_hard",
@@ -30,14 +35,15 @@ __all__ = [
 ]
 
 BACKENDS = ("auto", "torch", "numba")
-REGIONS = torch_backend.REGIONS
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """Resolve ``"auto"`` to ``"numba"`` on CPU and ``"torch"`` elsewhere; validate the rest."""
+    """Resolve ``"auto"`` to ``"numba"`` on CPU and ``"torch"`` elsewhere (and while
+    ``torch.compile`` traces); validate the rest."""
     check_choice("backend", backend, BACKENDS)
     if backend == "auto":
-        return "numba" if device.type == "cpu" else "torch"
+        cpu = device.type == "cpu" and not torch.compiler.is_compiling()
+        return "numba" if cpu else "torch"
     if backend == "numba" and device.type != "cpu":
         raise ValueError(f"backend='numba' runs on CPU tensors only, got a tensor on {device}")
     return backend
@@ -66,6 +72,10 @@ def _to_torch(a: Any, like: Tensor) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(a)).to(like.device)
 
 
+def _count(value: int, like: Tensor) -> Tensor:
+    return torch.tensor(value, dtype=torch.int64, device=like.device)
+
+
 def _prepare(
     dist: Tensor, labels: Tensor, ref_labels: Tensor, self_index: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -87,54 +97,68 @@ def batch_all_hinge(
     self_index: Tensor,
     margin: float,
     backend: str,
-) -> tuple[Tensor, int, int, Tensor]:
-    """See :func:`.torch_backend.batch_all_hinge`."""
+    width: int | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """See :func:`.torch_backend.batch_all_hinge` (``width`` only matters to torch)."""
     args = _prepare(dist, labels, ref_labels, self_index)
     if resolve_backend(backend, dist.device) == "torch":
-        return torch_backend.batch_all_hinge(*args, margin)
+        return torch_backend.batch_all_hinge(*args, margin, width)
     total, n_valid, n_active, grad = _numba("batch_all_hinge", *map(_np, args), float(margin))
     return (
-        torch.tensor(total, dtype=dist.dtype),
-        int(n_valid),
-        int(n_active),
+        torch.tensor(total, dtype=args[0].dtype),
+        _count(n_valid, dist),
+        _count(n_active, dist),
         _to_torch(grad, dist),
     )
 
 
 def batch_all_soft(
-    dist: Tensor, labels: Tensor, ref_labels: Tensor, self_index: Tensor, backend: str
-) -> tuple[Tensor, int, Tensor]:
-    """See :func:`.torch_backend.batch_all_soft`."""
+    dist: Tensor,
+    labels: Tensor,
+    ref_labels: Tensor,
+    self_index: Tensor,
+    backend: str,
+    width: int | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """See :func:`.torch_backend.batch_all_soft`; the torch backend needs ``width`` (an
+    upper bound on any anchor's number of positives), the numba backend ignores it."""
     args = _prepare(dist, labels, ref_labels, self_index)
     if resolve_backend(backend, dist.device) == "torch":
-        return torch_backend.batch_all_soft(*args)
+        if width is None:
+            raise ValueError("the torch soft-margin batch-all kernel needs a width")
+        return torch_backend.batch_all_soft(*args, width)
     total, n_valid, grad = _numba("batch_all_soft", *map(_np, args))
-    return torch.tensor(total, dtype=dist.dtype), int(n_valid), _to_torch(grad, dist)
+    return torch.tensor(total, dtype=args[0].dtype), _count(n_valid, dist), _to_torch(grad, dist)
 
 
-def _indices(result: tuple, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _listed(result: tuple, like: Tensor) -> Selection:
     a, p, n = (_to_torch(x, like).to(torch.int64) for x in result)
-    return a, p, n
+    return Selection(a, p, n, None)
 
 
 def batch_hard(
     dist: Tensor, labels: Tensor, ref_labels: Tensor, self_index: Tensor, backend: str
-) -> tuple[Tensor, Tensor, Tensor]:
-    """See :func:`.torch_backend.batch_hard`."""
+) -> Selection:
+    """See :func:`.torch_backend.batch_hard` (numba: the valid rows, listed)."""
     args = _prepare(dist, labels, ref_labels, self_index)
     if resolve_backend(backend, dist.device) == "torch":
         return torch_backend.batch_hard(*args)
-    return _indices(_numba("batch_hard", *map(_np, args)), dist)
+    return _listed(_numba("batch_hard", *map(_np, args)), dist)
 
 
 def semi_hard(
-    dist: Tensor, labels: Tensor, ref_labels: Tensor, self_index: Tensor, backend: str
-) -> tuple[Tensor, Tensor, Tensor]:
-    """See :func:`.torch_backend.semi_hard`."""
+    dist: Tensor,
+    labels: Tensor,
+    ref_labels: Tensor,
+    self_index: Tensor,
+    backend: str,
+    width: int | None = None,
+) -> Selection:
+    """See :func:`.torch_backend.semi_hard` (numba: the valid rows, listed)."""
     args = _prepare(dist, labels, ref_labels, self_index)
     if resolve_backend(backend, dist.device) == "torch":
-        return torch_backend.semi_hard(*args)
-    return _indices(_numba("semi_hard", *map(_np, args)), dist)
+        return torch_backend.semi_hard(*args, width)
+    return _listed(_numba("semi_hard", *map(_np, args)), dist)
 
 
 def triplet_region(
@@ -151,7 +175,8 @@ def triplet_region(
     args = _prepare(dist, labels, ref_labels, self_index)
     if resolve_backend(backend, dist.device) == "torch":
         return torch_backend.triplet_region(*args, margin, region)
-    return _indices(_numba("triplet_region", *map(_np, args), float(margin), region), dist)
+    a, p, n, _ = _listed(_numba("triplet_region", *map(_np, args), float(margin), region), dist)
+    return a, p, n
 
 
 def triplet_counts(
@@ -161,10 +186,10 @@ def triplet_counts(
     self_index: Tensor,
     margin: float,
     backend: str,
-) -> tuple[int, int, int, int]:
-    """See :func:`.torch_backend.triplet_counts`."""
+) -> Tensor:
+    """See :func:`.torch_backend.triplet_counts`: ``[valid, easy, semi_hard, hard]``."""
     args = _prepare(dist, labels, ref_labels, self_index)
     if resolve_backend(backend, dist.device) == "torch":
         return torch_backend.triplet_counts(*args, margin)
-    valid, easy, semi, hard = _numba("triplet_counts", *map(_np, args), float(margin))
-    return int(valid), int(easy), int(semi), int(hard)
+    counts = _numba("triplet_counts", *map(_np, args), float(margin))
+    return torch.tensor(counts, dtype=torch.int64, device=dist.device)

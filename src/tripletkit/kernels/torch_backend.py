@@ -1,34 +1,55 @@
-"""Selection and fused-loss kernels in plain torch (any device).
+"""Selection and fused-loss kernels in plain torch: the path every CUDA tensor takes.
 
 Every kernel works on a *detached* distance matrix ``dist [N, M]`` (anchors x references),
 the anchor labels ``labels [N]``, the reference labels ``ref_labels [M]`` and ``self_index
 [N]``: the column of each anchor's own sample among the references, or -1 when the anchor is
 not among them. A positive of anchor ``a`` is a reference ``j != self_index[a]`` with the
-same label; a negative is a reference with a different label.
+same label; a negative is a reference with a different label (see :mod:`tripletkit._masks`).
 
-Kernels never take part in autograd: they return indices, counts, or the gradient of a sum
-of loss terms with respect to ``dist``. The autograd glue lives in :mod:`tripletkit.losses`.
+Kernels never take part in autograd: they return selected indices, counts, or the gradient
+of a sum of loss terms with respect to ``dist``. The autograd glue lives in
+:mod:`tripletkit.losses`.
 
-Work is chunked over anchors so that peak memory stays a few ``N x M`` matrices whatever the
-label distribution; no ``N x N x N`` tensor is ever built. Ties between equal distances are
-broken by the lowest reference index, everywhere.
+Designed for the GPU:
 
-The numba backend (:mod:`tripletkit.kernels.numba_backend`) implements the same functions
-with the same results; the tests run both.
+- **No host synchronisation**: shapes never depend on values; counts stay 0-dim tensors; no
+  ``nonzero``, boolean-mask indexing or Python branch on a tensor value. The only kernel with
+  a data-dependent output size, :func:`triplet_region`, reads its sizes in one
+  :func:`~tripletkit._checks.to_host`. So the fused losses can be captured whole by
+  ``torch.compile(fullgraph=True)``.
+- **Counting, not sorting**: with ``width`` (an upper bound on any anchor's number of
+  positives, e.g. ``k - 1`` in P x K batches), an anchor's positives are gathered into
+  ``width`` slots and each negative is *ranked* among the positives' sorted thresholds
+  (a binary search in ``width`` values): O(N M log width) and a handful of passes over the
+  ``N x M`` matrix. Without ``width`` the slots span every column (``width = M``): still
+  exact and synchronisation-free, at the cost of sorting each row.
+- Work is chunked over anchors so that peak memory stays a few ``N x M`` matrices; chunks
+  are sized from the device (:func:`chunk_elements`). No ``N x N x N`` tensor is built.
+
+Ties between equal distances go to the lowest reference index, everywhere. The numba backend
+(:mod:`tripletkit.kernels.numba_backend`) implements the same functions with the same results;
+the tests run both.
 """
 
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
+from .._checks import to_host
 from .._masks import pair_masks
 
 __all__ = [
     "REGIONS",
+    "SEMI_HARD_BUCKETS_MAX",
+    "Selection",
     "batch_all_hinge",
     "batch_all_soft",
     "batch_hard",
+    "chunk_elements",
     "semi_hard",
     "triplet_counts",
     "triplet_region",
@@ -39,12 +60,50 @@ __all__ = [
 #: ``hard`` ``t <= 0``; ``semihard`` ``0 < t <= m``; ``easy`` ``t > m``.
 REGIONS = ("valid", "active", "all", "hard", "semihard", "easy")
 
-# Elements of an anchor chunk (rows x references) processed at once.
-_CHUNK_ELEMENTS = 1 << 22
+#: Up to this ``width``, :func:`semi_hard` buckets the negatives by rank among the positives
+#: (O(N M log width) and O(N width²)); beyond it, or without a width, it sorts each row.
+SEMI_HARD_BUCKETS_MAX = 32
+
+# Elements of an anchor chunk (rows x references) processed at once on the CPU.
+_CPU_CHUNK_ELEMENTS = 1 << 22
+# On CUDA: this share of the free memory at the first call, in elements of ~64 bytes (the
+# temporaries of a chunk), clamped to [_CPU_CHUNK_ELEMENTS, _CUDA_CHUNK_MAX].
+_CUDA_FREE_SHARE = 0.25
+_CUDA_BYTES_PER_ELEMENT = 64
+_CUDA_CHUNK_MAX = 1 << 28
+_cuda_chunks: dict[int, int] = {}
 
 
-def _chunks(n: int, m: int) -> list[tuple[int, int]]:
-    rows = max(1, _CHUNK_ELEMENTS // max(m, 1))
+class Selection(NamedTuple):
+    """Mined triplets in a fixed layout: broadcastable index tensors ``anchor``,
+    ``positive``, ``negative`` and the mask ``valid`` of the slots that hold a triplet (of
+    the broadcast shape), or ``valid=None`` when every slot does (a list of triplets).
+    Slots that are not valid hold in-range indices, so gathering with them is safe."""
+
+    anchor: Tensor
+    positive: Tensor
+    negative: Tensor
+    valid: Tensor | None
+
+
+def chunk_elements(device: torch.device) -> int:
+    """How many ``rows x columns`` elements a kernel processes at once on ``device``: a fixed
+    4M on the CPU; on CUDA a quarter of the free memory at the first call (few, large
+    chunks), remembered per device."""
+    if device.type != "cuda":
+        return _CPU_CHUNK_ELEMENTS
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _cuda_chunks:
+        if torch.compiler.is_compiling():  # no device query inside a captured graph
+            return _CPU_CHUNK_ELEMENTS * 16
+        free, _ = torch.cuda.mem_get_info(index)
+        elements = int(free * _CUDA_FREE_SHARE) // _CUDA_BYTES_PER_ELEMENT
+        _cuda_chunks[index] = min(max(elements, _CPU_CHUNK_ELEMENTS), _CUDA_CHUNK_MAX)
+    return _cuda_chunks[index]
+
+
+def _chunks(n: int, per_row: int, device: torch.device) -> list[tuple[int, int]]:
+    rows = max(1, chunk_elements(device) // max(per_row, 1))
     return [(s, min(s + rows, n)) for s in range(0, n, rows)]
 
 
@@ -55,152 +114,282 @@ def _masks(
     return pair_masks(labels[start:stop], ref_labels, self_index[start:stop])
 
 
-def _sorted_negatives(d: Tensor, neg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per row: negative distances sorted ascending (+inf padding), their columns, and the
-    number of negatives. The sort is stable, so equal distances keep index order."""
-    vals = torch.where(neg, d, torch.full_like(d, float("inf")))
-    svals, sidx = torch.sort(vals, dim=1, stable=True)
-    return svals, sidx, neg.sum(dim=1)
+class _LabelIndex(NamedTuple):
+    """The references sorted by label (stably: ascending column within a label), so that an
+    anchor's positives are one run of ``order``, found with a binary search."""
+
+    sorted_labels: Tensor
+    order: Tensor  # columns in label order
+    position: Tensor  # each column's place in ``order``
+
+
+def _label_index(ref_labels: Tensor) -> _LabelIndex:
+    sorted_labels, order = torch.sort(ref_labels, stable=True)
+    return _LabelIndex(sorted_labels, order, torch.argsort(order))
+
+
+def _positive_slots(
+    index: _LabelIndex, labels: Tensor, own: Tensor, width: int
+) -> tuple[Tensor, Tensor]:
+    """The columns of the anchors' first ``width`` positives, ascending ``[R, width]`` (0 in
+    unused slots), and which slots are used ``[R, width]``: read off the label runs of
+    ``index`` in O(R width) (no ``N x M`` pass). An anchor's own column, when it is among the
+    references, is skipped."""
+    m = index.order.shape[0]
+    lo = torch.searchsorted(index.sorted_labels, labels)
+    hi = torch.searchsorted(index.sorted_labels, labels, right=True)
+    own_col = own.clamp(0, max(m - 1, 0))
+    own_in_run = (own >= 0) & (index.position[own_col] >= lo) & (index.position[own_col] < hi)
+    own_at = torch.where(own_in_run, index.position[own_col] - lo, width + m)
+    slot = torch.arange(width, device=labels.device)
+    place = lo[:, None] + slot + (slot >= own_at[:, None])
+    used = slot < (hi - lo - own_in_run.to(torch.int64))[:, None]
+    cols = index.order[place.clamp_max(max(m - 1, 0))]
+    return torch.where(used, cols, 0), used
+
+
+#: Up to this many thresholds per anchor, ranks are counted by comparisons (a few fast
+#: passes) rather than found by binary search.
+_COUNT_RANK_MAX = 16
+
+
+def _rank(sorted_values: Tensor, values: Tensor, right: bool) -> Tensor:
+    """``#{s <= v}`` (``right``) or ``#{s < v}`` for each ``v`` of ``values [R, M]`` among
+    the row's ``sorted_values [R, W]``: counted for small ``W``, else a binary search."""
+    if sorted_values.shape[1] > _COUNT_RANK_MAX:
+        return torch.searchsorted(sorted_values, values, right=right)
+    # counted in uint8 (W <= 16 fits), widened once for the scatters that use it as an index
+    rank = torch.zeros(values.shape, dtype=torch.uint8, device=values.device)
+    hit = torch.empty(values.shape, dtype=torch.bool, device=values.device)
+    compare = torch.le if right else torch.lt
+    for i in range(sorted_values.shape[1]):
+        compare(sorted_values[:, i : i + 1], values, out=hit)
+        rank += hit.view(torch.uint8)
+    return rank.long()
+
+
+def _zero() -> tuple[Tensor, Tensor]:
+    return torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.int64)
 
 
 def batch_all_hinge(
-    dist: Tensor, labels: Tensor, ref_labels: Tensor, self_index: Tensor, margin: float
-) -> tuple[Tensor, int, int, Tensor]:
-    """Sum of ``max(0, d_ap - d_an + margin)`` over every valid triplet, in O(N M log M).
+    dist: Tensor,
+    labels: Tensor,
+    ref_labels: Tensor,
+    self_index: Tensor,
+    margin: float,
+    width: int | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Sum of ``max(0, d_ap - d_an + margin)`` over every valid triplet, without a sort of
+    the negatives.
 
-    Per anchor the negatives' distances are sorted once; for a positive with threshold
-    ``t = d_ap + margin`` the active negatives are those with ``d_an < t``: a binary search
-    gives their count ``c`` and a prefix sum ``S`` their total, so the anchor-positive row
-    contributes ``c * t - S``. The gradient of the sum is ``c`` at ``(a, p)`` and minus the
-    number of positives that make ``n`` active at ``(a, n)``.
+    Per anchor, the thresholds ``t_p = d_ap + margin`` of its positives are sorted (``width``
+    of them). A negative at ``v`` is active for the positives with ``t_p > v``: with
+    ``r = #{t_p <= v}`` (a binary search among the thresholds), for the last ``P - r`` of
+    them, so its gradient is ``-(P - r)``. Bucketing the negatives by ``r`` (their number and
+    float64 sum), running sums over the buckets give each positive its count ``c_p`` and
+    total ``S_p`` of active negatives: its terms sum to ``c_p * t_p - S_p`` and its gradient
+    is ``c_p``. O(N M log width) time; exact for any ``width`` >= the largest number of
+    positives (``None``: every column).
 
     Returns:
-        ``(total, n_valid, n_active, grad)``: the sum (0-dim, dtype of ``dist``,
-        accumulated in float64), the number of valid and of active triplets, and
-        ``d total / d dist`` of shape ``[N, M]``.
+        ``(total, n_valid, n_active, grad)``: the sum (0-dim, dtype of ``dist``, accumulated
+        in float64), the numbers of valid and of active triplets (0-dim int64 tensors), and
+        ``d total / d dist`` ``[N, M]``.
     """
     n, m = dist.shape
-    grad = torch.zeros_like(dist)
-    total = torch.zeros((), dtype=torch.float64, device=dist.device)
-    n_valid = torch.zeros((), dtype=torch.int64, device=dist.device)
-    n_active = torch.zeros((), dtype=torch.int64, device=dist.device)
-    for start, stop in _chunks(n, m):
+    w = m if width is None else min(width, m)
+    grad = torch.empty_like(dist)  # every row is written below
+    total, n_valid = _zero()
+    total, n_valid = total.to(dist.device), n_valid.to(dist.device)
+    n_active = torch.zeros_like(n_valid)
+    if m == 0:
+        return total.to(dist.dtype), n_valid, n_active, grad
+    index = _label_index(ref_labels)
+    for start, stop in _chunks(n, m * min(w, _COUNT_RANK_MAX) // 4 + m, dist.device):
         d = dist[start:stop]
-        pos, neg = _masks(labels, ref_labels, self_index, start, stop)
-        svals, sidx, k = _sorted_negatives(d, neg)
-        finite = torch.where(neg.sum(1, keepdim=True) > torch.arange(m, device=d.device), svals, 0)
-        prefix = torch.nn.functional.pad(finite.to(torch.float64).cumsum(dim=1), (1, 0))
-        t = d + margin
-        count = torch.searchsorted(svals, t, side="left")  # negatives with d_an < t
-        count = torch.where(pos, count, 0)
-        s = torch.gather(prefix, 1, count)
-        terms = count.to(torch.float64) * t.to(torch.float64) - s
-        total += torch.where(pos, terms, 0).sum()
-        n_valid += (pos.sum(1) * k).sum()
-        n_active += count.sum()
-        # Gradient: +count at a positive; at the negative in sorted slot j, minus the number
-        # of positives with count > j (those whose threshold exceeds it): a histogram of
-        # the counts, summed from the right, then scattered back to the columns.
-        hist = torch.zeros((d.shape[0], m + 1), dtype=torch.int64, device=d.device)
-        hist.scatter_add_(1, count, pos.to(torch.int64))
-        above = hist.flip(1).cumsum(1).flip(1)[:, 1:]  # above[:, j] = #{count > j}
-        g = torch.zeros_like(count).scatter_(1, sidx, -above) + count
-        grad[start:stop] = g.to(dist.dtype)
-    return total.to(dist.dtype), int(n_valid), int(n_active), grad
+        neg = labels[start:stop, None] != ref_labels[None, :]
+        cols, used = _positive_slots(index, labels[start:stop], self_index[start:stop], w)
+        n_pos, n_neg = used.sum(dim=1), neg.sum(dim=1)
+        thresholds = torch.where(used, d.gather(1, cols) + margin, math.inf)
+        t_sorted, order = thresholds.sort(dim=1)
+        # #{t_p <= v} for every negative v (positives land anywhere: they weigh 0 below)
+        rank = _rank(t_sorted, d, right=True)
+        count = torch.zeros(d.shape[0], w + 1, dtype=torch.int64, device=d.device)
+        count.scatter_add_(1, rank, neg.to(torch.int64))
+        value = torch.zeros(d.shape[0], w + 1, dtype=torch.float64, device=d.device)
+        value.scatter_add_(1, rank, torch.where(neg, d, 0).to(torch.float64))
+        c = count.cumsum(dim=1)[:, :w]  # active negatives of the i-th smallest threshold
+        live = torch.arange(w, device=d.device) < n_pos[:, None]
+        terms = c * t_sorted.to(torch.float64) - value.cumsum(dim=1)[:, :w]
+        total += torch.where(live, terms, 0).sum()
+        n_active += torch.where(live, c, 0).sum()
+        n_valid += (n_pos * n_neg).sum()
+        g = grad[start:stop]
+        torch.mul((rank - n_pos[:, None]).to(dist.dtype), neg, out=g)  # -(P - r) at negatives
+        g.scatter_add_(1, cols.gather(1, order), torch.where(live, c, 0).to(dist.dtype))
+    return total.to(dist.dtype), n_valid, n_active, grad
 
 
 def batch_all_soft(
-    dist: Tensor, labels: Tensor, ref_labels: Tensor, self_index: Tensor
-) -> tuple[Tensor, int, Tensor]:
+    dist: Tensor, labels: Tensor, ref_labels: Tensor, self_index: Tensor, width: int
+) -> tuple[Tensor, Tensor, Tensor]:
     """Sum of ``softplus(d_ap - d_an)`` over every valid triplet (Hermans et al. 2017).
 
-    Every triplet contributes, so this is O(N P M) time for ``P`` positives per anchor, in
-    chunks of anchor-positive pairs that keep memory at O(N M).
+    Every triplet contributes, so this is O(N width M) time: one pass over the anchors'
+    negatives per positive slot, ``width`` (>= the largest number of positives) slots.
 
     Returns:
         ``(total, n_valid, grad)`` as in :func:`batch_all_hinge`.
     """
     n, m = dist.shape
+    w = min(width, m)
     grad = torch.zeros_like(dist)
-    total = torch.zeros((), dtype=torch.float64, device=dist.device)
-    n_valid = 0
-    pairs_per_chunk = max(1, _CHUNK_ELEMENTS // max(m, 1))
-    for start, stop in _chunks(n, m):
+    total, n_valid = _zero()
+    total, n_valid = total.to(dist.device), n_valid.to(dist.device)
+    if m == 0:
+        return total.to(dist.dtype), n_valid, grad
+    index = _label_index(ref_labels)
+    for start, stop in _chunks(n, 2 * m, dist.device):
         d = dist[start:stop]
-        pos, neg = _masks(labels, ref_labels, self_index, start, stop)
-        pa, pp = torch.nonzero(pos, as_tuple=True)
-        for s0 in range(0, pa.shape[0], pairs_per_chunk):
-            a = pa[s0 : s0 + pairs_per_chunk]
-            p = pp[s0 : s0 + pairs_per_chunk]
-            dap = d[a, p]
-            rows_neg = neg[a]
-            x = dap[:, None] - d[a]
-            terms = torch.nn.functional.softplus(x)
-            total += torch.where(rows_neg, terms, 0).to(torch.float64).sum()
-            w = torch.where(rows_neg, torch.sigmoid(x), 0)
+        neg = labels[start:stop, None] != ref_labels[None, :]
+        cols, used = _positive_slots(index, labels[start:stop], self_index[start:stop], w)
+        n_valid += (used.sum(dim=1) * neg.sum(dim=1)).sum()
+        g = torch.zeros_like(d)
+        pos_grad = torch.zeros(d.shape[0], w, dtype=d.dtype, device=d.device)
+        for i in range(w):
+            x = d.gather(1, cols[:, i : i + 1]) - d
+            live = neg & used[:, i : i + 1]
+            total += torch.where(live, torch.nn.functional.softplus(x), 0).sum(dtype=torch.float64)
             # d/d dap of sum_n softplus(dap - dan) = sum_n sigmoid; d/d dan = -sigmoid.
-            grad[start + a, p] += w.sum(dim=1)
-            grad[start:stop].index_add_(0, a, -w)
-            n_valid += int(rows_neg.sum())
+            s = torch.where(live, torch.sigmoid(x), 0)
+            g -= s
+            pos_grad[:, i] = s.sum(dim=1)
+        g.scatter_add_(1, cols, pos_grad)
+        grad[start:stop] = g
     return total.to(dist.dtype), n_valid, grad
 
 
-def batch_hard(
-    dist: Tensor, labels: Tensor, ref_labels: Tensor, self_index: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Per anchor with a positive and a negative: the farthest positive and the nearest
-    negative (Hermans et al. 2017). Anchors lacking either are left out.
+def batch_hard(dist: Tensor, labels: Tensor, ref_labels: Tensor, self_index: Tensor) -> Selection:
+    """Per anchor: the farthest positive and the nearest negative (Hermans et al. 2017),
+    first column on ties; ``valid`` marks the anchors with at least one of each.
 
     Returns:
-        ``(anchor, positive, negative)`` int64 index tensors, anchors ascending.
+        :class:`Selection` with ``anchor [N]``, ``positive [N]``, ``negative [N]``,
+        ``valid [N]``.
     """
     n, m = dist.shape
-    out_a, out_p, out_n = [], [], []
-    for start, stop in _chunks(n, m):
-        if m == 0:  # no references: nothing to mine
-            break
+    hardest_p, hardest_n, valid = [], [], []
+    for start, stop in _chunks(n, m, dist.device):
         d = dist[start:stop]
         pos, neg = _masks(labels, ref_labels, self_index, start, stop)
-        hardest_p = torch.where(pos, d, torch.full_like(d, float("-inf"))).argmax(dim=1)
-        hardest_n = torch.where(neg, d, torch.full_like(d, float("inf"))).argmin(dim=1)
-        keep = torch.nonzero(pos.any(dim=1) & neg.any(dim=1)).squeeze(1)
-        out_a.append(keep + start)
-        out_p.append(hardest_p[keep])
-        out_n.append(hardest_n[keep])
-    return _cat(out_a, dist), _cat(out_p, dist), _cat(out_n, dist)
+        if m == 0:  # no references: argmax of an empty row is undefined
+            none = torch.zeros(stop - start, dtype=torch.int64, device=d.device)
+            hardest_p.append(none)
+            hardest_n.append(none)
+            valid.append(none.bool())
+            continue
+        hardest_p.append(torch.where(pos, d, -math.inf).argmax(dim=1))
+        hardest_n.append(torch.where(neg, d, math.inf).argmin(dim=1))
+        valid.append(pos.any(dim=1) & neg.any(dim=1))
+    anchor = torch.arange(n, device=dist.device)
+    return Selection(anchor, _cat(hardest_p, dist), _cat(hardest_n, dist), _cat_bool(valid, dist))
+
+
+def _suffix_lexmin(values: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:
+    """For every bucket ``b`` of ``[R, B]``: the smallest value among buckets ``>= b`` and,
+    among the buckets holding it, the smallest column. O(R B²) (B is small)."""
+    best = values.flip(1).cummin(dim=1).values.flip(1)
+    b = values.shape[1]
+    later = torch.arange(b, device=values.device)
+    at_or_after = later[None, :] >= later[:, None]  # [b, b']
+    holds = at_or_after & (values[:, None, :] == best[:, :, None])
+    return best, torch.where(holds, cols[:, None, :], cols.new_tensor(2**62)).amin(dim=2)
+
+
+def _semi_hard_buckets(
+    d: Tensor, neg: Tensor, cols: Tensor, used: Tensor, w: int
+) -> tuple[Tensor, ...]:
+    """Semi-hard negatives of each anchor's (at most ``w``) positives, by bucketing."""
+    m = d.shape[1]
+    d_ap = torch.where(used, d.gather(1, cols), math.inf)
+    d_sorted = d_ap.sort(dim=1).values
+    # A negative at v is farther than the positives with d_ap < v: bucket r = #{d_ap < v}.
+    rank = _rank(d_sorted, d, right=False)
+    v = torch.where(neg, d, math.inf)
+    nearest = torch.full((d.shape[0], w + 1), math.inf, dtype=d.dtype, device=d.device)
+    nearest.scatter_reduce_(1, rank, v, "amin")
+    columns = torch.arange(m, device=d.device).expand_as(rank)
+    first = torch.where(neg & (v == nearest.gather(1, rank)), columns, m)
+    first_col = torch.full((d.shape[0], w + 1), m, dtype=torch.int64, device=d.device)
+    first_col.scatter_reduce_(1, rank, first, "amin")
+    best, best_col = _suffix_lexmin(nearest, first_col)
+    # Positive i's candidates are the negatives with v > d_ap_i: buckets from #{d_ap <= d_ap_i}.
+    start = torch.searchsorted(d_sorted, d_ap, right=True).clamp_max(w)
+    found = torch.isfinite(best.gather(1, start))
+    largest = torch.where(neg, d, -math.inf).argmax(dim=1, keepdim=True)
+    negative = torch.where(found, best_col.gather(1, start), largest)
+    return cols, negative, used & neg.any(dim=1, keepdim=True)
+
+
+def _semi_hard_sorted(d: Tensor, pos: Tensor, neg: Tensor) -> tuple[Tensor, ...]:
+    """Semi-hard negatives for every column (positive or not) of each anchor, by sorting."""
+    s_vals, s_idx = torch.sort(torch.where(neg, d, math.inf), dim=1, stable=True)
+    k = neg.sum(dim=1, keepdim=True)
+    farther = torch.searchsorted(s_vals, d, right=True)  # first slot with d_an > d_ap
+    largest = s_vals.gather(1, (k - 1).clamp_min(0))
+    first_largest = torch.searchsorted(s_vals, largest)  # first occurrence of the largest
+    slot = torch.where(farther < k, farther, first_largest).clamp_max(max(d.shape[1] - 1, 0))
+    columns = torch.arange(d.shape[1], device=d.device).expand_as(d)
+    return columns, s_idx.gather(1, slot), pos & (k > 0)
 
 
 def semi_hard(
-    dist: Tensor, labels: Tensor, ref_labels: Tensor, self_index: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
+    dist: Tensor,
+    labels: Tensor,
+    ref_labels: Tensor,
+    self_index: Tensor,
+    width: int | None = None,
+) -> Selection:
     """Semi-hard negatives (Schroff et al. 2015, as TensorFlow-Addons selects them).
 
     For every positive pair ``(a, p)`` whose anchor has a negative: the negative with the
-    smallest ``d_an`` among those with ``d_an > d_ap``; when no negative is farther than the
-    positive, the negative with the largest ``d_an``.
+    smallest ``d_an`` among those with ``d_an > d_ap`` (first column on ties); when no
+    negative is farther than the positive, the first occurrence of the largest ``d_an``.
+
+    With ``width`` up to :data:`SEMI_HARD_BUCKETS_MAX`, the positives sit in ``width``
+    slots; the negatives are bucketed by their rank among the positives' distances, each
+    bucket keeps its nearest negative, and suffix minima over the buckets answer every
+    positive: O(N M log width), no sort. Otherwise every column is a slot and each row's
+    negatives are sorted.
 
     Returns:
-        ``(anchor, positive, negative)``, one row per such pair, ordered by ``(a, p)``.
+        :class:`Selection`: ``anchor [N, 1]``, ``positive``, ``negative`` and ``valid`` of
+        shape ``[N, width]`` (positives in ascending column order) or ``[N, M]``; reading
+        the valid slots row-major gives the pairs ordered by ``(a, p)``.
     """
     n, m = dist.shape
-    out_a, out_p, out_n = [], [], []
-    for start, stop in _chunks(n, m):
-        if m == 0:  # no references: nothing to mine
-            break
+    buckets = width is not None and width <= SEMI_HARD_BUCKETS_MAX
+    w = min(width, m) if buckets and width is not None else m
+    parts: list[tuple[Tensor, ...]] = []
+    index = _label_index(ref_labels) if buckets and m else None
+    for start, stop in _chunks(n, m + w * w, dist.device):
         d = dist[start:stop]
-        pos, neg = _masks(labels, ref_labels, self_index, start, stop)
-        svals, sidx, k = _sorted_negatives(d, neg)
-        pos = pos & (k > 0)[:, None]
-        a, p = torch.nonzero(pos, as_tuple=True)
-        farther = torch.searchsorted(svals, d.contiguous(), side="right")[a, p]  # first d_an > d_ap
-        ka = k[a]
-        largest = torch.gather(svals, 1, (k - 1).clamp_min(0)[:, None])  # [B, 1]
-        first_largest = torch.searchsorted(svals, largest, side="left").squeeze(1)[a]
-        slot = torch.where(farther < ka, farther, first_largest)
-        out_a.append(a + start)
-        out_p.append(p)
-        out_n.append(sidx[a, slot])
-    return _cat(out_a, dist), _cat(out_p, dist), _cat(out_n, dist)
+        if m == 0:
+            empty = torch.zeros(stop - start, 0, dtype=torch.int64, device=d.device)
+            parts.append((empty, empty, empty.bool()))
+        elif index is not None:
+            neg = labels[start:stop, None] != ref_labels[None, :]
+            slots = _positive_slots(index, labels[start:stop], self_index[start:stop], w)
+            parts.append(_semi_hard_buckets(d, neg, *slots, w))
+        else:
+            parts.append(_semi_hard_sorted(d, *_masks(labels, ref_labels, self_index, start, stop)))
+    anchor = torch.arange(n, device=dist.device)[:, None]
+    if not parts:
+        empty = torch.zeros(0, w, dtype=torch.int64, device=dist.device)
+        return Selection(anchor, empty, empty, empty.bool())
+    positive, negative, valid = (torch.cat([p[i] for p in parts]) for i in range(3))
+    return Selection(anchor, positive, negative, valid)
 
 
 def _region_bounds(
@@ -226,6 +415,27 @@ def _region_bounds(
     raise ValueError(f"unknown region {region!r}; expected one of {REGIONS}")
 
 
+def _region_runs(
+    dist: Tensor,
+    labels: Tensor,
+    ref_labels: Tensor,
+    self_index: Tensor,
+    margin: float,
+    region: str,
+    start: int,
+    stop: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per (anchor, column) of a chunk, flattened: the first sorted slot of the run of
+    negatives in ``region`` (``lo``), the run's length (0 unless the column is a positive),
+    and the negatives' columns in sorted order ``[R * M]``."""
+    d = dist[start:stop]
+    pos, neg = _masks(labels, ref_labels, self_index, start, stop)
+    svals, sidx = torch.sort(torch.where(neg, d, math.inf), dim=1, stable=True)
+    lo, hi = _region_bounds(svals, d, neg.sum(dim=1), margin, region)
+    lengths = torch.where(pos, (hi - lo).clamp_min(0), 0)
+    return lo.reshape(-1), lengths.reshape(-1), sidx.reshape(-1)
+
+
 def triplet_region(
     dist: Tensor,
     labels: Tensor,
@@ -237,60 +447,82 @@ def triplet_region(
     """Every valid triplet in ``region`` (see :data:`REGIONS`), listed in O(N M log M + T).
 
     For a fixed anchor-positive pair each region is a contiguous run of the anchor's sorted
-    negatives, so the output is written run by run without any ``N x N x N`` mask.
+    negatives, so the output is written run by run without any ``N x N x N`` mask. The sizes
+    of the chunks' outputs are read in one host read; with several chunks the sorts are
+    redone to write the rows (memory stays O(chunk)).
 
     Returns:
         ``(anchor, positive, negative)`` ordered by anchor, then positive, then increasing
         ``d_an`` (ties by index).
     """
     n, m = dist.shape
+    chunks = _chunks(n, m, dist.device)
+    if not chunks or m == 0:
+        empty = torch.zeros(0, dtype=torch.int64, device=dist.device)
+        return empty, empty, empty
+    args = (dist, labels, ref_labels, self_index, margin, region)
+    runs = [_region_runs(*args, start, stop) for start, stop in chunks[:1]]
+    totals = [_region_runs(*args, s, e)[1].sum() for s, e in chunks[1:]]
+    sizes = to_host(torch.stack([runs[0][1].sum(), *totals]))
     out_a, out_p, out_n = [], [], []
-    for start, stop in _chunks(n, m):
-        d = dist[start:stop]
-        pos, neg = _masks(labels, ref_labels, self_index, start, stop)
-        svals, sidx, k = _sorted_negatives(d, neg)
-        lo, hi = _region_bounds(svals, d, k, margin, region)
-        a, p = torch.nonzero(pos, as_tuple=True)
-        lo_ap, hi_ap = lo[a, p], hi[a, p]
-        lengths = (hi_ap - lo_ap).clamp_min(0)
-        total = int(lengths.sum())
-        if total == 0:
-            continue
-        rep_a = torch.repeat_interleave(a, lengths)
-        rep_p = torch.repeat_interleave(p, lengths)
-        offsets = torch.cumsum(lengths, 0) - lengths
-        within = torch.arange(total, device=d.device) - torch.repeat_interleave(offsets, lengths)
-        slots = torch.repeat_interleave(lo_ap, lengths) + within
-        out_a.append(rep_a + start)
-        out_p.append(rep_p)
-        out_n.append(sidx[rep_a, slots])
+    for i, ((start, stop), size) in enumerate(zip(chunks, sizes, strict=True)):
+        lo, lengths, sidx = runs[0] if i == 0 else _region_runs(*args, start, stop)
+        flat = torch.arange(lengths.shape[0], device=dist.device)
+        pair = torch.repeat_interleave(flat, lengths, output_size=size)
+        offsets = lengths.cumsum(0) - lengths
+        within = torch.arange(size, device=dist.device) - offsets[pair]
+        row = pair // m
+        out_a.append(row + start)
+        out_p.append(pair % m)
+        out_n.append(sidx[row * m + lo[pair] + within])
     return _cat(out_a, dist), _cat(out_p, dist), _cat(out_n, dist)
 
 
 def triplet_counts(
     dist: Tensor, labels: Tensor, ref_labels: Tensor, self_index: Tensor, margin: float
-) -> tuple[int, int, int, int]:
-    """Counts ``(valid, easy, semi_hard, hard)`` of valid triplets without listing them.
+) -> Tensor:
+    """Counts ``[valid, easy, semi_hard, hard]`` (int64 ``[4]``) of valid triplets without
+    listing them, each negative ranked among the anchor's sorted positive distances.
 
     easy: ``d_an > d_ap + m``; semi-hard: ``d_ap < d_an <= d_ap + m``; hard: ``d_an <= d_ap``.
+    With ``u_p = max(d_ap + m, d_ap)`` a negative at ``v`` is hard for the positives with
+    ``d_ap >= v`` and not easy for those with ``u_p >= v``.
     """
     n, m = dist.shape
-    valid = easy = hard = 0
-    for start, stop in _chunks(n, m):
+    counts = torch.zeros(3, dtype=torch.int64, device=dist.device)  # valid, not easy, hard
+    if m == 0:
+        return torch.zeros(4, dtype=torch.int64, device=dist.device)
+    index = _label_index(ref_labels)
+    for start, stop in _chunks(n, 2 * m, dist.device):
         d = dist[start:stop]
-        pos, neg = _masks(labels, ref_labels, self_index, start, stop)
-        svals, _, k = _sorted_negatives(d, neg)
-        le_margin = torch.searchsorted(svals, d + margin, side="right")
-        le_ap = torch.searchsorted(svals, d.contiguous(), side="right")
-        le_margin = torch.maximum(le_margin, le_ap)  # a negative margin cannot make hard easy
-        kk = k[:, None].expand_as(le_ap)
-        valid += int(torch.where(pos, kk, 0).sum())
-        easy += int(torch.where(pos, kk - le_margin, 0).sum())
-        hard += int(torch.where(pos, le_ap, 0).sum())
-    return valid, easy, valid - easy - hard, hard
+        neg = labels[start:stop, None] != ref_labels[None, :]
+        cols, used = _positive_slots(index, labels[start:stop], self_index[start:stop], m)
+        d_ap = d.gather(1, cols)
+        n_pos = used.sum(dim=1)
+        d_sorted = torch.where(used, d_ap, math.inf).sort(dim=1).values
+        upper = torch.where(used, torch.maximum(d_ap + margin, d_ap), math.inf)
+        upper = upper.sort(dim=1).values
+        hard = n_pos[:, None] - torch.searchsorted(d_sorted, d)  # #{d_ap >= v}
+        not_easy = n_pos[:, None] - torch.searchsorted(upper, d)  # #{u_p >= v}
+        counts += torch.stack(
+            [
+                (n_pos * neg.sum(dim=1)).sum(),
+                torch.where(neg, not_easy, 0).sum(),
+                torch.where(neg, hard, 0).sum(),
+            ]
+        )
+    valid, not_easy, hard = counts.unbind()
+    easy = valid - not_easy
+    return torch.stack([valid, easy, valid - easy - hard, hard])
 
 
 def _cat(parts: list[Tensor], like: Tensor) -> Tensor:
     if not parts:
         return torch.empty(0, dtype=torch.int64, device=like.device)
     return torch.cat(parts).to(torch.int64)
+
+
+def _cat_bool(parts: list[Tensor], like: Tensor) -> Tensor:
+    if not parts:
+        return torch.empty(0, dtype=torch.bool, device=like.device)
+    return torch.cat(parts)

@@ -1,17 +1,25 @@
 """The fused triplet losses' autograd glue: kernels compute sums, counts and gradients with
 respect to the distance matrix; this module hands them to autograd.
 
-- Batch-all: :class:`_BatchAllSum` asks a kernel for the sum of every valid triplet's term,
-  the counts and ``d(sum) / d(dist)``; backward only scales that gradient. No triplet is
-  listed.
+- Batch-all (Euclidean metrics): :class:`_BatchAllEuclidean` computes the distances, asks a
+  kernel for the sum of every valid triplet's term, the counts and ``g = d(sum) / d(dist)``,
+  and turns ``g`` *in place* into the weights of the distance backward (``g / d``): only that
+  one ``N x M`` matrix is kept for backward, where two matrix products give the embeddings'
+  gradients. No triplet is listed. The cosine metric goes through the distance matrix in the
+  graph (:class:`_BatchAllSum`).
 - Batch-hard and semi-hard: a selection kernel picks one negative per anchor (or positive
-  pair) on the detached matrix; the terms are then read from the matrix in the graph, so the
-  gradient flows through the selected distances only.
+  pair) on the detached matrix; the selected distances are then recomputed from the
+  embeddings' rows (O(T D) for T triplets), so the gradient reaches only the rows involved
+  and no ``N x M`` gradient is formed; when the selection spans every column (semi-hard
+  without a width), they are read from the matrix in the graph instead.
+
+Counts stay 0-dim tensors and nothing here reads a device value: with the input checks off
+(:func:`~tripletkit.set_input_checks`) and the kernels' widths known, a loss runs without a
+host synchronisation and ``torch.compile(fullgraph=True)`` captures it whole.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -19,19 +27,24 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._batch import Batch
-from ..kernels import batch_all_hinge, batch_all_soft
+from .._checks import to_host
+from ..distances import _euclidean_backward, _euclidean_matrix, _euclidean_weights_
+from ..distances import _paired_distance_unchecked as paired
+from ..kernels import Selection, batch_all_hinge, batch_all_soft, batch_hard, semi_hard
+from ._reduce import keep_in_graph
 
 __all__ = ["batch_all_sum", "mined_terms", "triplet_terms"]
 
-#: A selection kernel: ``(dist, labels, ref_labels, self_index, backend) -> (a, p, n)``.
-Selector = Callable[[Tensor, Tensor, Tensor, Tensor, str], tuple[Tensor, Tensor, Tensor]]
+#: Selected distances are recomputed from the rows when the selection has at most this
+#: share of the matrix's entries (else they are read from the matrix in the graph).
+_PAIRED_SHARE = 4
 
 
 def triplet_terms(d_ap: Tensor, d_an: Tensor, margin: float, soft_margin: bool) -> Tensor:
     """Per-triplet loss: ``max(0, d_ap - d_an + margin)`` or ``softplus(d_ap - d_an)``.
 
     Shape:
-        - d_ap, d_an: ``[T]`` -> ``[T]``.
+        - d_ap, d_an: ``[T]`` -> ``[T]`` (any matching shapes).
 
     Example:
         >>> triplet_terms(torch.tensor([0.5]), torch.tensor([0.6]), 0.2, soft_margin=False)
@@ -42,28 +55,27 @@ def triplet_terms(d_ap: Tensor, d_an: Tensor, margin: float, soft_margin: bool) 
     return F.relu(d_ap - d_an + margin)
 
 
+#: What the batch-all kernels need besides the matrix: ``(labels, ref_labels, self_index,
+#: backend, margin, soft_margin, width)``.
+KernelArgs = tuple[Tensor, Tensor, Tensor, str, float, bool, "int | None"]
+
+
+def _kernel(dist: Tensor, k: KernelArgs) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(total, n_valid, n_active, grad)`` of the batch-all sum on a detached matrix."""
+    labels, ref_labels, self_index, backend, margin, soft_margin, width = k
+    if soft_margin:
+        total, n_valid, grad = batch_all_soft(dist, labels, ref_labels, self_index, backend, width)
+        return total, n_valid, n_valid, grad
+    return batch_all_hinge(dist, labels, ref_labels, self_index, margin, backend, width)
+
+
 class _BatchAllSum(torch.autograd.Function):
-    """Sum of batch-all terms as a function of the distance matrix."""
+    """Sum of batch-all terms as a function of a distance matrix in the graph."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        dist: Tensor,
-        labels: Tensor,
-        ref_labels: Tensor,
-        self_index: Tensor,
-        margin: float,
-        soft_margin: bool,
-        backend: str,
-    ) -> tuple[Tensor, Tensor]:
-        if soft_margin:
-            total, n_valid, grad = batch_all_soft(dist, labels, ref_labels, self_index, backend)
-            n_active = n_valid
-        else:
-            total, n_valid, n_active, grad = batch_all_hinge(
-                dist, labels, ref_labels, self_index, margin, backend
-            )
-        counts = torch.tensor([n_valid, n_active], dtype=torch.int64)
+    def forward(ctx: Any, dist: Tensor, k: KernelArgs) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        total, n_valid, n_active, grad = _kernel(dist.detach(), k)
+        counts = torch.stack([n_valid, n_active])
         ctx.mark_non_differentiable(counts)
         ctx.save_for_backward(grad)
         return total.to(dist.device), counts
@@ -71,22 +83,91 @@ class _BatchAllSum(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_total: Tensor, _grad_counts: Tensor) -> tuple:  # type: ignore[override]
         (grad,) = ctx.saved_tensors
-        return grad * grad_total, None, None, None, None, None, None
+        return grad * grad_total, None
 
 
-def batch_all_sum(b: Batch, margin: float, soft_margin: bool) -> tuple[Tensor, int, int]:
-    """``(total, n_valid, n_active)`` of the batch-all loss of a prepared batch."""
-    total, counts = _BatchAllSum.apply(
-        b.distances, b.labels, b.ref_labels, b.self_index, margin, soft_margin, b.backend
-    )
-    return total, int(counts[0]), int(counts[1])
+class _BatchAllEuclidean(torch.autograd.Function):
+    """Sum of batch-all terms as a function of the embeddings, Euclidean metrics.
+
+    ``y=None`` when the references are the anchors themselves."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: Tensor, y: Tensor | None, squared: bool, k: KernelArgs
+    ) -> tuple[Tensor, Tensor]:
+        dist = _euclidean_matrix(x, x if y is None else y, squared)
+        total, n_valid, n_active, grad = _kernel(dist, k)
+        weights = _euclidean_weights_(grad.to(dist.dtype), dist, squared)
+        del dist, grad
+        counts = torch.stack([n_valid, n_active])
+        ctx.mark_non_differentiable(counts)
+        ctx.y_is_x = y is None
+        ctx.save_for_backward(x, weights) if y is None else ctx.save_for_backward(x, y, weights)
+        return total.to(x.device), counts
+
+    @staticmethod
+    def backward(ctx: Any, grad_total: Tensor, _grad_counts: Tensor) -> tuple:  # type: ignore[override]
+        if ctx.y_is_x:
+            x, weights = ctx.saved_tensors
+            y = x
+        else:
+            x, y, weights = ctx.saved_tensors
+        gx, gy = _euclidean_backward(
+            x, y, weights, ctx.y_is_x, ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        )
+        scale = grad_total.to(x.dtype)
+        return (
+            None if gx is None else gx * scale,
+            None if gy is None else gy * scale,
+            None,
+            None,
+        )
 
 
-def mined_terms(b: Batch, select: Selector, margin: float, soft_margin: bool) -> Tensor:
-    """Mine one triplet per anchor (or positive pair) with ``select``, then the terms of the
-    selected triplets ``[T]``, read from the distance matrix in the graph."""
-    dist = b.distances
-    a, p, n = select(dist.detach(), b.labels, b.ref_labels, b.self_index, b.backend)
-    # one gather for both distances: a single N x M gradient buffer in backward
-    d_ap, d_an = dist[a.repeat(2), torch.cat([p, n])].view(2, -1)
-    return triplet_terms(d_ap, d_an, margin, soft_margin)
+def batch_all_sum(b: Batch, margin: float, soft_margin: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """``(total, n_valid, n_active)`` of the batch-all loss of a prepared batch (counts as
+    0-dim int64 tensors). The soft margin needs :attr:`Batch.width` on the torch backend:
+    without it (checks off and no ``max_positives``) it is read here, one host read."""
+    width = b.width
+    if soft_margin and width is None and b.backend == "torch":
+        width = int(to_host(b.positive_counts().max().reshape(1))[0])
+    k = (b.labels, b.ref_labels, b.self_index, b.backend, margin, soft_margin, width)
+    if b.metric == "cosine":
+        total, counts = _BatchAllSum.apply(b.distances(grad=True), k)
+    else:
+        y = None if b.ref_embeddings is b.embeddings else b.ref_embeddings
+        squared = b.metric == "sqeuclidean"
+        total, counts = _BatchAllEuclidean.apply(b.embeddings, y, squared, k)
+    return total, counts[0], counts[1]
+
+
+def mined_terms(
+    b: Batch, hardest: bool, margin: float, soft_margin: bool
+) -> tuple[Tensor, Tensor | None]:
+    """The terms of the batch-hard (``hardest``) or semi-hard triplets of a prepared batch,
+    in the autograd graph, and which of them are real (``None``: all; slots that hold no
+    triplet have the term 0).
+
+    Returns:
+        ``(terms, valid)`` of the selection's shape: ``[N]``, ``[N, width]`` or ``[N, M]``
+        (torch layouts) or ``[T]`` (a listed selection).
+    """
+    dist = b.distances(grad=False)
+    args = (dist, b.labels, b.ref_labels, b.self_index, b.backend)
+    sel: Selection = batch_hard(*args) if hardest else semi_hard(*args, b.width)
+    a, p, n = torch.broadcast_tensors(sel.anchor, sel.positive, sel.negative)
+    if dist.shape[1] == 0:  # no reference: no triplet, every slot is empty
+        zero = keep_in_graph(b.embeddings.new_zeros(a.shape), b.embeddings, b.ref_embeddings)
+        return zero, sel.valid
+    if a.numel() * _PAIRED_SHARE <= dist.numel() or a.numel() == 0:
+        metric = str(b.metric)
+        rows = b.embeddings[a.reshape(-1)]
+        d_ap = paired(rows, b.ref_embeddings[p.reshape(-1)], metric).view(a.shape)
+        d_an = paired(rows, b.ref_embeddings[n.reshape(-1)], metric).view(a.shape)
+    else:
+        in_graph = b.distances(grad=True)
+        d_ap, d_an = in_graph[a, p], in_graph[a, n]
+    terms = triplet_terms(d_ap, d_an, margin, soft_margin)
+    if sel.valid is not None:
+        terms = torch.where(sel.valid, terms, 0)
+    return terms, sel.valid

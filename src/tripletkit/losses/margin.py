@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from .._batch import check_options, prepare
 from .._checks import (
+    DeviceChecks,
     check_bool,
     check_finite_real,
     check_index_tuple,
@@ -28,7 +29,7 @@ __all__ = ["MarginLoss", "margin_loss"]
 Indices = Triplets | Pairs | tuple[Tensor, Tensor, Tensor] | tuple[Tensor, Tensor, Tensor, Tensor]
 
 
-def _check_beta(beta: object) -> Tensor:
+def _check_beta(beta: object, checks: DeviceChecks) -> Tensor:
     if isinstance(beta, bool) or not isinstance(beta, (int, float, Tensor)):
         raise TypeError(f"beta must be a real number or a tensor, got {type(beta).__name__}")
     if not isinstance(beta, Tensor):
@@ -39,9 +40,29 @@ def _check_beta(beta: object) -> Tensor:
         raise ValueError(
             f"beta must be a scalar, [1] or [num_classes], got shape {tuple(beta.shape)}"
         )
-    if not bool(torch.isfinite(beta.detach()).all()):
-        raise ValueError("beta contains NaN or Inf values")
+    checks.require(
+        torch.isfinite(beta.detach()), lambda: ValueError("beta contains NaN or Inf values")
+    )
     return beta.reshape(-1)
+
+
+def _per_class(beta: Tensor, labels_pos: Tensor, labels_neg: Tensor) -> tuple[Tensor, Tensor]:
+    """``beta`` of each pair's anchor class; the labels must index ``beta``."""
+    anchor_labels = torch.cat([labels_pos, labels_neg])
+    classes = beta.shape[0]
+
+    def out_of_range() -> ValueError:
+        return ValueError(
+            f"per-class beta has {classes} entries, so anchor labels must be in "
+            f"[0, {classes}); got labels in "
+            f"[{int(anchor_labels.min())}, {int(anchor_labels.max())}]"
+        )
+
+    checks = DeviceChecks()
+    if anchor_labels.numel():
+        checks.require((anchor_labels >= 0) & (anchor_labels < classes), out_of_range)
+    checks.run()
+    return beta[labels_pos.clamp(0, classes - 1)], beta[labels_neg.clamp(0, classes - 1)]
 
 
 def margin_loss(
@@ -112,7 +133,8 @@ def margin_loss(
     margin = check_finite_real(margin, "margin")
     nu = check_nonnegative_real(nu, "nu")
     check_options(metric=metric)
-    beta = _check_beta(beta)
+    checks = DeviceChecks()
+    beta = _check_beta(beta, checks)
     b = prepare(
         embeddings,
         labels,
@@ -122,22 +144,16 @@ def margin_loss(
         normalize=normalize,
     )
     emb, lab, ref = b.embeddings, b.labels, b.ref_embeddings
-    checked = check_index_tuple(indices, "indices", (3, 4), emb.shape[0], ref.shape[0], emb.device)
+    checked = check_index_tuple(
+        indices, "indices", (3, 4), emb.shape[0], ref.shape[0], emb.device, checks
+    )
     ap, p, an, neg = checked if len(checked) == 4 else (checked[0], checked[1], *checked[::2])
+    checks.run()  # indices in range before anything is gathered with them
     beta = beta.to(device=emb.device, dtype=emb.dtype)
     if beta.shape[0] == 1:
         beta_pos, beta_neg = beta.expand(ap.shape[0]), beta.expand(an.shape[0])
     else:
-        anchor_labels = lab[torch.cat([ap, an])]
-        if anchor_labels.numel() and (
-            int(anchor_labels.min()) < 0 or int(anchor_labels.max()) >= beta.shape[0]
-        ):
-            raise ValueError(
-                f"per-class beta has {beta.shape[0]} entries, so anchor labels must be in "
-                f"[0, {beta.shape[0]}); got labels in "
-                f"[{int(anchor_labels.min())}, {int(anchor_labels.max())}]"
-            )
-        beta_pos, beta_neg = beta[lab[ap]], beta[lab[an]]
+        beta_pos, beta_neg = _per_class(beta, lab[ap], lab[an])
     hinge = torch.cat(
         [
             F.relu(margin + _paired_distance_unchecked(emb[ap], ref[p], metric) - beta_pos),

@@ -61,7 +61,7 @@ def contrastive_parts(
         normalize=normalize,
     )
     pos, neg = b.masks()
-    dist = b.distances
+    dist = b.distances(grad=True)
     zero = torch.zeros((), dtype=dist.dtype, device=dist.device)
     terms = torch.where(pos, F.relu(dist - pos_margin), zero)
     terms = terms + torch.where(neg, F.relu(neg_margin - dist), zero)

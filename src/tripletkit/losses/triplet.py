@@ -14,16 +14,22 @@ Each fused loss also has a ``*_parts`` form returning :class:`~tripletkit.losses
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .._batch import Batch, check_options, prepare
-from .._checks import check_bool, check_finite_real, check_index_tuple, check_reduction
+from .._checks import (
+    check_bool,
+    check_finite_real,
+    check_index_tuple,
+    check_nonnegative_int,
+    check_reduction,
+)
 from ..distances import _paired_distance_unchecked
-from ..kernels import batch_hard, semi_hard
 from ..types import Triplets
 from ._base import LossModule
-from ._fused import Selector, batch_all_sum, mined_terms, triplet_terms
-from ._reduce import FUSED_REDUCTIONS, REDUCTIONS, Parts, keep_in_graph, reduce_parts, reduce_terms
+from ._fused import batch_all_sum, mined_terms, triplet_terms
+from ._reduce import FUSED_REDUCTIONS, REDUCTIONS, Parts, reduce_parts, reduce_terms
 
 __all__ = [
     "BatchAllTripletLoss",
@@ -50,6 +56,8 @@ def _batch(
     anchor_offset: int | None,
     normalize: bool,
     backend: str,
+    max_positives: int | None,
+    need_width: bool = True,
 ) -> Batch:
     return prepare(
         embeddings,
@@ -60,6 +68,8 @@ def _batch(
         metric=metric,
         normalize=normalize,
         backend=backend,
+        max_positives=max_positives,
+        need_width=need_width,
     )
 
 
@@ -75,12 +85,21 @@ def batch_all_parts(
     anchor_offset: int | None = None,
     normalize: bool = False,
     backend: str = "auto",
+    max_positives: int | None = None,
 ) -> Parts:
     """The un-reduced batch-all loss: see :func:`batch_all_triplet_loss`."""
     margin = check_finite_real(margin, "margin")
     soft_margin = check_bool(soft_margin, "soft_margin")
     b = _batch(
-        embeddings, labels, metric, ref_embeddings, ref_labels, anchor_offset, normalize, backend
+        embeddings,
+        labels,
+        metric,
+        ref_embeddings,
+        ref_labels,
+        anchor_offset,
+        normalize,
+        backend,
+        max_positives,
     )
     return Parts(*batch_all_sum(b, margin, soft_margin))
 
@@ -98,6 +117,7 @@ def batch_all_triplet_loss(
     anchor_offset: int | None = None,
     normalize: bool = False,
     backend: str = "auto",
+    max_positives: int | None = None,
 ) -> Tensor:
     """Batch-all triplet loss over every valid triplet, without listing them.
 
@@ -121,6 +141,13 @@ def batch_all_triplet_loss(
             the references, the pairs of a sample with itself are excluded.
         normalize: L2-normalise the embeddings first.
         backend: ``"auto"`` (numba on CPU, torch elsewhere), ``"torch"`` or ``"numba"``.
+        max_positives: an upper bound on any anchor's number of positives, e.g. ``k - 1`` in
+            P x K batches without references (:attr:`~tripletkit.samplers.PKBatchSampler.\
+max_positives`). The torch kernels size their buffers with it instead of reading the
+            batch's largest count on the host; it is checked against the batch while the
+            input checks are on (:func:`~tripletkit.set_input_checks`). With checks off and
+            no bound, the hinge loss takes a sort-based path (still exact, no host read) and
+            the soft-margin loss reads the count itself (one host read).
 
     Returns:
         0-dim loss tensor.
@@ -144,12 +171,13 @@ def batch_all_triplet_loss(
         anchor_offset=anchor_offset,
         normalize=normalize,
         backend=backend,
+        max_positives=max_positives,
     )
     return reduce_parts(*parts, reduction)
 
 
 def _mined(
-    select: Selector,
+    hardest: bool,
     embeddings: Tensor,
     labels: Tensor,
     margin: float,
@@ -160,19 +188,38 @@ def _mined(
     anchor_offset: int | None,
     normalize: bool,
     backend: str,
-) -> tuple[Tensor, Batch]:
-    """The terms of the triplets ``select`` mines, and the batch they were mined from."""
+    max_positives: int | None,
+) -> tuple[Tensor, Tensor | None]:
+    """The terms of the batch-hard (``hardest``) or semi-hard triplets and which are real."""
     margin = check_finite_real(margin, "margin")
     soft_margin = check_bool(soft_margin, "soft_margin")
     b = _batch(
-        embeddings, labels, metric, ref_embeddings, ref_labels, anchor_offset, normalize, backend
+        embeddings,
+        labels,
+        metric,
+        ref_embeddings,
+        ref_labels,
+        anchor_offset,
+        normalize,
+        backend,
+        max_positives,
+        need_width=not hardest,
     )
-    return mined_terms(b, select, margin, soft_margin), b
+    return mined_terms(b, hardest, margin, soft_margin)
 
 
-def _mined_parts(terms: Tensor, b: Batch) -> Parts:
-    total = terms.sum() if terms.numel() else keep_in_graph(terms.sum(), b.distances)
-    return Parts(total, int(terms.shape[0]), int((terms > 0).sum()))
+def _mined_parts(terms: Tensor, valid: Tensor | None) -> Parts:
+    if valid is None:
+        n_valid = torch.full((), terms.numel(), dtype=torch.int64, device=terms.device)
+    else:
+        n_valid = valid.sum()
+    return Parts(terms.sum(), n_valid, (terms > 0).sum())
+
+
+def _mined_loss(terms: Tensor, valid: Tensor | None, reduction: str) -> Tensor:
+    if reduction == "none":  # one term per real triplet: a data-dependent size
+        return terms if valid is None else terms[valid]
+    return reduce_parts(*_mined_parts(terms, valid), reduction)
 
 
 def batch_hard_parts(
@@ -187,11 +234,12 @@ def batch_hard_parts(
     anchor_offset: int | None = None,
     normalize: bool = False,
     backend: str = "auto",
+    max_positives: int | None = None,
 ) -> Parts:
     """The un-reduced batch-hard loss: see :func:`batch_hard_triplet_loss`."""
     return _mined_parts(
         *_mined(
-            batch_hard,
+            True,
             embeddings,
             labels,
             margin,
@@ -202,6 +250,7 @@ def batch_hard_parts(
             anchor_offset,
             normalize,
             backend,
+            max_positives,
         )
     )
 
@@ -219,6 +268,7 @@ def batch_hard_triplet_loss(
     anchor_offset: int | None = None,
     normalize: bool = False,
     backend: str = "auto",
+    max_positives: int | None = None,
 ) -> Tensor:
     """Batch-hard triplet loss (Hermans, Beyer & Leibe 2017), in O(N M).
 
@@ -229,6 +279,8 @@ def batch_hard_triplet_loss(
     Args:
         embeddings, labels, margin, metric, soft_margin, ref_embeddings, ref_labels,
         anchor_offset, normalize, backend: as in :func:`batch_all_triplet_loss`.
+        max_positives: accepted for symmetry with the other fused losses; batch-hard needs
+            no bound.
         reduction: ``"mean"`` (over the anchors kept), ``"sum"``, ``"mean_nonzero"``, or
             ``"none"`` (one term per kept anchor, anchors ascending: ``[A]``).
 
@@ -242,8 +294,8 @@ def batch_hard_triplet_loss(
         tensor([0.1000, 0.6000, 4.5000, 0.1000])
     """
     check_reduction(reduction, REDUCTIONS)
-    terms, b = _mined(
-        batch_hard,
+    terms, valid = _mined(
+        True,
         embeddings,
         labels,
         margin,
@@ -254,8 +306,9 @@ def batch_hard_triplet_loss(
         anchor_offset,
         normalize,
         backend,
+        max_positives,
     )
-    return reduce_terms(terms, reduction, b.distances)
+    return _mined_loss(terms, valid, reduction)
 
 
 def semi_hard_parts(
@@ -270,11 +323,12 @@ def semi_hard_parts(
     anchor_offset: int | None = None,
     normalize: bool = False,
     backend: str = "auto",
+    max_positives: int | None = None,
 ) -> Parts:
     """The un-reduced semi-hard loss: see :func:`semi_hard_triplet_loss`."""
     return _mined_parts(
         *_mined(
-            semi_hard,
+            False,
             embeddings,
             labels,
             margin,
@@ -285,6 +339,7 @@ def semi_hard_parts(
             anchor_offset,
             normalize,
             backend,
+            max_positives,
         )
     )
 
@@ -302,6 +357,7 @@ def semi_hard_triplet_loss(
     anchor_offset: int | None = None,
     normalize: bool = False,
     backend: str = "auto",
+    max_positives: int | None = None,
 ) -> Tensor:
     """Semi-hard triplet loss (Schroff, Kalenichenko & Philbin 2015, "FaceNet"), with the
     negative selection of TensorFlow-Addons' ``triplet_semihard_loss``.
@@ -313,7 +369,9 @@ def semi_hard_triplet_loss(
 
     Args:
         embeddings, labels, margin, metric, soft_margin, ref_embeddings, ref_labels,
-        anchor_offset, normalize, backend: as in :func:`batch_all_triplet_loss`.
+        anchor_offset, normalize, backend, max_positives: as in
+            :func:`batch_all_triplet_loss` (with checks off and no bound, the negatives of
+            each row are sorted instead of bucketed: exact, no host read).
         reduction: ``"mean"`` (over those pairs), ``"sum"``, ``"mean_nonzero"``, or
             ``"none"`` (one term per pair, ordered by anchor then positive: ``[P]``).
 
@@ -327,8 +385,8 @@ def semi_hard_triplet_loss(
         tensor([0.1000, 0.0000, 4.0000, 0.1000])
     """
     check_reduction(reduction, REDUCTIONS)
-    terms, b = _mined(
-        semi_hard,
+    terms, valid = _mined(
+        False,
         embeddings,
         labels,
         margin,
@@ -339,8 +397,9 @@ def semi_hard_triplet_loss(
         anchor_offset,
         normalize,
         backend,
+        max_positives,
     )
-    return reduce_terms(terms, reduction, b.distances)
+    return _mined_loss(terms, valid, reduction)
 
 
 def triplet_margin_loss(
@@ -445,9 +504,14 @@ def _options(
     reductions: tuple[str, ...],
     normalize: bool,
     backend: str,
+    max_positives: int | None = None,
 ) -> dict[str, object]:
     """The validated hyper-parameters shared by every triplet loss module."""
+    bound = {}
+    if max_positives is not None:
+        bound["max_positives"] = check_nonnegative_int(max_positives, "max_positives")
     return {
+        **bound,
         "margin": check_finite_real(margin, "margin"),
         "soft_margin": check_bool(soft_margin, "soft_margin"),
         "reduction": check_reduction(reduction, reductions),
@@ -484,9 +548,19 @@ class BatchAllTripletLoss(LossModule):
         *,
         normalize: bool = False,
         backend: str = "auto",
+        max_positives: int | None = None,
     ) -> None:
         super().__init__(
-            **_options(margin, metric, soft_margin, reduction, FUSED_REDUCTIONS, normalize, backend)
+            **_options(
+                margin,
+                metric,
+                soft_margin,
+                reduction,
+                FUSED_REDUCTIONS,
+                normalize,
+                backend,
+                max_positives,
+            )
         )
 
 
@@ -517,9 +591,19 @@ class BatchHardTripletLoss(LossModule):
         *,
         normalize: bool = False,
         backend: str = "auto",
+        max_positives: int | None = None,
     ) -> None:
         super().__init__(
-            **_options(margin, metric, soft_margin, reduction, REDUCTIONS, normalize, backend)
+            **_options(
+                margin,
+                metric,
+                soft_margin,
+                reduction,
+                REDUCTIONS,
+                normalize,
+                backend,
+                max_positives,
+            )
         )
 
 
@@ -550,9 +634,19 @@ class SemiHardTripletLoss(LossModule):
         *,
         normalize: bool = False,
         backend: str = "auto",
+        max_positives: int | None = None,
     ) -> None:
         super().__init__(
-            **_options(margin, metric, soft_margin, reduction, REDUCTIONS, normalize, backend)
+            **_options(
+                margin,
+                metric,
+                soft_margin,
+                reduction,
+                REDUCTIONS,
+                normalize,
+                backend,
+                max_positives,
+            )
         )
 
 

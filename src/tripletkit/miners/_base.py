@@ -65,32 +65,70 @@ def make_generator(seed: int | None = 0) -> torch.Generator:
 
 
 class SeededMiner(Miner):
-    """A miner that owns a :class:`torch.Generator`, seeded with ``seed`` (0 by default, like
-    every seeded object in tripletkit; ``None`` asks for OS entropy) and passed to its
-    function on every call, so successive calls draw different samples while a run stays
-    reproducible. The generator's state travels in ``state_dict()`` (as extra state), so a
-    run resumed from a checkpoint continues the same stream."""
+    """A miner that owns its random streams, seeded with ``seed`` (0 by default, like every
+    seeded object in tripletkit; ``None`` asks for OS entropy): successive calls draw
+    different samples while a run stays reproducible.
+
+    Draws happen on the embeddings' device, from a generator of that device seeded with
+    ``seed`` (:attr:`generator` is the CPU one): the same seed reproduces a run on the same
+    kind of device, not across devices. The generators' states travel in ``state_dict()``
+    (as extra state), so a run resumed from a checkpoint continues the same streams.
+    """
 
     def __init__(self, seed: int | None, **options: Any) -> None:
         super().__init__(**options)
-        self.generator: torch.Generator = make_generator(seed)
-        self.seed = seed
+        self.manual_seed(seed)
 
-    def options(self) -> dict[str, Any]:
-        return {**super().options(), "generator": self.generator}
+    def forward(
+        self,
+        embeddings: Tensor,
+        labels: Tensor,
+        ref_embeddings: Tensor | None = None,
+        ref_labels: Tensor | None = None,
+    ) -> Triplets | Pairs:
+        device = embeddings.device if isinstance(embeddings, Tensor) else torch.device("cpu")
+        return type(self).function(
+            embeddings,
+            labels,
+            ref_embeddings=ref_embeddings,
+            ref_labels=ref_labels,
+            generator=self.generator_for(device),
+            **self.options(),
+        )
+
+    def generator_for(self, device: torch.device) -> torch.Generator:
+        """This miner's generator on ``device`` (created, seeded, at first use)."""
+        if device.type in ("cpu", "meta"):
+            return self.generator
+        key = str(device)
+        if key not in self._device_generators:
+            generator = torch.Generator(device)
+            if self.seed is None:
+                generator.seed()
+            else:
+                generator.manual_seed(self.seed)
+            self._device_generators[key] = generator
+        return self._device_generators[key]
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, seed={self.seed}".lstrip(", ")
 
-    def manual_seed(self, seed: int) -> None:
-        """Restart the miner's random stream from ``seed``."""
-        self.generator = make_generator(seed)
+    def manual_seed(self, seed: int | None) -> None:
+        """Restart the miner's random streams from ``seed``."""
+        self.generator: torch.Generator = make_generator(seed)
         self.seed = seed
+        self._device_generators: dict[str, torch.Generator] = {}
 
     def get_extra_state(self) -> dict:
-        """The generator's state travels in ``state_dict()``, so a resumed run draws on."""
-        return {"seed": self.seed, "generator_state": self.generator.get_state()}
+        """The generators' states travel in ``state_dict()``, so a resumed run draws on."""
+        return {
+            "seed": self.seed,
+            "generator_state": self.generator.get_state(),
+            "device_states": {k: g.get_state() for k, g in self._device_generators.items()},
+        }
 
     def set_extra_state(self, state: dict) -> None:
-        self.seed = state["seed"]
+        self.manual_seed(state["seed"])
         self.generator.set_state(state["generator_state"])
+        for key, value in state.get("device_states", {}).items():
+            self.generator_for(torch.device(key)).set_state(value)

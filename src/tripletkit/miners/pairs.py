@@ -16,8 +16,8 @@ import math
 import torch
 from torch import Tensor
 
-from .._batch import Batch, check_options, prepare
-from .._checks import check_finite_real
+from .._batch import check_options, prepare
+from .._checks import check_finite_real, to_host
 from .._deprecation import refs_keyword_only
 from ..types import Pairs
 from ._base import Miner
@@ -38,8 +38,9 @@ def _pair_batch(
     ref_labels: Tensor | None,
     anchor_offset: int | None,
     normalize: bool,
-) -> Batch:
-    return prepare(
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The detached distance matrix and the positive and negative masks."""
+    b = prepare(
         embeddings,
         labels,
         ref_embeddings=ref_embeddings,
@@ -47,13 +48,15 @@ def _pair_batch(
         anchor_offset=anchor_offset,
         metric=metric,
         normalize=normalize,
-        grad=False,
     )
+    return (b.distances(), *b.masks())
 
 
 def _pairs(pos: Tensor, neg: Tensor) -> Pairs:
-    ap, p = torch.nonzero(pos, as_tuple=True)
-    an, n = torch.nonzero(neg, as_tuple=True)
+    """The True entries of both masks, row-major: both sizes in one host read."""
+    n_pos, n_neg = to_host(torch.stack([pos.sum(), neg.sum()]))
+    ap, p = torch.nonzero_static(pos, size=n_pos).unbind(1)
+    an, n = torch.nonzero_static(neg, size=n_neg).unbind(1)
     return Pairs(ap, p, an, n)
 
 
@@ -106,13 +109,11 @@ def multi_similarity_pairs(
         Pairs(anchor_pos=tensor([0, 1, 2, 3]), positive=tensor([1, 0, 3, 2]), anchor_neg=tensor([0, 1, 1, 2, 2, 3]), negative=tensor([2, 2, 3, 0, 1, 1]))
     """
     epsilon = check_finite_real(epsilon, "epsilon")
-    b = _pair_batch(
+    d, pos, neg = _pair_batch(
         embeddings, labels, metric, ref_embeddings, ref_labels, anchor_offset, normalize
     )
-    d = b.distances
     if d.numel() == 0:
         return Pairs.empty(d.device)
-    pos, neg = b.masks()
     inf = torch.full_like(d, math.inf)
     hardest_pos = torch.where(pos, d, -inf).amax(dim=1, keepdim=True)  # -inf: no positive
     hardest_neg = torch.where(neg, d, inf).amin(dim=1, keepdim=True)  # +inf: no negative
@@ -161,11 +162,10 @@ def pair_margin_pairs(
     """
     pos_margin = check_finite_real(pos_margin, "pos_margin")
     neg_margin = check_finite_real(neg_margin, "neg_margin")
-    b = _pair_batch(
+    d, pos, neg = _pair_batch(
         embeddings, labels, metric, ref_embeddings, ref_labels, anchor_offset, normalize
     )
-    pos, neg = b.masks()
-    return _pairs(pos & (b.distances > pos_margin), neg & (b.distances < neg_margin))
+    return _pairs(pos & (d > pos_margin), neg & (d < neg_margin))
 
 
 # ---------------------------------------------------------------------------------------------

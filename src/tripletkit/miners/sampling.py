@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .._batch import check_options, prepare
-from .._checks import check_finite_real, check_positive_int, check_positive_real
+from .._checks import check_finite_real, check_positive_int, check_positive_real, to_host
 from .._deprecation import refs_keyword_only
 from ..types import Triplets
 from ._base import SeededMiner
@@ -72,34 +72,25 @@ def _kth_true(mask: Tensor, rows: Tensor, k: Tensor) -> Tensor:
     return where - rows * m
 
 
-def _draw_weighted(weights: Tensor, pos: Tensor, generator: torch.Generator | None) -> Triplets:
-    """For every True ``(a, p)`` of ``pos``, row-major: one column ``n`` of row ``a`` drawn
+def _draw_weighted(weights: Tensor, keep: Tensor, generator: torch.Generator | None) -> Triplets:
+    """For every True ``(a, p)`` of ``keep``, row-major: one column ``n`` of row ``a`` drawn
     with probability ``weights[a, n] / weights[a].sum()``.
 
     Every row holding a True must have a positive total weight. Per row the weights are
     accumulated once (in float64 where the device has it) and each draw is a binary search
-    of ``u * total`` in that cumulative sum, with ``u`` uniform in [0, 1): memory O(R M) for
-    the R rows that draw, one uniform per pair.
+    of ``u * total`` in that cumulative sum, with ``u`` uniform in [0, 1). Every slot
+    ``(a, p)`` draws (fixed shapes: no host read until the one that sizes the output).
     """
-    a, p = torch.nonzero(pos, as_tuple=True)
-    if a.numel() == 0:
-        return Triplets(a, p, p.clone())
-    acc = _acc_dtype(weights.device)
-    rows, inverse, counts = torch.unique_consecutive(a, return_inverse=True, return_counts=True)
-    rank = torch.arange(a.shape[0], device=a.device) - (counts.cumsum(0) - counts)[inverse]
-    sub = weights if rows.shape[0] == weights.shape[0] else weights[rows]
-    cdf = sub.to(acc).cumsum(dim=1).contiguous()
-    total = cdf[:, -1]
-    targets = torch.zeros(rows.shape[0], int(counts.max()), dtype=acc, device=weights.device)
-    targets[inverse, rank] = _uniform(a.shape[0], generator, weights.device) * total[inverse]
-    cols = torch.searchsorted(cdf, targets, right=True)[inverse, rank]
+    n, m = weights.shape
+    cdf = weights.to(_acc_dtype(weights.device)).cumsum(dim=1).contiguous()
+    u = _uniform(n * m, generator, weights.device).view(n, m)
+    cols = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
     # A target below its row's total lands on a column of positive weight (cdf rises there);
     # u * total can round up to the total itself (column M): take the row's last positive one.
-    over = torch.nonzero(cols >= sub.shape[1]).squeeze(1)
-    if over.numel():
-        hit = sub[inverse[over]] > 0
-        cols[over] = (sub.shape[1] - 1) - hit.flip(1).to(torch.int8).argmax(dim=1)
-    return Triplets(a, p, cols)
+    last = (m - 1) - (weights > 0).flip(1).to(torch.int8).argmax(dim=1, keepdim=True)
+    cols = torch.where(cols >= m, last, cols)
+    a, p = keep.nonzero(as_tuple=True)
+    return Triplets(a, p, cols[a, p])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,24 +104,6 @@ def check_cutoffs(cutoff: object, nonzero_loss_cutoff: object) -> tuple[float, f
     if high <= low:
         raise ValueError(f"nonzero_loss_cutoff ({high}) must be greater than cutoff ({low})")
     return low, high
-
-
-def _unit_norm_tolerance(dtype: torch.dtype) -> float:
-    return max(1e-3, 4 * torch.finfo(dtype).eps)
-
-
-def _check_unit_norm(x: Tensor, name: str, tol: float) -> None:
-    if x.numel() == 0:
-        return
-    x = x.detach()
-    err = (x.norm(dim=1) - 1).abs()
-    worst = int(err.argmax())
-    if float(err[worst]) > tol:
-        raise ValueError(
-            f"distance-weighted sampling needs unit-norm {name}, but row {worst} has norm "
-            f"{float(x[worst].norm()):.6g} (tolerance {tol:g}); L2-normalise them or pass "
-            "normalize=True"
-        )
 
 
 def _distance_weights(
@@ -234,18 +207,10 @@ def distance_weighted_triplets(
         anchor_offset=anchor_offset,
         metric="euclidean",
         normalize=normalize,
-        grad=False,
+        unit_norm="distance-weighted sampling",
     )
-    if not normalize:
-        in_dtypes = [embeddings.dtype]
-        if isinstance(ref_embeddings, Tensor):
-            in_dtypes.append(ref_embeddings.dtype)
-        tol = max(_unit_norm_tolerance(dt) for dt in in_dtypes)
-        _check_unit_norm(b.embeddings, "embeddings", tol)
-        if ref_embeddings is not None:
-            _check_unit_norm(b.ref_embeddings, "ref_embeddings", tol)
     pos, neg = b.masks()
-    dist = b.distances
+    dist = b.distances()
     if dist.numel() == 0:
         return Triplets.empty(dist.device)
     probs = _distance_weights(dist, neg, b.embeddings.shape[1], cutoff, nonzero_loss_cutoff)
@@ -312,20 +277,21 @@ def random_triplets(
         metric=None,
     )
     device = b.labels.device
-    if b.labels.numel() == 0 or b.ref_labels.numel() == 0:
+    n, m = b.labels.shape[0], b.ref_labels.shape[0]
+    if n == 0 or m == 0:
         return Triplets.empty(device)
     pos, neg = b.masks()
     n_neg = neg.sum(dim=1)
-    if num_triplets is None:
-        a, p = torch.nonzero(pos & (n_neg > 0)[:, None], as_tuple=True)
-        if a.numel() == 0:
-            return Triplets.empty(device)
-        count = n_neg[a]
-        u = _uniform(a.shape[0], generator, device)
+    if num_triplets is None:  # every slot draws; the positive pairs keep theirs
+        u = _uniform(n * m, generator, device).view(n, m)
+        count = n_neg[:, None]
         k = torch.minimum((u * count.to(u.dtype)).floor().to(torch.int64), count - 1)
-        return Triplets(a, p, _kth_true(neg, a, k))
+        rows = torch.arange(n, device=device)[:, None].expand(n, m)
+        cols = _kth_true(neg, rows.reshape(-1), k.clamp_min(0).reshape(-1)).view(n, m)
+        a, p = (pos & (count > 0)).nonzero(as_tuple=True)
+        return Triplets(a, p, cols[a, p])
     per_anchor = pos.sum(dim=1) * n_neg
-    total = int(per_anchor.sum())
+    (total,) = to_host(per_anchor.sum().reshape(1))
     if total == 0:
         return Triplets.empty(device)
     # One integer in [0, total) per triplet indexes the valid triplets anchor by anchor,

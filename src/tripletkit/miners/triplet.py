@@ -17,12 +17,13 @@ output rows; no ``N x M x M`` tensor is built. Mining runs without autograd.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .._batch import Batch, check_options, prepare
-from .._checks import check_bool, check_choice, check_finite_real
+from .._checks import check_bool, check_choice, check_finite_real, check_nonnegative_int
 from .._deprecation import refs_keyword_only
-from ..kernels import batch_hard, semi_hard, triplet_region
+from ..kernels import Selection, batch_hard, semi_hard, triplet_region
 from ..types import Triplets
 from ._base import Miner
 
@@ -51,8 +52,11 @@ def _mined_batch(
     anchor_offset: int | None,
     normalize: bool,
     backend: str,
-) -> Batch:
-    return prepare(
+    max_positives: int | None = None,
+    need_width: bool = False,
+) -> tuple[Batch, Tensor]:
+    """The prepared batch and its detached distance matrix."""
+    b = prepare(
         embeddings,
         labels,
         ref_embeddings=ref_embeddings,
@@ -61,8 +65,21 @@ def _mined_batch(
         metric=metric,
         normalize=normalize,
         backend=backend,
-        grad=False,
+        max_positives=max_positives,
+        need_width=need_width,
     )
+    return b, b.distances()
+
+
+def _listed(sel: Selection, keep: Tensor | None = None) -> Triplets:
+    """The triplets of a selection's valid slots (and ``keep``), row-major: one host read
+    for the number of rows (none for a listed selection)."""
+    a, p, n = torch.broadcast_tensors(sel.anchor, sel.positive, sel.negative)
+    mask = sel.valid if keep is None else keep if sel.valid is None else sel.valid & keep
+    if mask is None:
+        return Triplets(a, p, n)
+    rows = mask.nonzero(as_tuple=True)
+    return Triplets(a[rows], p[rows], n[rows])
 
 
 @refs_keyword_only
@@ -97,13 +114,11 @@ def batch_all_triplets(
     """
     margin = check_finite_real(margin, "margin")
     region = "active" if check_bool(active_only, "active_only") else "valid"
-    b = _mined_batch(
+    b, dist = _mined_batch(
         embeddings, labels, metric, ref_embeddings, ref_labels, anchor_offset, normalize, backend
     )
     return Triplets(
-        *triplet_region(
-            b.distances, b.labels, b.ref_labels, b.self_index, margin, region, b.backend
-        )
+        *triplet_region(dist, b.labels, b.ref_labels, b.self_index, margin, region, b.backend)
     )
 
 
@@ -135,10 +150,10 @@ def batch_hard_triplets(
         >>> batch_hard_triplets(x, torch.tensor([0, 0, 0, 1, 2]))
         Triplets(anchor=tensor([0, 1, 2]), positive=tensor([2, 2, 0]), negative=tensor([3, 3, 3]))
     """
-    b = _mined_batch(
+    b, dist = _mined_batch(
         embeddings, labels, metric, ref_embeddings, ref_labels, anchor_offset, normalize, backend
     )
-    return Triplets(*batch_hard(b.distances, b.labels, b.ref_labels, b.self_index, b.backend))
+    return _listed(batch_hard(dist, b.labels, b.ref_labels, b.self_index, b.backend))
 
 
 @refs_keyword_only
@@ -154,6 +169,7 @@ def semi_hard_triplets(
     anchor_offset: int | None = None,
     normalize: bool = False,
     backend: str = "auto",
+    max_positives: int | None = None,
 ) -> Triplets:
     """Semi-hard triplets as FaceNet (Schroff et al. 2015) and TensorFlow-Addons mine them.
 
@@ -161,6 +177,8 @@ def semi_hard_triplets(
     smallest ``d_an`` among those with ``d_an > d_ap``; when none is farther than the
     positive, the negative with the largest ``d_an``. With ``active_only`` only the rows
     whose hinge ``d_ap - d_an + m`` is positive are kept (the margin plays no other role).
+    ``max_positives`` bounds any anchor's number of positives, as in
+    :func:`~tripletkit.losses.batch_all_triplet_loss`.
 
     Rows are ordered by anchor, then positive.
 
@@ -177,15 +195,23 @@ def semi_hard_triplets(
     """
     margin = check_finite_real(margin, "margin")
     active_only = check_bool(active_only, "active_only")
-    b = _mined_batch(
-        embeddings, labels, metric, ref_embeddings, ref_labels, anchor_offset, normalize, backend
+    b, dist = _mined_batch(
+        embeddings,
+        labels,
+        metric,
+        ref_embeddings,
+        ref_labels,
+        anchor_offset,
+        normalize,
+        backend,
+        max_positives,
+        need_width=True,
     )
-    dist = b.distances
-    a, p, n = semi_hard(dist, b.labels, b.ref_labels, b.self_index, b.backend)
+    sel = semi_hard(dist, b.labels, b.ref_labels, b.self_index, b.backend, b.width)
+    keep = None
     if active_only:
-        keep = dist[a, p] - dist[a, n] + margin > 0
-        a, p, n = a[keep], p[keep], n[keep]
-    return Triplets(a, p, n)
+        keep = dist[sel.anchor, sel.positive] - dist[sel.anchor, sel.negative] + margin > 0
+    return _listed(sel, keep)
 
 
 @refs_keyword_only
@@ -221,12 +247,12 @@ def triplet_margin_triplets(
     """
     margin = check_finite_real(margin, "margin")
     check_choice("type_of_triplets", type_of_triplets, TYPES_OF_TRIPLETS)
-    b = _mined_batch(
+    b, dist = _mined_batch(
         embeddings, labels, metric, ref_embeddings, ref_labels, anchor_offset, normalize, backend
     )
     return Triplets(
         *triplet_region(
-            b.distances, b.labels, b.ref_labels, b.self_index, margin, type_of_triplets, b.backend
+            dist, b.labels, b.ref_labels, b.self_index, margin, type_of_triplets, b.backend
         )
     )
 
@@ -323,8 +349,13 @@ class SemiHardMiner(Miner):
         *,
         normalize: bool = False,
         backend: str = "auto",
+        max_positives: int | None = None,
     ) -> None:
+        bound = {}
+        if max_positives is not None:
+            bound["max_positives"] = check_nonnegative_int(max_positives, "max_positives")
         super().__init__(
+            **bound,
             margin=check_finite_real(margin, "margin"),
             active_only=check_bool(active_only, "active_only"),
             **check_options(metric=metric, normalize=normalize, backend=backend),
