@@ -405,3 +405,155 @@ def as_list(triplets: Sequence[Tensor]) -> list[Triplet]:
     """Mined ``(anchor, positive, negative)`` index tensors as a list of tuples."""
     a, p, n = (t.tolist() for t in triplets)
     return list(zip(a, p, n, strict=True))
+
+
+# ------------------------------------------------------- similarity losses (issue 12)
+#
+# Multi-similarity, circle and supervised contrastive losses on the cosine similarity
+# S(u, v) = <u, v> / (|u| |v|), one anchor at a time, every sum an explicit loop. An anchor's
+# positives and negatives are those of :class:`Problem` (label rule, own row excluded), or,
+# given ``pairs = (positive pairs, negative pairs)``, the *distinct* listed references.
+
+
+def cosine_similarity(u: Tensor, v: Tensor) -> Tensor:
+    """``<u, v> / (|u| |v|)`` of two vectors ``[D]``, differentiable; 0 (with a zero
+    gradient) when either is the zero vector."""
+    nu, nv = torch.sqrt((u * u).sum()), torch.sqrt((v * v).sum())
+    if float(nu.detach()) == 0 or float(nv.detach()) == 0:
+        return (u * v).sum() * 0
+    return (u * v).sum() / (nu * nv)
+
+
+def _stable_logsumexp(values: Sequence[Tensor]) -> Tensor:
+    """``log(sum(exp(v)))`` of a non-empty list of 0-dim tensors, shifted by the largest."""
+    top = max(float(v.detach()) for v in values)
+    total = values[0] * 0
+    for v in values:
+        total = total + torch.exp(v - top)
+    return top + torch.log(total)
+
+
+def anchor_pairs(
+    labels: Tensor,
+    ref_labels: Tensor | None,
+    m: int,
+    *,
+    pairs: tuple[Sequence[tuple[int, int]], Sequence[tuple[int, int]]] | None = None,
+    anchor_offset: int | None = None,
+) -> list[tuple[list[int], list[int]]]:
+    """Per anchor: (positives, negatives) as sorted lists of reference indices."""
+    lab = [int(v) for v in labels.tolist()]
+    n = len(lab)
+    if pairs is not None:
+        positive, negative = pairs
+        return [
+            (sorted({j for i, j in positive if i == a}), sorted({j for i, j in negative if i == a}))
+            for a in range(n)
+        ]
+    rlab = lab if ref_labels is None else [int(v) for v in ref_labels.tolist()]
+    own = self_index(n, ref_labels is not None, anchor_offset)
+    return [
+        (
+            [j for j in range(m) if rlab[j] == lab[a] and j != own[a]],
+            [j for j in range(m) if rlab[j] != lab[a]],
+        )
+        for a in range(n)
+    ]
+
+
+def similarity_loss_terms(
+    kind: str,
+    x: Tensor,
+    labels: Tensor,
+    ref: Tensor | None = None,
+    ref_labels: Tensor | None = None,
+    *,
+    pairs: tuple[Sequence[tuple[int, int]], Sequence[tuple[int, int]]] | None = None,
+    anchor_offset: int | None = None,
+    alpha: float = 2.0,
+    beta: float = 50.0,
+    base: float = 0.5,
+    m: float = 0.4,
+    gamma: float = 80.0,
+    temperature: float = 0.1,
+) -> tuple[list[Tensor], list[bool]]:
+    """Per-anchor terms of ``kind`` (``"multi_similarity"``, ``"circle"``, ``"supcon"``) and
+    whether each anchor is counted.
+
+    - multi_similarity: ``1/alpha log(1 + sum_p exp(-alpha (S_ap - base))) + 1/beta log(1 +
+      sum_n exp(beta (S_an - base)))``; an empty sum is 0; every anchor is counted.
+    - circle: ``log(1 + sum_n exp(gamma a_n (S_an - m)) sum_p exp(-gamma a_p (S_ap - 1 +
+      m)))`` with the constants ``a_p = max(0, 1 + m - S_ap)``, ``a_n = max(0, S_an + m)``
+      (plain floats: no gradient through them); counted with a positive and a negative.
+    - supcon: ``-1/|P| sum_p log(exp(S_ap / t) / sum_{j in P u N} exp(S_aj / t))``; counted
+      with a positive.
+    """
+    refs = x if ref is None else ref
+    per_anchor = anchor_pairs(
+        labels, ref_labels, refs.shape[0], pairs=pairs, anchor_offset=anchor_offset
+    )
+    sims: dict[tuple[int, int], Tensor] = {}
+
+    def s(a: int, j: int) -> Tensor:
+        if (a, j) not in sims:
+            sims[(a, j)] = cosine_similarity(x[a], refs[j])
+        return sims[(a, j)]
+
+    zero = graph_zero(x, ref)
+    terms: list[Tensor] = []
+    counted: list[bool] = []
+    for a, (pos, neg) in enumerate(per_anchor):
+        if kind == "multi_similarity":
+            term = zero
+            if pos:
+                term = (
+                    term
+                    + softplus(_stable_logsumexp([-alpha * (s(a, p) - base) for p in pos])) / alpha
+                )
+            if neg:
+                term = (
+                    term
+                    + softplus(_stable_logsumexp([beta * (s(a, q) - base) for q in neg])) / beta
+                )
+            terms.append(term)
+            counted.append(True)
+        elif kind == "circle":
+            if not pos or not neg:
+                terms.append(zero)
+                counted.append(False)
+                continue
+            pos_logits = []
+            for p in pos:
+                weight = max(0.0, 1 + m - float(s(a, p).detach()))
+                pos_logits.append(-gamma * weight * (s(a, p) - (1 - m)))
+            neg_logits = []
+            for q in neg:
+                weight = max(0.0, float(s(a, q).detach()) + m)
+                neg_logits.append(gamma * weight * (s(a, q) - m))
+            terms.append(softplus(_stable_logsumexp(pos_logits) + _stable_logsumexp(neg_logits)))
+            counted.append(True)
+        elif kind == "supcon":
+            if not pos:
+                terms.append(zero)
+                counted.append(False)
+                continue
+            denominator = _stable_logsumexp([s(a, j) / temperature for j in pos + neg])
+            total = zero
+            for p in pos:
+                total = total + (s(a, p) / temperature - denominator)
+            terms.append(-total / len(pos))
+            counted.append(True)
+        else:
+            raise AssertionError(kind)
+    return terms, counted
+
+
+def similarity_loss(kind: str, *args: object, reduction: str = "mean", **kwargs: object) -> Tensor:
+    """Reference for the similarity losses: the counted anchors' terms of
+    :func:`similarity_loss_terms`, reduced (``"none"``: the counted terms, anchors
+    ascending). Differentiable in ``x`` and ``ref``."""
+    terms, counted = similarity_loss_terms(kind, *args, **kwargs)  # type: ignore[arg-type]
+    x = args[0]
+    ref = args[2] if len(args) > 2 else kwargs.get("ref")
+    kept = [t for t, c in zip(terms, counted, strict=True) if c]
+    return reduce(kept, reduction, graph_zero(x, ref))  # type: ignore[arg-type]

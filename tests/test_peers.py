@@ -170,3 +170,105 @@ def test_otl_batch_hard(seed: int, squared: bool, backend: str) -> None:
     (g1,) = torch.autograd.grad(want, x1)
     (g2,) = torch.autograd.grad(got, x2)
     torch.testing.assert_close(g2, g1, rtol=1e-7, atol=1e-10)
+
+
+# --------------------------------------------------------------- similarity losses (issue 12)
+#
+# pytorch-metric-learning's MultiSimilarityLoss, CircleLoss and SupConLoss use the cosine
+# similarity by default, like tripletkit's. Known, intended differences (not exercised here):
+# PML's SupConLoss returns 0 when the batch has no positive pair or no negative pair at all
+# (a one-class batch), where tripletkit keeps the paper's loss; PML's AvgNonZeroReducer
+# (CircleLoss, SupConLoss) leaves out anchors whose term is exactly 0, which tripletkit's
+# default "mean" counts ("mean_nonzero" is PML's rule); and any PML pair loss returns 0 when
+# it is given at most one positive and at most one negative pair.
+
+SIMILARITY_LOSSES = ("multi_similarity", "circle", "supcon")
+SIMILARITY_HYPER = {
+    "multi_similarity": [{}, {"alpha": 1.0, "beta": 20.0, "base": 0.3}],
+    "circle": [{}, {"m": 0.25, "gamma": 256.0}],
+    "supcon": [{}, {"temperature": 0.07}],
+}
+
+
+def _similarity_pair(kind: str, hyper: dict):
+    _, losses, _, _ = _pml()
+    from tripletkit import losses as ours
+
+    pml = {
+        "multi_similarity": losses.MultiSimilarityLoss,
+        "circle": losses.CircleLoss,
+        "supcon": losses.SupConLoss,
+    }[kind]
+    tk = {
+        "multi_similarity": ours.MultiSimilarityLoss,
+        "circle": ours.CircleLoss,
+        "supcon": ours.SupConLoss,
+    }[kind]
+    return pml(**hyper), tk(**hyper)
+
+
+def _similarity_inputs(seed: int, given: str):
+    """``(x, labels, indices, refs)`` for one comparison: every pair of the batch, a reference
+    set, a MultiSimilarityMiner's pairs, or a subset of the valid triplets."""
+    from reference import problem
+
+    from tripletkit.miners import MultiSimilarityMiner
+
+    x, labels = _batch(seed)
+    if given == "all":
+        return x, labels, None, None
+    if given == "refs":
+        return x, labels, None, _refs(seed)
+    if given == "ms_pairs":
+        pairs = MultiSimilarityMiner(0.1)(x, labels)
+        assert pairs.num_positive > 1 and pairs.num_negative > 1
+        return x, labels, pairs, None
+    valid = problem(x, labels).valid()[seed::7]
+    triplets = tuple(torch.tensor(v) for v in zip(*valid, strict=True))
+    return x, labels, triplets, None
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("kind", SIMILARITY_LOSSES)
+@pytest.mark.parametrize("hyper_index", [0, 1], ids=["default", "other"])
+@pytest.mark.parametrize("given", ["all", "refs", "ms_pairs", "triplets"])
+def test_pml_similarity_losses(seed: int, kind: str, hyper_index: int, given: str) -> None:
+    """Same value and gradients as pytorch-metric-learning with its default reducers (MS:
+    mean over all anchors; circle and SupCon: mean over non-zero anchor terms), to 1e-6."""
+    theirs, ours = _similarity_pair(kind, SIMILARITY_HYPER[kind][hyper_index])
+    x, labels, indices, refs = _similarity_inputs(seed, given)
+    x1 = x.clone().requires_grad_()
+    x2 = x.clone().requires_grad_()
+    if refs is None:
+        want = theirs(x1, labels, None if indices is None else tuple(indices))
+        got = ours(x2, labels, indices)
+        leaves1, leaves2 = [x1], [x2]
+    else:
+        r1, r2 = refs[0].clone().requires_grad_(), refs[0].clone().requires_grad_()
+        want = theirs(x1, labels, None, r1, refs[1])
+        got = ours(x2, labels, None, r2, refs[1])
+        leaves1, leaves2 = [x1, r1], [x2, r2]
+    assert want.item() > 0, "the comparison should not be vacuous"
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9)
+    for g1, g2 in zip(
+        torch.autograd.grad(want, leaves1), torch.autograd.grad(got, leaves2), strict=True
+    ):
+        torch.testing.assert_close(g2, g1, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["circle", "supcon"])
+def test_pml_avg_non_zero_is_mean_nonzero(kind: str) -> None:
+    """With an anchor whose term is exactly 0 (SupCon: one positive, no negative, via mined
+    pairs), PML's AvgNonZeroReducer equals reduction="mean_nonzero"."""
+    theirs, _ = _similarity_pair(kind, {})
+    from tripletkit import losses as ours
+
+    x, labels = _batch(0)
+    # anchor 0: pairs (0, 4) positive only; anchor 1: a positive and a negative
+    pairs = (torch.tensor([0, 1]), torch.tensor([4, 5]), torch.tensor([1]), torch.tensor([2]))
+    fn = ours.circle_loss if kind == "circle" else ours.supcon_loss
+    want = theirs(x, labels, pairs)
+    torch.testing.assert_close(fn(x, labels, pairs, reduction="mean_nonzero"), want)
+    if kind == "supcon":
+        assert fn(x, labels, pairs, reduction="none").tolist()[0] == 0.0
+        torch.testing.assert_close(fn(x, labels, pairs), want / 2)  # "mean" counts anchor 0

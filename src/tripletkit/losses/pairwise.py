@@ -1,9 +1,19 @@
-"""Pairwise losses: the contrastive loss over every pair (fused over the ``N x M`` matrix) or
-over mined pairs, and its ``nn.Module`` form.
+"""Pairwise losses: the contrastive loss, the multi-similarity loss, the circle loss and the
+supervised contrastive loss, each over every pair (fused over the ``N x M`` matrix, no pair
+list) or over mined pairs, with their ``nn.Module`` forms.
 
 A positive pair ``(a, j)``: ``j != a`` with the same label; a negative pair: another label.
-Signatures: ``fn(embeddings, labels, pairs=None, <margins>, metric, reduction, *,
-ref_embeddings=None, ref_labels=None, anchor_offset=None, normalize=False)``.
+Signatures: ``fn(embeddings, labels, pairs=None, <hyper-parameters>, reduction, *,
+ref_embeddings=None, ref_labels=None, anchor_offset=None[, metric/normalize])``.
+
+The multi-similarity, circle and supervised contrastive losses are defined on the cosine
+similarity ``S = <x_a, x_j> / (|x_a| |x_j|)``, as in their papers (rows are always
+L2-normalised, so they take no ``metric`` or ``normalize``). Each is a sum of per-anchor
+terms, each a log-sum-exp over the anchor's positive and/or negative pairs computed stably
+(masked entries never produce NaN or overflow, also for float16/bfloat16 inputs, which are
+computed in float32); an anchor that is not counted contributes exactly 0 with a zero
+gradient. Given ``pairs``, an anchor's positives and negatives are exactly the listed pairs
+(a pair listed twice counts once), as pytorch-metric-learning's ``indices_tuple``.
 """
 
 from __future__ import annotations
@@ -13,13 +23,38 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._batch import check_options, prepare
-from .._checks import check_finite_real, check_index_tuple, check_reduction
+from .._checks import (
+    check_finite_real,
+    check_index_tuple,
+    check_positive_real,
+    check_reduction,
+)
 from ..distances import _paired_distance_unchecked
-from ..types import Pairs
+from ..types import Pairs, Triplets
 from ._base import LossModule
 from ._reduce import REDUCTIONS, Parts, reduce_parts, reduce_terms
 
-__all__ = ["ContrastiveLoss", "contrastive_loss", "contrastive_parts"]
+__all__ = [
+    "CircleLoss",
+    "ContrastiveLoss",
+    "MultiSimilarityLoss",
+    "SupConLoss",
+    "circle_loss",
+    "circle_parts",
+    "contrastive_loss",
+    "contrastive_parts",
+    "multi_similarity_loss",
+    "multi_similarity_parts",
+    "supcon_loss",
+    "supcon_parts",
+]
+
+#: Mined pairs as the similarity losses accept them: ``Pairs`` or a 4-tuple, or ``Triplets``
+#: / a 3-tuple ``(a, p, n)``, read as the positive pairs ``(a, p)`` and negative pairs
+#: ``(a, n)``.
+PairIndices = (
+    Pairs | Triplets | tuple[Tensor, Tensor, Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]
+)
 
 
 def contrastive_parts(
@@ -206,4 +241,563 @@ class ContrastiveLoss(LossModule):
             ref_labels=ref_labels,
             anchor_offset=anchor_offset,
             **self.options(),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Similarity losses: multi-similarity, circle, supervised contrastive
+
+
+def _pair_masks(pairs: object, n: int, m: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Positive and negative masks ``[N, M]`` of mined pairs (``Pairs``/4-tuple, or
+    ``Triplets``/3-tuple read as ``(a, p)`` and ``(a, n)`` pairs)."""
+    idx = check_index_tuple(pairs, "pairs", (3, 4), n, m, device)
+    ap, p, an, q = (idx[0], idx[1], idx[0], idx[2]) if len(idx) == 3 else idx
+    pos = torch.zeros((n, m), dtype=torch.bool, device=device)
+    neg = torch.zeros((n, m), dtype=torch.bool, device=device)
+    pos[ap, p] = True
+    neg[an, q] = True
+    both = pos & neg
+    if bool(both.any()):
+        a, j = (int(v) for v in both.nonzero()[0])
+        raise ValueError(
+            f"pairs lists ({a}, {j}) both as a positive and as a negative pair; a pair is one "
+            "or the other"
+        )
+    return pos, neg
+
+
+def _similarities(
+    embeddings: Tensor,
+    labels: Tensor,
+    pairs: object,
+    ref_embeddings: Tensor | None,
+    ref_labels: Tensor | None,
+    anchor_offset: int | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The cosine similarities ``[N, M]`` (in the autograd graph) and the positive and
+    negative masks: every pair by label, or the given pairs."""
+    if pairs is not None and anchor_offset is not None:
+        raise ValueError(
+            "anchor_offset only applies with pairs=None (explicit pairs name their rows)"
+        )
+    b = prepare(
+        embeddings,
+        labels,
+        ref_embeddings=ref_embeddings,
+        ref_labels=ref_labels,
+        anchor_offset=anchor_offset,
+        metric=None,
+        normalize=True,
+    )
+    sim = b.embeddings @ b.ref_embeddings.T
+    if pairs is None:
+        pos, neg = b.masks()
+    else:
+        pos, neg = _pair_masks(pairs, sim.shape[0], sim.shape[1], sim.device)
+    return sim, pos, neg
+
+
+def _masked_logsumexp(x: Tensor, mask: Tensor) -> Tensor:
+    """Row-wise ``log(sum(exp(x)))`` over ``mask`` ``[N, M] -> [N]``. A row without an entry
+    gives the most negative finite number (``-inf`` when ``M = 0``); never NaN, in the
+    forward or the backward pass, and masked entries get a zero gradient."""
+    return torch.logsumexp(x.masked_fill(~mask, torch.finfo(x.dtype).min), dim=1)
+
+
+def _log1p_exp(x: Tensor) -> Tensor:
+    """``log(1 + exp(x))``, exact and stable for any ``x`` (0 at ``-inf``)."""
+    return torch.logaddexp(x, torch.zeros_like(x))
+
+
+def _anchor_parts(terms: Tensor, counted: Tensor) -> Parts:
+    """Parts of per-anchor terms ``[N]`` (zero where not counted)."""
+    return Parts(terms.sum(), counted.sum(), (counted & (terms > 0)).sum())
+
+
+def _reduce_anchors(terms: Tensor, counted: Tensor, reduction: str) -> Tensor:
+    if reduction == "none":
+        return terms[counted]
+    return reduce_parts(*_anchor_parts(terms, counted), reduction)
+
+
+def _ms_terms(
+    embeddings: Tensor,
+    labels: Tensor,
+    pairs: object,
+    alpha: float,
+    beta: float,
+    base: float,
+    ref_embeddings: Tensor | None,
+    ref_labels: Tensor | None,
+    anchor_offset: int | None,
+) -> tuple[Tensor, Tensor]:
+    alpha = check_positive_real(alpha, "alpha")
+    beta = check_positive_real(beta, "beta")
+    base = check_finite_real(base, "base")
+    sim, pos, neg = _similarities(
+        embeddings, labels, pairs, ref_embeddings, ref_labels, anchor_offset
+    )
+    pos_lse = _masked_logsumexp(-alpha * (sim - base), pos)
+    neg_lse = _masked_logsumexp(beta * (sim - base), neg)
+    terms = _log1p_exp(pos_lse) / alpha + _log1p_exp(neg_lse) / beta
+    return terms, torch.ones_like(terms, dtype=torch.bool)
+
+
+def multi_similarity_parts(
+    embeddings: Tensor,
+    labels: Tensor,
+    pairs: PairIndices | None = None,
+    alpha: float = 2.0,
+    beta: float = 50.0,
+    base: float = 0.5,
+    *,
+    ref_embeddings: Tensor | None = None,
+    ref_labels: Tensor | None = None,
+    anchor_offset: int | None = None,
+) -> Parts:
+    """The un-reduced multi-similarity loss: see :func:`multi_similarity_loss`.
+
+    Returns:
+        :class:`~tripletkit.losses.Parts` ``(total, n_valid, n_active)``: the sum of the
+        anchors' terms (in the autograd graph), the number of anchors ``N`` and the number of
+        anchors with a term > 0; reduce with :func:`~tripletkit.losses.reduce_parts`.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
+        >>> total, n_valid, n_active = multi_similarity_parts(x, torch.tensor([0, 0, 1]))
+        >>> round(total.item(), 4), int(n_valid), int(n_active)
+        (0.6378, 3, 3)
+    """
+    terms, counted = _ms_terms(
+        embeddings, labels, pairs, alpha, beta, base, ref_embeddings, ref_labels, anchor_offset
+    )
+    return _anchor_parts(terms, counted)
+
+
+def multi_similarity_loss(
+    embeddings: Tensor,
+    labels: Tensor,
+    pairs: PairIndices | None = None,
+    alpha: float = 2.0,
+    beta: float = 50.0,
+    base: float = 0.5,
+    reduction: str = "mean",
+    *,
+    ref_embeddings: Tensor | None = None,
+    ref_labels: Tensor | None = None,
+    anchor_offset: int | None = None,
+) -> Tensor:
+    """Multi-similarity loss (Wang, Han, Huang, Dong & Scott, CVPR 2019, "Multi-Similarity
+    Loss with General Pair Weighting for Deep Metric Learning"), fused over the ``N x M``
+    cosine-similarity matrix.
+
+    With ``S`` the cosine similarity, ``P(a)`` and ``N(a)`` anchor ``a``'s positives and
+    negatives, ``base`` the paper's ``lambda``, each anchor has the term
+
+    ``1/alpha log(1 + sum_{p in P(a)} exp(-alpha (S_ap - base)))
+    + 1/beta log(1 + sum_{n in N(a)} exp(beta (S_an - base)))``,
+
+    computed as log-sum-exps (finite for any ``alpha``, ``beta``). An anchor without
+    positives has no positive part (``log 1 = 0``) and one without negatives no negative
+    part; every anchor is counted, so ``"mean"`` is over all ``N`` anchors (the paper's
+    ``1/m sum_i``, and pytorch-metric-learning's ``MultiSimilarityLoss`` with its default
+    ``MeanReducer``: equal on the same inputs, also with ``pairs`` and with a reference set).
+    ``"mean_nonzero"`` averages over the anchors that have a pair. The loss does not mine:
+    with ``pairs=None`` it sums over every pair; the paper's pair mining is
+    :class:`~tripletkit.miners.MultiSimilarityMiner`, whose ``Pairs`` it takes (the authors'
+    code then skips anchors left without a positive or without a negative pair; here, as in
+    pytorch-metric-learning, such an anchor keeps the part it has).
+
+    Args:
+        embeddings: ``[N, D]`` (float16/bfloat16 computed in float32); labels: ``[N]``.
+        pairs: ``None`` (every pair), or mined ``Pairs``/4-tuple ``(anchor_pos [P],
+            positive [P], anchor_neg [Q], negative [Q])``, or ``Triplets``/3-tuple read as
+            the pairs ``(a, p)`` and ``(a, n)``; positives and negatives index the
+            references. Only the listed pairs count (labels are not consulted).
+        alpha: scale of the positive part (``> 0``); beta: of the negative part (``> 0``).
+        base: the similarity offset ``lambda``.
+        reduction: ``"mean"`` (over the ``N`` anchors), ``"sum"``, ``"mean_nonzero"`` (over
+            anchors with a term > 0), or ``"none"`` (the ``[N]`` anchor terms).
+        ref_embeddings, ref_labels: optional reference set ``[M, D]``, ``[M]`` (e.g. a
+            :class:`~tripletkit.memory.CrossBatchMemory`); the anchors are then not among the
+            references unless ``anchor_offset`` says where.
+        anchor_offset: with ``pairs=None`` and references given: the anchors are rows
+            ``anchor_offset : anchor_offset + N`` of the references (their own pairs are
+            excluded).
+
+    Returns:
+        0-dim loss, or ``[N]`` with ``reduction="none"``. Exactly 0, with a zero gradient,
+        when there is no pair (fewer than two samples, or no reference).
+
+    Shape:
+        - embeddings: ``[N, D]``; labels: ``[N]``; optional ref_embeddings ``[M, D]``,
+          ref_labels ``[M]``.
+        - output: ``[]``, or ``[N]`` with ``reduction="none"``.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
+        >>> multi_similarity_loss(x, torch.tensor([0, 0, 1]), reduction="none")
+        tensor([0.2187, 0.3189, 0.1001])
+    """
+    check_reduction(reduction, REDUCTIONS)
+    terms, counted = _ms_terms(
+        embeddings, labels, pairs, alpha, beta, base, ref_embeddings, ref_labels, anchor_offset
+    )
+    return _reduce_anchors(terms, counted, reduction)
+
+
+def _circle_terms(
+    embeddings: Tensor,
+    labels: Tensor,
+    pairs: object,
+    m: float,
+    gamma: float,
+    ref_embeddings: Tensor | None,
+    ref_labels: Tensor | None,
+    anchor_offset: int | None,
+) -> tuple[Tensor, Tensor]:
+    m = check_finite_real(m, "m")
+    gamma = check_positive_real(gamma, "gamma")
+    sim, pos, neg = _similarities(
+        embeddings, labels, pairs, ref_embeddings, ref_labels, anchor_offset
+    )
+    fixed = sim.detach()
+    alpha_p = (1 + m - fixed).clamp_min(0)  # [O_p - s_p]_+, O_p = 1 + m
+    alpha_n = (fixed + m).clamp_min(0)  # [s_n - O_n]_+, O_n = -m
+    pos_lse = _masked_logsumexp(-gamma * alpha_p * (sim - (1 - m)), pos)  # Delta_p = 1 - m
+    neg_lse = _masked_logsumexp(gamma * alpha_n * (sim - m), neg)  # Delta_n = m
+    counted = pos.any(dim=1) & neg.any(dim=1)
+    inner = torch.where(counted, pos_lse + neg_lse, torch.zeros_like(pos_lse))
+    terms = torch.where(counted, _log1p_exp(inner), torch.zeros_like(inner))
+    return terms, counted
+
+
+def circle_parts(
+    embeddings: Tensor,
+    labels: Tensor,
+    pairs: PairIndices | None = None,
+    m: float = 0.4,
+    gamma: float = 80.0,
+    *,
+    ref_embeddings: Tensor | None = None,
+    ref_labels: Tensor | None = None,
+    anchor_offset: int | None = None,
+) -> Parts:
+    """The un-reduced circle loss: see :func:`circle_loss`.
+
+    Returns:
+        :class:`~tripletkit.losses.Parts` ``(total, n_valid, n_active)``: the sum of the
+        terms of the anchors with a positive and a negative, their number and the number of
+        them with a term > 0.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [0.6, 0.8]])
+        >>> total, n_valid, n_active = circle_parts(x, torch.tensor([0, 0, 1, 1]))
+        >>> round(total.item(), 3), int(n_valid), int(n_active)
+        (115.459, 4, 4)
+    """
+    terms, counted = _circle_terms(
+        embeddings, labels, pairs, m, gamma, ref_embeddings, ref_labels, anchor_offset
+    )
+    return _anchor_parts(terms, counted)
+
+
+def circle_loss(
+    embeddings: Tensor,
+    labels: Tensor,
+    pairs: PairIndices | None = None,
+    m: float = 0.4,
+    gamma: float = 80.0,
+    reduction: str = "mean",
+    *,
+    ref_embeddings: Tensor | None = None,
+    ref_labels: Tensor | None = None,
+    anchor_offset: int | None = None,
+) -> Tensor:
+    """Circle loss with pair-wise labels (Sun, Cheng, Zhang, Zhang, Zheng, Wang & Wei, CVPR
+    2020, "Circle Loss: A Unified Perspective of Pair Similarity Optimization"), fused over
+    the ``N x M`` cosine-similarity matrix.
+
+    With ``S`` the cosine similarity, ``O_p = 1 + m``, ``O_n = -m``, ``Delta_p = 1 - m``,
+    ``Delta_n = m``, the weights ``alpha_p = [O_p - S_ap]_+`` and ``alpha_n = [S_an -
+    O_n]_+`` (held constant in the backward pass, as in the paper's code and in
+    pytorch-metric-learning), each anchor with at least one positive and one negative has
+    the term
+
+    ``log(1 + sum_{n in N(a)} exp(gamma alpha_n (S_an - Delta_n))
+    * sum_{p in P(a)} exp(-gamma alpha_p (S_ap - Delta_p)))``,
+
+    computed as ``softplus(logsumexp_n + logsumexp_p)`` (finite for any ``gamma``, also in
+    float32). Anchors without a positive or without a negative are not counted.
+
+    Reductions: ``"mean"`` is over the counted anchors. pytorch-metric-learning's
+    ``CircleLoss`` (default ``AvgNonZeroReducer``) averages over the anchors whose term is
+    > 0, which is the same unless a term underflows to exactly 0 (a softplus argument below
+    about -745 in float64, -104 in float32); ``reduction="mean_nonzero"`` is exactly its
+    reduction. Equal to it on the same inputs, also with ``pairs`` and a reference set.
+
+    Args:
+        embeddings: ``[N, D]`` (float16/bfloat16 computed in float32); labels: ``[N]``.
+        pairs: ``None`` (every pair) or mined pairs, as in :func:`multi_similarity_loss`.
+        m: the relaxation margin (the paper suggests 0.25 for face recognition and person
+            re-identification, 0.4 for fine-grained retrieval).
+        gamma: the scale factor (``> 0``; the paper uses 256, 128 and 80 for those tasks).
+        reduction: ``"mean"`` (over counted anchors), ``"sum"``, ``"mean_nonzero"``, or
+            ``"none"`` (the ``[A]`` terms of the counted anchors, ascending).
+        ref_embeddings, ref_labels, anchor_offset: as in :func:`multi_similarity_loss`.
+
+    Returns:
+        0-dim loss, or ``[A]`` with ``reduction="none"``. Exactly 0, with a zero gradient,
+        when no anchor has both a positive and a negative.
+
+    Shape:
+        - embeddings: ``[N, D]``; labels: ``[N]``; optional ref_embeddings ``[M, D]``,
+          ref_labels ``[M]``.
+        - output: ``[]``, or ``[A]`` with ``reduction="none"``.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [0.6, 0.8]])
+        >>> circle_loss(x, torch.tensor([0, 0, 1, 1]), gamma=1.0, reduction="none")
+        tensor([1.0435, 1.3820, 1.0435, 1.3820])
+    """
+    check_reduction(reduction, REDUCTIONS)
+    terms, counted = _circle_terms(
+        embeddings, labels, pairs, m, gamma, ref_embeddings, ref_labels, anchor_offset
+    )
+    return _reduce_anchors(terms, counted, reduction)
+
+
+def _supcon_terms(
+    embeddings: Tensor,
+    labels: Tensor,
+    pairs: object,
+    temperature: float,
+    ref_embeddings: Tensor | None,
+    ref_labels: Tensor | None,
+    anchor_offset: int | None,
+) -> tuple[Tensor, Tensor]:
+    temperature = check_positive_real(temperature, "temperature")
+    sim, pos, neg = _similarities(
+        embeddings, labels, pairs, ref_embeddings, ref_labels, anchor_offset
+    )
+    logits = sim / temperature
+    lse = _masked_logsumexp(logits, pos | neg)
+    n_pos = pos.sum(dim=1)
+    counted = n_pos > 0
+    mean_pos = torch.where(pos, logits, torch.zeros_like(logits)).sum(dim=1) / n_pos.clamp_min(1)
+    terms = torch.where(counted, lse - mean_pos, torch.zeros_like(lse))
+    return terms, counted
+
+
+def supcon_parts(
+    embeddings: Tensor,
+    labels: Tensor,
+    pairs: PairIndices | None = None,
+    temperature: float = 0.1,
+    *,
+    ref_embeddings: Tensor | None = None,
+    ref_labels: Tensor | None = None,
+    anchor_offset: int | None = None,
+) -> Parts:
+    """The un-reduced supervised contrastive loss: see :func:`supcon_loss`.
+
+    Returns:
+        :class:`~tripletkit.losses.Parts` ``(total, n_valid, n_active)``: the sum of the
+        terms of the anchors with a positive, their number and the number of them with a
+        term > 0.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
+        >>> total, n_valid, n_active = supcon_parts(x, torch.tensor([0, 0, 1]), temperature=1.0)
+        >>> round(total.item(), 4), int(n_valid), int(n_active)
+        (0.9692, 2, 2)
+    """
+    terms, counted = _supcon_terms(
+        embeddings, labels, pairs, temperature, ref_embeddings, ref_labels, anchor_offset
+    )
+    return _anchor_parts(terms, counted)
+
+
+def supcon_loss(
+    embeddings: Tensor,
+    labels: Tensor,
+    pairs: PairIndices | None = None,
+    temperature: float = 0.1,
+    reduction: str = "mean",
+    *,
+    ref_embeddings: Tensor | None = None,
+    ref_labels: Tensor | None = None,
+    anchor_offset: int | None = None,
+) -> Tensor:
+    """Supervised contrastive loss (Khosla, Teterwak, Wang, Sarna, Tian, Isola, Maschinot,
+    Liu & Krishnan, NeurIPS 2020, "Supervised Contrastive Learning"; their L_out), fused
+    over the ``N x M`` cosine-similarity matrix.
+
+    With ``z = S / temperature``, ``P(a)`` the anchor's positives and ``A(a)`` all its
+    pairs (positives and negatives: every reference except the anchor itself, or the listed
+    pairs), each anchor with at least one positive has the term
+
+    ``-1/|P(a)| sum_{p in P(a)} log(exp(z_ap) / sum_{j in A(a)} exp(z_aj))
+    = logsumexp_{j in A(a)} z_aj - mean_{p in P(a)} z_ap``,
+
+    computed stably; anchors without a positive are not counted. Each sample is one view
+    (for two augmented views per image, concatenate them with repeated labels).
+
+    Reductions: ``"mean"`` is over the anchors with a positive (the reference code's mean
+    over all anchors when, as there, every anchor has one). pytorch-metric-learning's
+    ``SupConLoss`` (default ``AvgNonZeroReducer``) gives the same value on the same inputs
+    (also with ``pairs`` and references), except that (1) it returns 0 when the batch has
+    no positive pair or no negative pair at all, where a one-class batch here has the
+    paper's (positive) loss, and (2) it leaves out anchors whose term is exactly 0 (a single
+    positive and no negative), which ``"mean"`` counts; ``"mean_nonzero"`` reproduces (2).
+    Unlike the authors' code there is no ``temperature / base_temperature`` factor.
+
+    Args:
+        embeddings: ``[N, D]`` (float16/bfloat16 computed in float32); labels: ``[N]``.
+        pairs: ``None`` (every pair) or mined pairs, as in :func:`multi_similarity_loss`;
+            the denominator then runs over the anchor's listed pairs.
+        temperature: ``tau > 0``.
+        reduction: ``"mean"`` (over anchors with a positive), ``"sum"``, ``"mean_nonzero"``,
+            or ``"none"`` (the ``[A]`` terms of those anchors, ascending).
+        ref_embeddings, ref_labels, anchor_offset: as in :func:`multi_similarity_loss`.
+
+    Returns:
+        0-dim loss, or ``[A]`` with ``reduction="none"``. Exactly 0, with a zero gradient,
+        when no anchor has a positive.
+
+    Shape:
+        - embeddings: ``[N, D]``; labels: ``[N]``; optional ref_embeddings ``[M, D]``,
+          ref_labels ``[M]``.
+        - output: ``[]``, or ``[A]`` with ``reduction="none"``.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
+        >>> supcon_loss(x, torch.tensor([0, 0, 1]), temperature=1.0, reduction="none")
+        tensor([0.3711, 0.5981])
+    """
+    check_reduction(reduction, REDUCTIONS)
+    terms, counted = _supcon_terms(
+        embeddings, labels, pairs, temperature, ref_embeddings, ref_labels, anchor_offset
+    )
+    return _reduce_anchors(terms, counted, reduction)
+
+
+class _SimilarityLoss(LossModule):
+    """A similarity loss module: ``loss(embeddings, labels, pairs=None, ref_embeddings=None,
+    ref_labels=None, *, anchor_offset=None)``."""
+
+    def forward(  # type: ignore[override]
+        self,
+        embeddings: Tensor,
+        labels: Tensor,
+        pairs: PairIndices | None = None,
+        ref_embeddings: Tensor | None = None,
+        ref_labels: Tensor | None = None,
+        *,
+        anchor_offset: int | None = None,
+    ) -> Tensor:
+        return type(self).function(
+            embeddings,
+            labels,
+            pairs,
+            ref_embeddings=ref_embeddings,
+            ref_labels=ref_labels,
+            anchor_offset=anchor_offset,
+            **self.options(),
+        )
+
+
+class MultiSimilarityLoss(_SimilarityLoss):
+    """Module form of :func:`multi_similarity_loss` (Wang et al. 2019):
+    ``loss(embeddings, labels, pairs=None)``, e.g. with a
+    :class:`~tripletkit.miners.MultiSimilarityMiner`'s pairs.
+
+    Shape:
+        - embeddings: ``[N, D]``; labels: ``[N]``; pairs: 4 x ``[P]``/``[Q]``; optional
+          ref_embeddings ``[M, D]``, ref_labels ``[M]``.
+        - output: ``[]``, or ``[N]`` with ``reduction="none"``.
+
+    Example:
+        >>> import torch
+        >>> from tripletkit.miners import MultiSimilarityMiner
+        >>> x = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [0.6, 0.8]], requires_grad=True)
+        >>> labels = torch.tensor([0, 0, 1, 1])
+        >>> loss = MultiSimilarityLoss()(x, labels, MultiSimilarityMiner(0.1)(x, labels))
+        >>> round(loss.item(), 4)
+        0.3394
+        >>> loss.backward()
+    """
+
+    function = staticmethod(multi_similarity_loss)
+
+    def __init__(
+        self,
+        alpha: float = 2.0,
+        beta: float = 50.0,
+        base: float = 0.5,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__(
+            alpha=check_positive_real(alpha, "alpha"),
+            beta=check_positive_real(beta, "beta"),
+            base=check_finite_real(base, "base"),
+            reduction=check_reduction(reduction, REDUCTIONS),
+        )
+
+
+class CircleLoss(_SimilarityLoss):
+    """Module form of :func:`circle_loss` (Sun et al. 2020): ``loss(embeddings, labels,
+    pairs=None)``.
+
+    Shape:
+        - embeddings: ``[N, D]``; labels: ``[N]``; pairs: 4 x ``[P]``/``[Q]``; optional
+          ref_embeddings ``[M, D]``, ref_labels ``[M]``.
+        - output: ``[]``, or ``[A]`` with ``reduction="none"``.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [0.6, 0.8]])
+        >>> CircleLoss(m=0.25, gamma=256.0)(x, torch.tensor([0, 0, 1, 1]))
+        tensor(142.2848)
+    """
+
+    function = staticmethod(circle_loss)
+
+    def __init__(self, m: float = 0.4, gamma: float = 80.0, reduction: str = "mean") -> None:
+        super().__init__(
+            m=check_finite_real(m, "m"),
+            gamma=check_positive_real(gamma, "gamma"),
+            reduction=check_reduction(reduction, REDUCTIONS),
+        )
+
+
+class SupConLoss(_SimilarityLoss):
+    """Module form of :func:`supcon_loss` (Khosla et al. 2020): ``loss(embeddings, labels,
+    pairs=None)``.
+
+    Shape:
+        - embeddings: ``[N, D]``; labels: ``[N]``; pairs: 4 x ``[P]``/``[Q]``; optional
+          ref_embeddings ``[M, D]``, ref_labels ``[M]``.
+        - output: ``[]``, or ``[A]`` with ``reduction="none"``.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [0.6, 0.8]])
+        >>> SupConLoss(temperature=0.1)(x, torch.tensor([0, 0, 1, 1]))
+        tensor(0.9668)
+    """
+
+    function = staticmethod(supcon_loss)
+
+    def __init__(self, temperature: float = 0.1, reduction: str = "mean") -> None:
+        super().__init__(
+            temperature=check_positive_real(temperature, "temperature"),
+            reduction=check_reduction(reduction, REDUCTIONS),
         )
