@@ -24,6 +24,7 @@ from torch import Tensor
 
 from .._batch import check_options, prepare
 from .._checks import (
+    DeviceChecks,
     check_finite_real,
     check_index_tuple,
     check_positive_real,
@@ -258,12 +259,17 @@ def _pair_masks(pairs: object, n: int, m: int, device: torch.device) -> tuple[Te
     pos[ap, p] = True
     neg[an, q] = True
     both = pos & neg
-    if bool(both.any()):
+
+    def error() -> ValueError:
         a, j = (int(v) for v in both.nonzero()[0])
-        raise ValueError(
+        return ValueError(
             f"pairs lists ({a}, {j}) both as a positive and as a negative pair; a pair is one "
             "or the other"
         )
+
+    checks = DeviceChecks()
+    checks.require(~both, error)
+    checks.run()
     return pos, neg
 
 
