@@ -3,8 +3,8 @@
 :func:`prepare` turns user input into a :class:`Batch`: validated anchors and references
 (normalised if asked), both label vectors, where each anchor sits among the references
 (``self_index``, which excludes the pair ``(a, a)``), the resolved kernel backend and, when a
-metric is given, the ``[N, M]`` distance matrix. Every check that can fail runs before the
-matrix is built.
+how to compute the ``[N, M]`` distance matrix (:meth:`Batch.distances`). Every check that
+can fail runs before the matrix is built.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class Batch:
         ref_labels: ``[M]`` int64 reference labels.
         self_index: ``[N]`` int64, each anchor's own column among the references or -1.
         backend: the kernel backend that runs on these tensors, ``"torch"`` or ``"numba"``.
-        metric: the metric of :meth:`distances`, or ``None``.
+        metric: the metric of :meth:`distances`.
         width: an upper bound on any anchor's number of positives, when known on the host
             (given as ``max_positives``, or read with the checks); else ``None``.
     """
@@ -45,14 +45,12 @@ class Batch:
     ref_labels: Tensor
     self_index: Tensor
     backend: str
-    metric: str | None = None
+    metric: str = "euclidean"
     width: int | None = None
 
     def distances(self, grad: bool = False) -> Tensor:
         """The ``[N, M]`` distance matrix, in the autograd graph when ``grad`` (and grad mode
         is on), else detached."""
-        if self.metric is None:  # a programming error inside tripletkit, not user input
-            raise RuntimeError("prepare() was called with metric=None: no distance matrix")
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
             return _pairwise_distance_unchecked(self.embeddings, self.ref_embeddings, self.metric)
 
@@ -173,7 +171,8 @@ def prepare(
     ref_embeddings: Tensor | None = None,
     ref_labels: Tensor | None = None,
     anchor_offset: int | None = None,
-    metric: str | None = "euclidean",
+    metric: str = "euclidean",
+    matrix: bool = True,
     normalize: bool = False,
     backend: str = "auto",
     max_positives: int | None = None,
@@ -181,7 +180,8 @@ def prepare(
     unit_norm: str | None = None,
 ) -> Batch:
     """Validate the inputs: the first step of every miner, loss, statistic and distributed
-    path. The distance matrix (for ``metric``) is then :meth:`Batch.distances`.
+    path. The distance matrix is then :meth:`Batch.distances`; ``matrix=False`` says none will
+    be computed (explicit index lists, label-only samplers), which skips its overflow check.
 
     Without a reference set the anchors are their own references. With one, the anchors are
     taken to be different samples from every reference, unless ``anchor_offset`` says they
@@ -193,7 +193,7 @@ def prepare(
     batch's largest number of positives (:attr:`Batch.width`), read in that same host read
     when checks are on (``None`` when they are off and no ``max_positives`` is given).
     """
-    check_options(normalize=normalize, **({} if metric is None else {"metric": metric}))
+    check_options(normalize=normalize, metric=metric)
     if max_positives is not None:
         max_positives = check_nonnegative_int(max_positives, "max_positives")
     checks = DeviceChecks()
@@ -213,7 +213,7 @@ def prepare(
         ref = normalize_embeddings(ref) if ref is not None else None
     if ref is None or ref_lab is None:
         ref, ref_lab = emb, lab
-    if metric not in (None, "cosine") and checks.enabled and emb.numel() and ref.numel():
+    if matrix and metric != "cosine" and checks.enabled and emb.numel() and ref.numel():
         checks.require(_overflow_free(emb, ref), _overflow_error)
     own = _masks.self_index(emb.shape[0], emb.device, offset)
     b = Batch(emb, lab, ref, ref_lab, own, resolved, metric)

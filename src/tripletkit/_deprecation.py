@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -25,14 +26,29 @@ def warn(message: str, stacklevel: int = 3) -> None:
     )
 
 
+def _old_refs_call(args: tuple, third_default_is_none: bool) -> bool:
+    """Whether ``args`` are 0.1's ``(embeddings, labels, ref_embeddings, ref_labels, ...)``:
+    a 2-D tensor in third place (no hyper-parameter is a matrix), or ``None`` there (no
+    hyper-parameter accepts it; where the third parameter's own default is ``None``, only
+    with a fourth positional argument, which the new form cannot have)."""
+    if len(args) < 3:
+        return False
+    third = args[2]
+    if isinstance(third, Tensor):
+        return third.dim() == 2
+    return third is None and (len(args) > 3 or not third_default_is_none)
+
+
 def refs_keyword_only(func: F) -> F:
     """For the mining functions that took ``(embeddings, labels, ref_embeddings,
-    ref_labels)`` positionally in 0.1: a 2-D tensor in third place is that old form; it is
-    passed on by keyword, with a warning. The signature seen by ``inspect`` is ``func``'s."""
+    ref_labels)`` positionally in 0.1: that old form (see :func:`_old_refs_call`) is passed
+    on by keyword, with a warning. The signature seen by ``inspect`` is ``func``'s."""
+    third = list(inspect.signature(func).parameters.values())[2]
+    third_default_is_none = third.default is None
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if len(args) > 2 and isinstance(args[2], Tensor) and args[2].dim() == 2:
+        if _old_refs_call(args, third_default_is_none):
             old = ("ref_embeddings", "ref_labels")
             extra = args[2:4]
             warn(

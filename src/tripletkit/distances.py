@@ -88,15 +88,16 @@ class _EuclideanMatrix(torch.autograd.Function):
 
     Forward: :func:`_euclidean_matrix`. Backward: :func:`_euclidean_weights_` on a copy of
     the incoming gradient, then :func:`_euclidean_backward`. Only ``x``, ``y`` and ``d`` are
-    saved: one ``N x M`` matrix instead of the several that autograd would keep.
+    saved: one ``N x M`` matrix instead of the several that autograd would keep. ``y=None``
+    means ``d(x, x)``.
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, y: Tensor, squared: bool) -> Tensor:  # type: ignore[override]
-        d = _euclidean_matrix(x, y, squared)
+    def forward(ctx: Any, x: Tensor, y: Tensor | None, squared: bool) -> Tensor:  # type: ignore[override]
         ctx.squared = squared
-        ctx.y_is_x = y is x
-        ctx.save_for_backward(x, d) if ctx.y_is_x else ctx.save_for_backward(x, y, d)
+        ctx.y_is_x = y is None  # d(x, x): one input, so that no tensor is passed twice
+        d = _euclidean_matrix(x, x if y is None else y, squared)
+        ctx.save_for_backward(x, d) if y is None else ctx.save_for_backward(x, y, d)
         return d
 
     @staticmethod
@@ -162,7 +163,7 @@ def _pairwise_distance_unchecked(x: Tensor, y: Tensor, metric: str) -> Tensor:
         d = (1.0 - xn @ yn.t()).clamp(0.0, 2.0)
         # 1 - cos(x, x) is rounding noise of a few eps: duplicates are exactly 0 apart.
         return torch.where(d > 8 * torch.finfo(d.dtype).eps, d, torch.zeros_like(d))
-    return _EuclideanMatrix.apply(x, y, metric == "sqeuclidean")  # y may be x itself
+    return _EuclideanMatrix.apply(x, None if y is x else y, metric == "sqeuclidean")
 
 
 def paired_distance(x: Tensor, y: Tensor, metric: str = "euclidean") -> Tensor:

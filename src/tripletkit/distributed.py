@@ -161,7 +161,7 @@ class _GatherRows(torch.autograd.Function):
 def _check_local(embeddings: Tensor, labels: Tensor) -> None:
     """The shared first step's checks (shape, dtype, finite values, label length and
     device); what is gathered are the caller's tensors, in their own dtype."""
-    prepare(embeddings, labels, metric=None)
+    prepare(embeddings, labels, matrix=False)
 
 
 def _gather(embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, int]:

@@ -111,6 +111,11 @@ def _old_call_form(func: Callable[..., RetrievalMetrics]) -> Callable[..., Retri
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> RetrievalMetrics:
         warned = len(args) > 2
+        if len(args) > 2 + len(_OLD_POSITIONAL):
+            raise TypeError(
+                f"retrieval_metrics takes at most {2 + len(_OLD_POSITIONAL)} positional arguments "
+                f"in its old form, got {len(args)}"
+            )
         if warned:
             warn(
                 "retrieval_metrics(query, query_labels, ref, ...): pass everything after "

@@ -130,6 +130,11 @@ def batch_all_sum(b: Batch, margin: float, soft_margin: bool) -> tuple[Tensor, T
     without it (checks off and no ``max_positives``) it is read here, one host read."""
     width = b.width
     if soft_margin and width is None and b.backend == "torch":
+        if torch.compiler.is_compiling():
+            raise ValueError(
+                "the soft-margin batch-all loss needs max_positives= under torch.compile (an "
+                "upper bound on any anchor's number of positives, e.g. k - 1 for P x K batches)"
+            )
         width = int(to_host(b.positive_counts().max().reshape(1))[0])
     k = (b.labels, b.ref_labels, b.self_index, b.backend, margin, soft_margin, width)
     if b.metric == "cosine":

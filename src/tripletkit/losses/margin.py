@@ -140,7 +140,8 @@ def margin_loss(
         labels,
         ref_embeddings=ref_embeddings,
         ref_labels=ref_labels,
-        metric=None,
+        metric=metric,
+        matrix=False,
         normalize=normalize,
     )
     emb, lab, ref = b.embeddings, b.labels, b.ref_embeddings

@@ -178,7 +178,8 @@ def contrastive_loss(
         labels,
         ref_embeddings=ref_embeddings,
         ref_labels=ref_labels,
-        metric=None,
+        metric=metric,
+        matrix=False,
         normalize=normalize,
     )
     emb, ref = b.embeddings, b.ref_embeddings
@@ -293,7 +294,7 @@ def _similarities(
         ref_embeddings=ref_embeddings,
         ref_labels=ref_labels,
         anchor_offset=anchor_offset,
-        metric=None,
+        matrix=False,
         normalize=True,
     )
     sim = b.embeddings @ b.ref_embeddings.T

@@ -476,7 +476,8 @@ def triplet_margin_loss(
         labels,
         ref_embeddings=ref_embeddings,
         ref_labels=ref_labels,
-        metric=None,
+        metric=metric,
+        matrix=False,
         normalize=normalize,
         backend=backend,
     )

@@ -274,7 +274,7 @@ def random_triplets(
         ref_embeddings=ref_embeddings,
         ref_labels=ref_labels,
         anchor_offset=anchor_offset,
-        metric=None,
+        matrix=False,
     )
     device = b.labels.device
     n, m = b.labels.shape[0], b.ref_labels.shape[0]
