@@ -1,4 +1,5 @@
-"""The numba backend returns what the torch backend returns, kernel by kernel.
+"""``tripletkit.kernels``: the numba backend returns what the torch backend returns, kernel
+by kernel.
 
 Both backends are called through the dispatcher (:mod:`tripletkit.kernels`), so the
 tensor <-> numpy conversion is covered as well. Mined indices and counts must be identical;
@@ -18,13 +19,20 @@ from hypothesis import strategies as st
 from numba.core.dispatcher import Dispatcher
 from torch import Tensor
 
-from tripletkit import kernels
+from tripletkit import _masks, kernels
 from tripletkit.distances import pairwise_distance
-from tripletkit.kernels import REGIONS, resolve_backend, self_index_for
+from tripletkit.kernels import REGIONS, resolve_backend
 
 Case = tuple[Tensor, Tensor, Tensor, Tensor]  # dist, labels, ref_labels, self_index
 
 MARGINS = (0.2, 0.0, -0.3, 1.0)
+#: Tolerances of the numba results against the torch ones: a total (0-dim) and a gradient
+#: (matrix), in float64; float32 gets :data:`FLOAT32_TOL` for both.
+TOTAL_TOL_FLOAT64 = 1e-9
+GRAD_TOL_FLOAT64 = 1e-7
+FLOAT32_TOL = 1e-5
+#: Random label layouts drawn by the property test.
+LAYOUT_EXAMPLES = 30
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -53,7 +61,7 @@ def _pk(p: int, k: int) -> Tensor:
 def _self_case(x: Tensor, labels: Tensor, metric: str = "euclidean") -> Case:
     """Anchors are the references themselves."""
     dist = pairwise_distance(x, metric=metric)
-    return dist, labels, labels, self_index_for(x.shape[0], x.device)
+    return dist, labels, labels, _masks.self_index(x.shape[0], x.device)
 
 
 def _random(n: int, dim: int, dtype: torch.dtype, seed: int) -> Tensor:
@@ -92,14 +100,14 @@ def _reference_set() -> Case:
     x, ref = _random(7, 4, torch.float64, 3), _random(13, 4, torch.float64, 4)
     labels = torch.tensor([0, 1, 2, 3, 0, 1, 5])
     ref_labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 0, 1, 2])
-    return pairwise_distance(x, ref), labels, ref_labels, self_index_for(7, x.device, None)
+    return pairwise_distance(x, ref), labels, ref_labels, _masks.self_index(7, x.device, None)
 
 
 def _offset() -> Case:
     ref = _random(12, 4, torch.float64, 5)
     ref_labels = _pk(4, 3)
     dist = pairwise_distance(ref[3:9], ref)
-    return dist, ref_labels[3:9], ref_labels, self_index_for(6, ref.device, 3)
+    return dist, ref_labels[3:9], ref_labels, _masks.self_index(6, ref.device, 3)
 
 
 def _float32_thresholds() -> Case:
@@ -119,7 +127,7 @@ def _float32_thresholds() -> Case:
         dist[a, negatives[1]] = torch.nextafter(t, torch.tensor(0.0))
         dist[a, negatives[2]] = torch.nextafter(t, torch.tensor(9.0))
         dist[a, negatives[3]] = t  # a tie between two negatives as well
-    return dist, labels, labels, self_index_for(n, dist.device)
+    return dist, labels, labels, _masks.self_index(n, dist.device)
 
 
 CASES: dict[str, Callable[[], Case]] = {
@@ -143,13 +151,13 @@ CASES: dict[str, Callable[[], Case]] = {
         torch.empty(0, 5, dtype=torch.float64),
         _pk(0, 1),
         _pk(1, 5),
-        self_index_for(0, torch.device("cpu"), None),
+        _masks.self_index(0, torch.device("cpu"), None),
     ),
     "no_references": lambda: (
         torch.empty(3, 0, dtype=torch.float64),
         torch.tensor([0, 1, 1]),
         _pk(0, 1),
-        self_index_for(3, torch.device("cpu"), None),
+        _masks.self_index(3, torch.device("cpu"), None),
     ),
     "single": lambda: _self_case(_random(1, 3, torch.float64, 10), torch.tensor([4])),
     "reference_set": _reference_set,
@@ -164,8 +172,8 @@ CASES: dict[str, Callable[[], Case]] = {
 
 def _assert_same(expected: tuple, got: tuple, dtype: torch.dtype, what: str) -> None:
     """Indices and counts identical; floating results within the dtype's tolerance."""
-    tol = 1e-9 if dtype == torch.float64 else 1e-5
-    grad_tol = 1e-7 if dtype == torch.float64 else 1e-5
+    tol = TOTAL_TOL_FLOAT64 if dtype == torch.float64 else FLOAT32_TOL
+    grad_tol = GRAD_TOL_FLOAT64 if dtype == torch.float64 else FLOAT32_TOL
     assert len(expected) == len(got), what
     for i, (e, g) in enumerate(zip(expected, got, strict=True)):
         where = f"{what}, output {i}"
@@ -292,17 +300,22 @@ def _layouts(draw: st.DrawFn) -> tuple[Case, float]:
         x = torch.randn(n, 2, generator=gen, dtype=torch.float64).to(dtype)
     margin = draw(st.sampled_from([-0.5, 0.0, 0.25, 1.0, 2.0]))
     if draw(st.booleans()) or n == 0:
-        case = (pairwise_distance(x), labels, labels, self_index_for(n, x.device))
+        case = (pairwise_distance(x), labels, labels, _masks.self_index(n, x.device))
     else:  # separate references: a few of their own plus the anchors themselves
         extra = draw(st.integers(0, 5))
         ref = torch.cat([torch.randint(0, 3, (extra, 2), generator=gen).to(dtype), x])
         ref_labels = torch.cat([torch.randint(0, n_classes + 1, (extra,), generator=gen), labels])
         offset = draw(st.sampled_from([None, extra]))
-        case = (pairwise_distance(x, ref), labels, ref_labels, self_index_for(n, x.device, offset))
+        case = (
+            pairwise_distance(x, ref),
+            labels,
+            ref_labels,
+            _masks.self_index(n, x.device, offset),
+        )
     return case, margin
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=LAYOUT_EXAMPLES, deadline=None)
 @given(_layouts())
 def test_backends_agree_on_random_layouts(layout: tuple[Case, float]) -> None:
     case, margin = layout

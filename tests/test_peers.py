@@ -21,7 +21,7 @@ import pytest
 import torch
 from reference import as_list
 
-from tripletkit import mining
+from tripletkit import miners
 from tripletkit.losses import TripletMarginLoss, batch_all_triplet_loss, batch_hard_triplet_loss
 from tripletkit.miners import BatchAllMiner, BatchHardMiner, TripletMarginMiner
 
@@ -124,7 +124,7 @@ def test_pml_avg_non_zero_is_fused_mean_nonzero(seed: int, backend: str) -> None
     )
     got = batch_all_triplet_loss(x, labels, 0.5, reduction="mean_nonzero", backend=backend)
     torch.testing.assert_close(got, theirs(x, labels), rtol=1e-9, atol=1e-12)
-    hard = mining.triplet_margin_triplets(
+    hard = miners.triplet_margin_triplets(
         x, labels, margin=0.5, type_of_triplets="hard", backend=backend
     )
     got = TripletMarginLoss(0.5, reduction="mean_nonzero")(x, labels, hard)

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import as_list, problem
 
-from tripletkit import mining
+from tripletkit import miners
 from tripletkit.losses import (
     TripletMarginLoss,
     batch_all_triplet_loss,
@@ -54,20 +54,20 @@ def batches(draw: st.DrawFn, grid: bool | None = None) -> tuple[torch.Tensor, to
 def _miners(margin: float) -> dict:
     """Every miner, as ``name -> f(x, labels, backend)``."""
     out = {
-        "batch_all_valid": lambda x, y, b: mining.batch_all_triplets(
+        "batch_all_valid": lambda x, y, b: miners.batch_all_triplets(
             x, y, margin=margin, active_only=False, backend=b
         ),
-        "batch_all_active": lambda x, y, b: mining.batch_all_triplets(
+        "batch_all_active": lambda x, y, b: miners.batch_all_triplets(
             x, y, margin=margin, active_only=True, backend=b
         ),
-        "batch_hard": lambda x, y, b: mining.batch_hard_triplets(x, y, backend=b),
-        "semi_hard": lambda x, y, b: mining.semi_hard_triplets(x, y, margin=margin, backend=b),
-        "semi_hard_active": lambda x, y, b: mining.semi_hard_triplets(
+        "batch_hard": lambda x, y, b: miners.batch_hard_triplets(x, y, backend=b),
+        "semi_hard": lambda x, y, b: miners.semi_hard_triplets(x, y, margin=margin, backend=b),
+        "semi_hard_active": lambda x, y, b: miners.semi_hard_triplets(
             x, y, margin=margin, active_only=True, backend=b
         ),
     }
     for t in TYPES:
-        out[t] = lambda x, y, b, t=t: mining.triplet_margin_triplets(
+        out[t] = lambda x, y, b, t=t: miners.triplet_margin_triplets(
             x, y, margin=margin, type_of_triplets=t, backend=b
         )
     return out
@@ -111,10 +111,10 @@ def test_relabelling_changes_nothing(backend: str, data: tuple, targets: list, m
     relabelled = torch.tensor(targets, dtype=torch.int64)[labels]
     for name, mine in _miners(0.3).items():
         if name in TYPES:
-            got = mining.triplet_margin_triplets(
+            got = miners.triplet_margin_triplets(
                 x, relabelled, margin=0.3, type_of_triplets=name, metric=metric, backend=backend
             )
-            want = mining.triplet_margin_triplets(
+            want = miners.triplet_margin_triplets(
                 x, labels, margin=0.3, type_of_triplets=name, metric=metric, backend=backend
             )
         else:
@@ -144,7 +144,7 @@ def test_region_algebra_and_stats(backend: str, data: tuple, margin: float) -> N
     region = {
         t: set(
             as_list(
-                mining.triplet_margin_triplets(
+                miners.triplet_margin_triplets(
                     x, labels, margin=margin, type_of_triplets=t, backend=backend
                 )
             )
@@ -153,10 +153,10 @@ def test_region_algebra_and_stats(backend: str, data: tuple, margin: float) -> N
     }
     valid = set(
         as_list(
-            mining.batch_all_triplets(x, labels, margin=margin, active_only=False, backend=backend)
+            miners.batch_all_triplets(x, labels, margin=margin, active_only=False, backend=backend)
         )
     )
-    active = set(as_list(mining.batch_all_triplets(x, labels, margin=margin, backend=backend)))
+    active = set(as_list(miners.batch_all_triplets(x, labels, margin=margin, backend=backend)))
     assert region["hard"] <= region["all"]
     assert region["semihard"] <= region["all"]
     assert region["hard"] | region["semihard"] == region["all"]
@@ -170,9 +170,9 @@ def test_region_algebra_and_stats(backend: str, data: tuple, margin: float) -> N
     assert stats.easy == len(region["easy"])
     assert stats.semi_hard == len(region["semihard"])
     assert stats.hard == len(region["hard"])
-    semi = set(as_list(mining.semi_hard_triplets(x, labels, margin=margin, backend=backend)))
+    semi = set(as_list(miners.semi_hard_triplets(x, labels, margin=margin, backend=backend)))
     assert semi <= valid
-    hard = as_list(mining.batch_hard_triplets(x, labels, backend=backend))
+    hard = as_list(miners.batch_hard_triplets(x, labels, backend=backend))
     assert set(hard) <= valid
     assert len({a for a, _, _ in hard}) == len(hard) == len({a for a, _, _ in valid})
 
@@ -188,7 +188,7 @@ def test_mean_nonzero_is_at_least_mean(backend: str, data: tuple, margin: float)
         assert float(nonzero) >= float(mean) - 1e-12
         assert float(total) >= float(nonzero) - 1e-12 or float(total) == 0.0
         assert float(mean) >= 0.0
-    triplets = mining.batch_all_triplets(
+    triplets = miners.batch_all_triplets(
         x, labels, margin=margin, active_only=False, backend=backend
     )
     mean = TripletMarginLoss(margin, reduction="mean")(x, labels, triplets)
