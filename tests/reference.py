@@ -15,6 +15,14 @@ Specification, as implemented below:
   n)`` with ``p`` a positive and ``n`` a negative of ``a``.
 - hinge ``max(0, d_ap - d_an + m)``; soft margin ``softplus(d_ap - d_an)``.
 - ties between equal distances go to the lowest index.
+
+Contents: distances; the selection of the triplet miners (:func:`region_triplets`,
+:func:`batch_hard_triplets`, :func:`semi_hard_triplets`) and the statistics
+(:func:`counts`); the triplet and contrastive losses; for the sampling and pair miners, random
+problems (:func:`random_problem`), each anchor's positives and negatives (:func:`roles`),
+distance-weighted sampling's probabilities (:func:`dw_probs_loop`) and the multi-similarity
+and pair-margin pairs (:func:`ms_loop`, :func:`pm_loop`); the margin loss of Wu et al.
+(:func:`margin_loop`, :func:`margin_reduce`).
 """
 
 from __future__ import annotations

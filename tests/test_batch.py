@@ -14,6 +14,9 @@ from reference import self_index as loop_self_index
 
 import tripletkit._batch as batch_module
 from tripletkit._batch import Batch, check_anchor_offset, check_options, prepare
+from tripletkit.losses import BatchHardTripletLoss, batch_all_triplet_loss
+from tripletkit.miners import batch_hard_triplets
+from tripletkit.stats import triplet_stats
 
 
 class _NoDistances(AssertionError):
@@ -36,6 +39,23 @@ def test_bad_backend_is_refused_before_distances(no_distances: None, backend: ob
         prepare(X, Y, backend=backend)  # type: ignore[arg-type]
     message = str(info.value)
     assert "backend" in message and all(repr(b) in message for b in ("auto", "torch", "numba"))
+
+
+@pytest.mark.parametrize(
+    ("call", "exc", "word"),
+    [
+        (lambda: batch_all_triplet_loss(X, Y, backend="gpu"), ValueError, "backend"),
+        (lambda: batch_hard_triplets(X, Y, backend="gpu"), ValueError, "backend"),
+        (lambda: triplet_stats(X, Y, backend="gpu"), ValueError, "backend"),
+        (lambda: BatchHardTripletLoss()(X, Y.float()), TypeError, "labels"),
+    ],
+    ids=["batch_all_triplet_loss", "batch_hard_triplets", "triplet_stats", "module_labels"],
+)
+def test_public_entry_points_refuse_before_distances(
+    no_distances: None, call, exc: type, word: str
+) -> None:
+    with pytest.raises(exc, match=word):
+        call()
 
 
 @pytest.mark.parametrize(

@@ -369,6 +369,33 @@ def test_numba_wrappers_reject_bad_input() -> None:
         numba_backend.batch_hard(dist, labels[:2], labels, self_index)
 
 
+#: The parallel kernels of the numba backend, compiled for explicit signatures.
+PARALLEL_KERNELS = ("_batch_all_kernel", "_hard_kernel", "_rows_kernel", "_counts_kernel")
+
+
+@pytest.mark.parametrize("name", PARALLEL_KERNELS)
+def test_parallel_kernels_have_explicit_float32_and_float64_signatures(name: str) -> None:
+    """Each parallel kernel has exactly two signatures, one per float dtype of a C-contiguous
+    distance matrix, and running every kernel in both dtypes compiles nothing more."""
+    from tripletkit.kernels import numba_backend
+
+    kernel = getattr(numba_backend, name)
+    assert isinstance(kernel, Dispatcher) and kernel.targetoptions.get("parallel")
+
+    def matrices() -> list:
+        return [(sig[0].dtype, sig[0].ndim, sig[0].layout) for sig in kernel.signatures]
+
+    before = list(kernel.signatures)
+    assert sorted(map(str, matrices())) == sorted(
+        map(str, [(numba.float32, 2, "C"), (numba.float64, 2, "C")])
+    )
+    for case_name in ("pk_float32", "pk_float64", "reference_set"):
+        case = CASES[case_name]()
+        for kernel_name, region in KERNELS:
+            _run(case, kernel_name, 0.2, region, "numba")
+    assert list(kernel.signatures) == before
+
+
 def test_numba_backend_runs_as_plain_python(monkeypatch: pytest.MonkeyPatch) -> None:
     """What ``NUMBA_DISABLE_JIT=1`` does, in-process: every kernel replaced by its Python
     function (``prange`` is ``range`` outside numba) gives the same results."""

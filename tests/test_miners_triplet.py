@@ -135,16 +135,17 @@ def test_duplicate_references_tie_to_lowest_index(
     index must win. Coordinates are small integers so that the library's matrix product is
     exact too (in general it may round identical columns differently in the last bit);
     selection is checked on the explicit-loop distances, in which copies tie by construction."""
+    rows, copies = 20, 3
     g = torch.Generator().manual_seed(seed)
-    x = torch.randint(-3, 4, (20, 5), generator=g).to(torch.float64)
-    x = torch.cat([x, x[:3]]).to(dtype)
-    labels = torch.arange(23) % 4
-    labels[:3] = torch.tensor([10, 11, 12])
-    labels[20:] = labels[:3]
+    x = torch.randint(-3, 4, (rows, 5), generator=g).to(torch.float64)
+    x = torch.cat([x, x[:copies]]).to(dtype)
+    labels = torch.arange(rows + copies) % 4
+    labels[:copies] = torch.tensor([10, 11, 12])
+    labels[rows:] = labels[:copies]
     pb = Problem(distance_matrix(x.double(), None, "euclidean"), labels)
     hard = batch_hard_triplets(pb)
     semi = semi_hard_triplets(pb)
-    assert any(n < 3 for _, _, n in hard + semi)  # the ties are really met
+    assert any(n < copies for _, _, n in hard + semi)  # the ties are really met
     assert_triplets(miners.batch_hard_triplets(x, labels, backend=backend), hard, "batch_hard")
     assert_triplets(miners.semi_hard_triplets(x, labels, backend=backend), semi, "semi_hard")
 

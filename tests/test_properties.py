@@ -18,14 +18,21 @@ from tripletkit.losses import (
 )
 from tripletkit.stats import triplet_stats
 
+#: Random batches per property.
+EXAMPLES = 25
 SETTINGS = settings(
-    max_examples=25,
+    max_examples=EXAMPLES,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 GRID = torch.tensor([-2.0, -1.0, 1.0, 2.0], dtype=torch.float64)
 TYPES = ("all", "hard", "semihard", "easy")
 FUSED = (batch_all_triplet_loss, batch_hard_triplet_loss, semi_hard_triplet_loss)
+#: Seeds are drawn from ``[0, SEED_MAX]``.
+SEED_MAX = 2**31 - 1
+#: Slack of the comparisons between two float64 losses of the same terms (summed in another
+#: order, or under another labelling).
+EXACT = 1e-12
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,7 +50,7 @@ def batches(draw: st.DrawFn, grid: bool | None = None) -> tuple[torch.Tensor, to
     )
     dim = draw(st.integers(1, 4))
     on_grid = draw(st.booleans()) if grid is None else grid
-    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    g = torch.Generator().manual_seed(draw(st.integers(0, SEED_MAX)))
     if on_grid:
         x = GRID[torch.randint(0, 4, (n, dim), generator=g)]
     else:
@@ -74,7 +81,7 @@ def _miners(margin: float) -> dict:
 
 
 @SETTINGS
-@given(data=batches(), margin=st.sampled_from([0.0, 0.3, 1.0]), perm_seed=st.integers(0, 2**31 - 1))
+@given(data=batches(), margin=st.sampled_from([0.0, 0.3, 1.0]), perm_seed=st.integers(0, SEED_MAX))
 def test_permuting_the_batch_permutes_the_triplets(
     backend: str, data: tuple, margin: float, perm_seed: int
 ) -> None:
@@ -124,7 +131,7 @@ def test_relabelling_changes_nothing(backend: str, data: tuple, targets: list, m
         for soft in (False, True):
             a = fn(x, relabelled, 0.3, metric, soft, "mean", backend=backend)
             b = fn(x, labels, 0.3, metric, soft, "mean", backend=backend)
-            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(a, b, rtol=EXACT, atol=EXACT)
     torch.testing.assert_close(
         contrastive_loss(x, relabelled, metric=metric), contrastive_loss(x, labels, metric=metric)
     )
@@ -185,15 +192,15 @@ def test_mean_nonzero_is_at_least_mean(backend: str, data: tuple, margin: float)
         mean = fn(x, labels, margin, reduction="mean", backend=backend)
         nonzero = fn(x, labels, margin, reduction="mean_nonzero", backend=backend)
         total = fn(x, labels, margin, reduction="sum", backend=backend)
-        assert float(nonzero) >= float(mean) - 1e-12
-        assert float(total) >= float(nonzero) - 1e-12 or float(total) == 0.0
+        assert float(nonzero) >= float(mean) - EXACT
+        assert float(total) >= float(nonzero) - EXACT or float(total) == 0.0
         assert float(mean) >= 0.0
     triplets = miners.batch_all_triplets(
         x, labels, margin=margin, active_only=False, backend=backend
     )
     mean = TripletMarginLoss(margin, reduction="mean")(x, labels, triplets)
     nonzero = TripletMarginLoss(margin, reduction="mean_nonzero")(x, labels, triplets)
-    assert float(nonzero) >= float(mean) - 1e-12
+    assert float(nonzero) >= float(mean) - EXACT
 
 
 @pytest.mark.parametrize("seed", range(3))
