@@ -1,4 +1,6 @@
-"""Shared fixtures: the kernel backends and a seeded factory of awkward batches."""
+"""Shared fixtures and helpers: the kernel backends, a seeded factory of awkward batches,
+the bad inputs every entry point must refuse, and the checks of a loss against its
+brute-force reference (values and gradients)."""
 
 from __future__ import annotations
 
@@ -7,10 +9,13 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from reference import problem
 from torch import Tensor
 
 BACKENDS = ("torch", "numba")
 METRICS = ("euclidean", "sqeuclidean", "cosine")
+#: The triplet margin of the brute-force comparisons (miners, losses, statistics).
+MARGIN = 0.3
 
 
 @dataclass(frozen=True)
@@ -197,8 +202,120 @@ BAD_INPUTS = [
 ]
 
 
-#: The first entries of :data:`BAD_INPUTS` concern the data alone (no keyword argument).
-N_DATA_ERRORS = 15
+#: The arguments that carry data; every other key of a :data:`BAD_INPUTS` entry is an option.
+DATA_ARGUMENTS = frozenset({"embeddings", "labels", "ref_embeddings", "ref_labels"})
+#: The entries of :data:`BAD_INPUTS` that concern the data alone (no option): what a module,
+#: whose options are checked when it is built, must refuse when it is called.
+DATA_ERRORS = [b for b in BAD_INPUTS if set(b[1]) <= DATA_ARGUMENTS]
+
+
+# ------------------------------------------------------------------ loss checks
+
+#: float64 tolerances of a loss value and of its gradient against the brute-force reference.
+VALUE_TOL = {"rtol": 1e-9, "atol": 1e-11}
+GRAD_TOL = {"rtol": 1e-7, "atol": 1e-9}
+#: ``(pos_margin, neg_margin)`` of the contrastive gradient checks; :func:`separated` keeps
+#: every distance away from both, so finite differences never straddle a hinge.
+CONTRASTIVE_MARGINS = (0.1, 1.0)
+#: The smallest gap between two distances, or between a distance and a kink, that
+#: :func:`separated` accepts (far above gradcheck's finite-difference step).
+SEPARATION = 1e-2
+#: How many seeds :func:`separated` tries before giving up.
+SEPARATION_TRIES = 1000
+
+
+def weights(out: Tensor) -> Tensor:
+    """Distinct weights for a ``reduction="none"`` output, so its gradient checks order."""
+    return torch.linspace(1.0, 2.0, out.numel(), dtype=out.dtype).reshape(out.shape)
+
+
+def value_and_grads(out: Tensor, leaves: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    """A loss's value and its gradients (a weighted sum for ``reduction="none"``)."""
+    scalar = (out * weights(out)).sum() if out.dim() else out
+    grads = torch.autograd.grad(scalar, leaves, retain_graph=True)
+    return out.detach(), [g.detach() for g in grads]
+
+
+def check_loss(
+    got: Tensor, got_leaves: list[Tensor], expected: tuple[Tensor, list[Tensor]]
+) -> None:
+    """``got`` has the value and gradients of ``expected`` (from :func:`value_and_grads`)."""
+    value, grads = value_and_grads(got, got_leaves)
+    exp_value, exp_grads = expected
+    assert value.shape == exp_value.shape
+    torch.testing.assert_close(value, exp_value, **VALUE_TOL)
+    for g, e in zip(grads, exp_grads, strict=True):
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(g, e, **GRAD_TOL)
+
+
+def leaves_of(*tensors: Tensor | None) -> list[Tensor]:
+    """The tensors that are given (the reference set may be ``None``)."""
+    return [t for t in tensors if t is not None]
+
+
+def assert_zero_in_graph(out: Tensor, x: Tensor, ref: Tensor | None, reduction: str) -> None:
+    """A loss with no term: 0 (or empty with ``"none"``), in the graph, zero gradients."""
+    assert out.dtype == torch.float64
+    if reduction == "none":
+        assert out.shape == (0,)
+    else:
+        assert out.shape == () and out.item() == 0.0
+    assert out.requires_grad, "the loss must stay in the graph"
+    leaves = leaves_of(x, ref)
+    grads = torch.autograd.grad(out.sum(), leaves)
+    for g, leaf in zip(grads, leaves, strict=True):
+        assert torch.equal(g, torch.zeros_like(leaf))
+
+
+def assert_listed(info: pytest.ExceptionInfo, bad: str, valid: tuple[str, ...]) -> None:
+    """The error names the bad choice and every valid one."""
+    msg = str(info.value)
+    for w in (repr(bad), *map(repr, valid)):
+        assert w in msg, (w, msg)
+
+
+def separated(metric: str, with_ref: bool = False) -> tuple[Tensor, ...]:
+    """Small float64 inputs away from every tie and every hinge kink (:data:`MARGIN` and
+    :data:`CONTRASTIVE_MARGINS`), so that finite differences see one smooth piece:
+    ``(x, labels)``, or ``(x, labels, ref, ref_labels)`` with a reference set."""
+    labels = torch.tensor([0, 0, 0, 1, 1, 2])
+    ref_labels = torch.tensor([0, 1, 2, 0, 1])
+    for seed in range(SEPARATION_TRIES):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(6, 3, generator=g, dtype=torch.float64)
+        ref = torch.randn(5, 3, generator=g, dtype=torch.float64) if with_ref else None
+        pb = problem(x, labels, ref, ref_labels if with_ref else None, metric=metric)
+        gaps = []
+        for row in pb.d:
+            s = sorted(row)
+            gaps += [b - a for a, b in zip(s[:-1], s[1:], strict=True)]
+            gaps += [abs(v - k) for v in row for k in CONTRASTIVE_MARGINS]
+        gaps += [abs(pb.d[a][p] - pb.d[a][n] + MARGIN) for a, p, n in pb.valid()]
+        if min(gaps) > SEPARATION:
+            return (x, labels, ref, ref_labels) if with_ref else (x, labels)
+    raise AssertionError("no separated input found")
+
+
+#: How many random index rows :func:`some_triplets` draws (then repeats two and adds one).
+SOME_ROWS = 12
+
+
+def some_triplets(c: Case) -> list[tuple[int, int, int]]:
+    """Arbitrary index triplets (valid or not, repeated rows, exact duplicates included)."""
+    n = c.x.shape[0]
+    m = n if c.ref is None else c.ref.shape[0]
+    if n == 0 or m == 0:
+        return []
+    g = torch.Generator().manual_seed(n * 31 + m)
+    a = torch.randint(0, n, (SOME_ROWS,), generator=g).tolist()
+    p = torch.randint(0, m, (SOME_ROWS,), generator=g).tolist()
+    q = torch.randint(0, m, (SOME_ROWS,), generator=g).tolist()
+    rows = list(zip(a, p, q, strict=True))
+    return rows + rows[:2] + [(0, 0, m - 1)]
+
+
+# ------------------------------------------------------------------ fixtures
 
 
 @pytest.fixture
@@ -208,7 +325,7 @@ def one_thread() -> Iterator[None]:
     The brute-force tests make thousands of calls on tiny batches; on two busy shared cores a
     second thread only adds wake-up latency (measured: 10 ms instead of 10 us for a torch
     ``repeat_interleave``, 12 ms instead of 0.3 ms per numba parallel kernel). Results do not
-    depend on the thread count (see ``test_miners.py::test_default_thread_count``).
+    depend on the thread count (see ``test_miners_triplet.py::test_default_thread_count``).
     """
     import numba
 

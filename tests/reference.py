@@ -15,12 +15,23 @@ Specification, as implemented below:
   n)`` with ``p`` a positive and ``n`` a negative of ``a``.
 - hinge ``max(0, d_ap - d_an + m)``; soft margin ``softplus(d_ap - d_an)``.
 - ties between equal distances go to the lowest index.
+
+Contents: distances; the selection of the triplet miners (:func:`region_triplets`,
+:func:`batch_hard_triplets`, :func:`semi_hard_triplets`) and the statistics
+(:func:`counts`); the triplet and contrastive losses; for the sampling and pair miners, random
+problems (:func:`random_problem`), each anchor's positives and negatives (:func:`roles`),
+distance-weighted sampling's probabilities (:func:`dw_probs_loop`) and the multi-similarity
+and pair-margin pairs (:func:`ms_loop`, :func:`pm_loop`); the margin loss of Wu et al.
+(:func:`margin_loop`, :func:`margin_reduce`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -368,11 +379,13 @@ def contrastive_loss(
     metric: str = "euclidean",
     reduction: str = "mean",
     normalize: bool = False,
+    anchor_offset: int | None = None,
 ) -> Tensor:
     """Contrastive loss: ``max(0, d - pos_margin)`` for same-label pairs and
     ``max(0, neg_margin - d)`` otherwise, over ordered pairs ``i != j`` (every
-    anchor-reference pair with a reference set) or over the given ``(positive pairs,
-    negative pairs)``, positive terms first."""
+    anchor-reference pair with a reference set, bar each anchor's own row with
+    ``anchor_offset``) or over the given ``(positive pairs, negative pairs)``, positive terms
+    first."""
     xs, rs = _inputs(x, ref, normalize)
     d = LazyDistances(xs, rs, metric)
 
@@ -383,9 +396,10 @@ def contrastive_loss(
     if pairs is None:
         lab = [int(v) for v in labels.tolist()]
         rlab = lab if ref_labels is None else [int(v) for v in ref_labels.tolist()]
+        own = self_index(len(lab), ref is not None, anchor_offset)
         for i in range(len(lab)):
             for j in range(len(rlab)):
-                if ref is None and i == j:
+                if j == own[i]:
                     continue
                 if lab[i] == rlab[j]:
                     terms.append(relu(d(i, j) - pos_margin))
@@ -396,6 +410,203 @@ def contrastive_loss(
         terms = [relu(d(i, j) - pos_margin) for i, j in positive]
         terms += [relu(neg_margin - d(i, j)) for i, j in negative]
     return reduce(terms, reduction, graph_zero(x, ref))
+
+
+# ------------------------------------------------------- sampling and pair miners
+
+
+@dataclass
+class SamplingProblem:
+    """Anchors, labels and an optional reference set, as tensors (the inputs of the sampling
+    and pair miners and of the margin loss)."""
+
+    emb: Tensor
+    labels: Tensor
+    ref: Tensor | None
+    ref_labels: Tensor | None
+    offset: int | None
+
+    @property
+    def kwargs(self) -> dict:
+        """The reference set and anchor offset as the functions take them: by keyword."""
+        out: dict = {}
+        if self.ref is not None:
+            out.update(ref_embeddings=self.ref, ref_labels=self.ref_labels)
+        if self.offset is not None:
+            out["anchor_offset"] = self.offset
+        return out
+
+    @property
+    def args(self) -> tuple:
+        """``(embeddings, labels, ref_embeddings, ref_labels)``, as a module's ``forward``
+        takes them (positionally, a contract)."""
+        return (self.emb, self.labels, self.ref, self.ref_labels)
+
+    @property
+    def refs(self) -> tuple[Tensor, Tensor]:
+        if self.ref is None:
+            return self.emb, self.labels
+        assert self.ref_labels is not None
+        return self.ref, self.ref_labels
+
+    def self_index(self) -> list[int]:
+        return self_index(self.emb.shape[0], self.ref is not None, self.offset)
+
+
+#: How the anchors meet the references in :func:`random_problem`: no reference set, a
+#: reference set without the anchors, or a reference set holding the anchors at an offset.
+MODES = ("self", "ref", "offset")
+
+
+def random_problem(
+    seed: int, n: int, d: int, classes: int, mode: str = "self", unit: bool = False
+) -> SamplingProblem:
+    """``n`` float64 anchors of width ``d`` with labels in ``[0, classes)``; in the modes
+    ``"ref"`` and ``"offset"`` a few more rows before and after form the reference set (with
+    the anchors in between for ``"offset"``). ``unit``: unit-norm rows."""
+    rng = np.random.default_rng(seed)
+
+    def block(rows: int) -> tuple[Tensor, Tensor]:
+        x = torch.from_numpy(rng.normal(size=(rows, d)))
+        if unit:
+            x = x / x.norm(dim=1, keepdim=True)
+        return x, torch.from_numpy(rng.integers(0, classes, size=rows))
+
+    emb, labels = block(n)
+    if mode == "self":
+        return SamplingProblem(emb, labels, None, None, None)
+    before, lb = block(int(rng.integers(0, 4)))
+    after, la = block(int(rng.integers(0, 4)))
+    if mode == "ref":
+        return SamplingProblem(emb, labels, torch.cat([before, after]), torch.cat([lb, la]), None)
+    ref = torch.cat([before, emb, after])
+    return SamplingProblem(emb, labels, ref, torch.cat([lb, labels, la]), before.shape[0])
+
+
+def roles(p: SamplingProblem) -> tuple[list[list[int]], list[list[int]]]:
+    """Per anchor: its positives and its negatives among the references, by explicit loops."""
+    _, ref_labels = p.refs
+    own = p.self_index()
+    lab, rl = p.labels.tolist(), ref_labels.tolist()
+    pos = [[j for j in range(len(rl)) if rl[j] == lab[a] and j != own[a]] for a in range(len(lab))]
+    neg = [[j for j in range(len(rl)) if rl[j] != lab[a]] for a in range(len(lab))]
+    return pos, neg
+
+
+def dw_probs_loop(
+    emb: Tensor, ref: Tensor, neg: list[list[int]], cutoff: float, nzlc: float
+) -> list[dict[int, float]]:
+    """Distance-weighted sampling probabilities by the paper's formula, one anchor at a time."""
+    n = emb.shape[1]
+    out = []
+    for a in range(emb.shape[0]):
+        logw: dict[int, float] = {}
+        for j in neg[a]:
+            d = max(math.dist(emb[a].tolist(), ref[j].tolist()), cutoff)
+            if d < nzlc:
+                logq = (n - 2) * math.log(d) + (n - 3) / 2 * math.log(1 - d * d / 4)
+                logw[j] = -logq
+        if not logw:  # fallback: uniform over every negative
+            out.append({j: 1 / len(neg[a]) for j in neg[a]})
+            continue
+        top = max(logw.values())
+        w = {j: math.exp(v - top) for j, v in logw.items()}
+        s = sum(w.values())
+        out.append({j: w.get(j, 0.0) / s for j in neg[a]})
+    return out
+
+
+def ms_loop(p: SamplingProblem, epsilon: float, metric: str) -> tuple[list, list]:
+    """The multi-similarity pairs, positive then negative, each row-major: the paper's
+    similarity rule for ``"cosine"``, its distance form for the other metrics."""
+    ref, _ = p.refs
+    dist = pairwise_distance(p.emb, ref, metric).tolist()
+    pos, neg = roles(p)
+    keep_pos, keep_neg = [], []
+    for a in range(len(pos)):
+        if metric == "cosine":  # the paper's similarity form
+            sim = [1 - v for v in dist[a]]
+            for j in range(len(sim)):
+                if j in pos[a] and neg[a] and sim[j] < max(sim[n] for n in neg[a]) + epsilon:
+                    keep_pos.append((a, j))
+            for j in range(len(sim)):
+                if j in neg[a] and pos[a] and sim[j] > min(sim[q] for q in pos[a]) - epsilon:
+                    keep_neg.append((a, j))
+        else:
+            for j in range(len(dist[a])):
+                if (
+                    j in pos[a]
+                    and neg[a]
+                    and dist[a][j] > min(dist[a][n] for n in neg[a]) - epsilon
+                ):
+                    keep_pos.append((a, j))
+            for j in range(len(dist[a])):
+                if (
+                    j in neg[a]
+                    and pos[a]
+                    and dist[a][j] < max(dist[a][q] for q in pos[a]) + epsilon
+                ):
+                    keep_neg.append((a, j))
+    return keep_pos, keep_neg
+
+
+def pm_loop(
+    p: SamplingProblem, pos_margin: float, neg_margin: float, metric: str
+) -> tuple[list, list]:
+    """The pairs with a non-zero contrastive term, positive then negative, row-major."""
+    ref, _ = p.refs
+    dist = pairwise_distance(p.emb, ref, metric).tolist()
+    pos, neg = roles(p)
+    keep_pos = [(a, j) for a in range(len(pos)) for j in pos[a] if dist[a][j] > pos_margin]
+    keep_neg = [(a, j) for a in range(len(neg)) for j in neg[a] if dist[a][j] < neg_margin]
+    return keep_pos, keep_neg
+
+
+# -------------------------------------------------------------------- margin loss
+
+
+def margin_loop(
+    emb: Tensor,
+    labels: Tensor,
+    pos_pairs: list[tuple[int, int]],
+    neg_pairs: list[tuple[int, int]],
+    beta: Tensor,
+    margin: float,
+    nu: float,
+    metric: str = "euclidean",
+    ref: Tensor | None = None,
+) -> tuple[list[Tensor], int]:
+    """Margin loss of Wu et al. 2017: the pair terms (hinge + nu * beta) and the number of
+    non-zero hinges, one pair at a time (differentiable in ``emb``, ``ref`` and ``beta``)."""
+    ref = emb if ref is None else ref
+    terms, active = [], 0
+
+    def dist(i: int, j: int) -> Tensor:
+        x, y = emb[i], ref[j]
+        if metric == "cosine":
+            return 1 - (x @ y) / (x.norm() * y.norm())
+        sq = ((x - y) ** 2).sum()
+        return sq if metric == "sqeuclidean" else sq.sqrt()
+
+    for sign, pairs in ((1.0, pos_pairs), (-1.0, neg_pairs)):
+        for a, j in pairs:
+            b = beta[0] if beta.numel() == 1 else beta[int(labels[a])]
+            hinge = torch.clamp(margin + sign * (dist(a, j) - b), min=0)
+            active += int(hinge.item() > 0)
+            terms.append(hinge + nu * b)
+    return terms, active
+
+
+def margin_reduce(terms: list[Tensor], active: int, reduction: str) -> Tensor:
+    """The margin loss's reductions: ``"none"`` the terms, ``"sum"`` their sum, ``"mean"``
+    and ``"mean_nonzero"`` their sum over the number of non-zero hinges (the paper's)."""
+    out = torch.stack(terms)
+    if reduction == "sum":
+        return out.sum()
+    if reduction in ("mean", "mean_nonzero"):
+        return out.sum() / max(active, 1)
+    assert reduction == "none", reduction
+    return out
 
 
 # --------------------------------------------------------------------------- helpers

@@ -1,3 +1,5 @@
+"""``tripletkit.datasets``: the Omniglot copy shipped in the package and its loader."""
+
 from __future__ import annotations
 
 import hashlib

@@ -11,6 +11,14 @@ from tripletkit.distances import normalize_embeddings, paired_distance, pairwise
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+#: The duplicate tests: ``ROWS`` rows of width ``WIDTH``, then copies of the first ``COPIES``.
+ROWS, WIDTH, COPIES = 20, 5, 3
+
+
+def _with_copies(x: torch.Tensor) -> torch.Tensor:
+    """``x`` followed by copies of its first :data:`COPIES` rows (rows ``ROWS ..``)."""
+    return torch.cat([x, x[:COPIES]])
+
 
 def _x_y(name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     c = CASES[name]
@@ -54,12 +62,12 @@ def test_pairwise_gradient_matches_loops(name: str, metric: str) -> None:
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_exact_duplicates_are_at_distance_exactly_zero(metric: str, dtype: torch.dtype) -> None:
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(20, 5, generator=g, dtype=torch.float64)
-    x = torch.cat([x, x[:3]]).to(dtype).requires_grad_()
+    x = torch.randn(ROWS, WIDTH, generator=g, dtype=torch.float64)
+    x = _with_copies(x).to(dtype).requires_grad_()
     d = pairwise_distance(x, metric=metric)
-    zero = torch.zeros(23, dtype=dtype)
+    zero = torch.zeros(ROWS + COPIES, dtype=dtype)
     assert torch.equal(d.diagonal().detach(), zero), "d(x_i, x_i) must be exactly 0"
-    for i, j in [(0, 20), (1, 21), (2, 22)]:
+    for i, j in [(i, ROWS + i) for i in range(COPIES)]:
         assert d[i, j].item() == 0.0 and d[j, i].item() == 0.0, (i, j)
     d.sum().backward()
     assert torch.isfinite(x.grad).all()
@@ -73,21 +81,21 @@ def test_exact_duplicates_create_exact_ties_when_arithmetic_is_exact(
     """With small integer coordinates every product and sum is exact, so identical
     references are at identical distances from every anchor, whatever their column."""
     g = torch.Generator().manual_seed(1)
-    x = torch.randint(-4, 5, (20, 5), generator=g).to(torch.float64)
-    x = torch.cat([x, x[:3]]).to(dtype)
+    x = torch.randint(-4, 5, (ROWS, WIDTH), generator=g).to(torch.float64)
+    x = _with_copies(x).to(dtype)
     d = pairwise_distance(x, metric=exact_metric)
-    assert torch.equal(d[:, :3], d[:, 20:]), (d[:, :3] - d[:, 20:]).abs().max()
-    assert torch.equal(d[:3], d[20:]), (d[:3] - d[20:]).abs().max()
+    originals, copies = d[:, :COPIES], d[:, ROWS:]
+    assert torch.equal(originals, copies), (originals - copies).abs().max()
+    assert torch.equal(d[:COPIES], d[ROWS:]), (d[:COPIES] - d[ROWS:]).abs().max()
 
 
 def test_duplicates_tie_up_to_rounding_in_general(metric: str) -> None:
     """In general the matrix product may round two identical columns differently in the
     last bit (documented): the distances to duplicates agree to a few ulps."""
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(20, 5, generator=g, dtype=torch.float64)
-    x = torch.cat([x, x[:3]])
+    x = _with_copies(torch.randn(ROWS, WIDTH, generator=g, dtype=torch.float64))
     d = pairwise_distance(x, metric=metric)
-    torch.testing.assert_close(d[:, :3], d[:, 20:], rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(d[:, :COPIES], d[:, ROWS:], rtol=1e-14, atol=1e-14)
 
 
 def test_euclidean_gradient_at_duplicates_is_zero() -> None:

@@ -1,4 +1,4 @@
-"""tripletkit.distributed: real multi-process DDP runs against single-process training.
+"""``tripletkit.distributed``: real multi-process DDP runs against single-process training.
 
 One spawn of two gloo processes runs every case (every loss, reduction and mode, on equal
 and unequal per-rank batch sizes, one rank empty included); each rank saves its losses and
@@ -232,6 +232,36 @@ def test_world_size_one() -> None:
                 _close(grads, ref_grads)
     finally:
         dist.destroy_process_group()
+
+
+#: The options of each family of :func:`sharded_loss`, with a value that is not the default.
+TRIPLET_OPTIONS = {"margin": 0.5, "soft_margin": True, "backend": "torch"}
+CONTRASTIVE_OPTIONS = {"pos_margin": 0.25, "neg_margin": 2.0}
+
+
+@pytest.mark.parametrize("kind", list(SHARDED_LOSSES))
+def test_sharded_loss_refuses_options_that_do_not_apply(kind: str) -> None:
+    """The triplet losses take ``margin``, ``soft_margin`` and ``backend``; the contrastive
+    loss ``pos_margin`` and ``neg_margin``: any other is a TypeError that names it and lists
+    the kind's options. ``None`` means "not given"."""
+    x, y = _data((8,))
+    own, other = (
+        (CONTRASTIVE_OPTIONS, TRIPLET_OPTIONS)
+        if kind == "contrastive"
+        else (TRIPLET_OPTIONS, CONTRASTIVE_OPTIONS)
+    )
+    for name, value in other.items():
+        with pytest.raises(TypeError) as info:
+            sharded_loss(kind, x, y, **{name: value})
+        message = str(info.value)
+        assert name in message and kind in message, message
+        assert all(option in message for option in own), message
+    for name in other:  # None: not given
+        assert torch.equal(sharded_loss(kind, x, y, **{name: None}), sharded_loss(kind, x, y))
+    # The kind's own options reach its loss.
+    options = {"metric": "cosine", "normalize": True, **own}
+    want = FULL[kind](x, y, reduction="sum", **options)
+    torch.testing.assert_close(sharded_loss(kind, x, y, reduction="sum", **options), want)
 
 
 def test_argument_errors() -> None:

@@ -1,3 +1,5 @@
+"""``tripletkit.memory``: ``CrossBatchMemory`` against a Python list of the last rows."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,10 @@
+"""``tripletkit.metrics``: ``retrieval_metrics`` against the metrics written out with plain
+Python loops and against pytorch-metric-learning's ``AccuracyCalculator``; the
+``RetrievalMetrics`` result type."""
+
 from __future__ import annotations
 
+import json
 import math
 import warnings
 
@@ -8,9 +13,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tripletkit.metrics import retrieval_metrics
+from tripletkit.metrics import RetrievalMetrics, retrieval_metrics
 
 KS = (1, 2, 5, 10)
+#: Tolerance against the brute-force loops: float64 in general, and where the arithmetic is
+#: exact (integer coordinates) or the same means are taken in another order.
+LOOP_TOL = 1e-9
+EXACT_TOL = 1e-12
+#: Tolerance against pytorch-metric-learning, which computes in float32.
+PML_TOL = 1e-6
+#: The four metrics, the keys of the result.
+KEYS = ("precision_at_1", "recall_at_k", "r_precision", "mean_average_precision_at_r")
 
 
 def brute_force(
@@ -63,13 +76,9 @@ def brute_force(
     }
 
 
-def _assert_close(got: dict, expected: dict, tol: float = 1e-9) -> None:
-    assert set(got) == {
-        "precision_at_1",
-        "recall_at_k",
-        "r_precision",
-        "mean_average_precision_at_r",
-    }
+def _assert_close(got: dict, expected: dict, tol: float = LOOP_TOL) -> None:
+    assert isinstance(got, RetrievalMetrics)
+    assert set(got) == set(KEYS)
     for key in ("precision_at_1", "r_precision", "mean_average_precision_at_r"):
         assert isinstance(got[key], float)
         assert got[key] == pytest.approx(expected[key], abs=tol), key
@@ -98,7 +107,9 @@ def test_explicit_reference_matches_brute_force(metric: str) -> None:
     q, ql = _data(3, 30, 6)
     r, rl = _data(4, 50, 8)
     ql[:3] = 77  # labels absent from the reference set
-    got = retrieval_metrics(q, ql, r, rl, k=KS, metric=metric, chunk_size=8)
+    got = retrieval_metrics(
+        q, ql, ref_embeddings=r, ref_labels=rl, k=KS, metric=metric, chunk_size=8
+    )
     _assert_close(got, brute_force(q, ql, r, rl, KS, metric))
 
 
@@ -106,12 +117,16 @@ def test_ties_are_broken_by_lower_reference_index() -> None:
     q = torch.tensor([[0.0, 0.0]])
     r = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [3.0, 0.0]])
     # Three references at distance 1: the lowest index wins every tie.
-    got = retrieval_metrics(q, torch.tensor([5]), r, torch.tensor([1, 5, 5, 5]), k=(1, 2))
+    got = retrieval_metrics(
+        q, torch.tensor([5]), ref_embeddings=r, ref_labels=torch.tensor([1, 5, 5, 5]), k=(1, 2)
+    )
     assert got["precision_at_1"] == 0.0
     assert got["recall_at_k"] == {1: 0.0, 2: 1.0}
     assert got["r_precision"] == pytest.approx(2 / 3)
     assert got["mean_average_precision_at_r"] == pytest.approx((1 / 2 + 2 / 3) / 3)
-    got = retrieval_metrics(q, torch.tensor([5]), r, torch.tensor([5, 1, 1, 1]), k=1)
+    got = retrieval_metrics(
+        q, torch.tensor([5]), ref_embeddings=r, ref_labels=torch.tensor([5, 1, 1, 1]), k=1
+    )
     assert got["precision_at_1"] == 1.0
 
 
@@ -151,10 +166,18 @@ def test_many_ties_match_brute_force(
         expected_nan = True
     if expected_nan:
         with pytest.raises(ValueError, match="no query has a reference with the same label"):
-            retrieval_metrics(q, ql, ref, ref_labels, k=ks, metric=metric)
+            retrieval_metrics(q, ql, ref_embeddings=ref, ref_labels=ref_labels, k=ks, metric=metric)
         return
-    got = retrieval_metrics(q, ql, ref, ref_labels, k=ks, metric=metric, chunk_size=chunk_size)
-    _assert_close(got, expected, tol=1e-12)
+    got = retrieval_metrics(
+        q,
+        ql,
+        ref_embeddings=ref,
+        ref_labels=ref_labels,
+        k=ks,
+        metric=metric,
+        chunk_size=chunk_size,
+    )
+    _assert_close(got, expected, tol=EXACT_TOL)
 
 
 def test_leave_one_out_equals_explicit_reference_without_self() -> None:
@@ -164,14 +187,16 @@ def test_leave_one_out_equals_explicit_reference_without_self() -> None:
     recall = dict.fromkeys(KS, 0.0)
     for i in range(40):
         others = torch.arange(40) != i
-        one = retrieval_metrics(x[i : i + 1], y[i : i + 1], x[others], y[others], k=KS)
+        one = retrieval_metrics(
+            x[i : i + 1], y[i : i + 1], ref_embeddings=x[others], ref_labels=y[others], k=KS
+        )
         for key in total:
             total[key] += one[key] / 40
         for kk in KS:
             recall[kk] += one["recall_at_k"][kk] / 40
     # Every query has a positive here (5 classes among 40 points), so the means agree.
     assert (torch.bincount(y) > 1).all()
-    _assert_close(loo, {**total, "recall_at_k": recall}, tol=1e-12)
+    _assert_close(loo, {**total, "recall_at_k": recall}, tol=EXACT_TOL)
 
 
 def test_duplicate_of_the_query_counts_but_the_query_itself_does_not() -> None:
@@ -181,9 +206,10 @@ def test_duplicate_of_the_query_counts_but_the_query_itself_does_not() -> None:
     # Queries 0 and 1 find each other (hits); 3 finds 2 (a miss); query 2 has no other
     # member of its class and is left out.
     assert got["precision_at_1"] == pytest.approx(2 / 3)
-    # With ref=query each query also finds itself at distance 0; query 3 ties with
-    # reference 2 there, and the lower index (2, another label) wins.
-    assert retrieval_metrics(x, y, x, y, k=1)["precision_at_1"] == 0.75
+    # With ref_embeddings=query each query also finds itself at distance 0; query 3 ties
+    # with reference 2 there, and the lower index (2, another label) wins.
+    got = retrieval_metrics(x, y, ref_embeddings=x, ref_labels=y, k=1)
+    assert got["precision_at_1"] == 0.75
 
 
 @pytest.mark.parametrize("chunk_size", [1, 3, 16, 1000])
@@ -241,9 +267,11 @@ def test_errors() -> None:
     with pytest.raises(ValueError, match="chunk_size must be >= 1"):
         retrieval_metrics(x, y, chunk_size=0)
     with pytest.raises(ValueError, match="given together"):
-        retrieval_metrics(x, y, ref=x)
+        retrieval_metrics(x, y, ref_embeddings=x)
+    with pytest.raises(ValueError, match="given together"):
+        retrieval_metrics(x, y, ref_labels=y)
     with pytest.raises(ValueError, match="4 features"):
-        retrieval_metrics(x, y, torch.randn(2, 4), torch.tensor([0, 1]))
+        retrieval_metrics(x, y, ref_embeddings=torch.randn(2, 4), ref_labels=torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="entries"):
         retrieval_metrics(x, y[:3])
     with pytest.raises(TypeError, match="integer"):
@@ -252,10 +280,40 @@ def test_errors() -> None:
         retrieval_metrics(torch.full((2, 3), float("nan")), torch.tensor([0, 0]))
     with pytest.raises(ValueError, match="query is empty"):
         retrieval_metrics(torch.empty(0, 3), torch.empty(0, dtype=torch.int64))
-    with pytest.raises(ValueError, match="ref is empty"):
-        retrieval_metrics(x, y, torch.empty(0, 3), torch.empty(0, dtype=torch.int64))
+    with pytest.raises(ValueError, match="ref_embeddings is empty"):
+        retrieval_metrics(
+            x, y, ref_embeddings=torch.empty(0, 3), ref_labels=torch.empty(0, dtype=torch.int64)
+        )
     with pytest.raises(ValueError, match="overflow"):
         retrieval_metrics(torch.tensor([[3e38], [-3e38]]), torch.tensor([0, 0]))
+
+
+def test_result_reads_as_a_dict_and_as_attributes() -> None:
+    """``RetrievalMetrics`` is the dict of tripletkit 0.1 (keys, ``dict()``, equality,
+    ``json.dumps``) with the same values as attributes."""
+    x, y = _data(10, 30, 4)
+    got = retrieval_metrics(x, y, k=(1, 5))
+    assert isinstance(got, RetrievalMetrics) and isinstance(got, dict)
+    assert list(got) == list(KEYS)
+    for key in KEYS:
+        assert getattr(got, key) == got[key]
+    assert got.recall_at_k == {1: got.precision_at_1, 5: got["recall_at_k"][5]}
+    plain = dict(got)
+    assert type(plain) is dict and plain == got
+    assert json.loads(json.dumps(got)) == {
+        **{key: got[key] for key in KEYS if key != "recall_at_k"},
+        "recall_at_k": {str(k): v for k, v in got.recall_at_k.items()},
+    }
+    text = repr(got)
+    assert text.startswith("RetrievalMetrics(") and f"precision_at_1={got.precision_at_1!r}" in text
+    built = RetrievalMetrics(0.5, {1: 0.5}, 0.25, 0.125)
+    assert built == {
+        "precision_at_1": 0.5,
+        "recall_at_k": {1: 0.5},
+        "r_precision": 0.25,
+        "mean_average_precision_at_r": 0.125,
+    }
+    assert (built.r_precision, built.mean_average_precision_at_r) == (0.25, 0.125)
 
 
 # --- pytorch-metric-learning's AccuracyCalculator --------------------------------------
@@ -302,8 +360,8 @@ def test_matches_pml_leave_one_out(metric: str) -> None:
     expected = calculator.get_accuracy(q, ql)
     got = retrieval_metrics(q, ql, metric=metric, chunk_size=16)
     for key in ("precision_at_1", "r_precision", "mean_average_precision_at_r"):
-        assert got[key] == pytest.approx(expected[key], abs=1e-6), key
-    assert got["recall_at_k"][1] == pytest.approx(expected["precision_at_1"], abs=1e-6)
+        assert got[key] == pytest.approx(expected[key], abs=PML_TOL), key
+    assert got["recall_at_k"][1] == pytest.approx(expected["precision_at_1"], abs=PML_TOL)
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
@@ -312,9 +370,9 @@ def test_matches_pml_with_reference_set(metric: str) -> None:
     q, ql, r, rl = _well_separated(20, 30, 6, metric, ref_n=40)
     ql[:3] = 99  # queries whose label is absent from the reference set
     expected = calculator.get_accuracy(q, ql, r, rl)
-    got = retrieval_metrics(q, ql, r, rl, metric=metric, chunk_size=9)
+    got = retrieval_metrics(q, ql, ref_embeddings=r, ref_labels=rl, metric=metric, chunk_size=9)
     for key in ("precision_at_1", "r_precision", "mean_average_precision_at_r"):
-        assert got[key] == pytest.approx(expected[key], abs=1e-6), key
+        assert got[key] == pytest.approx(expected[key], abs=PML_TOL), key
 
 
 def test_where_pml_returns_nan_we_raise() -> None:

@@ -21,13 +21,18 @@ import pytest
 import torch
 from reference import as_list
 
-from tripletkit import mining
+from tripletkit import miners
 from tripletkit.losses import TripletMarginLoss, batch_all_triplet_loss, batch_hard_triplet_loss
 from tripletkit.miners import BatchAllMiner, BatchHardMiner, TripletMarginMiner
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TYPES = ("all", "hard", "semihard", "easy")
+#: Tolerances of a loss value and of its gradient against a peer's, in float64.
+VALUE_TOL = {"rtol": 1e-9, "atol": 1e-12}
+GRAD_TOL = {"rtol": 1e-7, "atol": 1e-10}
+#: Seeds of every comparison.
+SEEDS = range(3)
 
 
 def _batch(seed: int, n: int = 16, classes: int = 4, singleton: bool = True):
@@ -51,7 +56,7 @@ def _pml():
     return distances, losses, miners, reducers
 
 
-@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("type_of_triplets", TYPES)
 @pytest.mark.parametrize("normalize", [False, True], ids=["raw", "normalized"])
 def test_pml_triplet_margin_miner(
@@ -72,7 +77,7 @@ def test_pml_triplet_margin_miner(
     assert set(as_list(ours(x, labels, ref, ref_labels))) == want
 
 
-@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("seed", SEEDS)
 def test_pml_batch_hard_miner(seed: int, backend: str) -> None:
     distances, _, miners, _ = _pml()
     x, labels = _batch(seed)
@@ -82,7 +87,7 @@ def test_pml_batch_hard_miner(seed: int, backend: str) -> None:
     assert len(got) == x.shape[0] - 1  # the singleton anchor is left out by both
 
 
-@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("seed", SEEDS)
 def test_pml_triplet_margin_loss_on_the_same_triplets(seed: int, backend: str) -> None:
     distances, losses, _, reducers = _pml()
     x, labels = _batch(seed)
@@ -109,13 +114,13 @@ def test_pml_triplet_margin_loss_on_the_same_triplets(seed: int, backend: str) -
         x2 = x.clone().requires_grad_()
         want = theirs(x1, labels, tuple(triplets))
         got = ours(x2, labels, triplets)
-        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(got, want, **VALUE_TOL)
         (g1,) = torch.autograd.grad(want, x1)
         (g2,) = torch.autograd.grad(got, x2)
-        torch.testing.assert_close(g2, g1, rtol=1e-7, atol=1e-10)
+        torch.testing.assert_close(g2, g1, **GRAD_TOL)
 
 
-@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("seed", SEEDS)
 def test_pml_avg_non_zero_is_fused_mean_nonzero(seed: int, backend: str) -> None:
     distances, losses, _, _ = _pml()
     x, labels = _batch(seed)
@@ -123,12 +128,12 @@ def test_pml_avg_non_zero_is_fused_mean_nonzero(seed: int, backend: str) -> None
         0.5, distance=distances.LpDistance(normalize_embeddings=False)
     )
     got = batch_all_triplet_loss(x, labels, 0.5, reduction="mean_nonzero", backend=backend)
-    torch.testing.assert_close(got, theirs(x, labels), rtol=1e-9, atol=1e-12)
-    hard = mining.triplet_margin_triplets(
+    torch.testing.assert_close(got, theirs(x, labels), **VALUE_TOL)
+    hard = miners.triplet_margin_triplets(
         x, labels, margin=0.5, type_of_triplets="hard", backend=backend
     )
     got = TripletMarginLoss(0.5, reduction="mean_nonzero")(x, labels, hard)
-    torch.testing.assert_close(got, theirs(x, labels, tuple(hard)), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(got, theirs(x, labels, tuple(hard)), **VALUE_TOL)
 
 
 def _otl():
@@ -138,7 +143,7 @@ def _otl():
     return losses
 
 
-@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("squared", [False, True])
 def test_otl_batch_all(seed: int, squared: bool, backend: str) -> None:
     """online-triplet-loss averages over the triplets with a positive loss: mean_nonzero."""
@@ -149,13 +154,13 @@ def test_otl_batch_all(seed: int, squared: bool, backend: str) -> None:
     x2 = x.clone().requires_grad_()
     want, _ = otl.batch_all_triplet_loss(labels, x1, 0.5, squared=squared)
     got = batch_all_triplet_loss(x2, labels, 0.5, metric, reduction="mean_nonzero", backend=backend)
-    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(got, want, **VALUE_TOL)
     (g1,) = torch.autograd.grad(want, x1)
     (g2,) = torch.autograd.grad(got, x2)
-    torch.testing.assert_close(g2, g1, rtol=1e-7, atol=1e-10)
+    torch.testing.assert_close(g2, g1, **GRAD_TOL)
 
 
-@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("squared", [False, True])
 def test_otl_batch_hard(seed: int, squared: bool, backend: str) -> None:
     """Equal when every anchor has a positive and a negative (no singleton class)."""
@@ -166,10 +171,10 @@ def test_otl_batch_hard(seed: int, squared: bool, backend: str) -> None:
     x2 = x.clone().requires_grad_()
     want = otl.batch_hard_triplet_loss(labels, x1, 0.5, squared=squared)
     got = batch_hard_triplet_loss(x2, labels, 0.5, metric, backend=backend)
-    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(got, want, **VALUE_TOL)
     (g1,) = torch.autograd.grad(want, x1)
     (g2,) = torch.autograd.grad(got, x2)
-    torch.testing.assert_close(g2, g1, rtol=1e-7, atol=1e-10)
+    torch.testing.assert_close(g2, g1, **GRAD_TOL)
 
 
 # --------------------------------------------------------------- similarity losses (issue 12)

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import as_list, problem
 
-from tripletkit import mining
+from tripletkit import miners
 from tripletkit.losses import (
     TripletMarginLoss,
     batch_all_triplet_loss,
@@ -18,14 +18,21 @@ from tripletkit.losses import (
 )
 from tripletkit.stats import triplet_stats
 
+#: Random batches per property.
+EXAMPLES = 25
 SETTINGS = settings(
-    max_examples=25,
+    max_examples=EXAMPLES,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 GRID = torch.tensor([-2.0, -1.0, 1.0, 2.0], dtype=torch.float64)
 TYPES = ("all", "hard", "semihard", "easy")
 FUSED = (batch_all_triplet_loss, batch_hard_triplet_loss, semi_hard_triplet_loss)
+#: Seeds are drawn from ``[0, SEED_MAX]``.
+SEED_MAX = 2**31 - 1
+#: Slack of the comparisons between two float64 losses of the same terms (summed in another
+#: order, or under another labelling).
+EXACT = 1e-12
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,7 +50,7 @@ def batches(draw: st.DrawFn, grid: bool | None = None) -> tuple[torch.Tensor, to
     )
     dim = draw(st.integers(1, 4))
     on_grid = draw(st.booleans()) if grid is None else grid
-    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    g = torch.Generator().manual_seed(draw(st.integers(0, SEED_MAX)))
     if on_grid:
         x = GRID[torch.randint(0, 4, (n, dim), generator=g)]
     else:
@@ -54,27 +61,27 @@ def batches(draw: st.DrawFn, grid: bool | None = None) -> tuple[torch.Tensor, to
 def _miners(margin: float) -> dict:
     """Every miner, as ``name -> f(x, labels, backend)``."""
     out = {
-        "batch_all_valid": lambda x, y, b: mining.batch_all_triplets(
+        "batch_all_valid": lambda x, y, b: miners.batch_all_triplets(
             x, y, margin=margin, active_only=False, backend=b
         ),
-        "batch_all_active": lambda x, y, b: mining.batch_all_triplets(
+        "batch_all_active": lambda x, y, b: miners.batch_all_triplets(
             x, y, margin=margin, active_only=True, backend=b
         ),
-        "batch_hard": lambda x, y, b: mining.batch_hard_triplets(x, y, backend=b),
-        "semi_hard": lambda x, y, b: mining.semi_hard_triplets(x, y, margin=margin, backend=b),
-        "semi_hard_active": lambda x, y, b: mining.semi_hard_triplets(
+        "batch_hard": lambda x, y, b: miners.batch_hard_triplets(x, y, backend=b),
+        "semi_hard": lambda x, y, b: miners.semi_hard_triplets(x, y, margin=margin, backend=b),
+        "semi_hard_active": lambda x, y, b: miners.semi_hard_triplets(
             x, y, margin=margin, active_only=True, backend=b
         ),
     }
     for t in TYPES:
-        out[t] = lambda x, y, b, t=t: mining.triplet_margin_triplets(
+        out[t] = lambda x, y, b, t=t: miners.triplet_margin_triplets(
             x, y, margin=margin, type_of_triplets=t, backend=b
         )
     return out
 
 
 @SETTINGS
-@given(data=batches(), margin=st.sampled_from([0.0, 0.3, 1.0]), perm_seed=st.integers(0, 2**31 - 1))
+@given(data=batches(), margin=st.sampled_from([0.0, 0.3, 1.0]), perm_seed=st.integers(0, SEED_MAX))
 def test_permuting_the_batch_permutes_the_triplets(
     backend: str, data: tuple, margin: float, perm_seed: int
 ) -> None:
@@ -111,10 +118,10 @@ def test_relabelling_changes_nothing(backend: str, data: tuple, targets: list, m
     relabelled = torch.tensor(targets, dtype=torch.int64)[labels]
     for name, mine in _miners(0.3).items():
         if name in TYPES:
-            got = mining.triplet_margin_triplets(
+            got = miners.triplet_margin_triplets(
                 x, relabelled, margin=0.3, type_of_triplets=name, metric=metric, backend=backend
             )
-            want = mining.triplet_margin_triplets(
+            want = miners.triplet_margin_triplets(
                 x, labels, margin=0.3, type_of_triplets=name, metric=metric, backend=backend
             )
         else:
@@ -124,7 +131,7 @@ def test_relabelling_changes_nothing(backend: str, data: tuple, targets: list, m
         for soft in (False, True):
             a = fn(x, relabelled, 0.3, metric, soft, "mean", backend=backend)
             b = fn(x, labels, 0.3, metric, soft, "mean", backend=backend)
-            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(a, b, rtol=EXACT, atol=EXACT)
     torch.testing.assert_close(
         contrastive_loss(x, relabelled, metric=metric), contrastive_loss(x, labels, metric=metric)
     )
@@ -144,7 +151,7 @@ def test_region_algebra_and_stats(backend: str, data: tuple, margin: float) -> N
     region = {
         t: set(
             as_list(
-                mining.triplet_margin_triplets(
+                miners.triplet_margin_triplets(
                     x, labels, margin=margin, type_of_triplets=t, backend=backend
                 )
             )
@@ -153,10 +160,10 @@ def test_region_algebra_and_stats(backend: str, data: tuple, margin: float) -> N
     }
     valid = set(
         as_list(
-            mining.batch_all_triplets(x, labels, margin=margin, active_only=False, backend=backend)
+            miners.batch_all_triplets(x, labels, margin=margin, active_only=False, backend=backend)
         )
     )
-    active = set(as_list(mining.batch_all_triplets(x, labels, margin=margin, backend=backend)))
+    active = set(as_list(miners.batch_all_triplets(x, labels, margin=margin, backend=backend)))
     assert region["hard"] <= region["all"]
     assert region["semihard"] <= region["all"]
     assert region["hard"] | region["semihard"] == region["all"]
@@ -170,9 +177,9 @@ def test_region_algebra_and_stats(backend: str, data: tuple, margin: float) -> N
     assert stats.easy == len(region["easy"])
     assert stats.semi_hard == len(region["semihard"])
     assert stats.hard == len(region["hard"])
-    semi = set(as_list(mining.semi_hard_triplets(x, labels, margin=margin, backend=backend)))
+    semi = set(as_list(miners.semi_hard_triplets(x, labels, margin=margin, backend=backend)))
     assert semi <= valid
-    hard = as_list(mining.batch_hard_triplets(x, labels, backend=backend))
+    hard = as_list(miners.batch_hard_triplets(x, labels, backend=backend))
     assert set(hard) <= valid
     assert len({a for a, _, _ in hard}) == len(hard) == len({a for a, _, _ in valid})
 
@@ -185,15 +192,15 @@ def test_mean_nonzero_is_at_least_mean(backend: str, data: tuple, margin: float)
         mean = fn(x, labels, margin, reduction="mean", backend=backend)
         nonzero = fn(x, labels, margin, reduction="mean_nonzero", backend=backend)
         total = fn(x, labels, margin, reduction="sum", backend=backend)
-        assert float(nonzero) >= float(mean) - 1e-12
-        assert float(total) >= float(nonzero) - 1e-12 or float(total) == 0.0
+        assert float(nonzero) >= float(mean) - EXACT
+        assert float(total) >= float(nonzero) - EXACT or float(total) == 0.0
         assert float(mean) >= 0.0
-    triplets = mining.batch_all_triplets(
+    triplets = miners.batch_all_triplets(
         x, labels, margin=margin, active_only=False, backend=backend
     )
     mean = TripletMarginLoss(margin, reduction="mean")(x, labels, triplets)
     nonzero = TripletMarginLoss(margin, reduction="mean_nonzero")(x, labels, triplets)
-    assert float(nonzero) >= float(mean) - 1e-12
+    assert float(nonzero) >= float(mean) - EXACT
 
 
 @pytest.mark.parametrize("seed", range(3))

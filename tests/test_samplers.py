@@ -1,3 +1,5 @@
+"""``tripletkit.samplers``: ``PKBatchSampler`` (P x K batches, epochs, replicas)."""
+
 from __future__ import annotations
 
 import math

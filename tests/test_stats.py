@@ -1,10 +1,10 @@
-"""``triplet_stats`` against counting every valid triplet."""
+"""``tripletkit.stats``: ``triplet_stats`` against counting every valid triplet."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import BACKENDS, BAD_INPUTS, CASES, DEGENERATE, METRICS, NO_OFFSET, X, Y
+from conftest import BACKENDS, BAD_INPUTS, CASE_NAMES, CASES, DEGENERATE, MARGIN, METRICS, X, Y
 from reference import counts, problem, region_triplets
 
 from tripletkit.stats import triplet_stats
@@ -15,19 +15,25 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _expected(name: str, margin: float, metric: str, normalize: bool = False) -> TripletStats:
     c = CASES[name]
-    pb = problem(c.x, c.labels, c.ref, c.ref_labels, metric=metric, normalize=normalize)
+    pb = problem(
+        c.x,
+        c.labels,
+        c.ref,
+        c.ref_labels,
+        metric=metric,
+        normalize=normalize,
+        anchor_offset=c.anchor_offset,
+    )
     return TripletStats(*counts(pb, margin))
 
 
 def _stats(name: str, margin: float, metric: str, backend: str, **kw: object) -> TripletStats:
     c = CASES[name]
-    return triplet_stats(
-        c.x, c.labels, margin, metric, backend=backend, **c.ref_kwargs(offset=False), **kw
-    )
+    return triplet_stats(c.x, c.labels, margin, metric, backend=backend, **c.ref_kwargs(), **kw)
 
 
-@pytest.mark.parametrize("name", NO_OFFSET)
-@pytest.mark.parametrize("margin", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("name", CASE_NAMES)
+@pytest.mark.parametrize("margin", [0.0, MARGIN, 1.0])
 def test_counts_match_brute_force(name: str, margin: float, metric: str, backend: str) -> None:
     got = _stats(name, margin, metric, backend)
     assert isinstance(got, TripletStats)
@@ -37,10 +43,10 @@ def test_counts_match_brute_force(name: str, margin: float, metric: str, backend
     assert got.valid == got.easy + got.semi_hard + got.hard
 
 
-@pytest.mark.parametrize("name", ["generic", "duplicates", "refs"])
+@pytest.mark.parametrize("name", ["generic", "duplicates", "refs", "refs_offset"])
 def test_normalize(name: str, metric: str, backend: str) -> None:
-    got = _stats(name, 0.3, metric, backend, normalize=True)
-    assert got == _expected(name, 0.3, metric, normalize=True)
+    got = _stats(name, MARGIN, metric, backend, normalize=True)
+    assert got == _expected(name, MARGIN, metric, normalize=True)
 
 
 @pytest.mark.parametrize("margin", [0.0, 1.0, 2.0])
@@ -55,21 +61,21 @@ def test_boundaries_on_exact_distances(margin: float, metric_: str, backend: str
     assert _stats("grid", margin, metric_, backend) == TripletStats(*counts(pb, margin))
 
 
-@pytest.mark.parametrize("name", NO_OFFSET)
+@pytest.mark.parametrize("name", CASE_NAMES)
 def test_counts_are_region_sizes(name: str, metric: str, backend: str) -> None:
     """easy / semi-hard / hard are TripletMarginMiner's easy / semihard / hard regions."""
     c = CASES[name]
-    pb = problem(c.x, c.labels, c.ref, c.ref_labels, metric=metric)
-    got = _stats(name, 0.3, metric, backend)
+    pb = problem(c.x, c.labels, c.ref, c.ref_labels, metric=metric, anchor_offset=c.anchor_offset)
+    got = _stats(name, MARGIN, metric, backend)
     assert got.valid == len(pb.valid())
-    assert got.easy == len(region_triplets(pb, 0.3, "easy"))
-    assert got.semi_hard == len(region_triplets(pb, 0.3, "semihard"))
-    assert got.hard == len(region_triplets(pb, 0.3, "hard"))
+    assert got.easy == len(region_triplets(pb, MARGIN, "easy"))
+    assert got.semi_hard == len(region_triplets(pb, MARGIN, "semihard"))
+    assert got.hard == len(region_triplets(pb, MARGIN, "hard"))
 
 
-@pytest.mark.parametrize("name", [n for n in DEGENERATE if n in NO_OFFSET])
+@pytest.mark.parametrize("name", DEGENERATE)
 def test_no_valid_triplet(name: str, backend: str) -> None:
-    got = _stats(name, 0.3, "euclidean", backend)
+    got = _stats(name, MARGIN, "euclidean", backend)
     assert got == TripletStats(0, 0, 0, 0)
     assert got.fractions == {"easy": 0.0, "semi_hard": 0.0, "hard": 0.0}
 
@@ -88,14 +94,14 @@ def test_worked_example() -> None:
 def test_lower_precision(dtype: torch.dtype, backend: str) -> None:
     c = CASES["generic"]
     x = c.x.to(dtype)
-    got = triplet_stats(x, c.labels, 0.3, backend=backend)
+    got = triplet_stats(x, c.labels, MARGIN, backend=backend)
     pb = problem(x.float(), c.labels)
-    assert got == TripletStats(*counts(pb, 0.3))
+    assert got == TripletStats(*counts(pb, MARGIN))
 
 
 def test_auto_backend() -> None:
     c = CASES["duplicates"]
-    assert triplet_stats(c.x, c.labels, 0.3) == _expected("duplicates", 0.3, "euclidean")
+    assert triplet_stats(c.x, c.labels, MARGIN) == _expected("duplicates", MARGIN, "euclidean")
 
 
 def test_no_grad_needed() -> None:
@@ -104,11 +110,8 @@ def test_no_grad_needed() -> None:
     assert x.grad is None
 
 
-STATS_ERRORS = [b for b in BAD_INPUTS if "anchor_offset" not in b[1]]
-
-
 @pytest.mark.parametrize(
-    ("kw", "exc", "words"), [b[1:] for b in STATS_ERRORS], ids=[b[0] for b in STATS_ERRORS]
+    ("kw", "exc", "words"), [b[1:] for b in BAD_INPUTS], ids=[b[0] for b in BAD_INPUTS]
 )
 def test_bad_input(kw: dict, exc: type, words: list[str]) -> None:
     kw = dict(kw)

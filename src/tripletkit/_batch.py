@@ -144,10 +144,8 @@ def _width(
 ) -> Tensor | int | None:
     """The width of the positive slots: the caller's bound (checked against the batch when
     checks are on), the batch's largest positive count read with the checks, or ``None``."""
-    if b.labels.numel() == 0:
-        return 0
     if max_positives is not None:
-        if checks.enabled:
+        if checks.enabled and b.labels.numel():
             counts = b.positive_counts()
 
             def error() -> ValueError:
@@ -159,6 +157,8 @@ def _width(
 
             checks.require(counts <= max_positives, error)
         return max_positives
+    if b.labels.numel() == 0:
+        return 0
     if need_width and checks.enabled:
         return b.positive_counts().max()
     return None

@@ -111,18 +111,18 @@ def _old_call_form(func: Callable[..., RetrievalMetrics]) -> Callable[..., Retri
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> RetrievalMetrics:
         warned = len(args) > 2
-        if len(args) > 2 + len(_OLD_POSITIONAL):
-            raise TypeError(
-                f"retrieval_metrics takes at most {2 + len(_OLD_POSITIONAL)} positional arguments "
-                f"in its old form, got {len(args)}"
-            )
         if warned:
             warn(
                 "retrieval_metrics(query, query_labels, ref, ...): pass everything after "
                 "query_labels by keyword (ref_embeddings=, ref_labels=, k=, metric=, chunk_size=)"
             )
-            kwargs.update(zip(_OLD_POSITIONAL, args[2:], strict=False))
-            args = args[:2]
+        if len(args) > 2 + len(_OLD_POSITIONAL):
+            raise TypeError(
+                f"retrieval_metrics takes at most {2 + len(_OLD_POSITIONAL)} positional arguments "
+                f"in its old form, got {len(args)}"
+            )
+        kwargs.update(zip(_OLD_POSITIONAL, args[2:], strict=False))
+        args = args[:2]
         if "ref" in kwargs:
             if "ref_embeddings" in kwargs:
                 raise TypeError("retrieval_metrics got both ref= and ref_embeddings=")

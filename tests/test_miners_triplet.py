@@ -1,4 +1,5 @@
-"""Mining functions and miner modules against brute-force selection over all triplets."""
+"""``tripletkit.miners.triplet``: the batch-all, batch-hard, semi-hard and margin-region
+mining functions and their modules, against brute-force selection over all triplets."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from conftest import (
     BACKENDS,
     BAD_INPUTS,
     CASES,
+    DATA_ERRORS,
     DEGENERATE,
+    MARGIN,
     METRICS,
-    N_DATA_ERRORS,
     NO_OFFSET,
     Case,
     X,
@@ -26,13 +28,12 @@ from reference import (
     semi_hard_triplets,
 )
 
-from tripletkit import mining
+from tripletkit import miners
 from tripletkit.miners import BatchAllMiner, BatchHardMiner, SemiHardMiner, TripletMarginMiner
 from tripletkit.types import Triplets
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-MARGIN = 0.3
 TYPES = ("all", "hard", "semihard", "easy")
 
 
@@ -75,7 +76,7 @@ def _semi_hard_expected(pb: Problem, active_only: bool, margin: float) -> list:
 def test_batch_all_triplets(case: Case, metric: str, backend: str) -> None:
     pb = _problem(case, metric)
     for active_only in (False, True):
-        got = mining.batch_all_triplets(
+        got = miners.batch_all_triplets(
             case.x,
             case.labels,
             margin=MARGIN,
@@ -88,7 +89,7 @@ def test_batch_all_triplets(case: Case, metric: str, backend: str) -> None:
 
 
 def test_batch_hard_triplets(case: Case, metric: str, backend: str) -> None:
-    got = mining.batch_hard_triplets(
+    got = miners.batch_hard_triplets(
         case.x, case.labels, metric=metric, backend=backend, **case.ref_kwargs()
     )
     assert_triplets(got, batch_hard_triplets(_problem(case, metric)))
@@ -97,7 +98,7 @@ def test_batch_hard_triplets(case: Case, metric: str, backend: str) -> None:
 def test_semi_hard_triplets(case: Case, metric: str, backend: str) -> None:
     pb = _problem(case, metric)
     for active_only in (False, True):
-        got = mining.semi_hard_triplets(
+        got = miners.semi_hard_triplets(
             case.x,
             case.labels,
             margin=MARGIN,
@@ -112,7 +113,7 @@ def test_semi_hard_triplets(case: Case, metric: str, backend: str) -> None:
 def test_triplet_margin_triplets(case: Case, metric: str, backend: str) -> None:
     pb = _problem(case, metric)
     for type_of_triplets in TYPES:
-        got = mining.triplet_margin_triplets(
+        got = miners.triplet_margin_triplets(
             case.x,
             case.labels,
             margin=MARGIN,
@@ -134,18 +135,19 @@ def test_duplicate_references_tie_to_lowest_index(
     index must win. Coordinates are small integers so that the library's matrix product is
     exact too (in general it may round identical columns differently in the last bit);
     selection is checked on the explicit-loop distances, in which copies tie by construction."""
+    rows, copies = 20, 3
     g = torch.Generator().manual_seed(seed)
-    x = torch.randint(-3, 4, (20, 5), generator=g).to(torch.float64)
-    x = torch.cat([x, x[:3]]).to(dtype)
-    labels = torch.arange(23) % 4
-    labels[:3] = torch.tensor([10, 11, 12])
-    labels[20:] = labels[:3]
+    x = torch.randint(-3, 4, (rows, 5), generator=g).to(torch.float64)
+    x = torch.cat([x, x[:copies]]).to(dtype)
+    labels = torch.arange(rows + copies) % 4
+    labels[:copies] = torch.tensor([10, 11, 12])
+    labels[rows:] = labels[:copies]
     pb = Problem(distance_matrix(x.double(), None, "euclidean"), labels)
     hard = batch_hard_triplets(pb)
     semi = semi_hard_triplets(pb)
-    assert any(n < 3 for _, _, n in hard + semi)  # the ties are really met
-    assert_triplets(mining.batch_hard_triplets(x, labels, backend=backend), hard, "batch_hard")
-    assert_triplets(mining.semi_hard_triplets(x, labels, backend=backend), semi, "semi_hard")
+    assert any(n < copies for _, _, n in hard + semi)  # the ties are really met
+    assert_triplets(miners.batch_hard_triplets(x, labels, backend=backend), hard, "batch_hard")
+    assert_triplets(miners.semi_hard_triplets(x, labels, backend=backend), semi, "semi_hard")
 
 
 def test_default_thread_count(backend: str) -> None:
@@ -160,15 +162,15 @@ def test_default_thread_count(backend: str) -> None:
         pb = _problem(c, "euclidean")
         kw = {"backend": backend, **c.ref_kwargs()}
         assert_triplets(
-            mining.batch_all_triplets(c.x, c.labels, margin=MARGIN, **kw),
+            miners.batch_all_triplets(c.x, c.labels, margin=MARGIN, **kw),
             region_triplets(pb, MARGIN, "active"),
         )
-        assert_triplets(mining.batch_hard_triplets(c.x, c.labels, **kw), batch_hard_triplets(pb))
+        assert_triplets(miners.batch_hard_triplets(c.x, c.labels, **kw), batch_hard_triplets(pb))
         assert_triplets(
-            mining.semi_hard_triplets(c.x, c.labels, margin=MARGIN, **kw), semi_hard_triplets(pb)
+            miners.semi_hard_triplets(c.x, c.labels, margin=MARGIN, **kw), semi_hard_triplets(pb)
         )
         assert_triplets(
-            mining.triplet_margin_triplets(c.x, c.labels, margin=MARGIN, **kw),
+            miners.triplet_margin_triplets(c.x, c.labels, margin=MARGIN, **kw),
             region_triplets(pb, MARGIN, "all"),
         )
 
@@ -184,13 +186,13 @@ def test_region_boundaries_on_exact_distances(backend: str, margin: float, metri
     ts = {pb.d[a][n] - pb.d[a][p] for a, p, n in pb.valid()}
     assert 0.0 in ts and margin in ts  # the boundaries are really exercised
     for region in TYPES:
-        got = mining.triplet_margin_triplets(
+        got = miners.triplet_margin_triplets(
             c.x, c.labels, margin=margin, type_of_triplets=region, metric=metric_, backend=backend
         )
         assert_triplets(got, region_triplets(pb, margin, region))
-    got = mining.batch_all_triplets(c.x, c.labels, margin=margin, metric=metric_, backend=backend)
+    got = miners.batch_all_triplets(c.x, c.labels, margin=margin, metric=metric_, backend=backend)
     assert_triplets(got, region_triplets(pb, margin, "active"))
-    got = mining.semi_hard_triplets(
+    got = miners.semi_hard_triplets(
         c.x, c.labels, margin=margin, metric=metric_, active_only=True, backend=backend
     )
     assert_triplets(got, _semi_hard_expected(pb, True, margin))
@@ -200,7 +202,7 @@ def test_negative_margin_regions(backend: str) -> None:
     c = CASES["generic"]
     pb = _problem(c, "euclidean")
     for region in TYPES:
-        got = mining.triplet_margin_triplets(
+        got = miners.triplet_margin_triplets(
             c.x, c.labels, margin=-0.3, type_of_triplets=region, backend=backend
         )
         assert_triplets(got, region_triplets(pb, -0.3, region))
@@ -212,16 +214,16 @@ def test_normalize(name: str, metric: str, backend: str) -> None:
     pb = _problem(c, metric, normalize=True)
     kw = {"metric": metric, "normalize": True, "backend": backend, **c.ref_kwargs()}
     assert_triplets(
-        mining.batch_all_triplets(c.x, c.labels, margin=MARGIN, **kw),
+        miners.batch_all_triplets(c.x, c.labels, margin=MARGIN, **kw),
         region_triplets(pb, MARGIN, "active"),
     )
-    assert_triplets(mining.batch_hard_triplets(c.x, c.labels, **kw), batch_hard_triplets(pb))
+    assert_triplets(miners.batch_hard_triplets(c.x, c.labels, **kw), batch_hard_triplets(pb))
     assert_triplets(
-        mining.semi_hard_triplets(c.x, c.labels, margin=MARGIN, **kw),
+        miners.semi_hard_triplets(c.x, c.labels, margin=MARGIN, **kw),
         _semi_hard_expected(pb, False, MARGIN),
     )
     assert_triplets(
-        mining.triplet_margin_triplets(c.x, c.labels, margin=MARGIN, type_of_triplets="hard", **kw),
+        miners.triplet_margin_triplets(c.x, c.labels, margin=MARGIN, type_of_triplets="hard", **kw),
         region_triplets(pb, MARGIN, "hard"),
     )
 
@@ -233,9 +235,9 @@ def test_self_pair_excluded_only_with_offset() -> None:
     ref_labels = torch.tensor([0, 1, 0])
     x, labels = ref[:1].clone(), ref_labels[:1].clone()
     kw = {"ref_embeddings": ref, "ref_labels": ref_labels, "backend": "torch"}
-    got = mining.batch_all_triplets(x, labels, active_only=False, **kw)
+    got = miners.batch_all_triplets(x, labels, active_only=False, **kw)
     assert as_list(got) == [(0, 0, 1), (0, 2, 1)]
-    got = mining.batch_all_triplets(x, labels, active_only=False, anchor_offset=0, **kw)
+    got = miners.batch_all_triplets(x, labels, active_only=False, anchor_offset=0, **kw)
     assert as_list(got) == [(0, 2, 1)]
 
 
@@ -252,7 +254,7 @@ def test_miner_modules(name: str, metric: str, backend: str) -> None:
         miner = BatchAllMiner(MARGIN, metric, active_only, backend=backend)
         expected = region_triplets(pb, MARGIN, "active" if active_only else "valid")
         assert_triplets(miner(*args), expected)
-        miner = SemiHardMiner(MARGIN, metric, active_only=active_only, backend=backend)
+        miner = SemiHardMiner(MARGIN, metric, active_only, backend=backend)
         assert_triplets(miner(*args), _semi_hard_expected(pb, active_only, MARGIN))
     assert_triplets(BatchHardMiner(metric, backend=backend)(*args), batch_hard_triplets(pb))
     for t in TYPES:
@@ -280,21 +282,21 @@ def test_miner_module_auto_backend() -> None:
     c = CASES["duplicates"]
     pb = _problem(c, "euclidean")
     assert_triplets(BatchHardMiner()(c.x, c.labels), batch_hard_triplets(pb))
-    assert_triplets(mining.semi_hard_triplets(c.x, c.labels, margin=MARGIN), semi_hard_triplets(pb))
+    assert_triplets(miners.semi_hard_triplets(c.x, c.labels, margin=MARGIN), semi_hard_triplets(pb))
 
 
 @pytest.mark.parametrize("name", DEGENERATE)
 def test_no_valid_triplet_gives_empty_triplets(name: str, backend: str) -> None:
     c = CASES[name]
     args = (c.x, c.labels, c.ref, c.ref_labels)
-    miners = [
+    modules = [
         BatchAllMiner(backend=backend),
         BatchAllMiner(active_only=False, backend=backend),
         BatchHardMiner(backend=backend),
         SemiHardMiner(backend=backend),
         *(TripletMarginMiner(type_of_triplets=t, backend=backend) for t in TYPES),
     ]
-    for miner in miners:
+    for miner in modules:
         got = miner(*args)
         assert isinstance(got, Triplets)
         assert got.num_triplets == 0
@@ -308,24 +310,24 @@ def test_half_precision_mines_like_float32(dtype: torch.dtype, backend: str) -> 
     x = c.x.to(dtype)
     x32 = x.float()
     for fn, kw in [
-        (mining.batch_all_triplets, {"active_only": False}),
-        (mining.batch_all_triplets, {}),
-        (mining.batch_hard_triplets, {}),
-        (mining.semi_hard_triplets, {}),
-        (mining.triplet_margin_triplets, {"type_of_triplets": "semihard"}),
+        (miners.batch_all_triplets, {"active_only": False}),
+        (miners.batch_all_triplets, {}),
+        (miners.batch_hard_triplets, {}),
+        (miners.semi_hard_triplets, {}),
+        (miners.triplet_margin_triplets, {"type_of_triplets": "semihard"}),
     ]:
         got = fn(x, c.labels, backend=backend, **kw)
         want = fn(x32, c.labels, backend=backend, **kw)
         assert as_list(got) == as_list(want), fn.__name__
     pb = _problem(Case("f32", x32.double(), c.labels), "euclidean")
-    assert set(as_list(mining.batch_hard_triplets(x, c.labels, backend=backend))) == set(
+    assert set(as_list(miners.batch_hard_triplets(x, c.labels, backend=backend))) == set(
         batch_hard_triplets(pb)
     )
 
 
 def test_float32_mines_like_float64(backend: str) -> None:
     c = CASES["generic"]
-    for fn in (mining.batch_hard_triplets, mining.semi_hard_triplets):
+    for fn in (miners.batch_hard_triplets, miners.semi_hard_triplets):
         assert as_list(fn(c.x.float(), c.labels, backend=backend)) == as_list(
             fn(c.x, c.labels, backend=backend)
         )
@@ -334,17 +336,17 @@ def test_float32_mines_like_float64(backend: str) -> None:
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8, torch.int8])
 def test_integer_label_dtypes(dtype: torch.dtype, backend: str) -> None:
     c = CASES["generic"]
-    got = mining.batch_hard_triplets(c.x, c.labels.to(dtype), backend=backend)
+    got = miners.batch_hard_triplets(c.x, c.labels.to(dtype), backend=backend)
     assert_triplets(got, batch_hard_triplets(_problem(c, "euclidean")))
 
 
 # ------------------------------------------------------------------------- errors
 
 MINING_FUNCTIONS = (
-    mining.batch_all_triplets,
-    mining.batch_hard_triplets,
-    mining.semi_hard_triplets,
-    mining.triplet_margin_triplets,
+    miners.batch_all_triplets,
+    miners.batch_hard_triplets,
+    miners.semi_hard_triplets,
+    miners.triplet_margin_triplets,
 )
 MINER_CLASSES = (BatchAllMiner, BatchHardMiner, SemiHardMiner, TripletMarginMiner)
 
@@ -363,7 +365,7 @@ def test_mining_bad_input(fn, kw: dict, exc: type, words: list[str]) -> None:
 
 @pytest.mark.parametrize(
     "fn",
-    [mining.batch_all_triplets, mining.semi_hard_triplets, mining.triplet_margin_triplets],
+    [miners.batch_all_triplets, miners.semi_hard_triplets, miners.triplet_margin_triplets],
     ids=lambda f: f.__name__,
 )
 @pytest.mark.parametrize("margin", [float("nan"), float("inf"), -float("inf")])
@@ -372,7 +374,7 @@ def test_mining_non_finite_margin(fn, margin: float) -> None:
         fn(X, Y, margin=margin)
 
 
-@pytest.mark.parametrize("fn", [mining.triplet_margin_triplets], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("fn", [miners.triplet_margin_triplets], ids=lambda f: f.__name__)
 def test_unknown_type_of_triplets(fn) -> None:
     with pytest.raises(ValueError) as info:
         fn(X, Y, type_of_triplets="semi-hard")
@@ -405,8 +407,8 @@ def test_miner_constructor_errors(cls) -> None:
 @pytest.mark.parametrize("cls", MINER_CLASSES, ids=lambda c: c.__name__)
 @pytest.mark.parametrize(
     ("kw", "exc", "words"),
-    [b[1:] for b in BAD_INPUTS[:N_DATA_ERRORS]],
-    ids=[b[0] for b in BAD_INPUTS[:N_DATA_ERRORS]],
+    [b[1:] for b in DATA_ERRORS],
+    ids=[b[0] for b in DATA_ERRORS],
 )
 def test_miner_module_bad_input(cls, kw: dict, exc: type, words: list[str]) -> None:
     kw = dict(kw)

@@ -1,4 +1,6 @@
-"""Fused losses and loss modules: values and gradients against brute force in float64."""
+"""``tripletkit.losses.triplet``: the fused batch-all, batch-hard and semi-hard losses, their
+``*_parts`` forms and modules, and the triplet margin loss, against brute force in float64
+(values and gradients)."""
 
 from __future__ import annotations
 
@@ -10,42 +12,61 @@ from conftest import (
     BACKENDS,
     BAD_INPUTS,
     CASES,
+    DATA_ERRORS,
     DEGENERATE,
+    MARGIN,
     METRICS,
-    N_DATA_ERRORS,
     NO_OFFSET,
+    VALUE_TOL,
     Case,
     X,
     Y,
+    assert_listed,
+    assert_zero_in_graph,
+    check_loss,
+    leaves_of,
+    separated,
+    some_triplets,
+    value_and_grads,
 )
-from reference import (
-    as_list,
-    fused_terms,
-    graph_zero,
-    problem,
-    reduce,
-)
-from reference import contrastive_loss as ref_contrastive
+from reference import as_list, fused_terms, graph_zero, problem, reduce
 from reference import triplet_margin_loss as ref_triplet_margin
 
-from tripletkit import mining
+from tripletkit import miners
 from tripletkit.losses import (
-    ContrastiveLoss,
+    BatchAllTripletLoss,
+    BatchHardTripletLoss,
+    Parts,
+    SemiHardTripletLoss,
     TripletMarginLoss,
+    batch_all_parts,
     batch_all_triplet_loss,
+    batch_hard_parts,
     batch_hard_triplet_loss,
-    contrastive_loss,
+    reduce_parts,
+    semi_hard_parts,
     semi_hard_triplet_loss,
     triplet_margin_loss,
 )
 from tripletkit.miners import BatchAllMiner, BatchHardMiner, SemiHardMiner
-from tripletkit.types import Pairs, Triplets
+from tripletkit.types import Triplets
 
-MARGIN = 0.3
 FUSED = {
     "batch_all": batch_all_triplet_loss,
     "batch_hard": batch_hard_triplet_loss,
     "semi_hard": semi_hard_triplet_loss,
+}
+#: The module form of each fused loss.
+MODULES = {
+    "batch_all": BatchAllTripletLoss,
+    "batch_hard": BatchHardTripletLoss,
+    "semi_hard": SemiHardTripletLoss,
+}
+#: The un-reduced form of each fused loss.
+PARTS = {
+    "batch_all": batch_all_parts,
+    "batch_hard": batch_hard_parts,
+    "semi_hard": semi_hard_parts,
 }
 FUSED_REDUCTIONS = {
     "batch_all": ("mean", "sum", "mean_nonzero"),
@@ -53,37 +74,12 @@ FUSED_REDUCTIONS = {
     "semi_hard": ("mean", "sum", "mean_nonzero", "none"),
 }
 ALL_REDUCTIONS = ("mean", "sum", "mean_nonzero", "none")
-VALUE_TOL = {"rtol": 1e-9, "atol": 1e-11}
-GRAD_TOL = {"rtol": 1e-7, "atol": 1e-9}
+#: Tolerances of half and single precision against float64: a value and a gradient.
+HALF_TOL = {"rtol": 1e-4, "atol": 1e-4}
+FLOAT32_VALUE_TOL = {"rtol": 1e-4, "atol": 1e-5}
+FLOAT32_GRAD_TOL = {"rtol": 1e-3, "atol": 1e-4}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _weights(out: torch.Tensor) -> torch.Tensor:
-    """Distinct weights for a ``reduction="none"`` output, so its gradient checks order."""
-    return torch.linspace(1.0, 2.0, out.numel(), dtype=out.dtype).reshape(out.shape)
-
-
-def _value_and_grads(
-    out: torch.Tensor, leaves: list[torch.Tensor]
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    scalar = (out * _weights(out)).sum() if out.dim() else out
-    grads = torch.autograd.grad(scalar, leaves, retain_graph=True)
-    return out.detach(), [g.detach() for g in grads]
-
-
-def _check(
-    got: torch.Tensor,
-    got_leaves: list[torch.Tensor],
-    expected: tuple[torch.Tensor, list[torch.Tensor]],
-) -> None:
-    value, grads = _value_and_grads(got, got_leaves)
-    exp_value, exp_grads = expected
-    assert value.shape == exp_value.shape
-    torch.testing.assert_close(value, exp_value, **VALUE_TOL)
-    for g, e in zip(grads, exp_grads, strict=True):
-        assert torch.isfinite(g).all()
-        torch.testing.assert_close(g, e, **GRAD_TOL)
 
 
 @functools.cache
@@ -105,13 +101,13 @@ def _expected_fused(
         anchor_offset=c.anchor_offset,
     )
     out = reduce(terms, reduction, zero)
-    return _value_and_grads(out, [t for t in (x, ref) if t is not None])
+    return value_and_grads(out, leaves_of(x, ref))
 
 
 def _fused(kind: str, c: Case, reduction: str, **kw: object) -> tuple[torch.Tensor, list]:
     x, ref = c.leaves()
     out = FUSED[kind](x, c.labels, MARGIN, reduction=reduction, **kw, **c.ref_kwargs(ref))
-    return out, [t for t in (x, ref) if t is not None]
+    return out, leaves_of(x, ref)
 
 
 # -------------------------------------------------------------------- fused losses
@@ -125,7 +121,7 @@ def test_fused_loss(case: Case, kind: str, soft_margin: bool, metric: str, backe
             kind, case, reduction, metric=metric, soft_margin=soft_margin, backend=backend
         )
         expected = _expected_fused(case.name, kind, soft_margin, metric, False, reduction)
-        _check(out, leaves, expected)
+        check_loss(out, leaves, expected)
 
 
 @pytest.mark.parametrize("name", ["duplicates", "refs", "refs_offset"])
@@ -145,7 +141,7 @@ def test_fused_loss_normalize(
             normalize=True,
             backend=backend,
         )
-        _check(out, leaves, _expected_fused(name, kind, soft_margin, metric, True, reduction))
+        check_loss(out, leaves, _expected_fused(name, kind, soft_margin, metric, True, reduction))
 
 
 @pytest.mark.parametrize("margin", [0.0, 1.0])
@@ -162,14 +158,14 @@ def test_fused_loss_at_hinge_kinks(margin: float, metric_: str, backend: str) ->
             out = FUSED[kind](x, c.labels, margin, metric_, reduction=reduction, backend=backend)
             x2 = c.x.clone().requires_grad_()
             terms, zero = fused_terms(kind, x2, c.labels, margin=margin, metric=metric_)
-            _check(out, [x], _value_and_grads(reduce(terms, reduction, zero), [x2]))
+            check_loss(out, [x], value_and_grads(reduce(terms, reduction, zero), [x2]))
 
 
 def test_fused_loss_auto_backend() -> None:
     c = CASES["duplicates"]
     for kind in FUSED:
         out, leaves = _fused(kind, c, "mean")
-        _check(out, leaves, _expected_fused(c.name, kind, False, "euclidean", False, "mean"))
+        check_loss(out, leaves, _expected_fused(c.name, kind, False, "euclidean", False, "mean"))
 
 
 @pytest.mark.parametrize("kind", ["batch_hard", "semi_hard"])
@@ -224,32 +220,146 @@ def test_no_valid_triplet_is_a_zero_in_the_graph(name: str, backend: str) -> Non
                     backend=backend,
                     **c.ref_kwargs(ref),
                 )
-                _assert_zero_in_graph(out, x, ref, reduction)
+                assert_zero_in_graph(out, x, ref, reduction)
     for reduction in ("mean", "sum", "mean_nonzero"):
         x, ref = c.leaves()
         out = TripletMarginLoss(reduction=reduction, backend=backend)(
             x, c.labels, None, **c.ref_kwargs(ref, offset=False)
         )
-        _assert_zero_in_graph(out, x, ref, reduction)
+        assert_zero_in_graph(out, x, ref, reduction)
     for reduction in ALL_REDUCTIONS:
         x, ref = c.leaves()
         out = TripletMarginLoss(reduction=reduction, backend=backend)(
             x, c.labels, Triplets.empty(), **c.ref_kwargs(ref, offset=False)
         )
-        _assert_zero_in_graph(out, x, ref, reduction)
+        assert_zero_in_graph(out, x, ref, reduction)
 
 
-def _assert_zero_in_graph(out, x, ref, reduction) -> None:
-    assert out.dtype == torch.float64
-    if reduction == "none":
-        assert out.shape == (0,)
-    else:
-        assert out.shape == () and out.item() == 0.0
-    assert out.requires_grad, "the loss must stay in the graph"
-    leaves = [t for t in (x, ref) if t is not None]
-    grads = torch.autograd.grad(out.sum(), leaves)
-    for g, leaf in zip(grads, leaves, strict=True):
-        assert torch.equal(g, torch.zeros_like(leaf))
+# ------------------------------------------------------------ un-reduced forms
+
+
+@pytest.mark.parametrize("kind", tuple(FUSED))
+@pytest.mark.parametrize("soft_margin", [False, True], ids=["hinge", "soft"])
+def test_parts_count_the_terms_and_reduce_to_the_loss(
+    case: Case, kind: str, soft_margin: bool, backend: str
+) -> None:
+    """``*_parts`` is ``Parts(total, n_valid, n_active)``: the sum of the reference terms (with
+    their gradient), their number and the number above 0; :func:`reduce_parts` of it is the
+    loss for every reduction of the fused function."""
+    x, ref = case.leaves()
+    parts = PARTS[kind](
+        x, case.labels, MARGIN, soft_margin=soft_margin, backend=backend, **case.ref_kwargs(ref)
+    )
+    assert isinstance(parts, Parts) and parts._fields == ("total", "n_valid", "n_active")
+    x2, ref2 = case.leaves()
+    terms, zero = fused_terms(
+        kind,
+        x2,
+        case.labels,
+        ref2,
+        case.ref_labels,
+        margin=MARGIN,
+        soft_margin=soft_margin,
+        anchor_offset=case.anchor_offset,
+    )
+    # counts may be ints or 0-dim integer tensors
+    assert int(parts.n_valid) == len(terms)
+    assert int(parts.n_active) == sum(1 for t in terms if float(t.detach()) > 0)
+    check_loss(
+        parts.total,
+        leaves_of(x, ref),
+        value_and_grads(reduce(terms, "sum", zero), leaves_of(x2, ref2)),
+    )
+    for reduction in ("mean", "sum", "mean_nonzero"):
+        x3, ref3 = case.leaves()
+        loss = FUSED[kind](
+            x3,
+            case.labels,
+            MARGIN,
+            soft_margin=soft_margin,
+            reduction=reduction,
+            backend=backend,
+            **case.ref_kwargs(ref3),
+        )
+        torch.testing.assert_close(reduce_parts(*parts, reduction), loss, **VALUE_TOL)
+
+
+def test_reduce_parts_takes_int_and_tensor_counts() -> None:
+    total = torch.tensor(3.0, dtype=torch.float64)
+    for n_valid, n_active in [(6, 2), (torch.tensor(6), torch.tensor(2))]:
+        assert reduce_parts(total, n_valid, n_active, "sum").item() == 3.0
+        assert reduce_parts(total, n_valid, n_active, "mean").item() == 0.5
+        assert reduce_parts(total, n_valid, n_active, "mean_nonzero").item() == 1.5
+    for zero in (0, torch.tensor(0)):  # no term: both means are the total (0), not NaN
+        empty = torch.zeros((), dtype=torch.float64)
+        assert reduce_parts(empty, zero, zero, "mean").item() == 0.0
+        assert reduce_parts(empty, zero, zero, "mean_nonzero").item() == 0.0
+
+
+# ------------------------------------------------------------ module forms
+
+
+def _module_and_function(
+    kind: str, c: Case, reduction: str, backend: str, **options: object
+) -> tuple[tuple[torch.Tensor, list], tuple[torch.Tensor, list]]:
+    """The module form and the function on fresh leaves of ``c``: ``(out, leaves)`` each."""
+    x, ref = c.leaves()
+    module = MODULES[kind](MARGIN, reduction=reduction, backend=backend, **options)
+    kwargs = {} if c.anchor_offset is None else {"anchor_offset": c.anchor_offset}
+    got = module(x, c.labels, ref, c.ref_labels, **kwargs)
+    x2, ref2 = c.leaves()
+    want = FUSED[kind](
+        x2, c.labels, MARGIN, reduction=reduction, backend=backend, **options, **c.ref_kwargs(ref2)
+    )
+    return (got, leaves_of(x, ref)), (want, leaves_of(x2, ref2))
+
+
+@pytest.mark.parametrize("kind", tuple(FUSED))
+@pytest.mark.parametrize("soft_margin", [False, True], ids=["hinge", "soft"])
+def test_module_forms_equal_the_functions(
+    case: Case, kind: str, soft_margin: bool, metric: str, backend: str
+) -> None:
+    """``BatchAllTripletLoss``, ``BatchHardTripletLoss`` and ``SemiHardTripletLoss`` give the
+    values and gradients of their functions, bit for bit, with and without a reference set
+    and ``anchor_offset``; and through them the brute-force reference."""
+    for reduction in FUSED_REDUCTIONS[kind]:
+        (got, leaves), (want, want_leaves) = _module_and_function(
+            kind, case, reduction, backend, metric=metric, soft_margin=soft_margin
+        )
+        value, grads = value_and_grads(got, leaves)
+        want_value, want_grads = value_and_grads(want, want_leaves)
+        assert torch.equal(value, want_value), (kind, reduction)
+        for g, w in zip(grads, want_grads, strict=True):
+            assert torch.equal(g, w), (kind, reduction)
+        expected = _expected_fused(case.name, kind, soft_margin, metric, False, reduction)
+        check_loss(got, leaves, expected)
+
+
+@pytest.mark.parametrize("kind", tuple(FUSED))
+def test_module_forms_normalize_and_positional_options(kind: str, backend: str) -> None:
+    """The hyper-parameters ``(margin, metric, soft_margin, reduction)`` are positional;
+    ``normalize`` reaches the function."""
+    c = CASES["refs_offset"]
+    for reduction in FUSED_REDUCTIONS[kind]:
+        x, ref = c.leaves()
+        module = MODULES[kind](MARGIN, "cosine", True, reduction, normalize=True, backend=backend)
+        got = module(x, c.labels, ref, c.ref_labels, anchor_offset=c.anchor_offset)
+        expected = _expected_fused(c.name, kind, True, "cosine", True, reduction)
+        check_loss(got, leaves_of(x, ref), expected)
+
+
+def test_module_forms_defaults_and_repr() -> None:
+    assert BatchAllTripletLoss().reduction == "mean_nonzero"
+    assert BatchHardTripletLoss().reduction == SemiHardTripletLoss().reduction == "mean"
+    for kind, cls in MODULES.items():
+        module = cls(0.5, "sqeuclidean", reduction="sum")
+        text = repr(module)
+        for option in ("margin=0.5", "metric='sqeuclidean'", "reduction='sum'", "backend='auto'"):
+            assert option in text, (kind, text)
+        assert list(module.parameters()) == []
+        torch.testing.assert_close(
+            module(X, Y), FUSED[kind](X, Y, 0.5, "sqeuclidean", reduction="sum")
+        )
 
 
 # ------------------------------------------------------------------ precision
@@ -268,16 +378,15 @@ def test_half_precision_runs_in_float32(dtype: torch.dtype, kind: str, backend: 
         terms, zero = fused_terms(
             kind, x.detach().double(), c.labels, margin=MARGIN, soft_margin=soft_margin
         )
-        torch.testing.assert_close(out.double(), reduce(terms, "sum", zero), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(out.double(), reduce(terms, "sum", zero), **HALF_TOL)
         (g,) = torch.autograd.grad(out, x)
         assert g.dtype == dtype and torch.isfinite(g).all()
     tml = TripletMarginLoss(MARGIN, backend=backend)
-    out = tml(x, c.labels, mining.batch_hard_triplets(x, c.labels, backend=backend))
+    out = tml(x, c.labels, miners.batch_hard_triplets(x, c.labels, backend=backend))
     assert out.dtype == torch.float32
     torch.testing.assert_close(
         out, FUSED["batch_hard"](x, c.labels, MARGIN, backend=backend), rtol=1e-5, atol=1e-6
     )
-    assert contrastive_loss(x, c.labels).dtype == torch.float32
 
 
 @pytest.mark.parametrize("kind", tuple(FUSED))
@@ -289,40 +398,19 @@ def test_float32_agrees_with_float64(kind: str, metric: str, backend: str) -> No
         out64 = FUSED[kind](x64, c.labels, MARGIN, metric, reduction=reduction, backend=backend)
         out32 = FUSED[kind](x32, c.labels, MARGIN, metric, reduction=reduction, backend=backend)
         assert out32.dtype == torch.float32
-        torch.testing.assert_close(out32.double(), out64.detach(), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(out32.double(), out64.detach(), **FLOAT32_VALUE_TOL)
         (g64,) = torch.autograd.grad(out64.sum(), x64)
         (g32,) = torch.autograd.grad(out32.sum(), x32)
-        torch.testing.assert_close(g32.double(), g64, rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(g32.double(), g64, **FLOAT32_GRAD_TOL)
 
 
 # ------------------------------------------------------------------- gradcheck
 
 
-def _separated(metric: str, with_ref: bool = False) -> tuple[torch.Tensor, ...]:
-    """Small float64 inputs away from every tie and every hinge kink (margin and 0.1/1.0
-    contrastive margins), so that finite differences see one smooth piece."""
-    labels = torch.tensor([0, 0, 0, 1, 1, 2])
-    ref_labels = torch.tensor([0, 1, 2, 0, 1])
-    for seed in range(1000):
-        g = torch.Generator().manual_seed(seed)
-        x = torch.randn(6, 3, generator=g, dtype=torch.float64)
-        ref = torch.randn(5, 3, generator=g, dtype=torch.float64) if with_ref else None
-        pb = problem(x, labels, ref, ref_labels if with_ref else None, metric=metric)
-        gaps = []
-        for row in pb.d:
-            s = sorted(row)
-            gaps += [b - a for a, b in zip(s[:-1], s[1:], strict=True)]
-            gaps += [abs(v - k) for v in row for k in (0.1, 1.0)]
-        gaps += [abs(pb.d[a][p] - pb.d[a][n] + MARGIN) for a, p, n in pb.valid()]
-        if min(gaps) > 1e-2:
-            return (x, labels, ref, ref_labels) if with_ref else (x, labels)
-    raise AssertionError("no separated input found")
-
-
 @pytest.mark.parametrize("kind", tuple(FUSED))
 @pytest.mark.parametrize("soft_margin", [False, True], ids=["hinge", "soft"])
 def test_gradcheck_fused(kind: str, soft_margin: bool, metric: str, backend: str) -> None:
-    x, labels = _separated(metric)
+    x, labels = separated(metric)
     fn = FUSED[kind]
 
     def f(e: torch.Tensor) -> torch.Tensor:
@@ -333,7 +421,7 @@ def test_gradcheck_fused(kind: str, soft_margin: bool, metric: str, backend: str
 
 @pytest.mark.parametrize("kind", tuple(FUSED))
 def test_gradcheck_fused_with_refs(kind: str, backend: str) -> None:
-    x, labels, ref, ref_labels = _separated("euclidean", with_ref=True)
+    x, labels, ref, ref_labels = separated("euclidean", with_ref=True)
 
     def f(e: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         return FUSED[kind](
@@ -353,7 +441,7 @@ def test_gradcheck_fused_with_refs(kind: str, backend: str) -> None:
 
 @pytest.mark.parametrize("soft_margin", [False, True], ids=["hinge", "soft"])
 def test_gradcheck_triplet_margin_loss(soft_margin: bool, metric: str) -> None:
-    x, labels = _separated(metric)
+    x, labels = separated(metric)
     triplets = Triplets(*(torch.tensor(v) for v in zip(*problem(x, labels).valid(), strict=True)))
     loss = TripletMarginLoss(MARGIN, metric, soft_margin, "mean", normalize=True)
     assert torch.autograd.gradcheck(
@@ -365,36 +453,7 @@ def test_gradcheck_triplet_margin_loss(soft_margin: bool, metric: str) -> None:
     )
 
 
-def test_gradcheck_contrastive(metric: str) -> None:
-    x, labels = _separated(metric)
-    loss = ContrastiveLoss(0.1, 1.0, metric, "sum")
-    assert torch.autograd.gradcheck(
-        lambda e: loss(e, labels), (x.clone().requires_grad_(),), fast_mode=True
-    )
-    pairs = Pairs(
-        torch.tensor([0, 1, 3]), torch.tensor([2, 0, 4]), torch.tensor([0, 5]), torch.tensor([3, 1])
-    )
-    loss = ContrastiveLoss(0.1, 1.0, metric, "none")
-    assert torch.autograd.gradcheck(
-        lambda e: loss(e, labels, pairs), (x.clone().requires_grad_(),), fast_mode=True
-    )
-
-
 # ------------------------------------------------------ TripletMarginLoss module
-
-
-def _some_triplets(c: Case) -> list[tuple[int, int, int]]:
-    """Arbitrary index triplets (valid or not, repeated rows, exact duplicates included)."""
-    n = c.x.shape[0]
-    m = n if c.ref is None else c.ref.shape[0]
-    if n == 0 or m == 0:
-        return []
-    g = torch.Generator().manual_seed(n * 31 + m)
-    a = torch.randint(0, n, (12,), generator=g).tolist()
-    p = torch.randint(0, m, (12,), generator=g).tolist()
-    q = torch.randint(0, m, (12,), generator=g).tolist()
-    rows = list(zip(a, p, q, strict=True))
-    return rows + rows[:2] + [(0, 0, m - 1)]
 
 
 def _as_triplets(rows: list[tuple[int, int, int]]) -> Triplets:
@@ -409,7 +468,7 @@ def test_triplet_margin_loss_given_triplets(
     case_no_offset: Case, metric: str, soft_margin: bool, normalize: bool
 ) -> None:
     c = case_no_offset
-    rows = _some_triplets(c)
+    rows = some_triplets(c)
     for reduction in ALL_REDUCTIONS:
         x, ref = c.leaves()
         loss = TripletMarginLoss(MARGIN, metric, soft_margin, reduction, normalize=normalize)
@@ -425,13 +484,12 @@ def test_triplet_margin_loss_given_triplets(
             reduction=reduction,
             normalize=normalize,
         )
-        leaves = [t for t in (x, ref) if t is not None]
-        _check(out, leaves, _value_and_grads(exp, [t for t in (x2, ref2) if t is not None]))
+        check_loss(out, leaves_of(x, ref), value_and_grads(exp, leaves_of(x2, ref2)))
 
 
 def test_triplet_margin_loss_function_and_tuple_input() -> None:
     c = CASES["generic"]
-    rows = _some_triplets(c)
+    rows = some_triplets(c)
     t = _as_triplets(rows)
     for reduction in ALL_REDUCTIONS:
         exp = ref_triplet_margin(c.x, rows, reduction=reduction, margin=MARGIN)
@@ -442,18 +500,45 @@ def test_triplet_margin_loss_function_and_tuple_input() -> None:
 
 @pytest.mark.parametrize("soft_margin", [False, True], ids=["hinge", "soft"])
 def test_triplet_margin_loss_all_valid_triplets(
-    case_no_offset: Case, metric: str, soft_margin: bool, backend: str
+    case: Case, metric: str, soft_margin: bool, backend: str
 ) -> None:
-    """``triplets=None`` is every valid triplet (batch-all)."""
-    c = case_no_offset
+    """``triplets=None`` is every valid triplet (batch-all), ``anchor_offset`` included."""
+    c = case
     for reduction in ("mean", "sum", "mean_nonzero"):
         x, ref = c.leaves()
         loss = TripletMarginLoss(MARGIN, metric, soft_margin, reduction, backend=backend)
-        out = loss(x, c.labels, None, *c.ref_kwargs(ref, offset=False).values())
-        leaves = [t for t in (x, ref) if t is not None]
-        _check(
-            out, leaves, _expected_fused(c.name, "batch_all", soft_margin, metric, False, reduction)
+        kwargs = {} if c.anchor_offset is None else {"anchor_offset": c.anchor_offset}
+        out = loss(x, c.labels, None, *c.ref_kwargs(ref, offset=False).values(), **kwargs)
+        check_loss(
+            out,
+            leaves_of(x, ref),
+            _expected_fused(c.name, "batch_all", soft_margin, metric, False, reduction),
         )
+        x2, ref2 = c.leaves()
+        out = triplet_margin_loss(
+            x2,
+            c.labels,
+            None,
+            MARGIN,
+            metric,
+            soft_margin,
+            reduction,
+            backend=backend,
+            **c.ref_kwargs(ref2),
+        )
+        check_loss(
+            out,
+            leaves_of(x2, ref2),
+            _expected_fused(c.name, "batch_all", soft_margin, metric, False, reduction),
+        )
+
+
+def test_anchor_offset_needs_triplets_none() -> None:
+    triplets = Triplets(*(torch.tensor([0]),) * 3)
+    with pytest.raises(ValueError, match="anchor_offset only applies with triplets=None"):
+        triplet_margin_loss(X, Y, triplets, ref_embeddings=X, ref_labels=Y, anchor_offset=0)
+    with pytest.raises(ValueError, match="anchor_offset only applies with triplets=None"):
+        TripletMarginLoss()(X, Y, triplets, X, Y, anchor_offset=0)
 
 
 # --------------------------------------------------- miners feeding TripletMarginLoss
@@ -463,14 +548,14 @@ def test_miner_output_reproduces_fused_loss(case: Case, metric: str, backend: st
     c = case
     kw = {"metric": metric, "backend": backend}
     mined = {
-        "semi_hard": mining.semi_hard_triplets(
+        "semi_hard": miners.semi_hard_triplets(
             c.x, c.labels, margin=MARGIN, **kw, **c.ref_kwargs()
         ),
-        "batch_hard": mining.batch_hard_triplets(c.x, c.labels, **kw, **c.ref_kwargs()),
-        "batch_all": mining.batch_all_triplets(
+        "batch_hard": miners.batch_hard_triplets(c.x, c.labels, **kw, **c.ref_kwargs()),
+        "batch_all": miners.batch_all_triplets(
             c.x, c.labels, margin=MARGIN, active_only=False, **kw, **c.ref_kwargs()
         ),
-        "batch_all_active": mining.batch_all_triplets(
+        "batch_all_active": miners.batch_all_triplets(
             c.x, c.labels, margin=MARGIN, active_only=True, **kw, **c.ref_kwargs()
         ),
     }
@@ -488,9 +573,7 @@ def test_miner_output_reproduces_fused_loss(case: Case, metric: str, backend: st
         x2, ref2 = c.leaves()
         loss = TripletMarginLoss(MARGIN, metric, reduction=reduction, backend=backend)
         out = loss(x2, c.labels, mined[key], *c.ref_kwargs(ref2, offset=False).values())
-        leaves = [t for t in (x, ref) if t is not None]
-        leaves2 = [t for t in (x2, ref2) if t is not None]
-        _check(out, leaves2, _value_and_grads(fused, leaves))
+        check_loss(out, leaves_of(x2, ref2), value_and_grads(fused, leaves_of(x, ref)))
 
 
 @pytest.mark.parametrize("name", NO_OFFSET)
@@ -511,95 +594,6 @@ def test_miner_modules_reproduce_fused_loss(name: str, backend: str) -> None:
         torch.testing.assert_close(out, exp, **VALUE_TOL)
 
 
-# --------------------------------------------------------------- ContrastiveLoss
-
-
-def _some_pairs(c: Case) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    rows = _some_triplets(c)
-    return [(a, p) for a, p, _ in rows[:7]], [(a, n) for a, _, n in rows[5:]]
-
-
-def _as_pairs(pos: list, neg: list) -> Pairs:
-    def col(rows: list, i: int) -> torch.Tensor:
-        return torch.tensor([r[i] for r in rows], dtype=torch.int64)
-
-    return Pairs(col(pos, 0), col(pos, 1), col(neg, 0), col(neg, 1))
-
-
-@pytest.mark.parametrize("normalize", [False, True], ids=["raw", "normalized"])
-def test_contrastive_all_pairs(case_no_offset: Case, metric: str, normalize: bool) -> None:
-    c = case_no_offset
-    for reduction in ("mean", "sum", "mean_nonzero"):
-        x, ref = c.leaves()
-        loss = ContrastiveLoss(0.1, 1.0, metric, reduction, normalize=normalize)
-        out = loss(x, c.labels, None, *c.ref_kwargs(ref, offset=False).values())
-        x2, ref2 = c.leaves()
-        exp = ref_contrastive(
-            x2,
-            c.labels,
-            None,
-            ref2,
-            c.ref_labels,
-            pos_margin=0.1,
-            neg_margin=1.0,
-            metric=metric,
-            reduction=reduction,
-            normalize=normalize,
-        )
-        leaves = [t for t in (x, ref) if t is not None]
-        _check(out, leaves, _value_and_grads(exp, [t for t in (x2, ref2) if t is not None]))
-
-
-def test_contrastive_given_pairs(case_no_offset: Case, metric: str) -> None:
-    c = case_no_offset
-    pos, neg = _some_pairs(c)
-    for reduction in ALL_REDUCTIONS:
-        x, ref = c.leaves()
-        out = contrastive_loss(
-            x,
-            c.labels,
-            _as_pairs(pos, neg),
-            0.1,
-            1.5,
-            metric,
-            reduction,
-            **c.ref_kwargs(ref, offset=False),
-        )
-        x2, ref2 = c.leaves()
-        exp = ref_contrastive(
-            x2,
-            c.labels,
-            (pos, neg),
-            ref2,
-            c.ref_labels,
-            pos_margin=0.1,
-            neg_margin=1.5,
-            metric=metric,
-            reduction=reduction,
-        )
-        leaves = [t for t in (x, ref) if t is not None]
-        _check(out, leaves, _value_and_grads(exp, [t for t in (x2, ref2) if t is not None]))
-
-
-@pytest.mark.parametrize("name", ["one_class", "all_distinct", "empty", "single"])
-def test_contrastive_degenerate(name: str) -> None:
-    c = CASES[name]
-    for reduction in ("mean", "sum", "mean_nonzero"):
-        x, _ = c.leaves()
-        out = ContrastiveLoss(reduction=reduction)(x, c.labels)
-        x2, _ = c.leaves()
-        exp = ref_contrastive(x2, c.labels, reduction=reduction)
-        _check(out, [x], _value_and_grads(exp, [x2]))
-        if c.x.shape[0] < 2:
-            _assert_zero_in_graph(
-                ContrastiveLoss(reduction=reduction)(x, c.labels), x, None, reduction
-            )
-    x, _ = c.leaves()
-    _assert_zero_in_graph(
-        ContrastiveLoss(reduction="none")(x, c.labels, Pairs.empty()), x, None, "none"
-    )
-
-
 # ------------------------------------------------------------------------ errors
 
 
@@ -608,7 +602,7 @@ def _call_fused(fn, kw: dict) -> None:
     fn(kw.pop("embeddings"), kw.pop("labels"), **kw)
 
 
-@pytest.mark.parametrize("fn", tuple(FUSED.values()), ids=tuple(FUSED))
+@pytest.mark.parametrize("fn", [*FUSED.values(), *PARTS.values()], ids=[*FUSED, *PARTS])
 @pytest.mark.parametrize(
     ("kw", "exc", "words"), [b[1:] for b in BAD_INPUTS], ids=[b[0] for b in BAD_INPUTS]
 )
@@ -619,7 +613,8 @@ def test_fused_bad_input(fn, kw: dict, exc: type, words: list[str]) -> None:
         assert w in str(info.value), (w, str(info.value))
 
 
-def _module_call(loss, kw: dict, third: object = None) -> None:
+def _call_with_indices(loss, kw: dict, third: object = None) -> None:
+    """``loss(embeddings, labels, triplets, ref_embeddings, ref_labels)``."""
     kw = dict(kw)
     loss(
         kw.pop("embeddings"),
@@ -630,70 +625,87 @@ def _module_call(loss, kw: dict, third: object = None) -> None:
     )
 
 
-MODULES = [
-    ("triplet_all", lambda: TripletMarginLoss(backend="torch"), None),
-    ("triplet_given", lambda: TripletMarginLoss(), Triplets(*(torch.tensor([0]),) * 3)),
-    ("contrastive_all", lambda: ContrastiveLoss(), None),
-    ("contrastive_given", lambda: ContrastiveLoss(), Pairs(*(torch.tensor([0]),) * 4)),
+def _call_fused_module(loss, kw: dict) -> None:
+    """``loss(embeddings, labels, ref_embeddings, ref_labels)``."""
+    kw = dict(kw)
+    loss(
+        kw.pop("embeddings"),
+        kw.pop("labels"),
+        kw.pop("ref_embeddings", None),
+        kw.pop("ref_labels", None),
+    )
+
+
+LOSS_MODULES = [
+    ("triplet_all", lambda kw: _call_with_indices(TripletMarginLoss(backend="torch"), kw)),
+    (
+        "triplet_given",
+        lambda kw: _call_with_indices(TripletMarginLoss(), kw, Triplets(*(torch.tensor([0]),) * 3)),
+    ),
+    *((kind, lambda kw, cls=cls: _call_fused_module(cls(), kw)) for kind, cls in MODULES.items()),
 ]
 
 
-@pytest.mark.parametrize(("make", "third"), [m[1:] for m in MODULES], ids=[m[0] for m in MODULES])
+@pytest.mark.parametrize("call", [m[1] for m in LOSS_MODULES], ids=[m[0] for m in LOSS_MODULES])
 @pytest.mark.parametrize(
-    ("kw", "exc", "words"),
-    [b[1:] for b in BAD_INPUTS[:N_DATA_ERRORS]],
-    ids=[b[0] for b in BAD_INPUTS[:N_DATA_ERRORS]],
+    ("kw", "exc", "words"), [b[1:] for b in DATA_ERRORS], ids=[b[0] for b in DATA_ERRORS]
 )
-def test_module_bad_input(make, third, kw: dict, exc: type, words: list[str]) -> None:
+def test_module_bad_input(call, kw: dict, exc: type, words: list[str]) -> None:
     with pytest.raises(exc) as info:
-        _module_call(make(), kw, third)
+        call(kw)
     for w in words:
         assert w in str(info.value), (w, str(info.value))
-
-
-def _listed(info: pytest.ExceptionInfo, bad: str, valid: tuple[str, ...]) -> None:
-    msg = str(info.value)
-    for w in (repr(bad), *map(repr, valid)):
-        assert w in msg, (w, msg)
 
 
 @pytest.mark.parametrize("kind", tuple(FUSED))
 def test_unknown_reduction(kind: str) -> None:
     with pytest.raises(ValueError) as info:
         FUSED[kind](X, Y, reduction="avg")
-    _listed(info, "avg", FUSED_REDUCTIONS[kind])
+    assert_listed(info, "avg", FUSED_REDUCTIONS[kind])
+    with pytest.raises(ValueError) as info:
+        MODULES[kind](reduction="avg")
+    assert_listed(info, "avg", FUSED_REDUCTIONS[kind])
 
 
 def test_batch_all_has_no_reduction_none() -> None:
     with pytest.raises(ValueError) as info:
         batch_all_triplet_loss(X, Y, reduction="none")
-    _listed(info, "none", FUSED_REDUCTIONS["batch_all"])
-
-
-@pytest.mark.parametrize("cls", [TripletMarginLoss, ContrastiveLoss], ids=lambda c: c.__name__)
-def test_module_constructor_errors(cls) -> None:
+    assert_listed(info, "none", FUSED_REDUCTIONS["batch_all"])
     with pytest.raises(ValueError) as info:
-        cls(reduction="avg")
-    _listed(info, "avg", ALL_REDUCTIONS)
+        BatchAllTripletLoss(reduction="none")
+    assert_listed(info, "none", FUSED_REDUCTIONS["batch_all"])
+
+
+@pytest.mark.parametrize("cls", [TripletMarginLoss, *MODULES.values()], ids=lambda c: c.__name__)
+def test_module_constructor_errors(cls) -> None:
+    if cls is not BatchAllTripletLoss:
+        with pytest.raises(ValueError) as info:
+            cls(reduction="avg")
+        assert_listed(info, "avg", ALL_REDUCTIONS)
     with pytest.raises(ValueError) as info:
         cls(metric="l1")
-    _listed(info, "l1", METRICS)
-    names = ("margin",) if cls is TripletMarginLoss else ("pos_margin", "neg_margin")
-    for name in names:
-        for bad in (float("nan"), float("inf")):
-            with pytest.raises(ValueError, match=name):
-                cls(**{name: bad})
-        with pytest.raises(TypeError, match=name):
-            cls(**{name: "1"})
+    assert_listed(info, "l1", METRICS)
+    with pytest.raises(ValueError) as info:
+        cls(backend="gpu")
+    assert_listed(info, "gpu", ("auto", *BACKENDS))
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="margin"):
+            cls(margin=bad)
+    with pytest.raises(TypeError, match="margin"):
+        cls(margin="1")
+    with pytest.raises(TypeError, match="soft_margin"):
+        cls(soft_margin=1)
+    with pytest.raises(TypeError, match="normalize"):
+        cls(normalize="yes")
 
 
 def test_triplet_margin_loss_unknown_backend() -> None:
     with pytest.raises(ValueError) as info:
         TripletMarginLoss(backend="gpu")(X, Y)
-    _listed(info, "gpu", ("auto", *BACKENDS))
+    assert_listed(info, "gpu", ("auto", *BACKENDS))
     with pytest.raises(ValueError) as info:
         TripletMarginLoss(backend="gpu")
-    _listed(info, "gpu", ("auto", *BACKENDS))
+    assert_listed(info, "gpu", ("auto", *BACKENDS))
 
 
 @pytest.mark.parametrize("kind", tuple(FUSED))
@@ -702,18 +714,14 @@ def test_non_finite_margin(kind: str, margin: float) -> None:
     with pytest.raises(ValueError, match="margin"):
         FUSED[kind](X, Y, margin)
     with pytest.raises(ValueError, match="margin"):
+        PARTS[kind](X, Y, margin)
+    with pytest.raises(ValueError, match="margin"):
         triplet_margin_loss(X, Y, None, margin)
-    with pytest.raises(ValueError, match="pos_margin"):
-        contrastive_loss(X, Y, pos_margin=margin)
-    with pytest.raises(ValueError, match="neg_margin"):
-        contrastive_loss(X, Y, neg_margin=margin)
 
 
-def test_reduction_none_needs_explicit_indices() -> None:
+def test_reduction_none_needs_explicit_triplets() -> None:
     with pytest.raises(ValueError, match="none"):
         triplet_margin_loss(X, Y, None, reduction="none")
-    with pytest.raises(ValueError, match="none"):
-        contrastive_loss(X, Y, None, reduction="none")
 
 
 @pytest.mark.parametrize(
@@ -732,24 +740,6 @@ def test_reduction_none_needs_explicit_indices() -> None:
 def test_bad_triplets(triplets: object, exc: type) -> None:
     with pytest.raises(exc):
         TripletMarginLoss()(X, Y, triplets)
-
-
-@pytest.mark.parametrize(
-    ("pairs", "exc"),
-    [
-        ((torch.tensor([0]), torch.tensor([1])), TypeError),
-        ((torch.tensor([0]), torch.tensor([9]), torch.tensor([0]), torch.tensor([2])), ValueError),
-        (
-            (torch.tensor([0, 1]), torch.tensor([1]), torch.tensor([0]), torch.tensor([2])),
-            ValueError,
-        ),
-        ((torch.tensor([0]), torch.tensor([1]), torch.tensor([0.0]), torch.tensor([2])), TypeError),
-    ],
-    ids=["two", "out_of_range", "lengths", "float"],
-)
-def test_bad_pairs(pairs: object, exc: type) -> None:
-    with pytest.raises(exc):
-        ContrastiveLoss()(X, Y, pairs)
 
 
 def test_graph_zero_helper_is_connected() -> None:

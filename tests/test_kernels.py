@@ -1,8 +1,12 @@
-"""The numba backend returns what the torch backend returns, kernel by kernel.
+"""``tripletkit.kernels``: the numba backend returns what the torch backend returns, kernel
+by kernel, for every width the torch kernels are given.
 
 Both backends are called through the dispatcher (:mod:`tripletkit.kernels`), so the
-tensor <-> numpy conversion is covered as well. Mined indices and counts must be identical;
-totals and gradients equal to 1e-9 / 1e-7 in float64 and to a looser tolerance in float32.
+tensor <-> numpy conversion is covered as well. Mined indices (a torch
+:class:`~tripletkit.kernels.Selection`'s valid slots, read row-major) and counts must be
+identical; totals and gradients equal to 1e-9 / 1e-7 in float64 and to a looser tolerance in
+float32. The torch kernels run without a width (every column a slot), with the batch's exact
+largest number of positives, and with looser bounds (the dense, counted and bucketed paths).
 """
 
 from __future__ import annotations
@@ -18,13 +22,20 @@ from hypothesis import strategies as st
 from numba.core.dispatcher import Dispatcher
 from torch import Tensor
 
-from tripletkit import kernels
+from tripletkit import _masks, kernels
 from tripletkit.distances import pairwise_distance
-from tripletkit.kernels import REGIONS, resolve_backend, self_index_for
+from tripletkit.kernels import REGIONS, resolve_backend
 
 Case = tuple[Tensor, Tensor, Tensor, Tensor]  # dist, labels, ref_labels, self_index
 
 MARGINS = (0.2, 0.0, -0.3, 1.0)
+#: Tolerances of the numba results against the torch ones: a total (0-dim) and a gradient
+#: (matrix), in float64; float32 gets :data:`FLOAT32_TOL` for both.
+TOTAL_TOL_FLOAT64 = 1e-9
+GRAD_TOL_FLOAT64 = 1e-7
+FLOAT32_TOL = 1e-5
+#: Random label layouts drawn by the property test.
+LAYOUT_EXAMPLES = 30
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -53,7 +64,7 @@ def _pk(p: int, k: int) -> Tensor:
 def _self_case(x: Tensor, labels: Tensor, metric: str = "euclidean") -> Case:
     """Anchors are the references themselves."""
     dist = pairwise_distance(x, metric=metric)
-    return dist, labels, labels, self_index_for(x.shape[0], x.device)
+    return dist, labels, labels, _masks.self_index(x.shape[0], x.device)
 
 
 def _random(n: int, dim: int, dtype: torch.dtype, seed: int) -> Tensor:
@@ -92,14 +103,14 @@ def _reference_set() -> Case:
     x, ref = _random(7, 4, torch.float64, 3), _random(13, 4, torch.float64, 4)
     labels = torch.tensor([0, 1, 2, 3, 0, 1, 5])
     ref_labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 0, 1, 2])
-    return pairwise_distance(x, ref), labels, ref_labels, self_index_for(7, x.device, None)
+    return pairwise_distance(x, ref), labels, ref_labels, _masks.self_index(7, x.device, None)
 
 
 def _offset() -> Case:
     ref = _random(12, 4, torch.float64, 5)
     ref_labels = _pk(4, 3)
     dist = pairwise_distance(ref[3:9], ref)
-    return dist, ref_labels[3:9], ref_labels, self_index_for(6, ref.device, 3)
+    return dist, ref_labels[3:9], ref_labels, _masks.self_index(6, ref.device, 3)
 
 
 def _float32_thresholds() -> Case:
@@ -119,7 +130,7 @@ def _float32_thresholds() -> Case:
         dist[a, negatives[1]] = torch.nextafter(t, torch.tensor(0.0))
         dist[a, negatives[2]] = torch.nextafter(t, torch.tensor(9.0))
         dist[a, negatives[3]] = t  # a tie between two negatives as well
-    return dist, labels, labels, self_index_for(n, dist.device)
+    return dist, labels, labels, _masks.self_index(n, dist.device)
 
 
 CASES: dict[str, Callable[[], Case]] = {
@@ -143,13 +154,13 @@ CASES: dict[str, Callable[[], Case]] = {
         torch.empty(0, 5, dtype=torch.float64),
         _pk(0, 1),
         _pk(1, 5),
-        self_index_for(0, torch.device("cpu"), None),
+        _masks.self_index(0, torch.device("cpu"), None),
     ),
     "no_references": lambda: (
         torch.empty(3, 0, dtype=torch.float64),
         torch.tensor([0, 1, 1]),
         _pk(0, 1),
-        self_index_for(3, torch.device("cpu"), None),
+        _masks.self_index(3, torch.device("cpu"), None),
     ),
     "single": lambda: _self_case(_random(1, 3, torch.float64, 10), torch.tensor([4])),
     "reference_set": _reference_set,
@@ -164,8 +175,8 @@ CASES: dict[str, Callable[[], Case]] = {
 
 def _assert_same(expected: tuple, got: tuple, dtype: torch.dtype, what: str) -> None:
     """Indices and counts identical; floating results within the dtype's tolerance."""
-    tol = 1e-9 if dtype == torch.float64 else 1e-5
-    grad_tol = 1e-7 if dtype == torch.float64 else 1e-5
+    tol = TOTAL_TOL_FLOAT64 if dtype == torch.float64 else FLOAT32_TOL
+    grad_tol = GRAD_TOL_FLOAT64 if dtype == torch.float64 else FLOAT32_TOL
     assert len(expected) == len(got), what
     for i, (e, g) in enumerate(zip(expected, got, strict=True)):
         where = f"{what}, output {i}"
@@ -180,26 +191,60 @@ def _assert_same(expected: tuple, got: tuple, dtype: torch.dtype, what: str) -> 
             assert type(g) is type(e) and g == e, f"{where}: {g!r} != {e!r}"
 
 
-def _run(case: Case, kernel: str, margin: float, region: str | None, backend: str) -> tuple:
+def _listed(sel: kernels.Selection) -> tuple[Tensor, Tensor, Tensor]:
+    """The triplets of a selection: its valid slots, row-major (every slot when listed)."""
+    a, p, n = torch.broadcast_tensors(sel.anchor, sel.positive, sel.negative)
+    if sel.valid is None:
+        return a, p, n
+    assert sel.valid.shape == a.shape
+    rows = sel.valid.nonzero(as_tuple=True)
+    return a[rows], p[rows], n[rows]
+
+
+def _largest_positive_count(case: Case) -> int:
+    dist, labels, ref_labels, self_index = case
+    pos, _ = _masks.pair_masks(labels, ref_labels, self_index)
+    return int(pos.sum(dim=1).max()) if pos.numel() else 0
+
+
+def _widths(case: Case) -> list[int | None]:
+    """Widths the torch kernels are run with: none, the exact bound, looser ones (past the
+    counted-rank and bucketed-semi-hard limits too) and every column."""
+    exact = _largest_positive_count(case)
+    return [None, exact, exact + 3, exact + 40, case[0].shape[1]]
+
+
+def _run(
+    case: Case,
+    kernel: str,
+    margin: float,
+    region: str | None,
+    backend: str,
+    width: int | None = None,
+) -> tuple:
     if kernel == "batch_all_hinge":
-        return kernels.batch_all_hinge(*case, margin, backend=backend)
+        return kernels.batch_all_hinge(*case, margin, backend=backend, width=width)
     if kernel == "batch_all_soft":
-        return kernels.batch_all_soft(*case, backend=backend)
+        if width is None:  # the torch soft margin needs a bound: the exact one
+            width = _largest_positive_count(case)
+        return kernels.batch_all_soft(*case, backend=backend, width=width)
     if kernel == "batch_hard":
-        return kernels.batch_hard(*case, backend=backend)
+        return _listed(kernels.batch_hard(*case, backend=backend))
     if kernel == "semi_hard":
-        return kernels.semi_hard(*case, backend=backend)
+        return _listed(kernels.semi_hard(*case, backend=backend, width=width))
     if kernel == "triplet_region":
         return kernels.triplet_region(*case, margin, region, backend=backend)
-    return kernels.triplet_counts(*case, margin, backend=backend)
+    return (kernels.triplet_counts(*case, margin, backend=backend),)
 
 
 def _compare(case: Case, kernel: str, margin: float, region: str | None = None) -> None:
-    expected = _run(case, kernel, margin, region, "torch")
     got = _run(case, kernel, margin, region, "numba")
-    _assert_same(expected, got, case[0].dtype, f"{kernel} region={region} margin={margin}")
-    if kernel == "batch_all_hinge":  # the hinge gradient holds integer counts: exact
-        assert torch.equal(got[3], expected[3])
+    for width in _widths(case):
+        expected = _run(case, kernel, margin, region, "torch", width)
+        what = f"{kernel} region={region} margin={margin} width={width}"
+        _assert_same(expected, got, case[0].dtype, what)
+        if kernel == "batch_all_hinge":  # the hinge gradient holds integer counts: exact
+            assert torch.equal(got[3], expected[3]), what
 
 
 KERNELS = [
@@ -232,7 +277,7 @@ def test_numba_results_do_not_depend_on_threads() -> None:
         finally:
             numba.set_num_threads(1)
         for a, b in zip(one, every, strict=True):
-            assert torch.equal(a, b) if isinstance(a, Tensor) else a == b, kernel
+            assert torch.equal(a, b), kernel
 
 
 def test_float32_thresholds_are_computed_in_float32() -> None:
@@ -242,25 +287,41 @@ def test_float32_thresholds_are_computed_in_float32() -> None:
     d64 = dist.to(torch.float64)
     a32 = kernels.triplet_counts(dist, labels, ref_labels, self_index, 0.2, backend="torch")
     a64 = kernels.triplet_counts(d64, labels, ref_labels, self_index, 0.2, backend="torch")
-    assert a32 != a64
+    assert not torch.equal(a32, a64)
 
 
+def _is_count(t: object) -> bool:
+    return isinstance(t, Tensor) and t.dtype == torch.int64 and t.dim() == 0
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_outputs_types_and_dtypes(dtype: torch.dtype) -> None:
-    dist, labels, ref_labels, self_index = _self_case(_random(10, 3, dtype, 11), _pk(5, 2))
-    total, n_valid, n_active, grad = kernels.batch_all_hinge(
-        dist, labels, ref_labels, self_index, 0.3, backend="numba"
-    )
+def test_outputs_types_and_dtypes(dtype: torch.dtype, backend: str) -> None:
+    """Both backends hand back tensors: sums in the matrix's dtype, counts as 0-dim int64
+    tensors (no host read), selections of int64 indices."""
+    case = _self_case(_random(10, 3, dtype, 11), _pk(5, 2))
+    total, n_valid, n_active, grad = kernels.batch_all_hinge(*case, 0.3, backend=backend)
     assert total.dtype == dtype and total.dim() == 0
-    assert type(n_valid) is int and type(n_active) is int
-    assert grad.dtype == dtype and grad.shape == dist.shape
-    total, n_valid, grad = kernels.batch_all_soft(
-        dist, labels, ref_labels, self_index, backend="numba"
-    )
-    assert total.dtype == dtype and grad.dtype == dtype and type(n_valid) is int
-    for fn in (kernels.batch_hard, kernels.semi_hard):
-        for idx in fn(dist, labels, ref_labels, self_index, backend="numba"):
-            assert idx.dtype == torch.int64 and idx.dim() == 1
+    assert _is_count(n_valid) and _is_count(n_active)
+    assert grad.dtype == dtype and grad.shape == case[0].shape
+    total, n_valid, grad = kernels.batch_all_soft(*case, backend=backend, width=1)
+    assert total.dtype == dtype and grad.dtype == dtype and _is_count(n_valid)
+    for sel in (
+        kernels.batch_hard(*case, backend=backend),
+        kernels.semi_hard(*case, backend=backend),
+    ):
+        assert isinstance(sel, kernels.Selection)
+        for idx in sel[:3]:
+            assert idx.dtype == torch.int64
+        assert (sel.valid is None) == (backend == "numba")
+    counts = kernels.triplet_counts(*case, 0.3, backend=backend)
+    assert counts.dtype == torch.int64 and counts.shape == (4,)
+
+
+def test_torch_soft_margin_needs_a_width() -> None:
+    case = _self_case(_random(6, 3, torch.float64, 11), _pk(3, 2))
+    with pytest.raises(ValueError, match="width"):
+        kernels.batch_all_soft(*case, backend="torch")
 
 
 def test_non_contiguous_and_int32_inputs() -> None:
@@ -268,9 +329,10 @@ def test_non_contiguous_and_int32_inputs() -> None:
     dist, labels, _, self_index = _self_case(_random(12, 3, torch.float64, 12), _pk(4, 3))
     dist_t = dist.t()  # symmetric, so the same values, but not contiguous
     labels32 = labels.to(torch.int32)
-    expected = kernels.semi_hard(dist, labels, labels, self_index, backend="torch")
-    got = kernels.semi_hard(dist_t, labels32, labels32, self_index, backend="numba")
-    _assert_same(expected, got, dist.dtype, "semi_hard")
+    expected = _listed(kernels.semi_hard(dist, labels, labels, self_index, backend="torch"))
+    for backend in ("torch", "numba"):
+        sel = kernels.semi_hard(dist_t, labels32, labels32, self_index, backend=backend, width=2)
+        _assert_same(expected, _listed(sel), dist.dtype, f"semi_hard {backend}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,17 +354,22 @@ def _layouts(draw: st.DrawFn) -> tuple[Case, float]:
         x = torch.randn(n, 2, generator=gen, dtype=torch.float64).to(dtype)
     margin = draw(st.sampled_from([-0.5, 0.0, 0.25, 1.0, 2.0]))
     if draw(st.booleans()) or n == 0:
-        case = (pairwise_distance(x), labels, labels, self_index_for(n, x.device))
+        case = (pairwise_distance(x), labels, labels, _masks.self_index(n, x.device))
     else:  # separate references: a few of their own plus the anchors themselves
         extra = draw(st.integers(0, 5))
         ref = torch.cat([torch.randint(0, 3, (extra, 2), generator=gen).to(dtype), x])
         ref_labels = torch.cat([torch.randint(0, n_classes + 1, (extra,), generator=gen), labels])
         offset = draw(st.sampled_from([None, extra]))
-        case = (pairwise_distance(x, ref), labels, ref_labels, self_index_for(n, x.device, offset))
+        case = (
+            pairwise_distance(x, ref),
+            labels,
+            ref_labels,
+            _masks.self_index(n, x.device, offset),
+        )
     return case, margin
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=LAYOUT_EXAMPLES, deadline=None)
 @given(_layouts())
 def test_backends_agree_on_random_layouts(layout: tuple[Case, float]) -> None:
     case, margin = layout
@@ -329,11 +396,10 @@ def test_resolve_backend() -> None:
 
 def test_auto_backend_runs_numba_on_cpu() -> None:
     case = _self_case(_random(8, 3, torch.float64, 13), _pk(4, 2))
+    auto = kernels.batch_hard(*case, backend="auto")
+    assert auto.valid is None  # the numba backend lists its rows
     _assert_same(
-        kernels.batch_hard(*case, backend="torch"),
-        kernels.batch_hard(*case, backend="auto"),
-        torch.float64,
-        "batch_hard auto",
+        _listed(kernels.batch_hard(*case, backend="torch")), _listed(auto), torch.float64, "auto"
     )
 
 
@@ -354,6 +420,33 @@ def test_numba_wrappers_reject_bad_input() -> None:
         numba_backend.batch_hard(dist.astype(np.float16), labels, labels, self_index)
     with pytest.raises(ValueError, match="shapes"):
         numba_backend.batch_hard(dist, labels[:2], labels, self_index)
+
+
+#: The parallel kernels of the numba backend, compiled for explicit signatures.
+PARALLEL_KERNELS = ("_batch_all_kernel", "_hard_kernel", "_rows_kernel", "_counts_kernel")
+
+
+@pytest.mark.parametrize("name", PARALLEL_KERNELS)
+def test_parallel_kernels_have_explicit_float32_and_float64_signatures(name: str) -> None:
+    """Each parallel kernel has exactly two signatures, one per float dtype of a C-contiguous
+    distance matrix, and running every kernel in both dtypes compiles nothing more."""
+    from tripletkit.kernels import numba_backend
+
+    kernel = getattr(numba_backend, name)
+    assert isinstance(kernel, Dispatcher) and kernel.targetoptions.get("parallel")
+
+    def matrices() -> list:
+        return [(sig[0].dtype, sig[0].ndim, sig[0].layout) for sig in kernel.signatures]
+
+    before = list(kernel.signatures)
+    assert sorted(map(str, matrices())) == sorted(
+        map(str, [(numba.float32, 2, "C"), (numba.float64, 2, "C")])
+    )
+    for case_name in ("pk_float32", "pk_float64", "reference_set"):
+        case = CASES[case_name]()
+        for kernel_name, region in KERNELS:
+            _run(case, kernel_name, 0.2, region, "numba")
+    assert list(kernel.signatures) == before
 
 
 def test_numba_backend_runs_as_plain_python(monkeypatch: pytest.MonkeyPatch) -> None:
