@@ -212,6 +212,32 @@ def batch_hard_triplets(pb: Problem) -> list[Triplet]:
     return out
 
 
+def hardness_rank(pb: Problem, a: int, j: int, among: list[int], farthest: bool) -> int:
+    """Rank of reference ``j`` among ``among`` for anchor ``a``: how many of them are harder
+    (farther when ``farthest``, else nearer), or as hard with a lower index."""
+    dj = pb.d[a][j]
+    harder = [q for q in among if (pb.d[a][q] > dj if farthest else pb.d[a][q] < dj)]
+    tied = [q for q in among if pb.d[a][q] == dj and q < j]
+    return len(harder) + len(tied)
+
+
+def ranked_triplets(
+    pb: Problem, positive_ranks: tuple[int, int], negative_ranks: tuple[int, int]
+) -> list[Triplet]:
+    """Rank windows: per anchor, every combination of the positives whose hardness rank
+    (0 = farthest) lies in ``positive_ranks`` and the negatives whose rank (0 = nearest)
+    lies in ``negative_ranks``; ordered by anchor, positive rank, negative rank."""
+    out = []
+    for a in range(pb.n):
+        pos, neg = pb.positives(a), pb.negatives(a)
+        p_rank = {j: hardness_rank(pb, a, j, pos, True) for j in pos}
+        n_rank = {j: hardness_rank(pb, a, j, neg, False) for j in neg}
+        ps = sorted((r, j) for j, r in p_rank.items() if positive_ranks[0] <= r < positive_ranks[1])
+        ns = sorted((r, j) for j, r in n_rank.items() if negative_ranks[0] <= r < negative_ranks[1])
+        out += [(a, p, n) for _, p in ps for _, n in ns]
+    return out
+
+
 def semi_hard_triplets(pb: Problem) -> list[Triplet]:
     """For every positive pair whose anchor has a negative: the nearest negative farther
     than the positive, else the farthest negative. Ordered by anchor, then positive."""

@@ -37,6 +37,7 @@ _LOSS_FORWARD = f"{_FORWARD}, *, anchor_offset=None"
 _FUSED = "margin=0.2, metric='euclidean', soft_margin=False"
 #: The keyword-only tail of the functions whose torch kernels take a bound on the positives.
 _BOUNDED = f"{_MINED}, max_positives=None"
+_WINDOWS = "positive_ranks=(0, 1), negative_ranks=(0, 1)"
 _BOUNDED_MODULE = "*, normalize=False, backend='auto', max_positives=None"
 _SIMILARITY_TAIL = f"*, {_REFS}"
 _PAIRS_FORWARD = (
@@ -52,7 +53,7 @@ SIGNATURES: dict[tuple[str, str], dict[str, str]] = {
         "": f"embeddings, labels, margin=0.2, metric='euclidean', active_only=True, {_MINED}"
     },
     ("tripletkit.miners", "batch_hard_triplets"): {
-        "": f"embeddings, labels, metric='euclidean', {_MINED}"
+        "": f"embeddings, labels, metric='euclidean', {_WINDOWS}, {_MINED}"
     },
     ("tripletkit.miners", "semi_hard_triplets"): {
         "": f"embeddings, labels, margin=0.2, metric='euclidean', active_only=False, {_BOUNDED}"
@@ -87,7 +88,7 @@ SIGNATURES: dict[tuple[str, str], dict[str, str]] = {
         "forward": _FORWARD,
     },
     ("tripletkit.miners", "BatchHardMiner"): {
-        "__init__": "metric='euclidean', *, normalize=False, backend='auto'",
+        "__init__": f"metric='euclidean', {_WINDOWS}, *, normalize=False, backend='auto'",
         "forward": _FORWARD,
     },
     ("tripletkit.miners", "SemiHardMiner"): {
@@ -123,13 +124,15 @@ SIGNATURES: dict[tuple[str, str], dict[str, str]] = {
         "": f"embeddings, labels, {_FUSED}, reduction='mean_nonzero', {_BOUNDED}"
     },
     ("tripletkit.losses", "batch_hard_triplet_loss"): {
-        "": f"embeddings, labels, {_FUSED}, reduction='mean', {_BOUNDED}"
+        "": f"embeddings, labels, {_FUSED}, reduction='mean', {_WINDOWS}, {_BOUNDED}"
     },
     ("tripletkit.losses", "semi_hard_triplet_loss"): {
         "": f"embeddings, labels, {_FUSED}, reduction='mean', {_BOUNDED}"
     },
     ("tripletkit.losses", "batch_all_parts"): {"": f"embeddings, labels, {_FUSED}, {_BOUNDED}"},
-    ("tripletkit.losses", "batch_hard_parts"): {"": f"embeddings, labels, {_FUSED}, {_BOUNDED}"},
+    ("tripletkit.losses", "batch_hard_parts"): {
+        "": f"embeddings, labels, {_FUSED}, {_WINDOWS}, {_BOUNDED}"
+    },
     ("tripletkit.losses", "semi_hard_parts"): {"": f"embeddings, labels, {_FUSED}, {_BOUNDED}"},
     ("tripletkit.losses", "multi_similarity_loss"): {
         "": "embeddings, labels, pairs=None, alpha=2.0, beta=50.0, base=0.5, reduction='mean', "
@@ -185,7 +188,7 @@ SIGNATURES: dict[tuple[str, str], dict[str, str]] = {
         "forward": _LOSS_FORWARD,
     },
     ("tripletkit.losses", "BatchHardTripletLoss"): {
-        "__init__": f"{_FUSED}, reduction='mean', {_BOUNDED_MODULE}",
+        "__init__": f"{_FUSED}, reduction='mean', {_WINDOWS}, {_BOUNDED_MODULE}",
         "forward": _LOSS_FORWARD,
     },
     ("tripletkit.losses", "SemiHardTripletLoss"): {

@@ -29,7 +29,16 @@ from conftest import (
     some_triplets,
     value_and_grads,
 )
-from reference import as_list, fused_terms, graph_zero, problem, reduce
+from reference import (
+    LazyDistances,
+    as_list,
+    fused_terms,
+    graph_zero,
+    problem,
+    ranked_triplets,
+    reduce,
+    term,
+)
 from reference import triplet_margin_loss as ref_triplet_margin
 
 from tripletkit import miners
@@ -748,3 +757,57 @@ def test_graph_zero_helper_is_connected() -> None:
     (g,) = torch.autograd.grad(reduce([], "mean", graph_zero(x)), x)
     assert g.shape == (0, 3)
     assert as_list(Triplets.empty()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Rank windows of the batch-hard loss
+
+LOSS_WINDOWS = [((0, 1), (2, 5)), ((1, 3), (0, 2)), ((0, 4), (0, 9))]
+
+
+@pytest.mark.parametrize(("positive_ranks", "negative_ranks"), LOSS_WINDOWS)
+@pytest.mark.parametrize("soft_margin", [False, True], ids=["hinge", "soft"])
+def test_batch_hard_rank_windows(
+    case: Case,
+    backend: str,
+    soft_margin: bool,
+    positive_ranks: tuple[int, int],
+    negative_ranks: tuple[int, int],
+) -> None:
+    """Values and gradients of every reduction against the terms of the brute-force rank
+    windows (``reference.ranked_triplets``), in their order."""
+    pb = problem(case.x, case.labels, case.ref, case.ref_labels, anchor_offset=case.anchor_offset)
+    rows = ranked_triplets(pb, positive_ranks, negative_ranks)
+    for reduction in ALL_REDUCTIONS:
+        x, ref = case.leaves()
+        d = LazyDistances(x, x if ref is None else ref, "euclidean")
+        terms = [term(d(a, p), d(a, n), MARGIN, soft_margin) for a, p, n in rows]
+        expected = value_and_grads(reduce(terms, reduction, graph_zero(x, ref)), leaves_of(x, ref))
+        x2, ref2 = case.leaves()
+        out = batch_hard_triplet_loss(
+            x2,
+            case.labels,
+            MARGIN,
+            soft_margin=soft_margin,
+            reduction=reduction,
+            positive_ranks=positive_ranks,
+            negative_ranks=negative_ranks,
+            backend=backend,
+            **case.ref_kwargs(ref2),
+        )
+        check_loss(out, leaves_of(x2, ref2), expected)
+
+
+def test_batch_hard_rank_windows_module_and_parts() -> None:
+    c = CASES["generic"]
+    windows = {"positive_ranks": (0, 2), "negative_ranks": (1, 3)}
+    want = batch_hard_triplet_loss(c.x, c.labels, 0.3, reduction="sum", **windows)
+    module = BatchHardTripletLoss(0.3, reduction="sum", **windows)
+    assert torch.equal(module(c.x, c.labels), want)
+    assert "negative_ranks=(1, 3)" in repr(module)
+    total, n_valid, _ = batch_hard_parts(c.x, c.labels, 0.3, **windows)
+    assert torch.equal(total, want)
+    pb = problem(c.x, c.labels)
+    assert int(n_valid) == len(ranked_triplets(pb, (0, 2), (1, 3)))
+    with pytest.raises(ValueError, match="negative_ranks must satisfy"):
+        batch_hard_triplet_loss(c.x, c.labels, negative_ranks=(3, 3))

@@ -24,6 +24,7 @@ from reference import (
     batch_hard_triplets,
     distance_matrix,
     problem,
+    ranked_triplets,
     region_triplets,
     semi_hard_triplets,
 )
@@ -421,3 +422,65 @@ def test_miner_module_bad_input(cls, kw: dict, exc: type, words: list[str]) -> N
         )
     for w in words:
         assert w in str(info.value), (w, str(info.value))
+
+
+# ---------------------------------------------------------------------------------------------
+# Rank windows of batch-hard mining
+
+#: ``(positive_ranks, negative_ranks)``: the default, skipping the hardest, windows wider
+#: than the classes (fewer members than the window), and a window that starts past them.
+RANK_WINDOWS = [
+    ((0, 1), (0, 1)),
+    ((0, 1), (2, 5)),
+    ((1, 3), (0, 2)),
+    ((0, 4), (0, 9)),
+    ((5, 7), (0, 1)),
+]
+
+
+@pytest.mark.parametrize(("positive_ranks", "negative_ranks"), RANK_WINDOWS)
+def test_batch_hard_rank_windows(
+    case: Case, backend: str, positive_ranks: tuple[int, int], negative_ranks: tuple[int, int]
+) -> None:
+    pb = problem(case.x, case.labels, case.ref, case.ref_labels, anchor_offset=case.anchor_offset)
+    want = ranked_triplets(pb, positive_ranks, negative_ranks)
+    got = miners.batch_hard_triplets(
+        case.x,
+        case.labels,
+        "euclidean",
+        positive_ranks,
+        negative_ranks,
+        backend=backend,
+        **case.ref_kwargs(),
+    )
+    assert as_list(got) == want
+    if case.anchor_offset is None:  # the module's call has no anchor_offset
+        module = BatchHardMiner(
+            positive_ranks=positive_ranks, negative_ranks=negative_ranks, backend=backend
+        )
+        assert as_list(module(case.x, case.labels, case.ref, case.ref_labels)) == want
+
+
+def test_default_windows_are_batch_hard(case: Case) -> None:
+    pb = problem(case.x, case.labels, case.ref, case.ref_labels, anchor_offset=case.anchor_offset)
+    assert ranked_triplets(pb, (0, 1), (0, 1)) == batch_hard_triplets(pb)
+
+
+@pytest.mark.parametrize(
+    ("window", "exc", "words"),
+    [
+        ((1, 1), ValueError, "0 <= lo < hi"),
+        ((2, 1), ValueError, "0 <= lo < hi"),
+        ((-1, 2), ValueError, "0 <= lo < hi"),
+        ((0, 1, 2), TypeError, "pair of ints"),
+        ((0.0, 1), TypeError, "pair of ints"),
+        (1, TypeError, "pair of ints"),
+        ((True, 2), TypeError, "pair of ints"),
+    ],
+)
+@pytest.mark.parametrize("which", ["positive_ranks", "negative_ranks"])
+def test_bad_rank_windows(window: object, exc: type, words: str, which: str) -> None:
+    with pytest.raises(exc, match=which):
+        miners.batch_hard_triplets(X, Y, **{which: window})
+    with pytest.raises(exc, match=words):
+        BatchHardMiner(**{which: window})

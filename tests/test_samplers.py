@@ -227,3 +227,19 @@ def test_replicas_default_to_the_initialised_process_group(monkeypatch: pytest.M
     explicit = PKBatchSampler(labels, 2, 4, seed=9, num_replicas=3, rank=2)
     assert list(sampler) == list(explicit)
     assert PKBatchSampler(labels, 2, 4, num_replicas=1, rank=0).num_replicas == 1
+
+
+def test_max_positives_is_the_bound_of_every_batch() -> None:
+    """``k - 1``: every anchor of a P x K batch has exactly that many positives, also when a
+    small class is drawn with repeats (a repeated sample is another row, so a positive)."""
+    from tripletkit.losses import batch_all_triplet_loss
+
+    labels = [0, 0, 0, 1, 1, 2, 2, 2, 2, 3]
+    sampler = PKBatchSampler(labels, p=2, k=3, seed=0)
+    assert sampler.max_positives == 2
+    for batch in sampler:
+        y = torch.tensor([labels[i] for i in batch])
+        x = torch.randn(len(batch), 2)
+        want = batch_all_triplet_loss(x, y, backend="torch")
+        got = batch_all_triplet_loss(x, y, backend="torch", max_positives=sampler.max_positives)
+        torch.testing.assert_close(got, want)

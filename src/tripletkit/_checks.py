@@ -38,6 +38,7 @@ __all__ = [
     "check_pair",
     "check_positive_int",
     "check_positive_real",
+    "check_rank_window",
     "check_reduction",
     "check_same_space",
     "check_nonnegative_int",
@@ -207,6 +208,20 @@ def check_positive_int(value: object, name: str) -> int:
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
     return value
+
+
+def check_rank_window(window: object, name: str) -> tuple[int, int]:
+    """Return ``window`` as ``(lo, hi)``: two ints with ``0 <= lo < hi`` (a range of ranks)."""
+    if (
+        not isinstance(window, (tuple, list))
+        or len(window) != 2
+        or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in window)
+    ):
+        raise TypeError(f"{name} must be a pair of ints (lo, hi), got {window!r}")
+    lo, hi = int(window[0]), int(window[1])
+    if lo < 0 or hi <= lo:
+        raise ValueError(f"{name} must satisfy 0 <= lo < hi, got ({lo}, {hi})")
+    return lo, hi
 
 
 def check_nonnegative_int(value: object, name: str, *, allow_none: bool = False) -> int | None:

@@ -366,6 +366,12 @@ class PKBatchSampler(Sampler[list[int]]):
         return self.p * self.k
 
     @property
+    def max_positives(self) -> int:
+        """The number of positives of every anchor of a batch mined against itself, ``k - 1``:
+        the ``max_positives`` bound of the fused losses (no host read to find it)."""
+        return self.k - 1
+
+    @property
     def num_classes(self) -> int:
         """Number of classes that are sampled (classes skipped by ``"skip"`` excluded)."""
         return self._classes.num_classes
@@ -961,6 +967,12 @@ class CategoryPKBatchSampler(Sampler[list[int]]):
     def batch_size(self) -> int:
         """Number of indices in every batch, ``c * p * k``."""
         return self.c * self.p * self.k
+
+    @property
+    def max_positives(self) -> int:
+        """The number of positives of every anchor of a batch mined against itself,
+        ``k - 1`` (see :attr:`PKBatchSampler.max_positives`)."""
+        return self.k - 1
 
     @property
     def num_categories(self) -> int:

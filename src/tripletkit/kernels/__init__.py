@@ -137,13 +137,20 @@ def _listed(result: tuple, like: Tensor) -> Selection:
 
 
 def batch_hard(
-    dist: Tensor, labels: Tensor, ref_labels: Tensor, self_index: Tensor, backend: str
+    dist: Tensor,
+    labels: Tensor,
+    ref_labels: Tensor,
+    self_index: Tensor,
+    backend: str,
+    positive_ranks: tuple[int, int] = (0, 1),
+    negative_ranks: tuple[int, int] = (0, 1),
 ) -> Selection:
     """See :func:`.torch_backend.batch_hard` (numba: the valid rows, listed)."""
     args = _prepare(dist, labels, ref_labels, self_index)
     if resolve_backend(backend, dist.device) == "torch":
-        return torch_backend.batch_hard(*args)
-    return _listed(_numba("batch_hard", *map(_np, args)), dist)
+        return torch_backend.batch_hard(*args, positive_ranks, negative_ranks)
+    arrays = map(_np, args)
+    return _listed(_numba("batch_hard", *arrays, positive_ranks, negative_ranks), dist)
 
 
 def semi_hard(

@@ -326,6 +326,57 @@ def _hard_kernel(dist, labels, ref_labels, self_index, hardest_p, hardest_n):
 
 
 @numba.njit(cache=True)
+def _ranked_anchor(row, label, ref_labels, own, positive, lo, hi, out):
+    """One anchor's positives (``positive``: hardness rank 0 = farthest) or negatives (rank
+    0 = nearest) ranked ``lo .. hi - 1``, ties to the lower column, into ``out`` (-1 where
+    the anchor has fewer)."""
+    m = ref_labels.shape[0]
+    count = 0
+    for j in range(m):
+        if (ref_labels[j] == label) == positive and j != own:
+            count += 1
+    cols = np.empty(count, dtype=np.int64)
+    keys = np.empty(count, dtype=row.dtype)
+    count = 0
+    for j in range(m):
+        if (ref_labels[j] == label) == positive and j != own:
+            cols[count] = j
+            keys[count] = -row[j] if positive else row[j]
+            count += 1
+    order = np.argsort(keys, kind="mergesort")  # stable: equal distances keep column order
+    for r in range(lo, hi):
+        out[r - lo] = cols[order[r]] if r < count else -1
+
+
+@numba.njit(
+    [
+        numba.void(
+            f[:, ::1],
+            _INDEX,
+            _INDEX,
+            _INDEX,
+            numba.int64,
+            numba.int64,
+            numba.int64,
+            numba.int64,
+            numba.int64[:, ::1],
+            numba.int64[:, ::1],
+        )
+        for f in _FLOATS
+    ],
+    cache=True,
+    parallel=True,
+)
+def _ranked_kernel(dist, labels, ref_labels, self_index, p_lo, p_hi, n_lo, n_hi, out_p, out_n):
+    """:func:`_ranked_anchor` for every anchor, its positives and its negatives."""
+    for a in prange(dist.shape[0]):
+        own = self_index[a]
+        _ranked_anchor(dist[a], labels[a], ref_labels, own, True, p_lo, p_hi, out_p[a])
+        # a negative is never the anchor's own column (same label); -2 matches no column
+        _ranked_anchor(dist[a], labels[a], ref_labels, -2, False, n_lo, n_hi, out_n[a])
+
+
+@numba.njit(cache=True)
 def _semi_hard_anchor(row, label, ref_labels, own, fill, out_p, out_n):
     """Number of one anchor's semi-hard rows (its positives if it has a negative, else 0);
     with ``fill`` also writes each positive (columns ascending) and its negative.
@@ -605,29 +656,48 @@ def _batch_all(
 
 
 def batch_hard(
-    dist: np.ndarray, labels: np.ndarray, ref_labels: np.ndarray, self_index: np.ndarray
+    dist: np.ndarray,
+    labels: np.ndarray,
+    ref_labels: np.ndarray,
+    self_index: np.ndarray,
+    positive_ranks: tuple[int, int] = (0, 1),
+    negative_ranks: tuple[int, int] = (0, 1),
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per anchor with a positive and a negative: the farthest positive and the nearest
-    negative, first column on ties.
+    negative, first column on ties; with rank windows, every combination of the positives
+    ranked in ``positive_ranks = [lo, hi)`` (0 = farthest) and the negatives ranked in
+    ``negative_ranks`` (0 = nearest).
 
     Args:
         dist: distances ``[N, M]``, float32 or float64.
         labels: anchor labels ``[N]``.
         ref_labels: reference labels ``[M]``.
         self_index: column of each anchor among the references, or -1, ``[N]``.
+        positive_ranks, negative_ranks: the windows ``(lo, hi)``.
 
     Returns:
-        ``(anchor, positive, negative)`` int64 arrays, anchors ascending.
+        ``(anchor, positive, negative)`` int64 arrays, ordered by anchor, positive rank,
+        negative rank.
     """
     dist, labels, ref_labels, self_index = _inputs(dist, labels, ref_labels, self_index)
     n, m = dist.shape
     if n == 0 or m == 0:
         return _empty_triplets()
-    hardest_p = np.empty(n, dtype=np.int64)
-    hardest_n = np.empty(n, dtype=np.int64)
-    _hard_kernel(dist, labels, ref_labels, self_index, hardest_p, hardest_n)
-    keep = np.flatnonzero((hardest_p >= 0) & (hardest_n >= 0))
-    return keep.astype(np.int64, copy=False), hardest_p[keep], hardest_n[keep]
+    if positive_ranks == (0, 1) and negative_ranks == (0, 1):
+        hardest_p = np.empty(n, dtype=np.int64)
+        hardest_n = np.empty(n, dtype=np.int64)
+        _hard_kernel(dist, labels, ref_labels, self_index, hardest_p, hardest_n)
+        keep = np.flatnonzero((hardest_p >= 0) & (hardest_n >= 0))
+        return keep.astype(np.int64, copy=False), hardest_p[keep], hardest_n[keep]
+    (p_lo, p_hi), (n_lo, n_hi) = positive_ranks, negative_ranks
+    out_p = np.empty((n, p_hi - p_lo), dtype=np.int64)
+    out_n = np.empty((n, n_hi - n_lo), dtype=np.int64)
+    _ranked_kernel(dist, labels, ref_labels, self_index, p_lo, p_hi, n_lo, n_hi, out_p, out_n)
+    p = np.broadcast_to(out_p[:, :, None], (n, p_hi - p_lo, n_hi - n_lo))
+    q = np.broadcast_to(out_n[:, None, :], p.shape)
+    a = np.broadcast_to(np.arange(n, dtype=np.int64)[:, None, None], p.shape)
+    both = (p >= 0) & (q >= 0)
+    return a[both], p[both], q[both]
 
 
 def semi_hard(

@@ -270,30 +270,85 @@ def batch_all_soft(
     return total.to(dist.dtype), n_valid, grad
 
 
-def batch_hard(dist: Tensor, labels: Tensor, ref_labels: Tensor, self_index: Tensor) -> Selection:
+#: Up to this rank, a window's members are picked by repeated arg-max (one pass over the row
+#: each); beyond it, by a stable sort of the row.
+_ITERATIVE_RANKS_MAX = 8
+
+
+def _ranked(d: Tensor, mask: Tensor, lo: int, hi: int, farthest: bool) -> tuple[Tensor, Tensor]:
+    """Columns ``[R, hi - lo]`` of each row's members of ``mask`` ranked ``lo .. hi - 1`` by
+    distance (0 = farthest when ``farthest``, else nearest; ties to the lower column), and
+    which exist (a row with fewer members leaves its last slots empty)."""
+    r, m = d.shape
+    fill = -math.inf if farthest else math.inf
+    if hi <= _ITERATIVE_RANKS_MAX:
+        avail = mask.clone() if hi > 1 else mask
+        picks = []
+        for rank in range(hi):
+            best = torch.where(avail, d, fill)
+            col = best.argmax(dim=1) if farthest else best.argmin(dim=1)
+            picks.append(col)
+            if rank + 1 < hi:  # the next rank is the best of those not picked yet
+                avail.scatter_(1, col[:, None], False)
+        cols = torch.stack(picks[lo:], dim=1)
+    else:
+        key = torch.where(mask, -d if farthest else d, math.inf)
+        cols = torch.sort(key, dim=1, stable=True).indices[:, lo:hi]
+        if cols.shape[1] < hi - lo:  # fewer columns than the window: pad (the slots are empty)
+            pad = cols.new_zeros(r, hi - lo - cols.shape[1])
+            cols = torch.cat([cols, pad], dim=1)
+    exists = torch.arange(lo, hi, device=d.device) < mask.sum(dim=1, keepdim=True)
+    return torch.where(exists, cols, 0), exists
+
+
+def batch_hard(
+    dist: Tensor,
+    labels: Tensor,
+    ref_labels: Tensor,
+    self_index: Tensor,
+    positive_ranks: tuple[int, int] = (0, 1),
+    negative_ranks: tuple[int, int] = (0, 1),
+) -> Selection:
     """Per anchor: the farthest positive and the nearest negative (Hermans et al. 2017),
     first column on ties; ``valid`` marks the anchors with at least one of each.
 
+    With rank windows: the positives whose hardness rank (0 = farthest) lies in
+    ``positive_ranks = [lo, hi)`` and the negatives whose rank (0 = nearest) lies in
+    ``negative_ranks``, every combination (ties ranked by the lower column). The defaults
+    are batch-hard's single triplet per anchor.
+
     Returns:
-        :class:`Selection` with ``anchor [N]``, ``positive [N]``, ``negative [N]``,
-        ``valid [N]``.
+        :class:`Selection`: ``anchor [N]``, ``positive``, ``negative``, ``valid`` ``[N]``
+        with the default windows; else ``anchor [N, 1, 1]``, ``positive [N, P, 1]``,
+        ``negative [N, 1, Q]`` and ``valid [N, P, Q]`` (``P``, ``Q`` the windows' widths),
+        so that reading the valid slots row-major orders the triplets by anchor, positive
+        rank, then negative rank.
     """
     n, m = dist.shape
+    default = positive_ranks == (0, 1) and negative_ranks == (0, 1)
+    wp, wq = positive_ranks[1] - positive_ranks[0], negative_ranks[1] - negative_ranks[0]
     hardest_p, hardest_n, valid = [], [], []
     for start, stop in _chunks(n, m, dist.device):
         d = dist[start:stop]
         pos, neg = _masks(labels, ref_labels, self_index, start, stop)
         if m == 0:  # no references: argmax of an empty row is undefined
-            none = torch.zeros(stop - start, dtype=torch.int64, device=d.device)
-            hardest_p.append(none)
-            hardest_n.append(none)
+            none = torch.zeros(stop - start, wp, wq, dtype=torch.int64, device=d.device)
+            hardest_p.append(none[:, :, 0])
+            hardest_n.append(none[:, 0, :])
             valid.append(none.bool())
             continue
-        hardest_p.append(torch.where(pos, d, -math.inf).argmax(dim=1))
-        hardest_n.append(torch.where(neg, d, math.inf).argmin(dim=1))
-        valid.append(pos.any(dim=1) & neg.any(dim=1))
+        p_cols, p_ok = _ranked(d, pos, *positive_ranks, farthest=True)
+        n_cols, n_ok = _ranked(d, neg, *negative_ranks, farthest=False)
+        hardest_p.append(p_cols)
+        hardest_n.append(n_cols)
+        valid.append(p_ok[:, :, None] & n_ok[:, None, :])
+    positive = _cat(hardest_p, dist).reshape(n, wp)
+    negative = _cat(hardest_n, dist).reshape(n, wq)
+    ok = _cat_bool(valid, dist).reshape(n, wp, wq)
     anchor = torch.arange(n, device=dist.device)
-    return Selection(anchor, _cat(hardest_p, dist), _cat(hardest_n, dist), _cat_bool(valid, dist))
+    if default:
+        return Selection(anchor, positive[:, 0], negative[:, 0], ok[:, 0, 0])
+    return Selection(anchor[:, None, None], positive[:, :, None], negative[:, None, :], ok)
 
 
 def _suffix_lexmin(values: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:

@@ -147,19 +147,23 @@ def batch_all_sum(b: Batch, margin: float, soft_margin: bool) -> tuple[Tensor, T
 
 
 def mined_terms(
-    b: Batch, hardest: bool, margin: float, soft_margin: bool
+    b: Batch,
+    hardest: bool,
+    margin: float,
+    soft_margin: bool,
+    windows: tuple[tuple[int, int], tuple[int, int]] = ((0, 1), (0, 1)),
 ) -> tuple[Tensor, Tensor | None]:
-    """The terms of the batch-hard (``hardest``) or semi-hard triplets of a prepared batch,
-    in the autograd graph, and which of them are real (``None``: all; slots that hold no
-    triplet have the term 0).
+    """The terms of the batch-hard (``hardest``, with its rank ``windows``) or semi-hard
+    triplets of a prepared batch, in the autograd graph, and which of them are real
+    (``None``: all; slots that hold no triplet have the term 0).
 
     Returns:
-        ``(terms, valid)`` of the selection's shape: ``[N]``, ``[N, width]`` or ``[N, M]``
-        (torch layouts) or ``[T]`` (a listed selection).
+        ``(terms, valid)`` of the selection's shape: ``[N]``, ``[N, P, Q]``, ``[N, width]``
+        or ``[N, M]`` (torch layouts) or ``[T]`` (a listed selection).
     """
     dist = b.distances(grad=False)
     args = (dist, b.labels, b.ref_labels, b.self_index, b.backend)
-    sel: Selection = batch_hard(*args) if hardest else semi_hard(*args, b.width)
+    sel: Selection = batch_hard(*args, *windows) if hardest else semi_hard(*args, b.width)
     a, p, n = torch.broadcast_tensors(sel.anchor, sel.positive, sel.negative)
     if dist.shape[1] == 0:  # no reference: no triplet, every slot is empty
         zero = keep_in_graph(b.embeddings.new_zeros(a.shape), b.embeddings, b.ref_embeddings)

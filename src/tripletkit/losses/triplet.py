@@ -23,6 +23,7 @@ from .._checks import (
     check_finite_real,
     check_index_tuple,
     check_nonnegative_int,
+    check_rank_window,
     check_reduction,
 )
 from ..distances import _paired_distance_unchecked
@@ -189,10 +190,16 @@ def _mined(
     normalize: bool,
     backend: str,
     max_positives: int | None,
+    positive_ranks: object = (0, 1),
+    negative_ranks: object = (0, 1),
 ) -> tuple[Tensor, Tensor | None]:
     """The terms of the batch-hard (``hardest``) or semi-hard triplets and which are real."""
     margin = check_finite_real(margin, "margin")
     soft_margin = check_bool(soft_margin, "soft_margin")
+    windows = (
+        check_rank_window(positive_ranks, "positive_ranks"),
+        check_rank_window(negative_ranks, "negative_ranks"),
+    )
     b = _batch(
         embeddings,
         labels,
@@ -205,7 +212,7 @@ def _mined(
         max_positives,
         need_width=not hardest,
     )
-    return mined_terms(b, hardest, margin, soft_margin)
+    return mined_terms(b, hardest, margin, soft_margin, windows)
 
 
 def _mined_parts(terms: Tensor, valid: Tensor | None) -> Parts:
@@ -228,6 +235,8 @@ def batch_hard_parts(
     margin: float = 0.2,
     metric: str = "euclidean",
     soft_margin: bool = False,
+    positive_ranks: tuple[int, int] = (0, 1),
+    negative_ranks: tuple[int, int] = (0, 1),
     *,
     ref_embeddings: Tensor | None = None,
     ref_labels: Tensor | None = None,
@@ -236,7 +245,8 @@ def batch_hard_parts(
     backend: str = "auto",
     max_positives: int | None = None,
 ) -> Parts:
-    """The un-reduced batch-hard loss: see :func:`batch_hard_triplet_loss`."""
+    """The un-reduced batch-hard loss (with its rank windows): see
+    :func:`batch_hard_triplet_loss`."""
     return _mined_parts(
         *_mined(
             True,
@@ -251,6 +261,8 @@ def batch_hard_parts(
             normalize,
             backend,
             max_positives,
+            positive_ranks,
+            negative_ranks,
         )
     )
 
@@ -262,6 +274,8 @@ def batch_hard_triplet_loss(
     metric: str = "euclidean",
     soft_margin: bool = False,
     reduction: str = "mean",
+    positive_ranks: tuple[int, int] = (0, 1),
+    negative_ranks: tuple[int, int] = (0, 1),
     *,
     ref_embeddings: Tensor | None = None,
     ref_labels: Tensor | None = None,
@@ -274,18 +288,23 @@ def batch_hard_triplet_loss(
 
     For each anchor with at least one positive and one negative, one term with its farthest
     positive and nearest negative; anchors lacking either are excluded (not counted as 0).
-    ``soft_margin=True`` gives their "BH soft-margin" loss.
+    ``soft_margin=True`` gives their "BH soft-margin" loss. With rank windows, the terms of
+    every combination of the positives ranked in ``positive_ranks`` and the negatives ranked
+    in ``negative_ranks`` (see :func:`~tripletkit.miners.batch_hard_triplets`), e.g.
+    ``negative_ranks=(2, 5)`` to skip the two hardest negatives.
 
     Args:
         embeddings, labels, margin, metric, soft_margin, ref_embeddings, ref_labels,
         anchor_offset, normalize, backend: as in :func:`batch_all_triplet_loss`.
         max_positives: accepted for symmetry with the other fused losses; batch-hard needs
             no bound.
-        reduction: ``"mean"`` (over the anchors kept), ``"sum"``, ``"mean_nonzero"``, or
-            ``"none"`` (one term per kept anchor, anchors ascending: ``[A]``).
+        reduction: ``"mean"`` (over the triplets kept), ``"sum"``, ``"mean_nonzero"``, or
+            ``"none"`` (one term per kept triplet, by anchor, positive rank, negative rank:
+            ``[T]``, one per kept anchor with the default windows).
+        positive_ranks, negative_ranks: hardness-rank windows ``(lo, hi)`` (0 = hardest).
 
     Returns:
-        0-dim loss, or ``[A]`` with ``reduction="none"``.
+        0-dim loss, or ``[T]`` with ``reduction="none"``.
 
     Example:
         >>> import torch
@@ -307,6 +326,8 @@ def batch_hard_triplet_loss(
         normalize,
         backend,
         max_positives,
+        positive_ranks,
+        negative_ranks,
     )
     return _mined_loss(terms, valid, reduction)
 
@@ -589,12 +610,16 @@ class BatchHardTripletLoss(LossModule):
         metric: str = "euclidean",
         soft_margin: bool = False,
         reduction: str = "mean",
+        positive_ranks: tuple[int, int] = (0, 1),
+        negative_ranks: tuple[int, int] = (0, 1),
         *,
         normalize: bool = False,
         backend: str = "auto",
         max_positives: int | None = None,
     ) -> None:
         super().__init__(
+            positive_ranks=check_rank_window(positive_ranks, "positive_ranks"),
+            negative_ranks=check_rank_window(negative_ranks, "negative_ranks"),
             **_options(
                 margin,
                 metric,
@@ -604,7 +629,7 @@ class BatchHardTripletLoss(LossModule):
                 normalize,
                 backend,
                 max_positives,
-            )
+            ),
         )
 
 

@@ -21,7 +21,13 @@ import torch
 from torch import Tensor
 
 from .._batch import Batch, check_options, prepare
-from .._checks import check_bool, check_choice, check_finite_real, check_nonnegative_int
+from .._checks import (
+    check_bool,
+    check_choice,
+    check_finite_real,
+    check_nonnegative_int,
+    check_rank_window,
+)
 from .._deprecation import refs_keyword_only
 from ..kernels import Selection, batch_hard, semi_hard, triplet_region
 from ..types import Triplets
@@ -127,6 +133,8 @@ def batch_hard_triplets(
     embeddings: Tensor,
     labels: Tensor,
     metric: str = "euclidean",
+    positive_ranks: tuple[int, int] = (0, 1),
+    negative_ranks: tuple[int, int] = (0, 1),
     *,
     ref_embeddings: Tensor | None = None,
     ref_labels: Tensor | None = None,
@@ -139,6 +147,15 @@ def batch_hard_triplets(
     One triplet per anchor that has at least one positive and one negative: its farthest
     positive and its nearest negative. Anchors lacking either are left out.
 
+    Rank windows (as open-metric-learning's n-hard miner takes rank ranges): per anchor, the
+    positives whose hardness rank (0 = farthest) lies in ``positive_ranks = (lo, hi)``,
+    i.e. ``lo <= rank < hi``, and the negatives whose rank (0 = nearest) lies in
+    ``negative_ranks``, every combination; ties are ranked by the lower index, and an anchor
+    with fewer positives or negatives than a window contributes the ranks it has. The
+    defaults ``(0, 1)`` are batch-hard; ``negative_ranks=(2, 5)`` skips the two hardest
+    negatives, which are often mislabelled samples. Rows are ordered by anchor, positive
+    rank, then negative rank.
+
     Shape:
         - embeddings: ``[N, D]``; labels: ``[N]``; optional ref_embeddings ``[M, D]``,
           ref_labels ``[M]``.
@@ -150,10 +167,20 @@ def batch_hard_triplets(
         >>> batch_hard_triplets(x, torch.tensor([0, 0, 0, 1, 2]))
         Triplets(anchor=tensor([0, 1, 2]), positive=tensor([2, 2, 0]), negative=tensor([3, 3, 3]))
     """
+    windows = _windows(positive_ranks, negative_ranks)
     b, dist = _mined_batch(
         embeddings, labels, metric, ref_embeddings, ref_labels, anchor_offset, normalize, backend
     )
-    return _listed(batch_hard(dist, b.labels, b.ref_labels, b.self_index, b.backend))
+    return _listed(batch_hard(dist, b.labels, b.ref_labels, b.self_index, b.backend, *windows))
+
+
+def _windows(
+    positive_ranks: object, negative_ranks: object
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    return (
+        check_rank_window(positive_ranks, "positive_ranks"),
+        check_rank_window(negative_ranks, "negative_ranks"),
+    )
 
 
 @refs_keyword_only
@@ -297,7 +324,9 @@ class BatchAllMiner(Miner):
 
 
 class BatchHardMiner(Miner):
-    """Per anchor its farthest positive and nearest negative (Hermans et al. 2017).
+    """Per anchor its farthest positive and nearest negative (Hermans et al. 2017), or every
+    combination of the positives and negatives in the hardness-rank windows
+    ``positive_ranks`` and ``negative_ranks`` (``[lo, hi)``; 0 = hardest).
 
     See :func:`batch_hard_triplets`. Anchors without a positive or without a negative yield
     no row.
@@ -311,14 +340,27 @@ class BatchHardMiner(Miner):
         >>> x = torch.tensor([[0.0], [0.5], [0.6], [5.0]])
         >>> BatchHardMiner()(x, torch.tensor([0, 0, 1, 1]))
         Triplets(anchor=tensor([0, 1, 2, 3]), positive=tensor([1, 0, 3, 2]), negative=tensor([2, 2, 1, 1]))
+        >>> BatchHardMiner(negative_ranks=(1, 2))(x, torch.tensor([0, 0, 1, 1])).negative
+        tensor([3, 3, 0, 0])
     """
 
     function = staticmethod(batch_hard_triplets)
 
     def __init__(
-        self, metric: str = "euclidean", *, normalize: bool = False, backend: str = "auto"
+        self,
+        metric: str = "euclidean",
+        positive_ranks: tuple[int, int] = (0, 1),
+        negative_ranks: tuple[int, int] = (0, 1),
+        *,
+        normalize: bool = False,
+        backend: str = "auto",
     ) -> None:
-        super().__init__(**check_options(metric=metric, normalize=normalize, backend=backend))
+        windows = _windows(positive_ranks, negative_ranks)
+        super().__init__(
+            positive_ranks=windows[0],
+            negative_ranks=windows[1],
+            **check_options(metric=metric, normalize=normalize, backend=backend),
+        )
 
 
 class SemiHardMiner(Miner):
