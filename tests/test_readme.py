@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -23,3 +24,20 @@ def test_readme_training_loop_runs() -> None:
     exec(compile("import itertools\n" + tour, str(README), "exec"), scope)
     loss = scope["loss"]
     assert isinstance(loss, torch.Tensor) and torch.isfinite(loss)
+
+
+def _self_contained_blocks() -> list[str]:
+    """The README's other Python examples that stand alone: those that start with
+    ``import`` (fragments that assume earlier context start otherwise)."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    return [b for b in blocks[1:] if b.startswith("import ")]
+
+
+def test_readme_has_self_contained_examples() -> None:
+    assert len(_self_contained_blocks()) >= 6
+
+
+@pytest.mark.parametrize("index", range(len(_self_contained_blocks())))
+def test_readme_example_runs(index: int) -> None:
+    block = _self_contained_blocks()[index]
+    exec(compile(block, f"{README}:example{index}", "exec"), {})
