@@ -272,7 +272,47 @@ def _pk_slots(
 # ----------------------------------------------------------------------------------------
 
 
-class PKBatchSampler(Sampler[list[int]]):
+class _EpochBatchSampler(Sampler[list[int]]):
+    """What every batch sampler here shares: ``k`` samples per class, a numpy generator
+    seeded with ``(seed, epoch)``, :meth:`set_epoch`, replicas that take disjoint shares of
+    one global batch list, an exact ``len``. Subclasses set ``_num_batches`` and write
+    ``_draw_batches``."""
+
+    _num_batches: int
+
+    def __init__(
+        self, k: int, seed: int, num_replicas: int | None, rank: int | None, small_classes: str
+    ) -> None:
+        super().__init__()
+        self.k = check_positive_int(k, "k")
+        self.small_classes = check_choice("small_classes", small_classes, SMALL_CLASSES)
+        self.seed = int(check_nonnegative_int(seed, "seed"))  # type: ignore[arg-type]
+        self.num_replicas, self.rank = resolve_replicas(num_replicas, rank)
+        self.epoch = 0
+
+    @property
+    def max_positives(self) -> int:
+        """The number of positives of every anchor of a batch mined against itself, ``k - 1``:
+        the ``max_positives`` bound of the fused losses (no host read to find it)."""
+        return self.k - 1
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch that, with ``seed``, determines the next iteration's batches."""
+        self.epoch = int(check_nonnegative_int(epoch, "epoch"))  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        """Number of batches this replica yields per epoch."""
+        return self._num_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self._draw_batches():
+            yield batch.tolist()
+
+    def _draw_batches(self) -> np.ndarray:
+        raise NotImplementedError
+
+
+class PKBatchSampler(_EpochBatchSampler):
     """Batches of ``p`` distinct classes with exactly ``k`` samples each (Hermans et al. 2017).
 
     Use it as a DataLoader's ``batch_sampler``. Every batch holds ``p * k`` dataset indices:
@@ -346,14 +386,8 @@ class PKBatchSampler(Sampler[list[int]]):
         rank: int | None = None,
         small_classes: str = "replace",
     ) -> None:
-        super().__init__()
         self.p = check_positive_int(p, "p")
-        self.k = check_positive_int(k, "k")
-        self.small_classes = check_choice("small_classes", small_classes, SMALL_CLASSES)
-        self.seed = int(check_nonnegative_int(seed, "seed"))  # type: ignore[arg-type]
-        self.num_replicas, self.rank = resolve_replicas(num_replicas, rank)
-        self.epoch = 0
-
+        super().__init__(k, seed, num_replicas, rank, small_classes)
         array = _labels_to_numpy(labels)
         self._classes = _Classes(array, self.k, self.small_classes)
         self.num_samples = int(array.shape[0])
@@ -366,27 +400,9 @@ class PKBatchSampler(Sampler[list[int]]):
         return self.p * self.k
 
     @property
-    def max_positives(self) -> int:
-        """The number of positives of every anchor of a batch mined against itself, ``k - 1``:
-        the ``max_positives`` bound of the fused losses (no host read to find it)."""
-        return self.k - 1
-
-    @property
     def num_classes(self) -> int:
         """Number of classes that are sampled (classes skipped by ``"skip"`` excluded)."""
         return self._classes.num_classes
-
-    def set_epoch(self, epoch: int) -> None:
-        """Set the epoch that, with ``seed``, determines the next iteration's batches."""
-        self.epoch = int(check_nonnegative_int(epoch, "epoch"))  # type: ignore[arg-type]
-
-    def __len__(self) -> int:
-        """Number of batches this replica yields per epoch."""
-        return self._num_batches
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for batch in self._draw_batches():
-            yield batch.tolist()
 
     def _draw_batches(self) -> np.ndarray:
         """This replica's batches for the current epoch, ``[B, p * k]``."""
@@ -837,7 +853,7 @@ def _class_categories(
     return values, per_class
 
 
-class CategoryPKBatchSampler(Sampler[list[int]]):
+class CategoryPKBatchSampler(_EpochBatchSampler):
     """Batches of ``c`` super-categories x ``p`` classes from each x ``k`` samples per class.
 
     Hierarchical P x K sampling, as pytorch-metric-learning's ``HierarchicalSampler`` and
@@ -911,15 +927,9 @@ class CategoryPKBatchSampler(Sampler[list[int]]):
         rank: int | None = None,
         small_classes: str = "replace",
     ) -> None:
-        super().__init__()
         self.c = check_positive_int(c, "c")
         self.p = check_positive_int(p, "p")
-        self.k = check_positive_int(k, "k")
-        self.small_classes = check_choice("small_classes", small_classes, SMALL_CLASSES)
-        self.seed = int(check_nonnegative_int(seed, "seed"))  # type: ignore[arg-type]
-        self.num_replicas, self.rank = resolve_replicas(num_replicas, rank)
-        self.epoch = 0
-
+        super().__init__(k, seed, num_replicas, rank, small_classes)
         array = _labels_to_numpy(labels)
         self.num_samples = int(array.shape[0])
         cls = _Classes(array, self.k, self.small_classes)
@@ -969,12 +979,6 @@ class CategoryPKBatchSampler(Sampler[list[int]]):
         return self.c * self.p * self.k
 
     @property
-    def max_positives(self) -> int:
-        """The number of positives of every anchor of a batch mined against itself,
-        ``k - 1`` (see :attr:`PKBatchSampler.max_positives`)."""
-        return self.k - 1
-
-    @property
     def num_categories(self) -> int:
         """Number of categories that are sampled (those with at least ``p`` usable classes)."""
         return int(self._category_values.shape[0])
@@ -983,18 +987,6 @@ class CategoryPKBatchSampler(Sampler[list[int]]):
     def num_classes(self) -> int:
         """Number of classes that are sampled (usable classes of usable categories)."""
         return self._classes.num_classes
-
-    def set_epoch(self, epoch: int) -> None:
-        """Set the epoch that, with ``seed``, determines the next iteration's batches."""
-        self.epoch = int(check_nonnegative_int(epoch, "epoch"))  # type: ignore[arg-type]
-
-    def __len__(self) -> int:
-        """Number of batches this replica yields per epoch."""
-        return self._num_batches
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for batch in self._draw_batches():
-            yield batch.tolist()
 
     def _draw_batches(self) -> np.ndarray:
         """This replica's batches for the current epoch, ``[B, c * p * k]``."""
