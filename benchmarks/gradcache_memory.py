@@ -14,9 +14,11 @@ heap is trimmed, the peak RSS is reset (``/proc/self/clear_refs``) and one step 
 ``extra_peak_bytes`` is ``VmHWM`` after the step minus ``VmRSS`` before it (the memory the
 step itself needs: activations, gradients, the loss's ``N x N`` matrices), ``peak_bytes``
 the process's whole high-water mark (interpreter, torch, dataset and model included). Then
-``--steps`` steps are timed and their median (and minimum) reported, with the 1-minute load
-average at the end (the machine may be shared: a load above the number of cores means the
-times are inflated; the memory figures are not affected). Without ``clear_refs`` (not Linux),
+``--steps`` steps are timed and their median (and minimum) wall time reported, with their
+median CPU time (``time.process_time``: every thread of the process) and the 1-minute load
+average at the end. On a shared machine (a load above the number of cores) the wall times
+are inflated by the other processes and the CPU times are the figure to compare; the memory
+figures are not affected. Without ``clear_refs`` (not Linux),
 the growth of ``ru_maxrss`` over the step is reported instead.
 
 Usage::
@@ -166,11 +168,12 @@ def _measure(batch: int, chunk_size: int | None, steps: int, threads: int | None
         loss = step()
         peak = _maxrss_bytes()
         how = "ru_maxrss growth"
-    times = []
+    times, cpu_times = [], []
     for _ in range(steps):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     return {
         "batch": batch,
         "p": p,
@@ -184,6 +187,8 @@ def _measure(batch: int, chunk_size: int | None, steps: int, threads: int | None
         "step_times_s": times,
         "step_median_s": statistics.median(times),
         "step_min_s": min(times),
+        "step_cpu_times_s": cpu_times,
+        "step_cpu_median_s": statistics.median(cpu_times),
         "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "loss_of_measured_step": loss,
         "torch_threads": torch.get_num_threads(),
@@ -245,6 +250,7 @@ def _ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "extra_peak_ratio": r["extra_peak_bytes"] / max(ref["extra_peak_bytes"], 1),
                 "peak_ratio": r["peak_bytes"] / max(ref["peak_bytes"], 1),
                 "time_ratio": r["step_median_s"] / ref["step_median_s"],
+                "cpu_time_ratio": r["step_cpu_median_s"] / ref["step_cpu_median_s"],
             }
         )
     return out
@@ -256,17 +262,19 @@ def _mib(n: float) -> str:
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
     rows = [
-        "| batch | step | extra peak RSS | peak RSS (process) | time / step (median, min) |",
-        "| ---: | --- | ---: | ---: | ---: |",
+        "| batch | step | extra peak RSS | peak RSS (process) | wall / step (median, min) "
+        "| CPU / step |",
+        "| ---: | --- | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         step = "plain" if r.get("chunk_size") is None else f"cached, chunk {r['chunk_size']}"
         if "error" in r:
-            rows.append(f"| {r['batch']:,} | {step} | error: {r['error']} | | |")
+            rows.append(f"| {r['batch']:,} | {step} | error: {r['error']} | | | |")
             continue
         rows.append(
             f"| {r['batch']:,} | {step} | {_mib(r['extra_peak_bytes'])} | "
-            f"{_mib(r['peak_bytes'])} | {r['step_median_s']:.2f} s, {r['step_min_s']:.2f} s |"
+            f"{_mib(r['peak_bytes'])} | {r['step_median_s']:.2f} s, {r['step_min_s']:.2f} s | "
+            f"{r['step_cpu_median_s']:.2f} s |"
         )
     return "\n".join(rows)
 
@@ -325,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in ratios:
         print(
             f"batch {r['batch']}, chunk {r['chunk_size']}: extra peak {r['extra_peak_ratio']:.1%}"
-            f" of plain, whole-process peak {r['peak_ratio']:.1%}, time x{r['time_ratio']:.2f}"
+            f" of plain, whole-process peak {r['peak_ratio']:.1%}, wall time "
+            f"x{r['time_ratio']:.2f}, CPU time x{r['cpu_time_ratio']:.2f}"
         )
     if check is not None:
         print(
