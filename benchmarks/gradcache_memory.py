@@ -117,6 +117,16 @@ def _copy_of_embedding_net() -> Any:
     return EmbeddingNet()
 
 
+def _usage() -> dict[str, float]:
+    """Minor page faults and system CPU time of this process so far (zeros off Unix)."""
+    try:
+        import resource
+    except ImportError:
+        return {"minor_faults": 0.0, "system_s": 0.0}
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return {"minor_faults": float(ru.ru_minflt), "system_s": ru.ru_stime}
+
+
 def _measure(batch: int, chunk_size: int | None, steps: int, threads: int | None) -> dict[str, Any]:
     """One configuration, in this (fresh) process."""
     import torch
@@ -169,11 +179,13 @@ def _measure(batch: int, chunk_size: int | None, steps: int, threads: int | None
         peak = _maxrss_bytes()
         how = "ru_maxrss growth"
     times, cpu_times = [], []
+    usage = _usage()
     for _ in range(steps):
         start, cpu_start = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - start)
         cpu_times.append(time.process_time() - cpu_start)
+    usage = {key: (value - usage[key]) / steps for key, value in _usage().items()}
     return {
         "batch": batch,
         "p": p,
@@ -189,6 +201,10 @@ def _measure(batch: int, chunk_size: int | None, steps: int, threads: int | None
         "step_min_s": min(times),
         "step_cpu_times_s": cpu_times,
         "step_cpu_median_s": statistics.median(cpu_times),
+        # Page faults and kernel time per step: memory that is freed and allocated afresh
+        # every step (glibc hands large blocks back to the OS) is faulted in again each time.
+        "minor_faults_per_step": usage["minor_faults"],
+        "system_time_per_step_s": usage["system_s"],
         "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "loss_of_measured_step": loss,
         "torch_threads": torch.get_num_threads(),
@@ -263,18 +279,19 @@ def _mib(n: float) -> str:
 def markdown_table(results: list[dict[str, Any]]) -> str:
     rows = [
         "| batch | step | extra peak RSS | peak RSS (process) | wall / step (median, min) "
-        "| CPU / step |",
-        "| ---: | --- | ---: | ---: | ---: | ---: |",
+        "| CPU / step | of which system | page faults / step |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         step = "plain" if r.get("chunk_size") is None else f"cached, chunk {r['chunk_size']}"
         if "error" in r:
-            rows.append(f"| {r['batch']:,} | {step} | error: {r['error']} | | | |")
+            rows.append(f"| {r['batch']:,} | {step} | error: {r['error']} | | | | | |")
             continue
         rows.append(
             f"| {r['batch']:,} | {step} | {_mib(r['extra_peak_bytes'])} | "
             f"{_mib(r['peak_bytes'])} | {r['step_median_s']:.2f} s, {r['step_min_s']:.2f} s | "
-            f"{r['step_cpu_median_s']:.2f} s |"
+            f"{r['step_cpu_median_s']:.2f} s | {r['system_time_per_step_s']:.2f} s | "
+            f"{r['minor_faults_per_step']:,.0f} |"
         )
     return "\n".join(rows)
 
