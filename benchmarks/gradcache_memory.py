@@ -23,7 +23,7 @@ the growth of ``ru_maxrss`` over the step is reported instead.
 
 Usage::
 
-    python -m benchmarks.gradcache_memory             # ~2 minutes on 2 cores
+    python -m benchmarks.gradcache_memory             # about 1.5 minutes on 2 cores
     python -m benchmarks.gradcache_memory --quick     # smoke run (small batches)
 
 Writes ``benchmarks/results/gradcache.json`` (``gradcache_quick.json`` with ``--quick``) with
