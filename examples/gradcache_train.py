@@ -1,0 +1,177 @@
+"""Train an Omniglot embedding on batches larger than memory, with exact mining (GradCache).
+
+Each step mines the whole P x K batch (``--p`` classes x ``--k`` images, 1,024 images by
+default) with a fused triplet loss, yet the network only ever holds the activations of
+``--chunk-size`` images: :func:`tripletkit.gradcache.cached_backward` embeds the batch in
+chunks without a graph, computes the loss and its gradient with respect to the embeddings
+on the whole batch, then re-runs each chunk with a graph and back-propagates its share. The
+parameters' gradients are those of ``loss.backward()`` on the whole batch (through a
+chunked forward: batch-norm normalises per chunk), at the price of one extra forward pass.
+
+    python examples/gradcache_train.py                          # 1,024 images, chunks of 128
+    python examples/gradcache_train.py --p 512 --k 8 --chunk-size 256
+    python examples/gradcache_train.py --memory 4096            # plus a cross-batch memory term
+    torchrun --nproc_per_node=2 examples/gradcache_train.py     # DDP: mining over all replicas
+
+Under ``torchrun`` each replica draws its own P x K batch, ``loss_fn`` gathers every
+replica's embeddings (:func:`tripletkit.distributed.gather`) and the DDP model all-reduces
+once per step (the replays run under ``no_sync()`` but the last): the gradients are those of
+one process training on the global batch. Rank 0 logs the loss, the time per step and
+precision@1 on unseen Omniglot classes before and after training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from tripletkit.datasets import omniglot
+from tripletkit.distributed import gather
+from tripletkit.gradcache import GradCache
+from tripletkit.losses import batch_all_triplet_loss, batch_hard_triplet_loss
+from tripletkit.memory import CrossBatchMemory
+from tripletkit.metrics import retrieval_metrics
+from tripletkit.samplers import PKBatchSampler
+
+
+class EmbeddingNet(nn.Module):
+    """A small conv net: ``[B, 1, 28, 28]`` images to unit-norm ``[B, dim]`` embeddings."""
+
+    def __init__(self, dim: int = 64) -> None:
+        super().__init__()
+
+        def block(c_in: int, c_out: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(c_in, c_out, 3, padding=1),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            )
+
+        self.features = nn.Sequential(block(1, 32), block(32, 64), block(64, 64))  # 28->14->7->3
+        self.dropout = nn.Dropout(0.1)  # replayed exactly: the same masks in both passes
+        self.head = nn.Linear(64 * 3 * 3, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(self.head(self.dropout(self.features(x).flatten(1))), dim=1)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=10, help="optimizer steps (default 10)")
+    parser.add_argument("--p", type=int, default=256, help="classes per replica batch")
+    parser.add_argument("--k", type=int, default=4, help="images per class")
+    parser.add_argument("--chunk-size", type=int, default=128, help="images per forward pass")
+    parser.add_argument("--margin", type=float, default=0.2, help="triplet margin")
+    parser.add_argument(
+        "--memory", type=int, default=0, help="cross-batch memory rows (0: no memory term)"
+    )
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--eval-classes", type=int, default=100, help="unseen classes for precision@1 (0: skip)"
+    )
+    return parser.parse_args()
+
+
+def setup() -> tuple[int, int, torch.device]:
+    """Join the process group when launched by torchrun; returns (rank, world_size, device)."""
+    cuda = torch.cuda.is_available()
+    if "RANK" not in os.environ:
+        return 0, 1, torch.device("cuda" if cuda else "cpu")
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group("nccl" if cuda else "gloo")
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+@torch.no_grad()
+def precision_at_1(model: nn.Module, images: Tensor, labels: Tensor, device: torch.device) -> float:
+    model.eval()
+    emb = torch.cat([model(chunk.to(device)) for chunk in images.split(512)])
+    model.train()
+    return retrieval_metrics(emb, labels.to(device), k=1)["precision_at_1"]
+
+
+def main() -> None:
+    args = parse_args()
+    rank, world, device = setup()
+    train = omniglot("background")
+    sampler = PKBatchSampler(
+        train.labels, p=args.p, k=args.k, seed=args.seed, num_replicas=world, rank=rank
+    )
+    loader = DataLoader(train, batch_sampler=sampler)
+    test = omniglot("evaluation", max_classes=args.eval_classes) if args.eval_classes else None
+
+    torch.manual_seed(args.seed)
+    net = EmbeddingNet().to(device)
+    model = DistributedDataParallel(net) if world > 1 else net
+    torch.manual_seed(args.seed + rank)  # dropout masks differ per replica
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    memory = CrossBatchMemory(args.memory, 64, device=device) if args.memory else None
+
+    def loss_fn(emb: Tensor, labels: Tensor) -> Tensor:
+        """The loss of the global batch (plus a memory term), from the full batch of
+        embeddings: mining sees every image of every replica."""
+        emb, labels = gather(emb, labels)  # identity in a single process
+        loss = batch_hard_triplet_loss(emb, labels, margin=args.margin)
+        if memory is not None:
+            if len(memory):
+                mem_emb, mem_labels = memory.get()  # read before enqueueing
+                loss = loss + batch_all_triplet_loss(
+                    emb, labels, margin=args.margin, ref_embeddings=mem_emb, ref_labels=mem_labels
+                )
+            memory.enqueue(emb.detach(), labels)  # the gathered batch: same memory everywhere
+        return loss
+
+    step_fn = GradCache(model, loss_fn, chunk_size=args.chunk_size)
+
+    if rank == 0:
+        print(
+            f"world_size={world} device={device} global batch={world * args.p * args.k} "
+            f"({world} x {args.p} x {args.k}), chunk_size={args.chunk_size}"
+        )
+        if test is not None:
+            print(
+                f"precision@1 on {test.num_classes} unseen classes before training: "
+                f"{precision_at_1(net, test.images, test.labels, device):.3f}"
+            )
+
+    step, epoch = 0, 0
+    while step < args.steps:
+        sampler.set_epoch(epoch)
+        for images, labels in loader:
+            start = time.perf_counter()
+            optimizer.zero_grad()
+            loss = step_fn(images.to(device), labels.to(device))  # forward, loss and backward
+            optimizer.step()
+            step += 1
+            if rank == 0:
+                print(
+                    f"step {step:4d}  loss {loss.item():.4f}  {time.perf_counter() - start:.2f} s"
+                )
+            if step == args.steps:
+                break
+        epoch += 1
+
+    if rank == 0 and test is not None:
+        print(
+            f"precision@1 on {test.num_classes} unseen classes after {step} steps: "
+            f"{precision_at_1(net, test.images, test.labels, device):.3f}"
+        )
+    if world > 1:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
