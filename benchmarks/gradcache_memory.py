@@ -76,45 +76,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _network() -> tuple[Any, str]:
-    """The quality benchmark's network; if that module cannot be imported (it imports every
-    strategy's miner), the same architecture rebuilt here, and a note saying so."""
-    try:
-        from .quality import EmbeddingNet
+    """The quality benchmark's network and its name."""
+    from .quality import EmbeddingNet
 
-        return EmbeddingNet(), "benchmarks.quality.EmbeddingNet"
-    except ImportError as error:
-        return _copy_of_embedding_net(), f"copy of benchmarks.quality.EmbeddingNet ({error})"
-
-
-def _copy_of_embedding_net() -> Any:
-    """:class:`benchmarks.quality.EmbeddingNet` with its defaults (64-d, channels 32, 64,
-    64, 64, channels_last), layer for layer."""
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    class EmbeddingNet(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            blocks: list[nn.Module] = []
-            c_in = 1
-            for c_out in (32, 64, 64, 64):
-                blocks += [
-                    nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-                    nn.BatchNorm2d(c_out),
-                    nn.ReLU(inplace=True),
-                    nn.MaxPool2d(2),
-                ]
-                c_in = c_out
-            self.features = nn.Sequential(*blocks, nn.Flatten())
-            self.head = nn.Linear(c_in, 64)
-            self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            x = x.contiguous(memory_format=torch.channels_last)
-            return F.normalize(self.head(self.features(x)), dim=1)
-
-    return EmbeddingNet()
+    return EmbeddingNet(), "benchmarks.quality.EmbeddingNet"
 
 
 def _usage() -> dict[str, float]:
@@ -136,7 +101,7 @@ def _measure(batch: int, chunk_size: int | None, steps: int, threads: int | None
     from tripletkit.losses import batch_hard_triplet_loss
     from tripletkit.samplers import PKBatchSampler
 
-    from .speed import _malloc_trim, _maxrss_bytes, _proc_status, _reset_peak_rss
+    from .measure import _malloc_trim, _maxrss_bytes, _proc_status, _reset_peak_rss
 
     if threads:
         torch.set_num_threads(threads)
