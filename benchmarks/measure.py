@@ -7,13 +7,16 @@ on CUDA, nothing on CPU) and timed with :func:`time.perf_counter` (wall) and
 machine). :func:`time_method` warms up, then repeats the call as the :class:`TimingPolicy`
 says; the headline figure is the median over the repeats. :func:`prewarm` absorbs one-off
 costs (numba compilation or cache loading, thread pools, lazy imports) before any timing.
-A timer based on CUDA events belongs next to :func:`timed_call`.
+On CUDA, :func:`cuda_timed_call` times the same call with CUDA events recorded on the
+current stream (the device's time, launch gaps included), as :mod:`benchmarks.gpu` does.
 
 **Memory.** :func:`peak_memory` measures the extra peak of one call: on CPU the peak RSS is
 reset through ``/proc/self/clear_refs`` and the extra peak is ``VmHWM`` after the call minus
 ``VmRSS`` before it (the growth of ``ru_maxrss`` where ``clear_refs`` is missing), after
 handing the C heap's free memory back to the OS; on CUDA it is
-``torch.cuda.max_memory_allocated`` minus the memory allocated before the call. On CPU the
+``torch.cuda.max_memory_allocated`` minus the memory allocated before the call (peak
+statistics reset first). :class:`PeakMemory` does the same around any stretch of calls
+(``start()`` ... ``stop()``). On CPU the
 peak RSS of a process only grows, so the call should run in a fresh interpreter:
 :func:`run_json_child` runs ``python -m <module> ...`` and reads back the JSON line it prints.
 
@@ -42,9 +45,11 @@ from torch import Tensor
 from .common import GIB, REPO_ROOT
 
 __all__ = [
+    "PeakMemory",
     "TimedCall",
     "TimingPolicy",
     "available_bytes",
+    "cuda_timed_call",
     "numba_threads",
     "peak_memory",
     "prewarm",
@@ -89,6 +94,27 @@ def timed_call(
     sync(device)
     t1 = time.perf_counter()
     return TimedCall(t1 - t0, time.process_time() - c0, loss.detach())
+
+
+def cuda_timed_call(f: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor) -> TimedCall:
+    """:func:`timed_call` on CUDA, timed by CUDA events.
+
+    Queued work is waited for, then two events recorded on the current stream bracket
+    ``f(x, y).backward()``: ``wall_s`` is the time between them on the device (launch gaps
+    and host stalls included, host time before the first launch excluded); ``cpu_s`` is the
+    process CPU time of the call, up to the end event.
+    """
+    x.grad = None
+    torch.cuda.synchronize()
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
+    c0 = time.process_time()
+    start.record()
+    loss = f(x, y)
+    loss.backward()
+    end.record()
+    end.synchronize()
+    return TimedCall(start.elapsed_time(end) / 1e3, time.process_time() - c0, loss.detach())
 
 
 @dataclass
@@ -233,24 +259,63 @@ def _malloc_trim() -> None:
         pass
 
 
-def _cuda_peak(call: Callable[[], object]) -> tuple[int, int, str]:
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    call()
-    return base, torch.cuda.max_memory_allocated(), "torch.cuda.max_memory_allocated"
+class PeakMemory:
+    """Extra peak memory of the calls made between :meth:`start` and :meth:`stop`.
 
+    On CUDA the peak statistics are reset at :meth:`start` and the extra peak is
+    ``torch.cuda.max_memory_allocated`` minus the memory allocated at :meth:`start`; on CPU
+    it is the peak RSS (reset through ``/proc/self/clear_refs``, else the growth of
+    ``ru_maxrss``) minus the RSS at :meth:`start`. The calls must wait for their own device
+    work (:func:`timed_call` and :func:`cuda_timed_call` do).
 
-def _cpu_peak(call: Callable[[], object]) -> tuple[int, int, str]:
-    _malloc_trim()
-    if _reset_peak_rss():
-        base = _proc_status()["VmRSS"]
-        call()
-        return base, _proc_status()["VmHWM"], "VmHWM after /proc/self/clear_refs"
-    base = _maxrss_bytes()
-    call()
-    return base, _maxrss_bytes(), "ru_maxrss growth"
+    Args:
+        device: ``"cpu"`` or ``"cuda"``.
+        release_cache: on CUDA, hand the caching allocator's unused blocks back at
+            :meth:`start` (``torch.cuda.empty_cache``). The figure does not depend on it
+            (allocated, not reserved, memory is counted); leave it off between timed calls,
+            so that the next one does not pay for fresh device allocations.
+    """
+
+    def __init__(self, device: str, release_cache: bool = True) -> None:
+        self.device = device
+        self.release_cache = release_cache
+        self._base = 0
+        self._how = ""
+
+    def start(self) -> None:
+        """Collect garbage, reset the peak and take the baseline."""
+        gc.collect()
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            if self.release_cache:
+                torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            self._base = torch.cuda.memory_allocated()
+            self._how = "torch.cuda.max_memory_allocated"
+            return
+        _malloc_trim()
+        if _reset_peak_rss():
+            self._base = _proc_status()["VmRSS"]
+            self._how = "VmHWM after /proc/self/clear_refs"
+        else:
+            self._base = _maxrss_bytes()
+            self._how = "ru_maxrss growth"
+
+    def stop(self) -> dict[str, Any]:
+        """``extra_peak_bytes`` (peak minus baseline, at least 0), ``baseline_bytes``,
+        ``peak_bytes`` and ``how`` (which counter was read)."""
+        if self.device == "cuda":
+            peak = torch.cuda.max_memory_allocated()
+        elif self._how.startswith("VmHWM"):
+            peak = _proc_status()["VmHWM"]
+        else:
+            peak = _maxrss_bytes()
+        return {
+            "extra_peak_bytes": max(peak - self._base, 0),
+            "baseline_bytes": self._base,
+            "peak_bytes": peak,
+            "how": self._how,
+        }
 
 
 def peak_memory(call: Callable[[], object], device: str) -> dict[str, Any]:
@@ -263,14 +328,10 @@ def peak_memory(call: Callable[[], object], device: str) -> dict[str, Any]:
         ``extra_peak_bytes`` (peak minus baseline, at least 0), ``baseline_bytes``,
         ``peak_bytes`` and ``how`` (which counter was read).
     """
-    gc.collect()
-    base, peak, how = _cuda_peak(call) if device == "cuda" else _cpu_peak(call)
-    return {
-        "extra_peak_bytes": max(peak - base, 0),
-        "baseline_bytes": base,
-        "peak_bytes": peak,
-        "how": how,
-    }
+    probe = PeakMemory(device)
+    probe.start()
+    call()
+    return probe.stop()
 
 
 def available_bytes(device: str) -> float:

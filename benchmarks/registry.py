@@ -13,9 +13,12 @@ whose forward + backward is timed. :func:`build_methods` lists
 - the fused tripletkit losses: batch-all hinge (``reduction="mean_nonzero"``) and soft margin
   (``reduction="mean"``), batch-hard and semi-hard, margin :data:`MARGIN`, once per backend;
 - the peers when installed: pytorch-metric-learning (``TripletMarginMiner`` "all" and
-  "semihard", ``BatchHardMiner``, each with ``TripletMarginLoss(margin=0.2)``) and
-  online-triplet-loss (batch-all and batch-hard). Their O(N^3) methods carry a time exponent
-  and a memory estimate so that the run can skip sizes that cannot fit.
+  "semihard", ``BatchHardMiner``, each with ``TripletMarginLoss(margin=0.2)``),
+  online-triplet-loss (batch-all and batch-hard) and sentence-transformers (its
+  ``BatchAllTripletLoss``, ``BatchHardTripletLoss``, ``BatchSemiHardTripletLoss`` and
+  ``BatchHardSoftMarginTripletLoss``, called on raw embeddings: see :func:`st_losses`). Their
+  O(N^3) methods carry a time exponent and a memory estimate so that the run can skip sizes
+  that cannot fit.
 
 **Quality** (:mod:`benchmarks.quality`): a :class:`Strategy` builds a criterion module
 ``(embeddings, labels) -> loss`` trained with the network. Embeddings are L2-normalised for
@@ -73,6 +76,9 @@ __all__ = [
     "installed",
     "otl_all_memory",
     "pml_all_memory",
+    "positive_pairs",
+    "st_all_memory",
+    "st_losses",
     "valid_triplets",
 ]
 
@@ -112,7 +118,7 @@ class Method:
         name: identifier used in the JSON, the table and the plot.
         family: ``"baseline"`` (cdist), ``"tripletkit"`` or ``"peer"``.
         strategy: ``"cdist"``, ``"batch_all"``, ``"batch_all_soft"``, ``"batch_hard"``,
-            ``"semi_hard"``.
+            ``"batch_hard_soft"`` (a peer's soft-margin batch-hard), ``"semi_hard"``.
         backend: the tripletkit backend (``"torch"`` / ``"numba"``), else ``None``.
         description: what exactly runs.
         make: builds the loss function (imports happen here, outside the timings).
@@ -159,6 +165,20 @@ def otl_all_memory(n: int, labels: Tensor) -> float:
     """Estimated peak bytes of online-triplet-loss's batch-all loss."""
     # Several N^3 float32 and bool tensors (measured: ~21 bytes per N^3 element).
     return 24.0 * float(n) ** 3
+
+
+def positive_pairs(labels: Tensor) -> int:
+    """Number of ordered positive pairs ``(a, p)``, ``p != a``, of a label vector."""
+    _, counts = torch.unique(labels, return_counts=True)
+    c = counts.to(torch.float64)
+    return int((c * (c - 1)).sum().item())
+
+
+def st_all_memory(n: int, labels: Tensor) -> float:
+    """Estimated peak bytes of sentence-transformers' ``BatchAllTripletLoss``."""
+    # A [positive pairs, N] matrix of terms with its masks and gradients (measured on the
+    # CPU: ~29 bytes per element), plus a few N x N matrices.
+    return 32.0 * positive_pairs(labels) * n + 16.0 * float(n) ** 2
 
 
 def _cdist() -> LossFn:
@@ -218,6 +238,50 @@ def _otl(kind: str) -> Callable[[], LossFn]:
 
             return f
         return lambda x, y: otl.batch_hard_triplet_loss(y, x, MARGIN)
+
+    return make
+
+
+def st_losses() -> Any:
+    """sentence-transformers' losses module (``sentence_transformers.sentence_transformer.losses``
+    in version 6; the older ``sentence_transformers.losses`` path otherwise).
+
+    Its triplet losses are ``nn.Module`` s built around a ``SentenceTransformer`` model, but
+    the computation is an instance method on raw embeddings, reached without any model (none
+    is downloaded): ``BatchAllTripletLoss(None, margin=m).batch_all_triplet_loss(labels, x)``,
+    likewise ``BatchHardTripletLoss.batch_hard_triplet_loss``,
+    ``BatchSemiHardTripletLoss.batch_semi_hard_triplet_loss`` and
+    ``BatchHardSoftMarginTripletLoss.batch_hard_triplet_soft_margin_loss``. Their default
+    distance is ``BatchHardTripletLossDistanceFunction.euclidean_distance`` (Euclidean, from
+    the Gram matrix) and their default margin 5: the benchmarks pass :data:`MARGIN`.
+    """
+    import importlib
+    import warnings
+
+    try:
+        return importlib.import_module("sentence_transformers.sentence_transformer.losses")
+    except ImportError:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return importlib.import_module("sentence_transformers.losses")
+
+
+def _st(kind: str) -> Callable[[], LossFn]:
+    def make() -> LossFn:
+        st = st_losses()
+        if kind == "batch_all":
+            ba = st.BatchAllTripletLoss(None, margin=MARGIN)
+            return lambda x, y: ba.batch_all_triplet_loss(y, x)
+        if kind == "batch_hard":
+            bh = st.BatchHardTripletLoss(None, margin=MARGIN)
+            return lambda x, y: bh.batch_hard_triplet_loss(y, x)
+        if kind == "batch_hard_soft":
+            soft = st.BatchHardSoftMarginTripletLoss(None)
+            return lambda x, y: soft.batch_hard_triplet_soft_margin_loss(y, x)
+        if kind == "semi_hard":
+            sh = st.BatchSemiHardTripletLoss(None, margin=MARGIN)
+            return lambda x, y: sh.batch_semi_hard_triplet_loss(y, x)
+        raise ValueError(f"unknown sentence-transformers loss {kind!r}")
 
     return make
 
@@ -311,10 +375,55 @@ def _otl_methods() -> list[Method]:
     ]
 
 
+def _st_methods() -> list[Method]:
+    doc = "sentence-transformers {}: .{}(labels, x) on raw embeddings (Euclidean){}"
+    margin = f", margin={MARGIN}"
+    return [
+        Method(
+            "st_batch_all",
+            "peer",
+            "batch_all",
+            None,
+            doc.format("BatchAllTripletLoss", "batch_all_triplet_loss", margin),
+            _st("batch_all"),
+            time_exponent=2.0,
+            memory_estimate=st_all_memory,
+        ),
+        Method(
+            "st_batch_hard",
+            "peer",
+            "batch_hard",
+            None,
+            doc.format("BatchHardTripletLoss", "batch_hard_triplet_loss", margin),
+            _st("batch_hard"),
+            time_exponent=2.0,
+        ),
+        Method(
+            "st_batch_hard_soft",
+            "peer",
+            "batch_hard_soft",
+            None,
+            doc.format("BatchHardSoftMarginTripletLoss", "batch_hard_triplet_soft_margin_loss", ""),
+            _st("batch_hard_soft"),
+            time_exponent=2.0,
+        ),
+        Method(
+            "st_semi_hard",
+            "peer",
+            "semi_hard",
+            None,
+            doc.format("BatchSemiHardTripletLoss", "batch_semi_hard_triplet_loss", margin),
+            _st("semi_hard"),
+            time_exponent=2.0,
+        ),
+    ]
+
+
 #: The speed benchmark's peers: import name, distribution name, their methods.
 _SPEED_PEERS: tuple[tuple[str, str, Callable[[], list[Method]]], ...] = (
     ("pytorch_metric_learning", "pytorch-metric-learning", _pml_methods),
     ("online_triplet_loss", "online-triplet-loss", _otl_methods),
+    ("sentence_transformers", "sentence-transformers", _st_methods),
 )
 
 
@@ -324,7 +433,8 @@ def build_methods(
     """The methods to measure, and the peers that were asked for but are not installed.
 
     Args:
-        peers: include pytorch-metric-learning and online-triplet-loss when installed.
+        peers: include pytorch-metric-learning, online-triplet-loss and
+            sentence-transformers when installed.
         backends: tripletkit backends to measure.
 
     Returns:

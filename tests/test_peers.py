@@ -17,12 +17,19 @@ Known, intended differences (not tested for equality):
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from reference import as_list
 
 from tripletkit import miners
-from tripletkit.losses import TripletMarginLoss, batch_all_triplet_loss, batch_hard_triplet_loss
+from tripletkit.losses import (
+    TripletMarginLoss,
+    batch_all_triplet_loss,
+    batch_hard_triplet_loss,
+    semi_hard_triplet_loss,
+)
 from tripletkit.miners import BatchAllMiner, BatchHardMiner, TripletMarginMiner
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -277,3 +284,145 @@ def test_pml_avg_non_zero_is_mean_nonzero(kind: str) -> None:
     if kind == "supcon":
         assert fn(x, labels, pairs, reduction="none").tolist()[0] == 0.0
         torch.testing.assert_close(fn(x, labels, pairs), want / 2)  # "mean" counts anchor 0
+
+
+# ----------------------------------------------------------- sentence-transformers (issue 10)
+#
+# sentence-transformers' BatchAllTripletLoss, BatchHardTripletLoss, BatchHardSoftMarginTripletLoss
+# and BatchSemiHardTripletLoss are modules built around a SentenceTransformer model, but each
+# computes on raw embeddings in an instance method (``batch_all_triplet_loss(labels, x)``,
+# ``batch_hard_triplet_loss``, ``batch_hard_triplet_soft_margin_loss``,
+# ``batch_semi_hard_triplet_loss``): built with ``model=None``, no model is downloaded.
+#
+# Where the semantics coincide (same value and gradients in float64, tested below):
+# - distances: their default ``euclidean_distance`` (from the Gram matrix, a zero distance given
+#   a zero gradient) is metric="euclidean", ``euclidean_distance(squared=True)`` is
+#   "sqeuclidean" and ``cosine_distance`` (1 - cosine similarity) is "cosine". Their default
+#   margin is 5; a margin is always passed here.
+# - batch-all (online-triplet-loss's code): the hinge summed over every valid triplet, divided
+#   by the number of triplets with a loss > 1e-16 (plus 1e-16): reduction="mean_nonzero" (the
+#   1e-16 threshold and offset differ only for terms in (0, 1e-16]). Also with singleton classes
+#   and in a one-class batch (0 for both).
+# - semi-hard: TensorFlow-Addons' selection (per positive pair the nearest negative farther than
+#   the positive, else the farthest negative), averaged over the positive pairs: tripletkit's
+#   semi_hard_triplet_loss whenever every anchor that has a positive also has a negative (any
+#   batch with two classes or more; singleton classes have no positive pair in either).
+# - batch-hard, hinge and soft margin (BatchHardSoftMarginTripletLoss is softplus(d_ap - d_an),
+#   tripletkit's soft_margin=True): equal when every anchor has a positive and a negative.
+#
+# Where they differ (tested below, as the formulas they follow):
+# - batch-hard, an anchor without a positive (a singleton class): its hardest-positive distance
+#   is 0 and its term (max(0, margin - d_an) or softplus(-d_an), d_an its nearest negative)
+#   counts in their mean over *all* anchors; tripletkit leaves the anchor out.
+# - a one-class batch (no negative at all): their batch-hard takes the row's largest distance
+#   as the negative (the hinge gives the margin, the soft margin log 2, for every anchor) and
+#   their semi-hard takes the row's minimum, the anchor's own 0 (each pair gives d_ap + margin);
+#   tripletkit has no valid triplet there and returns 0.
+
+ST_KINDS = ("batch_all", "batch_hard", "batch_hard_soft", "semi_hard")
+ST_METRICS = ("euclidean", "sqeuclidean", "cosine")
+#: Margin of the comparisons per metric (cosine distances lie in [0, 2]).
+ST_MARGIN = {"euclidean": 0.5, "sqeuclidean": 2.0, "cosine": 0.2}
+
+
+def _st():
+    """sentence-transformers' losses module (version 6 path, else the older one)."""
+    pytest.importorskip("sentence_transformers")
+    import importlib
+    import warnings
+
+    try:
+        return importlib.import_module("sentence_transformers.sentence_transformer.losses")
+    except ImportError:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return importlib.import_module("sentence_transformers.losses")
+
+
+def _st_loss(kind: str, metric: str, margin: float):
+    """sentence-transformers' loss ``f(labels, x)`` of ``kind`` with ``metric`` (no model)."""
+    st = _st()
+    dist = st.BatchHardTripletLossDistanceFunction
+    distance = {
+        "euclidean": dist.euclidean_distance,
+        "sqeuclidean": lambda e: dist.euclidean_distance(e, squared=True),
+        "cosine": dist.cosine_distance,
+    }[metric]
+    if kind == "batch_all":
+        return st.BatchAllTripletLoss(None, distance, margin).batch_all_triplet_loss
+    if kind == "batch_hard":
+        return st.BatchHardTripletLoss(None, distance, margin).batch_hard_triplet_loss
+    if kind == "batch_hard_soft":
+        return st.BatchHardSoftMarginTripletLoss(None, distance).batch_hard_triplet_soft_margin_loss
+    return st.BatchSemiHardTripletLoss(None, distance, margin).batch_semi_hard_triplet_loss
+
+
+def _tk_loss(kind: str, metric: str, margin: float, backend: str):
+    """tripletkit's loss ``f(x, labels)`` with the semantics of sentence-transformers' ``kind``."""
+    if kind == "batch_all":
+        return lambda x, y: batch_all_triplet_loss(
+            x, y, margin, metric, reduction="mean_nonzero", backend=backend
+        )
+    if kind == "semi_hard":
+        return lambda x, y: semi_hard_triplet_loss(x, y, margin, metric, backend=backend)
+    soft = kind == "batch_hard_soft"
+    return lambda x, y: batch_hard_triplet_loss(
+        x, y, margin, metric, soft_margin=soft, backend=backend
+    )
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("metric", ST_METRICS)
+@pytest.mark.parametrize("kind", ST_KINDS)
+def test_st_triplet_losses(seed: int, metric: str, kind: str, backend: str) -> None:
+    """Same value and gradients as sentence-transformers where the semantics coincide: batch-all
+    and semi-hard with a singleton class among the labels, batch-hard without one."""
+    margin = ST_MARGIN[metric]
+    theirs, ours = _st_loss(kind, metric, margin), _tk_loss(kind, metric, margin, backend)
+    x, labels = _batch(seed, singleton=kind in ("batch_all", "semi_hard"))
+    x1 = x.clone().requires_grad_()
+    x2 = x.clone().requires_grad_()
+    want = theirs(labels, x1)
+    got = ours(x2, labels)
+    assert want.item() > 0, "the comparison should not be vacuous"
+    torch.testing.assert_close(got, want, **VALUE_TOL)
+    (g1,) = torch.autograd.grad(want, x1)
+    (g2,) = torch.autograd.grad(got, x2)
+    torch.testing.assert_close(g2, g1, **GRAD_TOL)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("kind", ["batch_hard", "batch_hard_soft"])
+def test_st_batch_hard_counts_anchors_without_a_positive(seed: int, kind: str) -> None:
+    """Their batch-hard averages over every anchor; an anchor without a positive has d_ap = 0."""
+    margin = 0.5
+    x, labels = _batch(seed)  # the last sample is a class of its own
+    n = x.shape[0]
+    want = _st_loss(kind, "euclidean", margin)(labels, x)
+    soft = kind == "batch_hard_soft"
+    ours_sum = batch_hard_triplet_loss(x, labels, margin, soft_margin=soft, reduction="sum")
+    assert batch_hard_triplet_loss(x, labels, reduction="none").shape == (n - 1,)
+    d_an = torch.cdist(x[-1:], x[:-1]).min()  # every other sample is a negative of the singleton
+    lonely = torch.nn.functional.softplus(-d_an) if soft else torch.relu(margin - d_an)
+    torch.testing.assert_close((ours_sum + lonely) / n, want, **VALUE_TOL)
+    assert not torch.isclose(ours_sum / (n - 1), want)
+
+
+@pytest.mark.parametrize("kind", ST_KINDS)
+def test_st_one_class_batch(kind: str) -> None:
+    """No negative at all: tripletkit returns 0; sentence-transformers' batch-hard gives the
+    margin (hinge) or log 2 (soft margin), its semi-hard mean(d_ap) + margin, its batch-all 0."""
+    margin = 0.5
+    x, _ = _batch(0)
+    labels = torch.zeros(x.shape[0], dtype=torch.int64)
+    want = _st_loss(kind, "euclidean", margin)(labels, x)
+    got = _tk_loss(kind, "euclidean", margin, "torch")(x, labels)
+    assert got.item() == 0.0
+    n = x.shape[0]
+    expected = {
+        "batch_all": 0.0,
+        "batch_hard": margin,
+        "batch_hard_soft": math.log(2.0),
+        "semi_hard": (torch.cdist(x, x).sum() / (n * (n - 1))).item() + margin,
+    }[kind]
+    torch.testing.assert_close(want.item(), expected, rtol=1e-9, atol=1e-12)
