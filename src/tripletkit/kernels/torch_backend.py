@@ -428,7 +428,7 @@ def semi_hard(
     w = min(width, m) if buckets and width is not None else m
     parts: list[tuple[Tensor, ...]] = []
     index = _label_index(ref_labels) if buckets and m else None
-    for start, stop in _chunks(n, m + w * w, dist.device):
+    for start, stop in _chunks(n, m + (w * w if buckets else 0), dist.device):
         d = dist[start:stop]
         if m == 0:
             empty = torch.zeros(stop - start, 0, dtype=torch.int64, device=d.device)
