@@ -34,6 +34,7 @@ __all__ = [
     "check_index_tuple",
     "check_indices",
     "check_labels",
+    "check_nonnegative_int",
     "check_nonnegative_real",
     "check_pair",
     "check_positive_int",
@@ -41,7 +42,6 @@ __all__ = [
     "check_rank_window",
     "check_reduction",
     "check_same_space",
-    "check_nonnegative_int",
     "compute_dtype",
     "input_checks_enabled",
     "set_input_checks",
@@ -67,6 +67,7 @@ class set_input_checks:  # noqa: N801 - named like torch.set_grad_enabled, which
     With checks off they cost nothing: no host read, so a CUDA pipeline never stalls on them
     and ``torch.compile(fullgraph=True)`` can capture the losses; bad values then give
     undefined results instead of an error. Checks of shapes, dtypes and devices always run.
+    The switch is process-wide (unlike ``torch.set_grad_enabled``, not per thread).
 
     Example:
         >>> import torch, tripletkit
@@ -104,8 +105,8 @@ def to_host(values: Tensor) -> list:
 class DeviceChecks:
     """Conditions on tensor values, gathered and then checked with one host read.
 
-    ``require(ok, error)`` adds a 0-dim boolean ``ok`` and the exception to raise when it is
-    false; :meth:`run` reads every condition (and any extra integers asked for) in one
+    ``require(ok, error)`` adds a boolean tensor ``ok`` (every entry must hold) and a callable
+    making the exception to raise when it does not; :meth:`run` reads every condition (and any extra integers asked for) in one
     :func:`to_host`. With checks off, conditions are dropped (nothing is computed for them:
     callers test :attr:`enabled` first when building a condition costs a pass).
     """
