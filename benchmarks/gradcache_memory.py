@@ -34,17 +34,16 @@ cached steps to the plain step of the same batch.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .common import REPO_ROOT, RESULTS_DIR, machine_info, save_json
+from .common import RESULTS_DIR, machine_info, save_json
 
 #: (batch, chunk_size or None for the plain step) of a full run and of ``--quick``.
 DEFAULT_CONFIGS: tuple[tuple[int, int | None], ...] = (
@@ -92,8 +91,9 @@ def _usage() -> dict[str, float]:
     return {"minor_faults": float(ru.ru_minflt), "system_s": ru.ru_stime}
 
 
-def _measure(batch: int, chunk_size: int | None, steps: int, threads: int | None) -> dict[str, Any]:
-    """One configuration, in this (fresh) process."""
+def _training_step(batch: int, chunk_size: int | None) -> tuple[Callable[[], float], dict]:
+    """One optimiser step of the quality benchmark's network on a P x K batch of ``batch``
+    Omniglot images (plain or cached), and what it trains on."""
     import torch
 
     from tripletkit.datasets import omniglot
@@ -101,18 +101,12 @@ def _measure(batch: int, chunk_size: int | None, steps: int, threads: int | None
     from tripletkit.losses import batch_hard_triplet_loss
     from tripletkit.samplers import PKBatchSampler
 
-    from .measure import _malloc_trim, _maxrss_bytes, _proc_status, _reset_peak_rss
-
-    if threads:
-        torch.set_num_threads(threads)
     torch.manual_seed(0)
     data = omniglot("background")
     k = max(batch // CLASSES_PER_BATCH, 2)
     p = batch // k
-    sampler = PKBatchSampler(data.labels, p=p, k=k, seed=0)
-    index = torch.tensor(next(iter(sampler)))
+    index = torch.tensor(next(iter(PKBatchSampler(data.labels, p=p, k=k, seed=0))))
     images, labels = data.images[index].contiguous(), data.labels[index].contiguous()
-    del data
     model, network_source = _network()
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
@@ -130,19 +124,11 @@ def _measure(batch: int, chunk_size: int | None, steps: int, threads: int | None
         optimizer.step()
         return float(loss.item())
 
-    step()  # warm-up
-    gc.collect()
-    _malloc_trim()
-    if _reset_peak_rss():
-        base = _proc_status()["VmRSS"]
-        loss = step()
-        peak = _proc_status()["VmHWM"]
-        how = "VmHWM after /proc/self/clear_refs"
-    else:
-        base = _maxrss_bytes()
-        loss = step()
-        peak = _maxrss_bytes()
-        how = "ru_maxrss growth"
+    return step, {"p": p, "k": k, "network_source": network_source}
+
+
+def _timed_steps(step: Callable[[], float], steps: int) -> dict[str, Any]:
+    """Wall and CPU time of ``steps`` steps, and their page faults and kernel time per step."""
     times, cpu_times = [], []
     usage = _usage()
     for _ in range(steps):
@@ -152,15 +138,6 @@ def _measure(batch: int, chunk_size: int | None, steps: int, threads: int | None
         cpu_times.append(time.process_time() - cpu_start)
     usage = {key: (value - usage[key]) / steps for key, value in _usage().items()}
     return {
-        "batch": batch,
-        "p": p,
-        "k": k,
-        "chunk_size": chunk_size,
-        "mode": "plain" if chunk_size is None else "cached",
-        "extra_peak_bytes": max(peak - base, 0),
-        "baseline_bytes": base,
-        "peak_bytes": peak,
-        "memory_how": how,
         "step_times_s": times,
         "step_median_s": statistics.median(times),
         "step_min_s": min(times),
@@ -170,10 +147,37 @@ def _measure(batch: int, chunk_size: int | None, steps: int, threads: int | None
         # every step (glibc hands large blocks back to the OS) is faulted in again each time.
         "minor_faults_per_step": usage["minor_faults"],
         "system_time_per_step_s": usage["system_s"],
+    }
+
+
+def _measure(batch: int, chunk_size: int | None, steps: int, threads: int | None) -> dict[str, Any]:
+    """One configuration, in this (fresh) process: the extra peak RSS of one step after a
+    warm-up step, then ``steps`` timed steps."""
+    import torch
+
+    from .measure import PeakMemory
+
+    if threads:
+        torch.set_num_threads(threads)
+    step, setup = _training_step(batch, chunk_size)
+    step()  # warm-up
+    probe = PeakMemory("cpu")
+    probe.start()
+    loss = step()
+    memory = probe.stop()
+    return {
+        "batch": batch,
+        **setup,
+        "chunk_size": chunk_size,
+        "mode": "plain" if chunk_size is None else "cached",
+        "extra_peak_bytes": memory["extra_peak_bytes"],
+        "baseline_bytes": memory["baseline_bytes"],
+        "peak_bytes": memory["peak_bytes"],
+        "memory_how": memory["how"],
+        **_timed_steps(step, steps),
         "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "loss_of_measured_step": loss,
         "torch_threads": torch.get_num_threads(),
-        "network_source": network_source,
     }
 
 
@@ -194,22 +198,15 @@ def _child(spec_json: str) -> int:
 def _run_child(
     batch: int, chunk_size: int | None, steps: int, threads: int | None, timeout_s: float = 300.0
 ) -> dict[str, Any]:
+    """:func:`_measure` in a fresh interpreter (the peak RSS is the whole process's)."""
+    from .measure import run_json_child
+
     spec = {"batch": batch, "chunk_size": chunk_size, "steps": steps, "threads": threads}
-    cmd = [sys.executable, "-m", "benchmarks.gradcache_memory", "--child", json.dumps(spec)]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    try:
-        proc = subprocess.run(
-            cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout_s
-        )
-    except subprocess.TimeoutExpired:
-        return {"batch": batch, "chunk_size": chunk_size, "error": f"timed out ({timeout_s} s)"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        error = f"exit {proc.returncode}: " + " | ".join(tail)
-        return {"batch": batch, "chunk_size": chunk_size, "error": error}
-    result: dict[str, Any] = json.loads(lines[-1])
+    result = run_json_child(
+        "benchmarks.gradcache_memory", ["--child", json.dumps(spec)], timeout_s, "the step"
+    )
+    if "error" in result:
+        return {"batch": batch, "chunk_size": chunk_size, "error": result["error"]}
     return result
 
 
@@ -261,6 +258,38 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def _target_check(ratios: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The issue's target (extra peak of the cached step against the plain one), if run."""
+    for r in ratios:
+        if r["batch"] == TARGET["batch"] and r["chunk_size"] == TARGET["chunk_size"]:
+            return {
+                **TARGET,
+                "extra_peak_ratio": r["extra_peak_ratio"],
+                "peak_ratio": r["peak_ratio"],
+                "passed": r["extra_peak_ratio"] <= TARGET["max_ratio"],
+            }
+    return None
+
+
+def _print_summary(results: list[dict[str, Any]], out: dict[str, Any], path: Path) -> None:
+    print()
+    print(markdown_table(results))
+    for r in out["ratios"]:
+        print(
+            f"batch {r['batch']}, chunk {r['chunk_size']}: extra peak {r['extra_peak_ratio']:.1%}"
+            f" of plain, whole-process peak {r['peak_ratio']:.1%}, wall time "
+            f"x{r['time_ratio']:.2f}, CPU time x{r['cpu_time_ratio']:.2f}"
+        )
+    check = out["target"]
+    if check is not None:
+        print(
+            f"target: extra peak at batch {TARGET['batch']}, chunk {TARGET['chunk_size']} "
+            f"<= {TARGET['max_ratio']:.0%} of plain: "
+            f"{'PASS' if check['passed'] else 'FAIL'} ({check['extra_peak_ratio']:.1%})"
+        )
+    print(f"wrote {path} in {out['wall_s']:.0f} s")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.child:
@@ -275,22 +304,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {json.dumps(result)}", flush=True)
         results.append(result)
     ratios = _ratios(results)
-    target = next(
-        (
-            r
-            for r in ratios
-            if r["batch"] == TARGET["batch"] and r["chunk_size"] == TARGET["chunk_size"]
-        ),
-        None,
-    )
-    check = None
-    if target is not None:
-        check = {
-            **TARGET,
-            "extra_peak_ratio": target["extra_peak_ratio"],
-            "peak_ratio": target["peak_ratio"],
-            "passed": target["extra_peak_ratio"] <= TARGET["max_ratio"],
-        }
     out = {
         "benchmark": "gradcache_memory",
         "machine": machine_info(),
@@ -305,26 +318,12 @@ def main(argv: list[str] | None = None) -> int:
         },
         "results": results,
         "ratios": ratios,
-        "target": check,
+        "target": _target_check(ratios),
         "wall_s": time.perf_counter() - start,
     }
     name = "gradcache_quick.json" if args.quick else "gradcache.json"
     path = save_json(args.out / name, out)
-    print()
-    print(markdown_table(results))
-    for r in ratios:
-        print(
-            f"batch {r['batch']}, chunk {r['chunk_size']}: extra peak {r['extra_peak_ratio']:.1%}"
-            f" of plain, whole-process peak {r['peak_ratio']:.1%}, wall time "
-            f"x{r['time_ratio']:.2f}, CPU time x{r['cpu_time_ratio']:.2f}"
-        )
-    if check is not None:
-        print(
-            f"target: extra peak at batch {TARGET['batch']}, chunk {TARGET['chunk_size']} "
-            f"<= {TARGET['max_ratio']:.0%} of plain: "
-            f"{'PASS' if check['passed'] else 'FAIL'} ({check['extra_peak_ratio']:.1%})"
-        )
-    print(f"wrote {path} in {out['wall_s']:.0f} s")
+    _print_summary(results, out, path)
     return 0
 
 
