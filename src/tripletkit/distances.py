@@ -27,14 +27,14 @@ def normalize_embeddings(x: Tensor, eps: float = 1e-12) -> Tensor:
     the cosine metric this puts a zero row at distance 1 from everything.
 
     Shape:
-        - x: ``[N, D]`` -> ``[N, D]``.
+        - x: ``[N, D]`` -> ``[N, D]`` (any leading dimensions: the last one is normalised).
 
     Example:
         >>> normalize_embeddings(torch.tensor([[3.0, 4.0], [0.0, 0.0]]))
         tensor([[0.6000, 0.8000],
                 [0.0000, 0.0000]])
     """
-    norm = x.norm(dim=1, keepdim=True)
+    norm = x.norm(dim=-1, keepdim=True)
     has_direction = norm > eps
     safe = torch.where(has_direction, norm, torch.ones_like(norm))
     return torch.where(has_direction, x / safe, torch.zeros_like(x))
@@ -187,12 +187,12 @@ def paired_distance(x: Tensor, y: Tensor, metric: str = "euclidean") -> Tensor:
 
 
 def _paired_distance_unchecked(x: Tensor, y: Tensor, metric: str) -> Tensor:
-    """:func:`paired_distance` for inputs already validated (internal fast path)."""
+    """:func:`paired_distance` for inputs already validated (internal fast path); ``x`` and
+    ``y`` may be any broadcastable ``[..., D]``."""
     if metric == "cosine":
-        return (1.0 - (normalize_embeddings(x) * normalize_embeddings(y)).sum(dim=1)).clamp(
-            0.0, 2.0
-        )
-    sq = ((x - y) ** 2).sum(dim=1)
+        products = (normalize_embeddings(x) * normalize_embeddings(y)).sum(dim=-1)
+        return (1.0 - products).clamp(0.0, 2.0)
+    sq = ((x - y) ** 2).sum(dim=-1)
     if metric == "sqeuclidean":
         return sq
     return _euclidean_from_squared(sq)

@@ -169,10 +169,12 @@ def mined_terms(
         zero = keep_in_graph(b.embeddings.new_zeros(a.shape), b.embeddings, b.ref_embeddings)
         return zero, sel.valid
     if a.numel() * _PAIRED_SHARE <= dist.numel() or a.numel() == 0:
-        metric = str(b.metric)
-        rows = b.embeddings[a.reshape(-1)]
-        d_ap = paired(rows, b.ref_embeddings[p.reshape(-1)], metric).view(a.shape)
-        d_an = paired(rows, b.ref_embeddings[n.reshape(-1)], metric).view(a.shape)
+        # Recomputed from the rows: a torch layout's anchor is its row of slots, so anchors
+        # broadcast (not gathered) against the selected references, unexpanded.
+        metric, emb, ref = str(b.metric), b.embeddings, b.ref_embeddings
+        rows = emb[sel.anchor] if sel.valid is None else emb.reshape(*sel.anchor.shape, -1)
+        d_ap = paired(rows, ref[sel.positive], metric)
+        d_an = paired(rows, ref[sel.negative], metric)
     else:
         in_graph = b.distances(grad=True)
         d_ap, d_an = in_graph[a, p], in_graph[a, n]
