@@ -130,11 +130,11 @@ def _label_index(ref_labels: Tensor) -> _LabelIndex:
 
 def _positive_slots(
     index: _LabelIndex, labels: Tensor, own: Tensor, width: int
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """The columns of the anchors' first ``width`` positives, ascending ``[R, width]`` (0 in
-    unused slots), and which slots are used ``[R, width]``: read off the label runs of
-    ``index`` in O(R width) (no ``N x M`` pass). An anchor's own column, when it is among the
-    references, is skipped."""
+    unused slots), which slots are used ``[R, width]``, and each anchor's number of
+    negatives ``[R]``: read off the label runs of ``index`` in O(R width) (no ``N x M``
+    pass). An anchor's own column, when it is among the references, is skipped."""
     m = index.order.shape[0]
     lo = torch.searchsorted(index.sorted_labels, labels)
     hi = torch.searchsorted(index.sorted_labels, labels, right=True)
@@ -145,7 +145,7 @@ def _positive_slots(
     place = lo[:, None] + slot + (slot >= own_at[:, None])
     used = slot < (hi - lo - own_in_run.to(torch.int64))[:, None]
     cols = index.order[place.clamp_max(max(m - 1, 0))]
-    return torch.where(used, cols, 0), used
+    return torch.where(used, cols, 0), used, m - (hi - lo)
 
 
 #: Up to this many thresholds per anchor, ranks are counted by comparisons (a few fast
@@ -208,25 +208,31 @@ def batch_all_hinge(
     index = _label_index(ref_labels)
     for start, stop in _chunks(n, m * min(w, _COUNT_RANK_MAX) // 4 + m, dist.device):
         d = dist[start:stop]
-        neg = labels[start:stop, None] != ref_labels[None, :]
-        cols, used = _positive_slots(index, labels[start:stop], self_index[start:stop], w)
-        n_pos, n_neg = used.sum(dim=1), neg.sum(dim=1)
+        same = labels[start:stop, None] == ref_labels[None, :]
+        cols, used, n_neg = _positive_slots(index, labels[start:stop], self_index[start:stop], w)
+        n_pos = used.sum(dim=1)
         thresholds = torch.where(used, d.gather(1, cols) + margin, math.inf)
         t_sorted, order = thresholds.sort(dim=1)
-        # #{t_p <= v} for every negative v (positives land anywhere: they weigh 0 below)
-        rank = _rank(t_sorted, d, right=True)
-        count = torch.zeros(d.shape[0], w + 1, dtype=torch.int64, device=d.device)
-        count.scatter_add_(1, rank, neg.to(torch.int64))
-        value = torch.zeros(d.shape[0], w + 1, dtype=torch.float64, device=d.device)
-        value.scatter_add_(1, rank, torch.where(neg, d, 0).to(torch.float64))
-        c = count.cumsum(dim=1)[:, :w]  # active negatives of the i-th smallest threshold
+        # r = #{t_p <= v} for every negative v; the other columns go to a junk bucket w + 1
+        rank = _rank(t_sorted, d, right=True).masked_fill_(same, w + 1)
+        count = torch.zeros(d.shape[0], w + 2, dtype=torch.int64, device=d.device)
+        count.scatter_add_(
+            1, rank, torch.ones((), dtype=torch.int64, device=d.device).expand_as(rank)
+        )
+        value = torch.zeros(d.shape[0], w + 2, dtype=torch.float64, device=d.device)
+        value.scatter_add_(1, rank, d.to(torch.float64))
+        c = count[:, : w + 1].cumsum(dim=1)[:, :w]  # active negatives of the i-th threshold
         live = torch.arange(w, device=d.device) < n_pos[:, None]
-        terms = c * t_sorted.to(torch.float64) - value.cumsum(dim=1)[:, :w]
+        terms = c * t_sorted.to(torch.float64) - value[:, : w + 1].cumsum(dim=1)[:, :w]
         total += torch.where(live, terms, 0).sum()
         n_active += torch.where(live, c, 0).sum()
         n_valid += (n_pos * n_neg).sum()
+        # A negative in bucket r has the gradient -(P - r), read from a small table whose
+        # junk bucket holds 0; then each positive's count c goes to its column.
+        table = torch.arange(w + 2, device=d.device) - n_pos[:, None]
+        table[:, w + 1] = 0
         g = grad[start:stop]
-        torch.mul((rank - n_pos[:, None]).to(dist.dtype), neg, out=g)  # -(P - r) at negatives
+        torch.gather(table.to(dist.dtype), 1, rank, out=g)
         g.scatter_add_(1, cols.gather(1, order), torch.where(live, c, 0).to(dist.dtype))
     return total.to(dist.dtype), n_valid, n_active, grad
 
@@ -253,8 +259,8 @@ def batch_all_soft(
     for start, stop in _chunks(n, 2 * m, dist.device):
         d = dist[start:stop]
         neg = labels[start:stop, None] != ref_labels[None, :]
-        cols, used = _positive_slots(index, labels[start:stop], self_index[start:stop], w)
-        n_valid += (used.sum(dim=1) * neg.sum(dim=1)).sum()
+        cols, used, n_neg = _positive_slots(index, labels[start:stop], self_index[start:stop], w)
+        n_valid += (used.sum(dim=1) * n_neg).sum()
         g = torch.zeros_like(d)
         pos_grad = torch.zeros(d.shape[0], w, dtype=d.dtype, device=d.device)
         for i in range(w):
@@ -363,28 +369,30 @@ def _suffix_lexmin(values: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _semi_hard_buckets(
-    d: Tensor, neg: Tensor, cols: Tensor, used: Tensor, w: int
+    d: Tensor, same: Tensor, cols: Tensor, used: Tensor, n_neg: Tensor, w: int
 ) -> tuple[Tensor, ...]:
-    """Semi-hard negatives of each anchor's (at most ``w``) positives, by bucketing."""
+    """Semi-hard negatives of each anchor's (at most ``w``) positives, by bucketing
+    (``same``: the references with the anchor's label, i.e. not negatives)."""
     m = d.shape[1]
     d_ap = torch.where(used, d.gather(1, cols), math.inf)
     d_sorted = d_ap.sort(dim=1).values
     # A negative at v is farther than the positives with d_ap < v: bucket r = #{d_ap < v}.
     rank = _rank(d_sorted, d, right=False)
-    v = torch.where(neg, d, math.inf)
+    v = d.masked_fill(same, math.inf)
     nearest = torch.full((d.shape[0], w + 1), math.inf, dtype=d.dtype, device=d.device)
     nearest.scatter_reduce_(1, rank, v, "amin")
+    # The lowest column at each bucket's nearest value (an empty bucket's is never used).
+    tie = v == nearest.gather(1, rank)
     columns = torch.arange(m, device=d.device).expand_as(rank)
-    first = torch.where(neg & (v == nearest.gather(1, rank)), columns, m)
     first_col = torch.full((d.shape[0], w + 1), m, dtype=torch.int64, device=d.device)
-    first_col.scatter_reduce_(1, rank, first, "amin")
+    first_col.scatter_reduce_(1, rank, columns.masked_fill(tie.logical_not(), m), "amin")
     best, best_col = _suffix_lexmin(nearest, first_col)
     # Positive i's candidates are the negatives with v > d_ap_i: buckets from #{d_ap <= d_ap_i}.
     start = torch.searchsorted(d_sorted, d_ap, right=True).clamp_max(w)
     found = torch.isfinite(best.gather(1, start))
-    largest = torch.where(neg, d, -math.inf).argmax(dim=1, keepdim=True)
+    largest = d.masked_fill(same, -math.inf).argmax(dim=1, keepdim=True)
     negative = torch.where(found, best_col.gather(1, start), largest)
-    return cols, negative, used & neg.any(dim=1, keepdim=True)
+    return cols, negative, used & (n_neg > 0)[:, None]
 
 
 def _semi_hard_sorted(d: Tensor, pos: Tensor, neg: Tensor) -> tuple[Tensor, ...]:
@@ -434,9 +442,9 @@ def semi_hard(
             empty = torch.zeros(stop - start, 0, dtype=torch.int64, device=d.device)
             parts.append((empty, empty, empty.bool()))
         elif index is not None:
-            neg = labels[start:stop, None] != ref_labels[None, :]
+            same = labels[start:stop, None] == ref_labels[None, :]
             slots = _positive_slots(index, labels[start:stop], self_index[start:stop], w)
-            parts.append(_semi_hard_buckets(d, neg, *slots, w))
+            parts.append(_semi_hard_buckets(d, same, *slots, w))
         else:
             parts.append(_semi_hard_sorted(d, *_masks(labels, ref_labels, self_index, start, stop)))
     anchor = torch.arange(n, device=dist.device)[:, None]
@@ -551,7 +559,7 @@ def triplet_counts(
     for start, stop in _chunks(n, 2 * m, dist.device):
         d = dist[start:stop]
         neg = labels[start:stop, None] != ref_labels[None, :]
-        cols, used = _positive_slots(index, labels[start:stop], self_index[start:stop], m)
+        cols, used, n_neg = _positive_slots(index, labels[start:stop], self_index[start:stop], m)
         d_ap = d.gather(1, cols)
         n_pos = used.sum(dim=1)
         d_sorted = torch.where(used, d_ap, math.inf).sort(dim=1).values
@@ -561,7 +569,7 @@ def triplet_counts(
         not_easy = n_pos[:, None] - torch.searchsorted(upper, d)  # #{u_p >= v}
         counts += torch.stack(
             [
-                (n_pos * neg.sum(dim=1)).sum(),
+                (n_pos * n_neg).sum(),
                 torch.where(neg, not_easy, 0).sum(),
                 torch.where(neg, hard, 0).sum(),
             ]
