@@ -339,7 +339,7 @@ def plan_budget(
 
 
 def _entry(strategy: Strategy, setting: dict, source: str, tuning: dict | None) -> dict:
-    search = sensitivity(tuning, [strategy.name]).get(strategy.base or strategy.name, {})
+    search = sensitivity(tuning or {}, [strategy.name]).get(strategy.base or strategy.name, {})
     return {
         "label": strategy.label,
         "family": strategy.family,
@@ -521,10 +521,16 @@ def tune(cfg: Config, dataset: Dataset, path: Path, names: Sequence[str]) -> dic
     ]
     tcfg = cfg.tune
     plan = RunPlan(steps=tcfg.steps, p=tcfg.p, k=tcfg.k, checkpoints=tcfg.checkpoints)
+    step_s = _time_steps(task, replace(cfg, p=tcfg.p, k=tcfg.k), 1 if cfg.quick else 3)
+    eval_s = _time_evaluation(task)[0]
+    estimate = len(todo) * (tcfg.steps * step_s + tcfg.checkpoints * eval_s)
     print(
         f"Search: {len(todo)} configurations x {tcfg.steps} steps of {tcfg.p}x{tcfg.k} "
         f"(seed {tcfg.seed}) on {task.train_classes} training-part classes, validation "
-        f"MAP@R on {task.eval_classes()} validation classes -> {path}",
+        f"MAP@R on {task.eval_classes()} validation classes -> {path}\n"
+        f"Planned: {1e3 * step_s:.0f} ms per step, {eval_s:.1f} s per validation "
+        f"evaluation -> ~{estimate / 60:.0f} min before any resumed configuration is "
+        f"skipped (load average {load_average()}).",
         flush=True,
     )
     with progress(total=len(todo) * tcfg.steps, desc="search", unit="step") as bar:
