@@ -97,10 +97,10 @@ __all__ = [
 #: The wall-time target of ``python -m benchmarks`` (quality and speed), seconds.
 DEFAULT_BUDGET_S = 15 * 60
 #: Steps of the default and of the full run.
-DEFAULT_STEPS = 500
-FULL_STEPS = 2000
+DEFAULT_STEPS = 1000
+FULL_STEPS = 4000
 #: Steps of every configuration of the search.
-TUNE_STEPS = 600
+TUNE_STEPS = 1000
 #: The default run's rows: this many tripletkit rows and peer rows, best first by their
 #: validation score in the saved search.
 DEFAULT_HEADLINE = (2, 2)
