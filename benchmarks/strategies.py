@@ -629,7 +629,7 @@ def _hard_class_row(base: Strategy) -> Strategy:
 
 
 #: Bases of the rows where mining is expensive.
-MEMORY_BASES = ("semi_hard", "batch_all_nonzero")
+MEMORY_BASES = ("semi_hard",)
 PEER_MEMORY_BASE = "pml_semihard"
 PEER_MEMORY_CAP = 2.0
 LARGE_BATCH_BASES = ("batch_hard",)
