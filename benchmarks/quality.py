@@ -100,7 +100,7 @@ DEFAULT_BUDGET_S = 15 * 60
 QUALITY_BUDGET_S = 12 * 60
 #: Steps of the default and of the full run.
 DEFAULT_STEPS = 1000
-FULL_STEPS = 3000
+FULL_STEPS = 4000
 #: Steps of every configuration of the search.
 TUNE_STEPS = 1000
 #: The default run's rows: this many tripletkit rows and peer rows, best first by their
@@ -179,7 +179,7 @@ DEFAULT_CONFIG = Config(
     headline=DEFAULT_HEADLINE,
 )
 #: ``--full``: every row, 3 seeds, :data:`FULL_STEPS` steps.
-FULL_CONFIG = replace(DEFAULT_CONFIG, name="full", steps=FULL_STEPS, checkpoints=16, headline=None)
+FULL_CONFIG = replace(DEFAULT_CONFIG, name="full", steps=FULL_STEPS, checkpoints=17, headline=None)
 #: ``--quick``: every kind of row once, a handful of steps, few classes (CI smoke run).
 QUICK_CONFIG = Config(
     name="quick",
