@@ -49,7 +49,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -60,7 +60,7 @@ import torch.nn.functional as F
 
 from tripletkit.stats import triplet_stats
 
-from .common import RESULTS_DIR, load_average, new_result, progress, save_json
+from .common import RESULTS_DIR, load_average, load_json, new_result, progress, save_json
 from .data import Dataset, Task, load_npz, load_omniglot
 from .measure import thread_count
 from .nets import EMBEDDING_DIM, describe_net
@@ -373,25 +373,56 @@ def _run_line(done: int, total: int, name: str, run: dict[str, Any]) -> str:
     )
 
 
+def _reusable(saved: dict[str, Any] | None, cfg: Config) -> dict[str, Any]:
+    """The rows of an earlier run's results that ``--resume`` may keep: same steps, batch,
+    checkpoints and seeds."""
+    if not saved:
+        return {}
+    old = saved.get("config", {})
+    same = all(old.get(k) == v for k, v in asdict(cfg).items() if k in ("steps", "p", "k"))
+    same = same and old.get("checkpoints") == cfg.checkpoints
+    if not same:
+        return {}
+    stamp = saved.get("machine", {}).get("timestamp")
+    keep = {}
+    for name, entry in saved.get("strategies", {}).items():
+        if [r["seed"] for r in entry.get("runs", [])] == list(cfg.seeds):
+            keep[name] = {**entry, "from_earlier_run": entry.get("from_earlier_run") or stamp}
+    return keep
+
+
 def run_rows(
     rows: Sequence[tuple[Strategy, dict, str]],
     cfg: Config,
     task: Task,
     plan: RunPlan,
     tuning: dict | None,
+    earlier: dict[str, Any] | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train every row with every seed of ``cfg`` (progress bar over all steps).
+
+    ``earlier`` rows (see :func:`_reusable`) trained with the same setting are kept instead
+    of trained again; ``on_row(entries)`` is called after each row (to save progress).
 
     Returns:
         Per row name: description, ``setting`` and its source, the ``search`` results,
         ``runs`` (one per seed, see :func:`benchmarks.training.train_run`) and
         ``aggregate`` (see :func:`benchmarks.report.aggregate_runs`).
     """
-    total = len(rows) * len(cfg.seeds)
+    earlier = earlier or {}
+    todo = [r for r in rows if earlier.get(r[0].name, {}).get("setting") != r[1]]
+    total = len(todo) * len(cfg.seeds)
     entries: dict[str, Any] = {}
     done = 0
     with progress(total=total * cfg.steps, desc="quality", unit="step") as bar:
         for strategy, setting, source in rows:
+            if (strategy, setting, source) not in todo:
+                entries[strategy.name] = earlier[strategy.name]
+                bar.write(
+                    f"{strategy.name}: kept from {entries[strategy.name]['from_earlier_run']}"
+                )
+                continue
             entry = _entry(strategy, setting, source, tuning)
             for seed in cfg.seeds:
                 bar.set_postfix_str(f"{strategy.name} seed {seed}")
@@ -401,6 +432,8 @@ def run_rows(
                 bar.write(_run_line(done, total, strategy.name, run))
             entry["aggregate"] = aggregate(entry["runs"])
             entries[strategy.name] = entry
+            if on_row is not None:
+                on_row(entries)
     return entries
 
 
@@ -604,6 +637,17 @@ def _parser() -> argparse.ArgumentParser:
         "--strategies", type=_parse_strategies, help=f"subset of: {', '.join(STRATEGIES)}"
     )
     p.add_argument("--tuning", type=Path, help="the saved search to read (or write)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the rows of the run's saved results trained with the same setting, "
+        "steps and seeds (the results are saved after every row)",
+    )
+    p.add_argument(
+        "--redo",
+        type=_parse_strategies,
+        help="with --resume: rows to train again anyway (e.g. disturbed by other load)",
+    )
     p.add_argument("--threads", type=_positive_int, help="torch and numba threads")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="output folder")
     return p
@@ -677,7 +721,16 @@ def _main(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
             return tuning
     else:
         tuning = load_tuning(tuning_path)
-    return _final(cfg, dataset, tuning, tuning_path, args.out / run_stem, started)
+    return _final(
+        cfg,
+        dataset,
+        tuning,
+        tuning_path,
+        args.out / run_stem,
+        started,
+        resume=args.resume or bool(args.redo),
+        redo=args.redo or (),
+    )
 
 
 def _final(
@@ -687,6 +740,8 @@ def _final(
     tuning_path: Path,
     stem: Path,
     started: float,
+    resume: bool = False,
+    redo: Sequence[str] = (),
 ) -> dict[str, Any]:
     names, skipped = select_rows(cfg, tuning)
     rows = [(STRATEGIES[n], *choice_for(STRATEGIES[n], tuning)) for n in names]
@@ -703,13 +758,22 @@ def _final(
         skipped=skipped,
         strategies={},
     )
-    results["strategies"] = run_rows(rows, cfg, task, plan, tuning)
-    results["sensitivity"] = sensitivity(tuning, names) if tuning else {}
+    json_path = stem.with_suffix(".json")
+    earlier = _reusable(load_json(json_path) if resume and json_path.is_file() else None, cfg)
+    for name in redo:
+        earlier.pop(name, None)
+
+    def save_partial(entries: dict[str, Any]) -> None:
+        save_json(json_path, {**results, "strategies": entries, "partial": True})
+
+    results["strategies"] = run_rows(rows, cfg, task, plan, tuning, earlier, save_partial)
+    # Every searched row, not only those run: how much each depends on its settings.
+    searched = [n for n in (tuning or {}).get("strategies", {}) if n in STRATEGIES]
+    results["sensitivity"] = sensitivity(tuning, [*names, *searched]) if tuning else {}
     results["comparison"] = compare_at_equal_time(results)
     results["ranking"] = ranking_stability(results)
     results["machine"]["load_average_end"] = load_average()
     pngs = plot_results(results, stem)
-    json_path = stem.with_suffix(".json")
     results["wall_s"] = time.perf_counter() - started
     results["outputs"] = {"json": str(json_path), "png": [str(p) for p in pngs]}
     save_json(json_path, results)

@@ -45,6 +45,7 @@ from tripletkit.metrics import retrieval_metrics
 from tripletkit.samplers import HardClassPKBatchSampler, PKBatchSampler
 from tripletkit.stats import triplet_stats
 
+from .common import load_average
 from .nets import make_net
 from .strategies import Setting, Strategy, Training
 
@@ -348,8 +349,9 @@ def train_run(
         ``seed``, ``setting``, ``curve`` (:data:`CURVE_SERIES`, one value per
         checkpoint), ``loss`` (means over windows of ``loss_every`` steps), ``final``
         (metrics on the final set), ``train_s``, ``eval_s``, ``wall_s``, ``steps`` (run),
-        ``planned_steps``, ``time_cap_s`` (None without a cap) and ``capped``; ``beta_final``
-        for the margin loss.
+        ``planned_steps``, ``time_cap_s`` (None without a cap), ``capped`` and the machine's
+        ``load_average`` at the end (a busy machine slows the training time down);
+        ``beta_final`` for the margin loss.
     """
     with deterministic():
         return _train(strategy, setting, seed, task, plan, on_step)
@@ -428,5 +430,6 @@ def _result(
         "batch_size": run.batch_size,
         "time_cap_s": cap,
         "capped": stop < run.steps,
+        "load_average": load_average(),
         **extra,
     }

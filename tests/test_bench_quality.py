@@ -582,3 +582,20 @@ def test_seeds_and_strategies_parsing() -> None:
     assert quality._parse_strategies("semi_hard, batch_hard") == ("semi_hard", "batch_hard")
     assert quality.DEFAULT_CONFIG.checkpoint_steps()[0] == 0
     assert quality.DEFAULT_CONFIG.checkpoint_steps()[-1] == quality.DEFAULT_CONFIG.steps
+
+
+@pytest.mark.slow
+def test_resume_keeps_saved_rows_and_redo_trains_them_again(tmp_path: Path) -> None:
+    args = ["--quick", "--strategies", "batch_hard,random", "--out", str(tmp_path)]
+    first = quality.main(args)
+    kept = quality.main([*args, "--resume"])
+    for name in ("batch_hard", "random"):
+        assert kept["strategies"][name]["runs"] == json.loads(
+            json.dumps(first["strategies"][name]["runs"])
+        )
+        assert kept["strategies"][name]["from_earlier_run"] == first["machine"]["timestamp"]
+    again = quality.main([*args, "--redo", "random"])
+    assert "from_earlier_run" in again["strategies"]["batch_hard"]
+    assert "from_earlier_run" not in again["strategies"]["random"]
+    other = quality.main([*args, "--resume", "--steps", "4"])  # another budget: all trained
+    assert not any("from_earlier_run" in e for e in other["strategies"].values())
