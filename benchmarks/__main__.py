@@ -1,11 +1,17 @@
-"""Run tripletkit's benchmarks: ``python -m benchmarks [--quick] [--only quality|speed]``.
+"""Run tripletkit's benchmarks: ``python -m benchmarks [--quick | --full] [--only quality|speed]``.
 
-First the quality benchmark (:mod:`benchmarks.quality`: every mining strategy trained on
-Omniglot, retrieval on unseen characters), then the speed benchmark (:mod:`benchmarks.speed`:
-forward + backward time and memory of the fused losses). Ends by printing both tables and
-where the JSON files and plots went. ``--quick`` runs both as CI smoke runs (their files get
-a ``_quick`` suffix and never overwrite a full run's); ``--out`` sets the output folder of
-both (default ``benchmarks/results/``).
+First the quality benchmark (:mod:`benchmarks.quality`: the best tripletkit strategies and
+peer recipes of the saved hyper-parameter search trained on Omniglot, retrieval on unseen
+characters, time to quality), then the speed benchmark (:mod:`benchmarks.speed`: forward +
+backward time and memory of the fused losses). Ends by printing both tables, the comparison
+of the best tripletkit row with the best peer recipe at equal training time, and where the
+JSON files and plots went.
+
+The default plans of both fit 15 minutes on 2 CPU cores. ``--full`` runs every quality row
+for thousands of steps and every speed size (hours; files with a ``_full`` suffix);
+``--quick`` runs both as CI smoke runs (``_quick`` files). Neither overwrites the default
+run's files. ``--out`` sets the output folder of both (default ``benchmarks/results/``).
+The hyper-parameter search itself is ``python -m benchmarks.quality --tune``.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import RESULTS_DIR
+from .report import comparison_text
 
 BENCHMARKS = ("quality", "speed")
 
@@ -28,7 +35,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks",
         description="Run the quality benchmark, then the speed benchmark, and summarise both.",
     )
-    p.add_argument("--quick", action="store_true", help="CI smoke runs of both benchmarks")
+    plan = p.add_mutually_exclusive_group()
+    plan.add_argument("--quick", action="store_true", help="CI smoke runs of both benchmarks")
+    plan.add_argument("--full", action="store_true", help="every row and size (hours)")
     p.add_argument("--only", choices=BENCHMARKS, help="run only this benchmark")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="output folder of both")
     return p
@@ -52,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the selected benchmarks; returns ``{"quality": ..., "speed": ...}`` (each what
     that benchmark's ``main`` returned, for those that ran)."""
     args = _parser().parse_args(None if argv is None else list(argv))
-    common = ["--out", str(args.out)] + (["--quick"] if args.quick else [])
+    common = ["--out", str(args.out)]
+    common += ["--quick"] if args.quick else ["--full"] if args.full else []
     started = time.perf_counter()
     done: dict[str, Any] = {}
 
@@ -76,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         q = done["quality"]
         print("\n## Quality (retrieval on unseen Omniglot characters, mean ± std over seeds)\n")
         print(quality.markdown_table(q))
+        print("\n" + comparison_text(q.get("comparison")))
         files += [q["outputs"]["json"], *q["outputs"]["png"]]
     if "speed" in done and speed is not None:
         table = getattr(speed, "markdown_table", None)

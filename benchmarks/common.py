@@ -28,6 +28,8 @@ __all__ = [
     "REPO_ROOT",
     "RESULTS_DIR",
     "ProgressBar",
+    "load_json",
+    "load_average",
     "machine_info",
     "new_result",
     "progress",
@@ -105,7 +107,8 @@ def machine_info() -> dict[str, Any]:
     Returns:
         A JSON-serialisable dict: platform, python, torch / numpy / numba versions (``None``
         when not installed), CPU model, core counts, torch's thread count, the CUDA device
-        name (``None`` without CUDA), an ISO-8601 UTC timestamp and the git commit.
+        name (``None`` without CUDA), an ISO-8601 UTC timestamp, the 1/5/15-minute load
+        averages and the git commit.
     """
     import torch
 
@@ -127,6 +130,7 @@ def machine_info() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "cuda_device": cuda_name,
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "load_average": load_average(),
         "git_commit": _git_commit(),
     }
 
@@ -169,6 +173,20 @@ def save_json(path: str | os.PathLike[str], obj: Any) -> Path:
         fh.write("\n")
     os.replace(tmp, path)
     return path
+
+
+def load_json(path: str | os.PathLike[str]) -> Any:
+    """The JSON document of ``path``."""
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages of the machine (None where unknown)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def new_result(benchmark: str, **fields: Any) -> dict[str, Any]:

@@ -20,22 +20,10 @@ whose forward + backward is timed. :func:`build_methods` lists
   O(N^3) methods carry a time exponent and a memory estimate so that the run can skip sizes
   that cannot fit.
 
-**Quality** (:mod:`benchmarks.quality`): a :class:`Strategy` builds a criterion module
-``(embeddings, labels) -> loss`` trained with the network. Embeddings are L2-normalised for
-every strategy, so all distances lie in ``[0, 2]`` and one set of margins fits all:
-
-- triplet margin ``0.2`` for batch-all, batch-hard, semi-hard and random triplets (the usual
-  value on unit-norm embeddings; FaceNet used 0.2);
-- soft margin (``softplus(d_ap - d_an)``, no margin) for batch-hard soft margin;
-- distance-weighted sampling (cutoff 0.5, no weight at ``d >= 1.4``, as in Wu et al. 2017)
-  with their margin loss: ``alpha = 0.2``, learnable ``beta`` starting at ``1.2`` (trained by
-  the same optimiser as the network, same learning rate), ``nu = 0``;
-- contrastive loss with ``pos_margin = 0`` and ``neg_margin = 0.8`` (negatives pushed beyond
-  cosine similarity 0.68) over the pairs mined by ``PairMarginMiner`` with the same margins,
-  i.e. exactly the pairs with a non-zero loss.
-
-A recipe from another library belongs here as a :class:`Strategy` with ``family="peer"``
-(its ``build`` importing the library), next to the speed benchmark's peer methods.
+**Quality** (:mod:`benchmarks.quality`): its rows (tripletkit's strategies, the peer recipes,
+the memory, large-batch and hard-class rows), their search spaces and criterion wrappers live
+in :mod:`benchmarks.strategies`; :data:`STRATEGIES`, :class:`Strategy`, :class:`FusedCriterion`
+and :class:`MinedCriterion` are re-exported here for older imports.
 """
 
 from __future__ import annotations
@@ -46,25 +34,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from tripletkit.losses import (
-    ContrastiveLoss,
-    MarginLoss,
-    TripletMarginLoss,
     batch_all_triplet_loss,
     batch_hard_triplet_loss,
     semi_hard_triplet_loss,
 )
-from tripletkit.miners import DistanceWeightedMiner, PairMarginMiner, RandomTripletMiner
 
 __all__ = [
-    "CONTRASTIVE_NEG_MARGIN",
-    "CONTRASTIVE_POS_MARGIN",
-    "DW_CUTOFF",
-    "DW_NONZERO_LOSS_CUTOFF",
     "MARGIN",
-    "MARGIN_LOSS_BETA",
     "STRATEGIES",
     "SPEED_STRATEGIES",
     "FusedCriterion",
@@ -82,17 +61,8 @@ __all__ = [
     "valid_triplets",
 ]
 
-#: Triplet margin of both benchmarks (all triplet losses and miners, triplet_stats, the margin
-#: loss's ``alpha``).
+#: Triplet margin of the speed benchmark (every triplet loss and miner it times).
 MARGIN = 0.2
-#: Contrastive margins on unit-norm embeddings (loss and PairMarginMiner alike).
-CONTRASTIVE_POS_MARGIN = 0.0
-CONTRASTIVE_NEG_MARGIN = 0.8
-#: Distance-weighted sampling and margin loss (Wu et al. 2017).
-DW_CUTOFF = 0.5
-DW_NONZERO_LOSS_CUTOFF = 1.4
-MARGIN_LOSS_BETA = 1.2
-
 #: ``f(embeddings, labels) -> 0-dim loss``: what the speed benchmark times.
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -454,139 +424,7 @@ def build_methods(
 
 
 # --------------------------------------------------------------------------------------
-# Quality: criteria and strategies
+# Quality: see benchmarks.strategies (re-exported here for older imports)
 # --------------------------------------------------------------------------------------
 
-
-class FusedCriterion(nn.Module):
-    """``criterion(embeddings, labels)`` for a fused loss function with fixed keywords."""
-
-    def __init__(self, fn: Callable[..., Tensor], **kwargs: Any) -> None:
-        super().__init__()
-        self.fn = fn
-        self.kwargs = kwargs
-
-    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        return self.fn(embeddings, labels, **self.kwargs)
-
-
-class MinedCriterion(nn.Module):
-    """``criterion(embeddings, labels)``: a miner's triplets or pairs fed to a loss module.
-
-    The miner sees detached embeddings (mining is not differentiated); the loss module's own
-    parameters (the margin loss's ``beta``) are this module's parameters.
-    """
-
-    def __init__(self, miner: nn.Module, loss: nn.Module) -> None:
-        super().__init__()
-        self.miner = miner
-        self.loss = loss
-
-    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        return self.loss(embeddings, labels, self.miner(embeddings.detach(), labels))
-
-
-@dataclass(frozen=True)
-class Strategy:
-    """One row of the strategy table: how a batch of embeddings becomes a loss.
-
-    Attributes:
-        name: identifier used on the command line, in the JSON, the table and the plots.
-        label: a human-readable name.
-        miner: what is mined, in words (saved in the JSON).
-        loss: the loss and its reduction, in words (saved in the JSON).
-        build: ``build(seed)`` returns a fresh criterion ``(embeddings, labels) -> loss``
-            (an ``nn.Module``; its parameters, if any, are trained with the network); random
-            miners take their seed from it.
-        family: ``"tripletkit"``, or ``"peer"`` for another library's recipe.
-    """
-
-    name: str
-    label: str
-    miner: str
-    loss: str
-    build: Callable[[int], nn.Module]
-    family: str = "tripletkit"
-
-
-def _fused_strategies() -> list[Strategy]:
-    return [
-        Strategy(
-            "batch_all_nonzero",
-            "batch-all (mean > 0)",
-            "all valid triplets (fused)",
-            f"hinge, margin {MARGIN}, mean over triplets with loss > 0 (Hermans et al. BA!=0)",
-            lambda seed: FusedCriterion(
-                batch_all_triplet_loss, margin=MARGIN, reduction="mean_nonzero"
-            ),
-        ),
-        Strategy(
-            "batch_all_mean",
-            "batch-all (mean)",
-            "all valid triplets (fused)",
-            f"hinge, margin {MARGIN}, mean over all valid triplets",
-            lambda seed: FusedCriterion(batch_all_triplet_loss, margin=MARGIN, reduction="mean"),
-        ),
-        Strategy(
-            "batch_hard",
-            "batch-hard",
-            "hardest positive and negative per anchor (fused)",
-            f"hinge, margin {MARGIN}, mean over anchors",
-            lambda seed: FusedCriterion(batch_hard_triplet_loss, margin=MARGIN),
-        ),
-        Strategy(
-            "batch_hard_soft",
-            "batch-hard soft",
-            "hardest positive and negative per anchor (fused)",
-            "soft margin softplus(d_ap - d_an), mean over anchors",
-            lambda seed: FusedCriterion(batch_hard_triplet_loss, soft_margin=True),
-        ),
-        Strategy(
-            "semi_hard",
-            "semi-hard",
-            "per positive pair the nearest negative beyond it (FaceNet, fused)",
-            f"hinge, margin {MARGIN}, mean over positive pairs",
-            lambda seed: FusedCriterion(semi_hard_triplet_loss, margin=MARGIN),
-        ),
-    ]
-
-
-def _mined_strategies() -> list[Strategy]:
-    return [
-        Strategy(
-            "distance_weighted",
-            "distance-weighted",
-            f"DistanceWeightedMiner(cutoff={DW_CUTOFF}, "
-            f"nonzero_loss_cutoff={DW_NONZERO_LOSS_CUTOFF}), one negative per positive pair",
-            f"MarginLoss(margin={MARGIN}, beta={MARGIN_LOSS_BETA} learnable, nu=0) (Wu et al.)",
-            lambda seed: MinedCriterion(
-                DistanceWeightedMiner(DW_CUTOFF, DW_NONZERO_LOSS_CUTOFF, seed=seed),
-                MarginLoss(margin=MARGIN, beta=MARGIN_LOSS_BETA),
-            ),
-        ),
-        Strategy(
-            "contrastive",
-            "contrastive",
-            f"PairMarginMiner(pos_margin={CONTRASTIVE_POS_MARGIN}, "
-            f"neg_margin={CONTRASTIVE_NEG_MARGIN}): the pairs with a non-zero loss",
-            f"ContrastiveLoss(pos_margin={CONTRASTIVE_POS_MARGIN}, "
-            f"neg_margin={CONTRASTIVE_NEG_MARGIN}), mean over mined pairs",
-            lambda seed: MinedCriterion(
-                PairMarginMiner(CONTRASTIVE_POS_MARGIN, CONTRASTIVE_NEG_MARGIN),
-                ContrastiveLoss(CONTRASTIVE_POS_MARGIN, CONTRASTIVE_NEG_MARGIN),
-            ),
-        ),
-        Strategy(
-            "random",
-            "random triplets",
-            "RandomTripletMiner: one uniform negative per positive pair",
-            f"hinge, margin {MARGIN}, mean over triplets",
-            lambda seed: MinedCriterion(
-                RandomTripletMiner(seed=seed), TripletMarginLoss(margin=MARGIN)
-            ),
-        ),
-    ]
-
-
-#: The quality benchmark's strategies, in the order they are run, tabulated and plotted.
-STRATEGIES: dict[str, Strategy] = {s.name: s for s in (*_fused_strategies(), *_mined_strategies())}
+from .strategies import STRATEGIES, FusedCriterion, MinedCriterion, Strategy  # noqa: E402

@@ -10,8 +10,11 @@ read nothing but the dicts the benchmarks save as JSON:
 - speed: :func:`speed_table` (``benchmarks.speed.markdown_table``) and :func:`plot_speed`
   (``benchmarks.speed.plot_results``);
 - quality: :func:`aggregate_runs` (``benchmarks.quality.aggregate``), :func:`quality_table`
-  (``benchmarks.quality.markdown_table``) and :func:`plot_quality`
-  (``benchmarks.quality.plot_results``), one function per figure.
+  (``benchmarks.quality.markdown_table``), :func:`sensitivity_table`,
+  :func:`comparison_text` and :func:`plot_quality` (``benchmarks.quality.plot_results``),
+  one function per figure: MAP@R against training images and against training seconds
+  (time to quality), final scores, difficulty fractions, sensitivity to the searched
+  settings.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ __all__ = [
     "CURVE_KEYS",
     "FINAL_KEYS",
     "aggregate_runs",
+    "aligned",
+    "comparison_text",
     "find_entry",
     "format_bytes",
     "format_mean_std",
@@ -42,6 +47,7 @@ __all__ = [
     "plot_speed",
     "pyplot",
     "quality_table",
+    "sensitivity_table",
     "save_figure",
     "speed_table",
 ]
@@ -325,99 +331,232 @@ def plot_speed(result: dict[str, Any], path: Path) -> Path | None:
 
 #: Retrieval metrics of a quality run's final evaluation and checkpoints.
 FINAL_KEYS = ("mean_average_precision_at_r", "r_precision", "precision_at_1")
-#: The per-checkpoint series aggregated over seeds.
-CURVE_KEYS = (*FINAL_KEYS, "easy", "semi_hard", "hard")
+#: The per-checkpoint series aggregated over seeds (mean and std).
+CURVE_KEYS = (*FINAL_KEYS, "easy", "semi_hard", "hard", "train_s")
+#: The checkpoint positions aggregated as plain means.
+POSITION_KEYS = ("step", "images")
+MAP = "mean_average_precision_at_r"
+
+
+def aligned(runs: Sequence[Mapping[str, Any]], key: str) -> list[list[float]]:
+    """Each run's ``curve[key]`` cut to a common length: the first ``L - 1`` checkpoints and
+    the last one, with ``L`` the shortest curve (all of it when the runs agree; a run
+    stopped by a time cap ends with its final evaluation)."""
+    n = min(len(r["curve"][key]) for r in runs)
+    return [list(r["curve"][key][: n - 1]) + list(r["curve"][key][-1:]) for r in runs]
+
+
+def _mean_position(series: list[list[float]]) -> list[float]:
+    """Point-wise means of checkpoint positions, integers when every run agrees."""
+    out: list[float] = []
+    for column in zip(*series, strict=True):
+        out.append(column[0] if len(set(column)) == 1 else statistics.fmean(column))
+    return out
 
 
 def aggregate_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean and std over seeds of the final metrics, the times and every curve point.
 
     Args:
-        runs: one quality run per seed (see :func:`benchmarks.quality.train_strategy`).
+        runs: one quality run per seed (see :func:`benchmarks.training.train_run`).
 
     Returns:
         ``final`` (metric -> :func:`mean_std`, with ``recall_at_<k>``), ``wall_s``,
-        ``train_s`` and ``curves`` (``step``, and per key of :data:`CURVE_KEYS` the
-        :func:`mean_std_series`).
+        ``train_s``, ``steps`` and ``curves`` (``step`` and ``images``: the checkpoint
+        positions, and per key of :data:`CURVE_KEYS` the :func:`mean_std_series`), curves
+        aligned by :func:`aligned`; ``capped`` when a run stopped at its time cap.
     """
     final = {key: mean_std([r["final"][key] for r in runs]) for key in FINAL_KEYS}
     for k in runs[0]["final"]["recall_at_k"]:
         final[f"recall_at_{k}"] = mean_std([r["final"]["recall_at_k"][k] for r in runs])
-    curves: dict[str, Any] = {"step": runs[0]["curve"]["step"]}
+    curves: dict[str, Any] = {}
+    for key in POSITION_KEYS:
+        if all(key in r["curve"] for r in runs):
+            curves[key] = _mean_position(aligned(runs, key))
     for key in CURVE_KEYS:
-        curves[key] = mean_std_series([r["curve"][key] for r in runs])
-    return {
+        if all(key in r["curve"] for r in runs):
+            curves[key] = mean_std_series(aligned(runs, key))
+    out = {
         "final": final,
         "wall_s": mean_std([r["wall_s"] for r in runs]),
         "train_s": mean_std([r["train_s"] for r in runs]),
         "curves": curves,
     }
+    if all("steps" in r for r in runs):
+        out["steps"] = mean_std([r["steps"] for r in runs])
+        out["capped"] = any(r.get("capped") for r in runs)
+    return out
+
+
+def _setting_cell(entry: Mapping[str, Any]) -> str:
+    from .strategies import describe_setting
+
+    setting = entry.get("setting")
+    return describe_setting(setting) if setting else ""
 
 
 def quality_table(results: dict[str, Any]) -> str:
-    """``| strategy | MAP@R | R-prec | P@1 | wall s |`` with mean ± std over seeds, in the
-    order of the strategy table. ``results`` is what :func:`benchmarks.quality.main`
-    returns."""
+    """``| strategy | family | setting | MAP@R | R-prec | P@1 | train s | wall s |``, mean ±
+    std over seeds in the order the rows ran (``train s``: training time per run, without
+    the evaluations; ``wall s``: the whole run). ``results`` is what
+    :func:`benchmarks.quality.main` returns."""
     rows = []
     for name, entry in results["strategies"].items():
         agg = entry["aggregate"]
+        train = format_mean_std(agg["train_s"], 1) + (" (cap)" if agg.get("capped") else "")
         rows.append(
             [
                 name,
+                entry.get("family", ""),
+                _setting_cell(entry),
                 *(format_mean_std(agg["final"][key]) for key in FINAL_KEYS),
+                train,
                 format_mean_std(agg["wall_s"], 1),
             ]
         )
-    return md_table(["strategy", "MAP@R", "R-prec", "P@1", "wall s"], rows, "lrrrr")
+    header = ["strategy", "family", "setting", "MAP@R", "R-prec", "P@1", "train s", "wall s"]
+    return md_table(header, rows, "lllrrrrr")
+
+
+def _variant(setting: Mapping[str, Any]) -> str:
+    from .strategies import describe_setting
+
+    return describe_setting({k: v for k, v in setting.items() if k != "lr"}) or "-"
+
+
+def sensitivity_table(sens: Mapping[str, Any]) -> str:
+    """One row per searched strategy: its variants (every hyper-parameter but the learning
+    rate), the validation MAP@R of each variant at each learning rate (in the variants'
+    order, the chosen one in bold), and the spread (best minus worst)."""
+    lrs = sorted({s["setting"]["lr"] for e in sens.values() for s in e["settings"]})
+    rows = []
+    for name, entry in sens.items():
+        variants = list(dict.fromkeys(_variant(s["setting"]) for s in entry["settings"]))
+        cells = []
+        for lr in lrs:
+            scores = []
+            for variant in variants:
+                hit = [
+                    s
+                    for s in entry["settings"]
+                    if s["setting"]["lr"] == lr and _variant(s["setting"]) == variant
+                ]
+                if not hit:
+                    scores.append("-")
+                    continue
+                text = f"{hit[0]['val_map_at_r']:.3f}"
+                scores.append(f"**{text}**" if hit[0]["setting"] == entry["chosen"] else text)
+            cells.append(" / ".join(scores))
+        rows.append([name, " / ".join(variants), *cells, f"{entry['spread']:.3f}"])
+    header = ["strategy", "variants (in order)", *(f"lr {lr:g}" for lr in lrs), "spread"]
+    return md_table(header, rows, "ll" + "r" * (len(lrs) + 1))
+
+
+def comparison_text(comparison: Mapping[str, Any] | None) -> str:
+    """The best tripletkit row against the best peer row at equal training time, in words."""
+    if not comparison:
+        return "No peer row ran: no comparison at equal wall-clock."
+    tk, peer, diff = comparison["tripletkit"], comparison["peer"], comparison["difference"]
+    verdict = {True: "beyond seed noise", False: "within seed noise", None: "one seed"}[
+        comparison["separated"]
+    ]
+    return (
+        f"At {comparison['time_s']:.0f} s of training (equal wall-clock, MAP@R on the "
+        f"{comparison['classes']} checkpoint classes): best tripletkit row {tk['name']} "
+        f"{format_mean_std(tk['at_time'])} vs best peer recipe {peer['name']} "
+        f"{format_mean_std(peer['at_time'])}: difference {diff['mean']:+.3f} ± "
+        f"{diff['se']:.3f} (2 standard errors: {verdict}). Final MAP@R on all evaluation "
+        f"classes: {format_mean_std(tk['final'])} after {tk['train_s']:.0f} s vs "
+        f"{format_mean_std(peer['final'])} after {peer['train_s']:.0f} s."
+    )
 
 
 def _quality_where(cfg: dict[str, Any]) -> str:
     """The run's setting, for figure titles."""
     seeds = len(cfg["seeds"])
-    return f"Omniglot, {cfg['p']}x{cfg['k']} batches, {seeds} seed{'s' * (seeds > 1)}" + (
-        " [quick]" if cfg["quick"] else ""
+    return (
+        f"{cfg.get('dataset', 'Omniglot')}, {cfg['p']}x{cfg['k']} batches, "
+        f"{cfg['steps']} steps, {seeds} seed{'s' * (seeds > 1)}"
+        + (" [quick]" if cfg["quick"] else "")
     )
 
 
-def _strategy_colors(plt: Any, names: list[str]) -> dict[str, Any]:
-    colors = plt.get_cmap("tab10").colors
-    return {name: colors[i % len(colors)] for i, name in enumerate(names)}
+def _strategy_styles(plt: Any, entries: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """A colour per row (tab20), solid lines for tripletkit, dashed with squares for peers."""
+    colors = plt.get_cmap("tab20").colors
+    styles = {}
+    for i, (name, entry) in enumerate(entries.items()):
+        peer = entry.get("family") == "peer"
+        styles[name] = {
+            "color": colors[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20],
+            "linestyle": "--" if peer else "-",
+            "marker": "s" if peer else "o",
+        }
+    return styles
+
+
+def _band(ax: Any, x: Sequence[float], stat: Mapping[str, Any], style: dict, label: str) -> None:
+    xs, mean, std = np.asarray(x), np.asarray(stat["mean"]), np.asarray(stat["std"])
+    ax.plot(xs, mean, markersize=3, label=label, **style)
+    ax.fill_between(xs, mean - std, mean + std, color=style["color"], alpha=0.12)
 
 
 def plot_quality_map_at_r(plt: Any, results: dict[str, Any], path: Path) -> Path:
-    """MAP@R vs training step, one line per strategy: mean over seeds with a +-1 std band."""
-    entries = results["strategies"]
-    cfg = results["config"]
-    color = _strategy_colors(plt, list(entries))
-    fig, ax = plt.subplots(figsize=(8, 5))
+    """MAP@R vs training images, one line per row: mean over seeds with a +-1 std band."""
+    entries, cfg = results["strategies"], results["config"]
+    styles = _strategy_styles(plt, entries)
+    fig, ax = plt.subplots(figsize=(9, 5.5))
     for name, entry in entries.items():
         curves = entry["aggregate"]["curves"]
-        stat = curves["mean_average_precision_at_r"]
-        plot_mean_band(ax, curves["step"], stat, color=color[name], label=name)
-    ax.set_xlabel("training step")
+        x = np.asarray(curves.get("images", curves["step"])) / 1000
+        _band(ax, x, curves[MAP], styles[name], name)
+    ax.set_xlabel("training images seen (thousands)")
     ax.set_ylabel(f"MAP@R ({cfg['subset_classes']} evaluation classes)")
     ax.set_title(f"MAP@R on unseen classes during training ({_quality_where(cfg)})", fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, ncol=2)
+    return save_figure(fig, path)
+
+
+def plot_quality_time(plt: Any, results: dict[str, Any], path: Path) -> Path:
+    """Time to quality: MAP@R vs seconds of training (evaluations excluded), mean over
+    seeds with a +-1 std band, one line per row (peers dashed)."""
+    entries, cfg = results["strategies"], results["config"]
+    styles = _strategy_styles(plt, entries)
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for name, entry in entries.items():
+        curves = entry["aggregate"]["curves"]
+        _band(ax, curves["train_s"]["mean"], curves[MAP], styles[name], name)
+    comparison = results.get("comparison")
+    if comparison:
+        ax.axvline(comparison["time_s"], color="gray", linewidth=0.8, linestyle=":")
+    machine = results.get("machine", {})
+    ax.set_xlabel(
+        f"training seconds ({machine.get('cpu', '?')}, {machine.get('torch_threads', '?')} "
+        "torch threads; evaluations excluded)"
+    )
+    ax.set_ylabel(f"MAP@R ({cfg['subset_classes']} evaluation classes)")
+    ax.set_title(f"Time to quality ({_quality_where(cfg)})", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
     return save_figure(fig, path)
 
 
 def plot_quality_final(plt: Any, results: dict[str, Any], path: Path) -> Path:
-    """Final MAP@R, R-precision and P@1 per strategy: grouped bars with std error bars."""
-    entries = results["strategies"]
-    cfg = results["config"]
+    """Final MAP@R, R-precision and P@1 per row: grouped bars with std error bars."""
+    entries, cfg = results["strategies"], results["config"]
     names = list(entries)
     metrics = zip(FINAL_KEYS, ("MAP@R", "R-precision", "P@1"), strict=True)
-    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(names) + 2), 5))
+    fig, ax = plt.subplots(figsize=(max(8, 0.8 * len(names) + 2), 5))
     x = np.arange(len(names))
     width = 0.8 / len(FINAL_KEYS)
     for j, (key, label) in enumerate(metrics):
         means = [entries[n]["aggregate"]["final"][key]["mean"] for n in names]
         stds = [entries[n]["aggregate"]["final"][key]["std"] for n in names]
-        ax.bar(x + (j - 1) * width, means, width, yerr=stds, capsize=3, label=label)
-    ax.set_xticks(x, names, rotation=25, ha="right")
+        ax.bar(x + (j - 1) * width, means, width, yerr=stds, capsize=2, label=label)
+    ax.set_xticks(x, names, rotation=35, ha="right", fontsize=8)
     ax.set_ylim(0, 1)
-    final_classes = cfg["final_classes"] or "all 659"
+    final_classes = cfg["final_classes"] or "all"
     ax.set_ylabel(f"final retrieval score ({final_classes} evaluation classes)")
     ax.set_title(
         f"Final retrieval on unseen classes, mean ± std ({_quality_where(cfg)})", fontsize=10
@@ -428,50 +567,85 @@ def plot_quality_final(plt: Any, results: dict[str, Any], path: Path) -> Path:
 
 
 def plot_quality_difficulty(plt: Any, results: dict[str, Any], path: Path) -> Path:
-    """Easy / semi-hard / hard fractions of the training batch vs step, one panel per
-    strategy (mean over seeds with a +-1 std band)."""
+    """Easy / semi-hard / hard fractions of the training batch vs training images, one
+    panel per row (mean over seeds with a +-1 std band), at each row's own margin."""
     entries = results["strategies"]
     names = list(entries)
     cols = min(4, len(names))
     rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(
-        rows, cols, figsize=(3.2 * cols, 2.7 * rows), sharex=True, sharey=True, squeeze=False
+        rows, cols, figsize=(3.2 * cols, 2.6 * rows), sharex=True, sharey=True, squeeze=False
     )
     kinds = (("easy", "tab:green"), ("semi_hard", "tab:orange"), ("hard", "tab:red"))
     for i, name in enumerate(names):
         ax = axes[i // cols][i % cols]
         curves = entries[name]["aggregate"]["curves"]
+        x = np.asarray(curves.get("images", curves["step"])) / 1000
         for kind, c in kinds:
-            plot_mean_band(ax, curves["step"], curves[kind], color=c, label=kind, markersize=2.5)
-        ax.set_title(name, fontsize=9)
+            plot_mean_band(ax, x, curves[kind], color=c, label=kind, markersize=2.5)
+        margin = entries[name].get("stats_margin")
+        ax.set_title(name + (f" (m {margin:g})" if margin is not None else ""), fontsize=8)
         ax.set_ylim(0, 1)
         ax.grid(True, alpha=0.3)
     for j in range(len(names), rows * cols):
         axes[j // cols][j % cols].axis("off")
     for ax in axes[-1]:
-        ax.set_xlabel("training step", fontsize=8)
+        ax.set_xlabel("training images (thousands)", fontsize=8)
     for row in axes:
         row[0].set_ylabel("fraction of valid triplets", fontsize=8)
     axes[0][0].legend(fontsize=7)
-    margin = results["hyperparameters"]["triplet_stats_margin"]
     fig.suptitle(
-        "Easy / semi-hard / hard triplets in the training batch, "
-        f"margin {margin} ({_quality_where(results['config'])})",
+        "Easy / semi-hard / hard triplets in the training batch, at each row's margin "
+        f"({_quality_where(results['config'])})",
         fontsize=10,
     )
+    return save_figure(fig, path)
+
+
+def plot_quality_sensitivity(plt: Any, results: dict[str, Any], path: Path) -> Path | None:
+    """Validation MAP@R of every searched setting, one line of dots per row (circles: the
+    smaller learning rate, triangles: the larger; filled: normalised; ringed: chosen)."""
+    sens = results.get("sensitivity") or {}
+    if not sens:
+        return None
+    names = list(sens)
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(names) + 1.5))
+    lrs = sorted({s["setting"]["lr"] for e in sens.values() for s in e["settings"]})
+    for y, name in enumerate(names):
+        entry = sens[name]
+        color = "tab:purple" if entry["family"] == "peer" else "tab:blue"
+        for s in entry["settings"]:
+            setting, score = s["setting"], s["val_map_at_r"]
+            marker = "o" if setting["lr"] == lrs[0] else "^"
+            face = color if setting.get("normalize", True) else "white"
+            ax.scatter(score, y, marker=marker, s=36, edgecolors=color, facecolors=face)
+            if setting == entry["chosen"]:
+                ax.scatter(score, y, marker="o", s=160, facecolors="none", edgecolors="black")
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("validation MAP@R (validation classes, one seed per setting)")
+    ax.set_title(
+        f"Sensitivity to the searched settings (o lr {lrs[0]:g}, ^ lr {lrs[-1]:g}; filled: "
+        "L2-normalised, hollow: raw; ringed: chosen)",
+        fontsize=9,
+    )
+    ax.grid(True, axis="x", alpha=0.3)
     return save_figure(fig, path)
 
 
 #: The quality figures: file-name suffix and drawing function.
 QUALITY_FIGURES = (
     ("map_at_r", plot_quality_map_at_r),
+    ("time", plot_quality_time),
     ("final", plot_quality_final),
     ("difficulty", plot_quality_difficulty),
+    ("sensitivity", plot_quality_sensitivity),
 )
 
 
 def plot_quality(results: dict[str, Any], stem: Path) -> list[Path]:
-    """Write ``<stem>_map_at_r.png``, ``<stem>_final.png`` and ``<stem>_difficulty.png``.
+    """Write ``<stem>_<figure>.png`` for each of :data:`QUALITY_FIGURES` (the sensitivity
+    figure only when the results hold a search).
 
     Returns:
         The paths written (none when matplotlib is not installed).
@@ -480,7 +654,8 @@ def plot_quality(results: dict[str, Any], stem: Path) -> list[Path]:
     if plt is None:
         print("matplotlib is not installed: no plots", file=sys.stderr)
         return []
-    return [
+    paths = [
         draw(plt, results, stem.with_name(f"{stem.name}_{suffix}.png"))
         for suffix, draw in QUALITY_FIGURES
     ]
+    return [p for p in paths if p is not None]

@@ -3,19 +3,32 @@
 Measures forward + backward (``loss.backward()``) of every tripletkit strategy (batch-all
 hinge and soft margin, batch-hard, semi-hard) for each backend, of the floor every online
 miner pays (``torch.cdist(x, x)`` forward + ``.sum().backward()``), and of the peers
-pytorch-metric-learning and online-triplet-loss when they are installed, over
-``N in {128, ..., 8192}`` on every device present. Times are medians over repeats after
-warm-up and are also reported as a ratio to ``torch.cdist`` at the same ``N``.
+pytorch-metric-learning and online-triplet-loss when they are installed, on every device
+present. Times are medians over repeats after warm-up and are also reported as a ratio to
+``torch.cdist`` at the same ``N``.
+
+Plans:
+
+- default (:data:`DEFAULT_SIZES`, about 2 minutes on 2 CPU cores, part of
+  ``python -m benchmarks``): ``N in {128, 512, 1024}`` for every method, plus ``N = 8192``
+  for ``cdist`` and batch-all on the device's default backend (the targets' rows: the ratios
+  at ``N = 1024``, the memory at ``N = 8192``); memory runs for ``cdist`` and the default
+  backend at the key sizes;
+- ``--full`` (:data:`FULL_SIZES`, about 8 minutes): ``N in {128, ..., 8192}`` for every
+  method, memory runs for every tripletkit method and ``cdist`` at the key sizes;
+- ``--quick``: a CI smoke test, well under 30 s.
 
 Usage::
 
-    python -m benchmarks.speed                  # full run, CPU (and CUDA when present)
-    python -m benchmarks.speed --quick          # CI smoke test, well under 30 s
+    python -m benchmarks.speed                  # default plan, CPU (and CUDA when present)
+    python -m benchmarks.speed --full           # every size up to 8192
+    python -m benchmarks.speed --quick          # CI smoke test
     python -m benchmarks.speed --sizes 512 1024 --device cpu --no-peers --threads 2
 
-Writes ``speed_<device>.json`` (``speed_<device>_quick.json`` with ``--quick``) and a
-log-log plot of the same name (``.png``) to ``--out`` (default ``benchmarks/results/``),
-prints a markdown table and checks the targets of the issue (PASS / FAIL / N/A).
+Writes ``speed_<device>.json`` (``speed_<device>_full.json`` with ``--full``,
+``speed_<device>_quick.json`` with ``--quick``) and a log-log plot of the same name
+(``.png``) to ``--out`` (default ``benchmarks/results/``), prints a markdown table and checks
+the targets of the issue (PASS / FAIL / N/A).
 
 Inputs: ``D = 128`` float32 normal embeddings; ``P x K`` labels with ``K = 8``
 (``arange(N // 8).repeat_interleave(8)``, shuffled); plus a "two classes" configuration
@@ -71,6 +84,7 @@ from .report import speed_table as markdown_table
 
 __all__ = [
     "DEFAULT_SIZES",
+    "FULL_SIZES",
     "QUICK_SIZES",
     "Method",
     "build_methods",
@@ -81,9 +95,13 @@ __all__ = [
     "plot_results",
 ]
 
-#: Batch sizes of a full run and of ``--quick``.
-DEFAULT_SIZES = (128, 256, 512, 1024, 2048, 4096, 8192)
+#: Batch sizes of the default plan, of ``--full`` and of ``--quick``.
+DEFAULT_SIZES = (128, 512, 1024)
+FULL_SIZES = (128, 256, 512, 1024, 2048, 4096, 8192)
 QUICK_SIZES = (128, 256)
+#: The default plan also times these sizes, for ``cdist`` and the default backend's
+#: batch-all only (the memory target's size).
+DEFAULT_LARGE_SIZES = (8192,)
 #: Embedding dimension and samples per class of every configuration (margin: ``MARGIN``).
 DIM = 128
 K_PER_CLASS = 8
@@ -216,6 +234,15 @@ class RunConfig:
     policy: TimingPolicy = field(default_factory=TimingPolicy)
     mem_limit_bytes: float = 0.0
     seed: int = 0
+    large_sizes: tuple[int, ...] = ()  # timed for cdist and default-backend batch-all only
+    full: bool = False
+
+    @property
+    def default_backend(self) -> str:
+        return "numba" if self.device == "cpu" else "torch"
+
+    def large_methods(self) -> tuple[str, ...]:
+        return ("cdist", f"batch_all[{self.default_backend}]")
 
 
 def _entry(method: Method, n: int, labels_kind: str, device: str) -> dict[str, Any]:
@@ -262,8 +289,11 @@ def _skip_reason(
 
 
 def _plan(methods: list[Method], cfg: RunConfig) -> list[tuple[Method, int, str]]:
-    """Configurations in run order: sizes ascending (cdist first), then the two-class one."""
+    """Configurations in run order: sizes ascending (cdist first), the large sizes of the
+    default plan (cdist and default-backend batch-all), then the two-class one."""
     plan = [(m, n, "pk") for n in sorted(cfg.sizes) for m in methods]
+    for n in sorted(set(cfg.large_sizes) - set(cfg.sizes)):
+        plan += [(m, n, "pk") for m in methods if m.name in cfg.large_methods()]
     if cfg.two_class_n:
         for m in methods:
             # Hinge only: the soft margin sums every one of the ~N^3 / 4 terms (minutes).
@@ -278,14 +308,17 @@ def _memory_wanted(method: Method, n: int, labels_kind: str, cfg: RunConfig) -> 
     if cfg.memory == "all" or cfg.device == "cuda":
         return True
     if cfg.quick:
-        default_backend = "numba" if cfg.device == "cpu" else "torch"
         return (
             method.strategy == "batch_all"
-            and method.backend == default_backend
+            and method.backend == cfg.default_backend
             and labels_kind == "pk"
             and n == max(cfg.sizes)
         )
-    return method.family != "peer" and labels_kind == "pk" and n in KEY_MEMORY_SIZES
+    key = method.family != "peer" and labels_kind == "pk" and n in KEY_MEMORY_SIZES
+    if cfg.full or not key:
+        return key
+    # Default plan: cdist and the default backend only.
+    return method.backend in (None, cfg.default_backend)
 
 
 # --------------------------------------------------------------------------------------
@@ -562,8 +595,14 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks.speed",
         description="Speed and peak memory of tripletkit's fused losses vs torch.cdist and peers.",
     )
-    p.add_argument("--quick", action="store_true", help="CI smoke test: N in {128, 256}")
-    p.add_argument("--sizes", type=int, nargs="+", help="batch sizes (default 128 ... 8192)")
+    plan = p.add_mutually_exclusive_group()
+    plan.add_argument("--quick", action="store_true", help="CI smoke test: N in {128, 256}")
+    plan.add_argument(
+        "--full", action="store_true", help="every size 128 ... 8192, every memory run"
+    )
+    p.add_argument(
+        "--sizes", type=int, nargs="+", help="batch sizes (default 128 512 1024, and 8192)"
+    )
     p.add_argument(
         "--device",
         choices=("cpu", "cuda"),
@@ -634,11 +673,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:
-    sizes = args.sizes or list(QUICK_SIZES if args.quick else DEFAULT_SIZES)
+    sizes = args.sizes or list(
+        QUICK_SIZES if args.quick else FULL_SIZES if args.full else DEFAULT_SIZES
+    )
     if any(n < 2 for n in sizes):
         raise SystemExit("every size must be at least 2")
     methods, missing = build_methods(peers=not args.no_peers)
-    suffix = "_quick" if args.quick else ""
+    suffix = "_quick" if args.quick else "_full" if args.full else ""
     devices = _devices(args.device)
     runs: dict[str, Any] = {}
     for device in devices:
@@ -675,6 +716,8 @@ def _run_config(args: argparse.Namespace, device: str, sizes: list[int]) -> RunC
         two_class_n=two_class_n,
         policy=policy,
         mem_limit_bytes=limit,
+        large_sizes=DEFAULT_LARGE_SIZES if not (args.quick or args.full or args.sizes) else (),
+        full=args.full,
     )
 
 
@@ -689,6 +732,8 @@ def _config_json(cfg: RunConfig, methods: list[Method], missing: list[str]) -> d
         "dtype": "float32",
         "two_class_n": cfg.two_class_n,
         "quick": cfg.quick,
+        "full": cfg.full,
+        "large_sizes": list(cfg.large_sizes),
         "peers": cfg.peers,
         "peers_missing": missing,
         "backends": sorted({m.backend for m in methods if m.backend}),

@@ -72,10 +72,15 @@ def test_aggregate_runs_over_seeds() -> None:
     assert agg["wall_s"] == {"mean": 2.0, "std": 0.0, "n": 2}
     assert agg["curves"]["step"] == [0, 5]
     assert agg["curves"]["hard"]["mean"] == pytest.approx([0.3, 0.4])
-    results = {"strategies": {"x": {"aggregate": agg}}}
+    assert agg["curves"]["train_s"]["mean"] == pytest.approx([0.3, 0.4])
+    setting = {"lr": 0.001, "normalize": True, "margin": 0.2}
+    results = {"strategies": {"x": {"aggregate": agg, "family": "peer", "setting": setting}}}
     lines = report.quality_table(results).splitlines()
-    assert lines[0] == "| strategy | MAP@R | R-prec | P@1 | wall s |"
-    assert lines[2] == "| x | 0.300 ± 0.141 | 0.300 ± 0.141 | 0.300 ± 0.141 | 2.0 ± 0.0 |"
+    assert lines[0] == "| strategy | family | setting | MAP@R | R-prec | P@1 | train s | wall s |"
+    assert lines[2] == (
+        "| x | peer | lr 1e-3, L2, margin 0.2 | 0.300 ± 0.141 | 0.300 ± 0.141 | "
+        "0.300 ± 0.141 | 1.5 ± 0.0 | 2.0 ± 0.0 |"
+    )
 
 
 def test_figure_helpers_write_a_png(tmp_path: Path) -> None:
@@ -143,7 +148,9 @@ def test_registries() -> None:
     ]
     assert {m.family for m in methods} == {"baseline", "tripletkit"}
     assert list(registry.STRATEGIES)[:2] == ["batch_all_nonzero", "batch_all_mean"]
-    assert all(s.family == "tripletkit" for s in registry.STRATEGIES.values())
-    criterion = registry.STRATEGIES["distance_weighted"].build(0)
+    assert {s.family for s in registry.STRATEGIES.values()} == {"tripletkit", "peer"}
+    assert all(s.requires is not None for s in registry.STRATEGIES.values() if s.family == "peer")
+    dw = registry.STRATEGIES["distance_weighted"]
+    criterion = dw.build(dw.default_setting(), 0)
     assert len(list(criterion.parameters())) == 1  # the margin loss's beta
     assert registry.installed("torch") and not registry.installed("no_such_module_xyz")

@@ -223,3 +223,29 @@ def test_common_helpers(tmp_path: Path) -> None:
     path = save_json(tmp_path / "a" / "b.json", {"x": float("nan"), "t": torch.tensor(2.5)})
     assert json.loads(path.read_text()) == {"x": None, "t": 2.5}
     assert RESULTS_DIR.name == "results" and RESULTS_DIR.is_absolute()
+
+
+def test_default_plan_keeps_the_targets_rows_and_full_plan_everything() -> None:
+    methods, _ = speed.build_methods(peers=False)
+    parser_args = speed._parser().parse_args([])
+    default = speed._run_config(parser_args, "cpu", list(speed.DEFAULT_SIZES))
+    plan = speed._plan(methods, default)
+    sizes = {n for _, n, kind in plan if kind == "pk"}
+    assert sizes == {*speed.DEFAULT_SIZES, 8192}
+    at_8192 = {m.name for m, n, kind in plan if n == 8192}
+    assert at_8192 == {"cdist", "batch_all[numba]"}  # the memory target's row
+    at_target = {m.name for m, n, kind in plan if n == speed.TARGET_N}
+    assert at_target == {m.name for m in methods}  # every ratio target's row
+    memory = {(m.name, n) for m, n, kind in plan if speed._memory_wanted(m, n, kind, default)}
+    assert ("batch_all[numba]", 8192) in memory and ("cdist", 8192) in memory
+    assert ("batch_all[torch]", 1024) not in memory  # non-default backend: --full only
+    full_args = speed._parser().parse_args(["--full"])
+    full = speed._run_config(full_args, "cpu", list(speed.FULL_SIZES))
+    full_plan = speed._plan(methods, full)
+    assert {n for _, n, kind in full_plan if kind == "pk"} == set(speed.FULL_SIZES)
+    assert all(
+        speed._memory_wanted(m, n, kind, full)
+        for m, n, kind in full_plan
+        if n in speed.KEY_MEMORY_SIZES and kind == "pk"
+    )
+    assert speed._json_path(Path("out"), "cpu", "_full", False).name == "speed_cpu_full.json"

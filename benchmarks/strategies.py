@@ -1,0 +1,664 @@
+"""The quality benchmark's rows: tripletkit's strategies, the peer recipes, and the rows where
+mining is expensive, each with its declared search space.
+
+A :class:`Strategy` builds a criterion ``(embeddings, labels) -> loss`` from a *setting* (a
+dict of hyper-parameters) and a seed, and declares the settings the protocol searches
+(:mod:`benchmarks.protocol`): every one of ``lrs`` (Adam's learning rate) crossed with every
+one of ``variants`` (the other hyper-parameters). ``normalize`` in a setting L2-normalises
+the network's output (:mod:`benchmarks.nets`), for training and for retrieval alike.
+
+**The search spaces** (declared below as data, the same for a tripletkit strategy and the
+peer recipe it corresponds to):
+
+- learning rate ``1e-3`` and ``3e-3`` for every row;
+- losses with a margin on euclidean distances (batch-all, batch-hard, semi-hard, random
+  triplets, contrastive): normalisation on and off, two margins on the scale that fits each
+  (:data:`TRIPLET_MARGINS`, :data:`CONTRASTIVE_MARGINS`): distances lie in ``[0, 2]`` on
+  the unit sphere and are about 3.4 between random images at initialisation without it;
+- batch-hard with the soft margin: normalisation on and off (nothing else to search: 4
+  configurations instead of 8);
+- distance-weighted sampling with the margin loss (needs unit norm: its sampling density is
+  that of the unit sphere): the margin ``alpha`` and the initial boundary ``beta``;
+- multi-similarity (cosine similarities: normalisation does not apply): the similarity
+  threshold ``base`` and the miner's margin ``epsilon`` (``alpha = 2``, ``beta = 50`` as in
+  Wang et al. 2019).
+
+So every row gets ``2 x 4 = 8`` configurations (4 for the soft margin), the same number of
+training steps each: the search budget is equal per configuration and per row.
+
+**Rows** (:data:`STRATEGIES`, in table order):
+
+- tripletkit: the fused batch-all (mean over non-zero terms, and over all), batch-hard
+  (hinge and soft margin), semi-hard, distance-weighted sampling + margin loss, contrastive
+  loss over mined pairs, random triplets, multi-similarity miner + loss;
+- peers (``family="peer"``, listed when pytorch-metric-learning is installed):
+  ``TripletMarginMiner(type_of_triplets="semihard")``, ``BatchHardMiner`` (each with
+  ``TripletMarginLoss`` and ``LpDistance(normalize_embeddings=...)``),
+  ``MultiSimilarityMiner`` + ``MultiSimilarityLoss``;
+- where mining is expensive (no search of their own: they use the chosen setting of their
+  ``base`` row, so the memory, the batch or the sampler is the only change):
+  tripletkit strategies against a :class:`~tripletkit.memory.CrossBatchMemory`,
+  pytorch-metric-learning's ``CrossBatchMemory`` with its semi-hard ``TripletMarginMiner``
+  (capped in time: its mining lists every triplet against the memory), a large batch
+  trained with the chunked backward of :mod:`tripletkit.gradcache` at the same number of
+  training images, and the :class:`~tripletkit.samplers.HardClassPKBatchSampler`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor, nn
+
+from tripletkit.losses import (
+    ContrastiveLoss,
+    MarginLoss,
+    MultiSimilarityLoss,
+    TripletMarginLoss,
+    batch_all_triplet_loss,
+    batch_hard_triplet_loss,
+    semi_hard_triplet_loss,
+)
+from tripletkit.memory import CrossBatchMemory
+from tripletkit.miners import (
+    DistanceWeightedMiner,
+    MultiSimilarityMiner,
+    PairMarginMiner,
+    RandomTripletMiner,
+)
+
+from .nets import EMBEDDING_DIM
+
+__all__ = [
+    "LRS",
+    "PML",
+    "STRATEGIES",
+    "FusedCriterion",
+    "MemoryCriterion",
+    "MinedCriterion",
+    "PeerCriterion",
+    "PeerMemoryCriterion",
+    "Setting",
+    "Strategy",
+    "Training",
+    "available",
+    "describe_setting",
+    "setting_key",
+]
+
+#: A setting: hyper-parameter name -> value (``lr``, ``normalize`` and the row's own).
+Setting = Mapping[str, Any]
+
+#: Adam learning rates searched for every row.
+LRS = (1e-3, 3e-3)
+#: Hinge triplet margins searched, per normalisation (unit sphere: distances in [0, 2];
+#: raw: ~3.4 between random images at initialisation). 0.05 is pytorch-metric-learning's
+#: default, 0.2 FaceNet's and Hermans et al.'s.
+TRIPLET_MARGINS = {True: (0.05, 0.2), False: (0.2, 1.0)}
+#: Contrastive negative margins searched (positive margin 0), per normalisation.
+CONTRASTIVE_MARGINS = {True: (0.8, 1.2), False: (1.0, 2.0)}
+#: Distance-weighted sampling + margin loss (Wu et al. 2017): margins alpha, initial betas.
+DW_ALPHAS = (0.1, 0.2)
+DW_BETAS = (0.8, 1.2)
+DW_CUTOFF = 0.5
+DW_NONZERO_LOSS_CUTOFF = 1.4
+#: Multi-similarity (Wang et al. 2019): thresholds ``base`` and miner margins ``epsilon``.
+MS_BASES = (0.5, 0.7)
+MS_EPSILONS = (0.1, 0.2)
+MS_ALPHA = 2.0
+MS_BETA = 50.0
+#: The margin of the difficulty fractions when a row has no distance margin.
+STATS_MARGIN = 0.2
+#: Cross-batch memory rows: rows kept, and the share of the steps before the memory is used.
+MEMORY_SIZE = 4096
+MEMORY_WARMUP = 0.2
+#: Large-batch rows: batch multiplier and rows per forward pass of the chunked backward.
+LARGE_BATCH_FACTOR = 4
+CHUNK_SIZE = 128
+#: The peer library's import name.
+PML = "pytorch_metric_learning"
+
+
+def available(module: str) -> bool:
+    """Whether ``module`` can be imported (without importing it)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def setting_key(setting: Setting) -> str:
+    """A stable text key of a setting (``lr=0.001,normalize=True,margin=0.2``)."""
+    return ",".join(f"{k}={setting[k]}" for k in setting)
+
+
+def describe_setting(setting: Setting) -> str:
+    """A short human-readable form of a setting (``lr 1e-3, L2, margin 0.2``)."""
+    parts = []
+    for key, value in setting.items():
+        if key == "lr":
+            parts.append(f"lr {value:.0e}".replace("e-0", "e-"))
+        elif key == "normalize":
+            parts.append("L2" if value else "raw")
+        else:
+            parts.append(f"{key} {value:g}")
+    return ", ".join(parts)
+
+
+# --------------------------------------------------------------------------------------
+# How a row trains
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Training:
+    """How a row's training steps run (:mod:`benchmarks.training`).
+
+    Attributes:
+        kind: ``"plain"`` (P x K batch, loss, backward), ``"memory"`` (the criterion keeps
+            a cross-batch memory and uses it after ``warmup`` of the steps),
+            ``"large_batch"`` (``batch_factor`` times larger batches, ``batch_factor``
+            times fewer steps, :func:`tripletkit.gradcache.cached_backward` in chunks of
+            ``chunk_size``) or ``"hard_class"`` (batches from a
+            :class:`~tripletkit.samplers.HardClassPKBatchSampler` updated with every
+            training batch's embeddings; its batches are redrawn every ``refresh_steps``).
+        time_cap_factor: the row stops once its training time exceeds this multiple of a
+            plain run's planned training time (None: no cap).
+    """
+
+    kind: str = "plain"
+    memory_size: int = 0
+    warmup: float = 0.0
+    batch_factor: int = 1
+    chunk_size: int = CHUNK_SIZE
+    hard_fraction: float = 0.5
+    refresh_steps: int = 50
+    time_cap_factor: float | None = None
+
+    def describe(self) -> str:
+        """The training variant in words (saved in the JSON)."""
+        cap = (
+            f"; capped at {self.time_cap_factor:g} x the planned training time of a plain run"
+            if self.time_cap_factor
+            else ""
+        )
+        if self.kind == "memory":
+            return (
+                f"cross-batch memory of {self.memory_size} embeddings, used after the first "
+                f"{self.warmup:.0%} of the steps (filled from the start){cap}"
+            )
+        if self.kind == "large_batch":
+            return (
+                f"{self.batch_factor}x larger P x K batches (P x {self.batch_factor}), "
+                f"{self.batch_factor}x fewer steps (same training images), "
+                f"tripletkit.gradcache.cached_backward with chunk_size={self.chunk_size}{cap}"
+            )
+        if self.kind == "hard_class":
+            return (
+                f"HardClassPKBatchSampler(hard_fraction={self.hard_fraction}), updated with "
+                f"every batch's embeddings, batches redrawn every {self.refresh_steps} "
+                f"steps{cap}"
+            )
+        return "P x K batches (PKBatchSampler), one backward per batch" + cap
+
+
+PLAIN = Training()
+
+
+# --------------------------------------------------------------------------------------
+# Criteria
+# --------------------------------------------------------------------------------------
+
+
+class FusedCriterion(nn.Module):
+    """``criterion(embeddings, labels, **refs)`` for a fused loss with fixed keywords."""
+
+    def __init__(self, fn: Callable[..., Tensor], **kwargs: Any) -> None:
+        super().__init__()
+        self.fn = fn
+        self.kwargs = kwargs
+
+    def forward(self, embeddings: Tensor, labels: Tensor, **refs: Any) -> Tensor:
+        return self.fn(embeddings, labels, **self.kwargs, **refs)
+
+
+class MinedCriterion(nn.Module):
+    """``criterion(embeddings, labels)``: a tripletkit miner's tuples fed to a loss module.
+
+    The miner sees detached embeddings (mining is not differentiated); the loss module's
+    parameters (the margin loss's ``beta``) are this module's parameters.
+    """
+
+    def __init__(self, miner: nn.Module, loss: nn.Module) -> None:
+        super().__init__()
+        self.miner = miner
+        self.loss = loss
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        return self.loss(embeddings, labels, self.miner(embeddings.detach(), labels))
+
+
+class PeerCriterion(nn.Module):
+    """``criterion(embeddings, labels)``: a pytorch-metric-learning miner and loss, called
+    as that library's documentation does (``loss(emb, labels, miner(emb, labels))``)."""
+
+    def __init__(self, miner: Any, loss: Any) -> None:
+        super().__init__()
+        self.miner = miner
+        self.loss = loss
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        return self.loss(embeddings, labels, self.miner(embeddings, labels))
+
+
+class MemoryCriterion(nn.Module):
+    """A fused tripletkit loss on the batch, plus the same loss of the batch's anchors
+    against a :class:`~tripletkit.memory.CrossBatchMemory` once ``warmup_steps`` steps have
+    passed (the memory is read before the batch is enqueued, so anchors never meet
+    themselves; it is filled from the first step)."""
+
+    def __init__(self, base: FusedCriterion, size: int, dim: int = EMBEDDING_DIM) -> None:
+        super().__init__()
+        self.base = base
+        self.memory = CrossBatchMemory(size, dim)
+        self.warmup_steps = 0
+        self.calls = 0
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        loss = self.base(embeddings, labels)
+        if self.calls >= self.warmup_steps and len(self.memory) > 0:
+            mem_emb, mem_labels = self.memory.get()
+            loss = loss + self.base(
+                embeddings, labels, ref_embeddings=mem_emb, ref_labels=mem_labels
+            )
+        self.memory.enqueue(embeddings.detach(), labels)
+        self.calls += 1
+        return loss
+
+
+class PeerMemoryCriterion(nn.Module):
+    """pytorch-metric-learning's ``CrossBatchMemory(loss, dim, size, miner)``; during the
+    first ``warmup_steps`` steps the plain recipe (miner + loss on the batch) is trained and
+    the batch is only added to the memory."""
+
+    def __init__(self, miner: Any, loss: Any, size: int, dim: int = EMBEDDING_DIM) -> None:
+        super().__init__()
+        from pytorch_metric_learning.losses import CrossBatchMemory as PeerMemory
+
+        self.plain = PeerCriterion(miner, loss)
+        self.xbm = PeerMemory(loss, dim, memory_size=size, miner=miner)
+        self.warmup_steps = 0
+        self.calls = 0
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        self.calls += 1
+        if self.calls <= self.warmup_steps:
+            self.xbm.add_to_memory(embeddings.detach(), labels, len(labels))
+            return self.plain(embeddings, labels)
+        return self.xbm(embeddings, labels)
+
+
+# --------------------------------------------------------------------------------------
+# Strategies
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One row of the quality table.
+
+    Attributes:
+        name: identifier on the command line, in the JSON, the tables and the plots.
+        label: a human-readable name.
+        miner, loss: what is mined and the loss, in words (saved in the JSON).
+        build: ``build(setting, seed)`` returns a fresh criterion module
+            ``(embeddings, labels) -> loss`` (its parameters are trained with the network;
+            random miners take their seed from ``seed``).
+        variants: the searched values of every hyper-parameter but the learning rate.
+        lrs: the searched learning rates.
+        family: ``"tripletkit"`` or ``"peer"``.
+        requires: a module the row needs (skipped with a note when it is missing).
+        training: how its steps run (:class:`Training`).
+        base: for a row with no search of its own, the row whose chosen setting it uses.
+        margin_key: the setting's distance margin, used for the difficulty fractions
+            (None: :data:`STATS_MARGIN`).
+    """
+
+    name: str
+    label: str
+    miner: str
+    loss: str
+    build: Callable[[Setting, int], nn.Module]
+    variants: tuple[Mapping[str, Any], ...] = ()
+    lrs: tuple[float, ...] = LRS
+    family: str = "tripletkit"
+    requires: str | None = None
+    training: Training = PLAIN
+    base: str | None = None
+    margin_key: str | None = "margin"
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def tuned(self) -> bool:
+        """Whether the protocol searches this row's settings (rows with a ``base`` do not)."""
+        return self.base is None
+
+    def settings(self, grid: str = "full") -> list[dict[str, Any]]:
+        """The searched settings, learning rate first; ``grid="tiny"`` keeps the first two
+        (the ``--quick`` smoke run)."""
+        every = [{"lr": lr, **variant} for lr in self.lrs for variant in self.variants]
+        return every[:2] if grid == "tiny" else every
+
+    def default_setting(self) -> dict[str, Any]:
+        """The setting used when no search result exists: the first normalised one at the
+        larger learning rate."""
+        settings = self.settings()
+        return next(
+            (s for s in settings if s["lr"] == max(self.lrs) and s.get("normalize", True)),
+            settings[0],
+        )
+
+    def stats_margin(self, setting: Setting) -> float:
+        """Margin of the difficulty fractions of this row's runs."""
+        if self.margin_key is None or self.margin_key not in setting:
+            return STATS_MARGIN
+        return float(setting[self.margin_key])
+
+
+def _margin_variants(margins: Mapping[bool, Sequence[float]], key: str = "margin") -> tuple:
+    return tuple({"normalize": n, key: m} for n in (True, False) for m in margins[n])
+
+
+TRIPLET_VARIANTS = _margin_variants(TRIPLET_MARGINS)
+CONTRASTIVE_VARIANTS = _margin_variants(CONTRASTIVE_MARGINS, "neg_margin")
+SOFT_VARIANTS = ({"normalize": True}, {"normalize": False})
+DW_VARIANTS = tuple(
+    {"normalize": True, "margin": a, "beta": b} for a in DW_ALPHAS for b in DW_BETAS
+)
+MS_VARIANTS = tuple(
+    {"normalize": True, "base": b, "epsilon": e} for b in MS_BASES for e in MS_EPSILONS
+)
+
+
+def _fused(fn: Callable[..., Tensor], **kw: Any) -> Callable[[Setting, int], nn.Module]:
+    def build(setting: Setting, seed: int) -> nn.Module:
+        return FusedCriterion(fn, margin=setting["margin"], **kw)
+
+    return build
+
+
+def _tripletkit_rows() -> list[Strategy]:
+    return [
+        Strategy(
+            "batch_all_nonzero",
+            "batch-all (mean > 0)",
+            "all valid triplets (fused)",
+            "hinge, mean over triplets with loss > 0 (Hermans et al. BA!=0)",
+            _fused(batch_all_triplet_loss, reduction="mean_nonzero"),
+            TRIPLET_VARIANTS,
+        ),
+        Strategy(
+            "batch_all_mean",
+            "batch-all (mean)",
+            "all valid triplets (fused)",
+            "hinge, mean over all valid triplets",
+            _fused(batch_all_triplet_loss, reduction="mean"),
+            TRIPLET_VARIANTS,
+        ),
+        Strategy(
+            "batch_hard",
+            "batch-hard",
+            "hardest positive and negative per anchor (fused)",
+            "hinge, mean over anchors",
+            _fused(batch_hard_triplet_loss),
+            TRIPLET_VARIANTS,
+        ),
+        Strategy(
+            "batch_hard_soft",
+            "batch-hard soft",
+            "hardest positive and negative per anchor (fused)",
+            "soft margin softplus(d_ap - d_an), mean over anchors",
+            lambda s, seed: FusedCriterion(batch_hard_triplet_loss, soft_margin=True),
+            SOFT_VARIANTS,
+            margin_key=None,
+        ),
+        Strategy(
+            "semi_hard",
+            "semi-hard",
+            "per positive pair the nearest negative beyond it (FaceNet, fused)",
+            "hinge, mean over positive pairs",
+            _fused(semi_hard_triplet_loss),
+            TRIPLET_VARIANTS,
+        ),
+        Strategy(
+            "distance_weighted",
+            "distance-weighted",
+            f"DistanceWeightedMiner(cutoff={DW_CUTOFF}, nonzero_loss_cutoff="
+            f"{DW_NONZERO_LOSS_CUTOFF}): one negative per positive pair",
+            "MarginLoss(margin=alpha, beta learnable from its initial value, nu=0) (Wu et al.)",
+            lambda s, seed: MinedCriterion(
+                DistanceWeightedMiner(DW_CUTOFF, DW_NONZERO_LOSS_CUTOFF, seed=seed),
+                MarginLoss(margin=s["margin"], beta=s["beta"]),
+            ),
+            DW_VARIANTS,
+        ),
+        Strategy(
+            "contrastive",
+            "contrastive",
+            "PairMarginMiner(pos_margin=0, neg_margin): the pairs with a non-zero loss",
+            "ContrastiveLoss(pos_margin=0, neg_margin), mean over mined pairs",
+            lambda s, seed: MinedCriterion(
+                PairMarginMiner(0.0, s["neg_margin"]), ContrastiveLoss(0.0, s["neg_margin"])
+            ),
+            CONTRASTIVE_VARIANTS,
+            margin_key=None,
+        ),
+        Strategy(
+            "random",
+            "random triplets",
+            "RandomTripletMiner: one uniform negative per positive pair",
+            "hinge, mean over triplets",
+            lambda s, seed: MinedCriterion(
+                RandomTripletMiner(seed=seed), TripletMarginLoss(margin=s["margin"])
+            ),
+            TRIPLET_VARIANTS,
+        ),
+        Strategy(
+            "multi_similarity",
+            "multi-similarity",
+            "MultiSimilarityMiner(epsilon) (cosine)",
+            f"MultiSimilarityLoss(alpha={MS_ALPHA:g}, beta={MS_BETA:g}, base)",
+            lambda s, seed: MinedCriterion(
+                MultiSimilarityMiner(s["epsilon"]),
+                MultiSimilarityLoss(MS_ALPHA, MS_BETA, s["base"]),
+            ),
+            MS_VARIANTS,
+            margin_key=None,
+        ),
+    ]
+
+
+def _pml_distance(setting: Setting) -> Any:
+    from pytorch_metric_learning.distances import LpDistance
+
+    return LpDistance(normalize_embeddings=bool(setting["normalize"]))
+
+
+def _pml_triplet(kind: str) -> Callable[[Setting, int], nn.Module]:
+    def build(setting: Setting, seed: int) -> nn.Module:
+        from pytorch_metric_learning import losses, miners
+
+        distance = _pml_distance(setting)
+        if kind == "batch_hard":
+            miner: Any = miners.BatchHardMiner(distance=distance)
+        else:
+            miner = miners.TripletMarginMiner(
+                setting["margin"], type_of_triplets=kind, distance=distance
+            )
+        return PeerCriterion(miner, losses.TripletMarginLoss(setting["margin"], distance=distance))
+
+    return build
+
+
+def _pml_multi_similarity(setting: Setting, seed: int) -> nn.Module:
+    from pytorch_metric_learning import losses, miners
+
+    return PeerCriterion(
+        miners.MultiSimilarityMiner(setting["epsilon"]),
+        losses.MultiSimilarityLoss(MS_ALPHA, MS_BETA, setting["base"]),
+    )
+
+
+def _peer_rows() -> list[Strategy]:
+    loss = "TripletMarginLoss(margin, distance=LpDistance(normalize_embeddings=normalize))"
+    return [
+        Strategy(
+            "pml_semihard",
+            "PML semi-hard",
+            "pytorch-metric-learning TripletMarginMiner(margin, type_of_triplets='semihard'): "
+            "every semi-hard triplet",
+            loss + ", mean over non-zero terms",
+            _pml_triplet("semihard"),
+            TRIPLET_VARIANTS,
+            family="peer",
+            requires=PML,
+        ),
+        Strategy(
+            "pml_batch_hard",
+            "PML batch-hard",
+            "pytorch-metric-learning BatchHardMiner(): hardest positive and negative per anchor",
+            loss + ", mean over non-zero terms",
+            _pml_triplet("batch_hard"),
+            TRIPLET_VARIANTS,
+            family="peer",
+            requires=PML,
+        ),
+        Strategy(
+            "pml_multi_similarity",
+            "PML multi-similarity",
+            "pytorch-metric-learning MultiSimilarityMiner(epsilon)",
+            f"MultiSimilarityLoss(alpha={MS_ALPHA:g}, beta={MS_BETA:g}, base)",
+            _pml_multi_similarity,
+            MS_VARIANTS,
+            family="peer",
+            requires=PML,
+            margin_key=None,
+        ),
+    ]
+
+
+#: Declared below; :func:`_derived_rows` reads the fused strategies by name.
+_FUSED = {"batch_all_nonzero", "batch_all_mean", "batch_hard", "semi_hard"}
+
+
+def _memory_row(base: Strategy) -> Strategy:
+    if base.name not in _FUSED:
+        raise ValueError(f"a memory row needs a fused tripletkit base, got {base.name!r}")
+    training = Training("memory", memory_size=MEMORY_SIZE, warmup=MEMORY_WARMUP)
+    return Strategy(
+        f"xbm_{base.name}",
+        f"{base.label} + XBM",
+        f"{base.miner}, within the batch and against a CrossBatchMemory({MEMORY_SIZE})",
+        f"{base.loss}; batch term + memory term",
+        lambda s, seed: MemoryCriterion(base.build(s, seed), MEMORY_SIZE),  # type: ignore[arg-type]
+        training=training,
+        base=base.name,
+        margin_key=base.margin_key,
+    )
+
+
+def _peer_memory_row(base: Strategy, cap: float) -> Strategy:
+    def build(setting: Setting, seed: int) -> nn.Module:
+        plain = base.build(setting, seed)
+        return PeerMemoryCriterion(plain.miner, plain.loss, MEMORY_SIZE)
+
+    training = Training(
+        "memory", memory_size=MEMORY_SIZE, warmup=MEMORY_WARMUP, time_cap_factor=cap
+    )
+    return Strategy(
+        f"pml_xbm_{base.name.removeprefix('pml_')}",
+        f"{base.label} + XBM",
+        f"{base.miner}, against pytorch-metric-learning's CrossBatchMemory({MEMORY_SIZE})",
+        f"{base.loss}; loss of the batch against the memory (which holds the batch)",
+        build,
+        family="peer",
+        requires=PML,
+        training=training,
+        base=base.name,
+        margin_key=base.margin_key,
+        notes=(
+            "TripletMarginMiner lists every (anchor, positive, negative) of the batch against "
+            f"the {MEMORY_SIZE}-row memory (a 128 x {MEMORY_SIZE} x {MEMORY_SIZE} mask, "
+            "seconds per step on a CPU): the run stops at its time cap",
+        ),
+    )
+
+
+def _large_batch_row(base: Strategy) -> Strategy:
+    training = Training("large_batch", batch_factor=LARGE_BATCH_FACTOR, chunk_size=CHUNK_SIZE)
+    return Strategy(
+        f"large_batch_{base.name}",
+        f"{base.label}, batch x{LARGE_BATCH_FACTOR}",
+        base.miner,
+        base.loss,
+        base.build,
+        family=base.family,
+        requires="tripletkit.gradcache",
+        training=training,
+        base=base.name,
+        margin_key=base.margin_key,
+    )
+
+
+def _hard_class_row(base: Strategy) -> Strategy:
+    return Strategy(
+        f"hard_class_{base.name}",
+        f"{base.label}, hard classes",
+        base.miner,
+        base.loss,
+        base.build,
+        family=base.family,
+        requires=base.requires,
+        training=Training("hard_class", hard_fraction=0.5, refresh_steps=50),
+        base=base.name,
+        margin_key=base.margin_key,
+    )
+
+
+#: Bases of the rows where mining is expensive.
+MEMORY_BASES = ("semi_hard",)
+PEER_MEMORY_BASE = "pml_semihard"
+PEER_MEMORY_CAP = 2.0
+LARGE_BATCH_BASES = ("batch_hard",)
+HARD_CLASS_BASES = ("batch_hard", "semi_hard")
+
+
+def _derived_rows(by_name: Mapping[str, Strategy]) -> list[Strategy]:
+    return [
+        *(_memory_row(by_name[b]) for b in MEMORY_BASES),
+        _peer_memory_row(by_name[PEER_MEMORY_BASE], PEER_MEMORY_CAP),
+        *(_large_batch_row(by_name[b]) for b in LARGE_BATCH_BASES),
+        *(_hard_class_row(by_name[b]) for b in HARD_CLASS_BASES),
+    ]
+
+
+def _all_rows() -> dict[str, Strategy]:
+    rows = {s.name: s for s in (*_tripletkit_rows(), *_peer_rows())}
+    rows.update({s.name: s for s in _derived_rows(rows)})
+    return rows
+
+
+#: Every row of the quality benchmark, in table order.
+STRATEGIES: dict[str, Strategy] = _all_rows()
+
+
+def missing_requirement(strategy: Strategy) -> str | None:
+    """Why ``strategy`` cannot run here (its required module is missing), or None."""
+    if strategy.requires is None or available(strategy.requires):
+        return None
+    if strategy.requires == PML:
+        return "pytorch-metric-learning is not installed (pip install -e '.[bench]')"
+    return f"{strategy.requires} is not available in this tripletkit"
