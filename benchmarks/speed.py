@@ -11,9 +11,9 @@ Plans:
 
 - default (:data:`DEFAULT_SIZES`, about 2 minutes on 2 CPU cores, part of
   ``python -m benchmarks``): ``N in {128, 512, 1024}`` for every method, plus ``N = 8192``
-  for ``cdist`` and batch-all on the device's default backend (the targets' rows: the ratios
-  at ``N = 1024``, the memory at ``N = 8192``); memory runs for ``cdist`` and the default
-  backend at the key sizes;
+  for ``cdist`` and batch-all on both backends (the targets' rows: the ratios at
+  ``N = 1024``, the memory at ``N = 8192``); memory runs for ``cdist``, the default backend
+  and batch-all at the key sizes;
 - ``--full`` (:data:`FULL_SIZES`, about 8 minutes): ``N in {128, ..., 8192}`` for every
   method, memory runs for every tripletkit method and ``cdist`` at the key sizes;
 - ``--quick``: a CI smoke test, well under 30 s.
@@ -99,8 +99,8 @@ __all__ = [
 DEFAULT_SIZES = (128, 512, 1024)
 FULL_SIZES = (128, 256, 512, 1024, 2048, 4096, 8192)
 QUICK_SIZES = (128, 256)
-#: The default plan also times these sizes, for ``cdist`` and the default backend's
-#: batch-all only (the memory target's size).
+#: The default plan also times these sizes, for ``cdist`` and batch-all only (both
+#: backends: the memory targets' size).
 DEFAULT_LARGE_SIZES = (8192,)
 #: Embedding dimension and samples per class of every configuration (margin: ``MARGIN``).
 DIM = 128
@@ -234,7 +234,7 @@ class RunConfig:
     policy: TimingPolicy = field(default_factory=TimingPolicy)
     mem_limit_bytes: float = 0.0
     seed: int = 0
-    large_sizes: tuple[int, ...] = ()  # timed for cdist and default-backend batch-all only
+    large_sizes: tuple[int, ...] = ()  # timed for cdist and batch-all only
     full: bool = False
 
     @property
@@ -242,7 +242,8 @@ class RunConfig:
         return "numba" if self.device == "cpu" else "torch"
 
     def large_methods(self) -> tuple[str, ...]:
-        return ("cdist", f"batch_all[{self.default_backend}]")
+        """The methods timed at :attr:`large_sizes`: the memory targets' rows."""
+        return ("cdist", "batch_all[numba]", "batch_all[torch]")
 
 
 def _entry(method: Method, n: int, labels_kind: str, device: str) -> dict[str, Any]:
@@ -290,7 +291,7 @@ def _skip_reason(
 
 def _plan(methods: list[Method], cfg: RunConfig) -> list[tuple[Method, int, str]]:
     """Configurations in run order: sizes ascending (cdist first), the large sizes of the
-    default plan (cdist and default-backend batch-all), then the two-class one."""
+    default plan (cdist and batch-all), then the two-class one."""
     plan = [(m, n, "pk") for n in sorted(cfg.sizes) for m in methods]
     for n in sorted(set(cfg.large_sizes) - set(cfg.sizes)):
         plan += [(m, n, "pk") for m in methods if m.name in cfg.large_methods()]
@@ -317,8 +318,8 @@ def _memory_wanted(method: Method, n: int, labels_kind: str, cfg: RunConfig) -> 
     key = method.family != "peer" and labels_kind == "pk" and n in KEY_MEMORY_SIZES
     if cfg.full or not key:
         return key
-    # Default plan: cdist and the default backend only.
-    return method.backend in (None, cfg.default_backend)
+    # Default plan: cdist, the default backend, and the memory targets' rows.
+    return method.backend in (None, cfg.default_backend) or method.name in cfg.large_methods()
 
 
 # --------------------------------------------------------------------------------------
@@ -524,6 +525,7 @@ def _peer_checks(results: list[dict[str, Any]], backends: list[str]) -> Iterable
 
 def _memory_checks(results: list[dict[str, Any]], backends: list[str]) -> Iterable[_Check]:
     big = 8192
+    floor = find_entry(results, "cdist", big)
     for b in backends:
         e = find_entry(results, f"batch_all[{b}]", big)
         name = f"N={big} batch_all[{b}] extra peak memory < 2 GiB"
@@ -533,6 +535,16 @@ def _memory_checks(results: list[dict[str, Any]], backends: list[str]) -> Iterab
             yield _Check(name, extra < 2 * GIB, f"{extra / GIB:.3f} GiB ({mem.get('how')})", b)
         else:
             yield _Check(name, None, _why_missing(e), b)
+        if b != "torch":
+            continue
+        # The GPU path's target: the weights of the distance backward written once.
+        name = f"N={big} batch_all[{b}] extra peak memory <= 1.5x cdist"
+        base = (floor or {}).get("memory") or {}
+        if _ok(e) and _ok(floor) and "extra_peak_bytes" in mem and "extra_peak_bytes" in base:
+            ratio = mem["extra_peak_bytes"] / base["extra_peak_bytes"]
+            yield _Check(name, ratio <= 1.5, f"{ratio:.2f}x cdist's", b)
+        else:
+            yield _Check(name, None, _why_missing(e if not _ok(e) else floor), b)
 
 
 def _backend_checks(results: list[dict[str, Any]], backends: list[str]) -> Iterable[_Check]:
