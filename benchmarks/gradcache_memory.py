@@ -1,6 +1,6 @@
 """Peak memory and time of one training step with and without gradient caching.
 
-The network is the quality benchmark's (:class:`benchmarks.quality.EmbeddingNet`: four
+The network is the quality benchmark's (:class:`benchmarks.nets.EmbeddingNet`: four
 conv-BN-ReLU-pool blocks and a linear layer, 28 x 28 Omniglot images to 64-d unit
 embeddings), the batch a P x K batch of the Omniglot *background* split (``k = max(2,
 batch // 512)`` images of each of ``batch // k`` classes), the loss the fused batch-hard triplet loss (margin 0.2), the
@@ -76,9 +76,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _network() -> tuple[Any, str]:
     """The quality benchmark's network and its name."""
-    from .quality import EmbeddingNet
+    from .nets import EmbeddingNet
 
-    return EmbeddingNet(), "benchmarks.quality.EmbeddingNet"
+    return EmbeddingNet(), "benchmarks.nets.EmbeddingNet"
 
 
 def _usage() -> dict[str, float]:
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "gradcache_memory",
         "machine": machine_info(),
         "config": {
-            "network": "benchmarks.quality.EmbeddingNet (4 conv blocks + linear, 64-d)",
+            "network": "benchmarks.nets.EmbeddingNet (4 conv blocks + linear, 64-d)",
             "data": "Omniglot background, 28x28, P x K batch with k = max(2, batch // 512)",
             "loss": f"batch_hard_triplet_loss(margin={MARGIN})",
             "optimizer": f"Adam(lr={LR})",
