@@ -1,8 +1,7 @@
-"""What the benchmarks measure: the speed benchmark's methods, the quality benchmark's strategies.
+"""What the speed benchmark measures: its methods, tripletkit's and its peers'.
 
-Both registries hold tripletkit's own entries and those of its peers, told apart by ``family``
-(``"tripletkit"``, ``"peer"``, and ``"baseline"`` for the ``torch.cdist`` floor of the speed
-benchmark). Peers are optional dependencies: their entries import them lazily and are only
+Entries are told apart by ``family`` (``"tripletkit"``, ``"peer"``, and ``"baseline"`` for
+the ``torch.cdist`` floor). Peers are optional dependencies: their entries import them lazily and are only
 listed when :func:`installed` finds them.
 
 **Speed** (:mod:`benchmarks.speed`): a :class:`Method` builds ``f(embeddings, labels) -> loss``
@@ -20,10 +19,8 @@ whose forward + backward is timed. :func:`build_methods` lists
   O(N^3) methods carry a time exponent and a memory estimate so that the run can skip sizes
   that cannot fit.
 
-**Quality** (:mod:`benchmarks.quality`): its rows (tripletkit's strategies, the peer recipes,
-the memory, large-batch and hard-class rows), their search spaces and criterion wrappers live
-in :mod:`benchmarks.strategies`; :data:`STRATEGIES`, :class:`Strategy`, :class:`FusedCriterion`
-and :class:`MinedCriterion` are re-exported here for older imports.
+The quality benchmark's rows (tripletkit's strategies, the peer recipes, the memory,
+large-batch and hard-class rows) and their search spaces live in :mod:`benchmarks.strategies`.
 """
 
 from __future__ import annotations
@@ -44,13 +41,9 @@ from tripletkit.losses import (
 
 __all__ = [
     "MARGIN",
-    "STRATEGIES",
     "SPEED_STRATEGIES",
-    "FusedCriterion",
     "LossFn",
     "Method",
-    "MinedCriterion",
-    "Strategy",
     "build_methods",
     "installed",
     "otl_all_memory",
@@ -421,10 +414,3 @@ def build_methods(
         else:
             missing.append(distribution)
     return methods, missing
-
-
-# --------------------------------------------------------------------------------------
-# Quality: see benchmarks.strategies (re-exported here for older imports)
-# --------------------------------------------------------------------------------------
-
-from .strategies import STRATEGIES, FusedCriterion, MinedCriterion, Strategy  # noqa: E402

@@ -19,7 +19,7 @@ _REPO_ROOT = str(Path(__file__).resolve().parents[1])
 if _REPO_ROOT not in sys.path:  # `benchmarks` lives at the repository root, not in src/
     sys.path.insert(0, _REPO_ROOT)
 
-from benchmarks import common, measure, registry, report  # noqa: E402
+from benchmarks import common, measure, registry, report, strategies  # noqa: E402
 
 
 def test_mean_std_is_sample_std_and_zero_for_one_value() -> None:
@@ -147,10 +147,10 @@ def test_registries() -> None:
         f"{s}[torch]" for s in registry.SPEED_STRATEGIES
     ]
     assert {m.family for m in methods} == {"baseline", "tripletkit"}
-    assert list(registry.STRATEGIES)[:2] == ["batch_all_nonzero", "batch_all_mean"]
-    assert {s.family for s in registry.STRATEGIES.values()} == {"tripletkit", "peer"}
-    assert all(s.requires is not None for s in registry.STRATEGIES.values() if s.family == "peer")
-    dw = registry.STRATEGIES["distance_weighted"]
+    assert list(strategies.STRATEGIES)[:2] == ["batch_all_nonzero", "batch_all_mean"]
+    assert {s.family for s in strategies.STRATEGIES.values()} == {"tripletkit", "peer"}
+    assert all(s.requires is not None for s in strategies.STRATEGIES.values() if s.family == "peer")
+    dw = strategies.STRATEGIES["distance_weighted"]
     criterion = dw.build(dw.default_setting(), 0)
     assert len(list(criterion.parameters())) == 1  # the margin loss's beta
     assert registry.installed("torch") and not registry.installed("no_such_module_xyz")
