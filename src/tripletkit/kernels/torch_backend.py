@@ -378,19 +378,19 @@ def _semi_hard_buckets(
     d_sorted = d_ap.sort(dim=1).values
     # A negative at v is farther than the positives with d_ap < v: bucket r = #{d_ap < v}.
     rank = _rank(d_sorted, d, right=False)
-    v = d.masked_fill(same, math.inf)
+    v = torch.where(same, math.inf, d)  # one pass (masked_fill would copy d first)
     nearest = torch.full((d.shape[0], w + 1), math.inf, dtype=d.dtype, device=d.device)
     nearest.scatter_reduce_(1, rank, v, "amin")
     # The lowest column at each bucket's nearest value (an empty bucket's is never used).
     tie = v == nearest.gather(1, rank)
-    columns = torch.arange(m, device=d.device).expand_as(rank)
+    columns = torch.arange(m, device=d.device)
     first_col = torch.full((d.shape[0], w + 1), m, dtype=torch.int64, device=d.device)
-    first_col.scatter_reduce_(1, rank, columns.masked_fill(tie.logical_not(), m), "amin")
+    first_col.scatter_reduce_(1, rank, torch.where(tie, columns, m), "amin")
     best, best_col = _suffix_lexmin(nearest, first_col)
     # Positive i's candidates are the negatives with v > d_ap_i: buckets from #{d_ap <= d_ap_i}.
     start = torch.searchsorted(d_sorted, d_ap, right=True).clamp_max(w)
     found = torch.isfinite(best.gather(1, start))
-    largest = d.masked_fill(same, -math.inf).argmax(dim=1, keepdim=True)
+    largest = torch.where(same, -math.inf, d).argmax(dim=1, keepdim=True)
     negative = torch.where(found, best_col.gather(1, start), largest)
     return cols, negative, used & (n_neg > 0)[:, None]
 
