@@ -606,7 +606,7 @@ def _large_batch_row(base: Strategy) -> Strategy:
         base.loss,
         base.build,
         family=base.family,
-        requires="tripletkit.gradcache",
+        requires=base.requires,
         training=training,
         base=base.name,
         margin_key=base.margin_key,

@@ -31,7 +31,6 @@ task's final set. Runs are deterministic for a seed (same machine and thread cou
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -41,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from tripletkit.gradcache import cached_backward
 from tripletkit.metrics import retrieval_metrics
 from tripletkit.samplers import HardClassPKBatchSampler, PKBatchSampler
 from tripletkit.stats import triplet_stats
@@ -217,12 +217,6 @@ def make_batches(
 StepFn = Callable[[Tensor, Tensor], Tensor]
 
 
-def _cached_backward() -> Callable[..., Tensor]:
-    module = importlib.import_module("tripletkit.gradcache")
-    fn: Callable[..., Tensor] = module.cached_backward
-    return fn
-
-
 def make_step(
     training: Training,
     model: nn.Module,
@@ -232,7 +226,6 @@ def make_step(
 ) -> StepFn:
     """``step(images, labels) -> detached loss``: one optimiser step of the row."""
     if training.kind == "large_batch":
-        cached_backward = _cached_backward()
 
         def large(images: Tensor, labels: Tensor) -> Tensor:
             optimizer.zero_grad(set_to_none=True)

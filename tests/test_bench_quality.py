@@ -5,19 +5,16 @@ runs on: :mod:`benchmarks.protocol`, :mod:`benchmarks.data`, :mod:`benchmarks.tr
 They check the structure of what the benchmark writes and the protocol's rules (splits,
 search, choices), never its timings or how good the numbers are. The ``--quick`` run covers
 the search on a tiny grid (into a temporary folder), a peer row when pytorch-metric-learning
-is installed, both cross-batch-memory rows, the large-batch row (with a stand-in for
-``tripletkit.gradcache`` when tripletkit has none yet) and the hard-class sampler row.
+is installed, both cross-batch-memory rows, the large-batch row (``tripletkit.gradcache``)
+and the hard-class sampler row.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.machinery
 import json
 import math
 import sys
-import types
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -41,39 +38,9 @@ METRIC_KEYS = ("mean_average_precision_at_r", "r_precision", "precision_at_1")
 HAS_PML = strategies.available(strategies.PML)
 
 
-def _stand_in_gradcache() -> types.ModuleType:
-    """A minimal ``tripletkit.gradcache`` with the signature the benchmark is written
-    against: chunked forward without a graph, full-batch loss, chunk replays."""
-    module = types.ModuleType("tripletkit.gradcache")
-    module.__spec__ = importlib.machinery.ModuleSpec("tripletkit.gradcache", None)
-
-    def cached_backward(model, inputs, labels, loss_fn, *, chunk_size):  # type: ignore[no-untyped-def]
-        chunks = inputs.split(chunk_size)
-        with torch.no_grad():
-            cached = torch.cat([model(c) for c in chunks])
-        embeddings = cached.requires_grad_(True)
-        loss = loss_fn(embeddings, labels)
-        loss.backward()
-        for chunk, grad in zip(chunks, embeddings.grad.split(chunk_size), strict=True):
-            model(chunk).backward(grad)
-        return loss.detach()
-
-    module.cached_backward = cached_backward  # type: ignore[attr-defined]
-    return module
-
-
-@pytest.fixture(scope="module")
-def gradcache() -> Iterator[None]:
-    """The real ``tripletkit.gradcache`` when it exists, else the stand-in."""
-    with pytest.MonkeyPatch.context() as mp:
-        if not strategies.available("tripletkit.gradcache"):
-            mp.setitem(sys.modules, "tripletkit.gradcache", _stand_in_gradcache())
-        yield
-
-
 @pytest.fixture(scope="module")
 def quick_run(
-    tmp_path_factory: pytest.TempPathFactory, gradcache: None
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[dict[str, Any], dict[str, Any], Path]:
     out = tmp_path_factory.mktemp("quality")
     tuning = quality.main(["--quick", "--tune", "--out", str(out)])
@@ -138,7 +105,7 @@ def test_quick_run_writes_json_and_plots(quick_run: tuple) -> None:
     assert saved["machine"]["load_average"] is None or len(saved["machine"]["load_average"]) == 3
     ran = set(saved["strategies"]) | set(saved["skipped"])
     assert ran == set(quality.QUICK_ROWS)
-    assert "large_batch_batch_hard" in saved["strategies"]  # real gradcache or stand-in
+    assert "large_batch_batch_hard" in saved["strategies"]
     assert "xbm_semi_hard" in saved["strategies"]
     if HAS_PML:
         assert {"pml_batch_hard", "pml_xbm_semihard"} <= set(saved["strategies"])
