@@ -489,9 +489,15 @@ def compare_at_equal_time(results: dict[str, Any]) -> dict[str, Any] | None:
 
 def ranking_stability(results: dict[str, Any], last: int = 3) -> dict[str, Any]:
     """The ranking of the rows (mean MAP@R on the checkpoint classes) at each of the last
-    ``last`` checkpoints, rows stopped by a time cap excluded; ``stable`` when no pair whose
-    gap at the last checkpoint exceeds two standard errors changes order, ``flips`` lists
-    the pairs that change order between the last two checkpoints."""
+    ``last`` checkpoints, rows stopped by a time cap excluded.
+
+    ``flips`` lists the pairs whose order differs between the last two checkpoints, each
+    with its gap at the last one, whether that gap exceeds two standard errors
+    (``separated``) and whether the pair was separated the other way round at the
+    checkpoint before (``reversed``): a ranking that changed beyond seed noise. With 3
+    seeds and many pairs, some flips are separated at one checkpoint by chance alone;
+    ``stable`` asks that none be reversed.
+    """
     entries = {n: e for n, e in results["strategies"].items() if not e["aggregate"].get("capped")}
     if len(entries) < 2:
         return {"rankings": [], "flips": [], "stable": None}
@@ -506,11 +512,23 @@ def ranking_stability(results: dict[str, Any], last: int = 3) -> dict[str, Any]:
     return {
         "rankings": rankings,
         "flips": flips,
-        "stable": not any(f["separated"] for f in flips),
+        "stable": not any(f["reversed"] for f in flips),
         "how": "rows ranked by mean MAP@R on the checkpoint classes; a flip is a pair whose "
         "order differs between the last two checkpoints; separated: its gap at the last "
-        "checkpoint exceeds two standard errors",
+        "checkpoint exceeds two standard errors; reversed: it was also separated the other "
+        "way at the checkpoint before; stable: no flip is reversed",
     }
+
+
+def _gap(entries: dict, a: str, b: str, i: int) -> tuple[float, bool]:
+    """Mean MAP@R of ``a`` minus ``b`` at checkpoint ``i``, and whether it exceeds two
+    standard errors (never with one seed)."""
+    sa = entries[a]["aggregate"]["curves"][MAP]
+    sb = entries[b]["aggregate"]["curves"][MAP]
+    n = len(entries[a]["runs"])
+    gap = sa["mean"][i] - sb["mean"][i]
+    se = math.hypot(sa["std"][i], sb["std"][i]) / math.sqrt(n)
+    return gap, n > 1 and abs(gap) > 2 * se
 
 
 def _flips(entries: dict, rankings: list[dict], idx: list[int]) -> list[dict[str, Any]]:
@@ -522,12 +540,17 @@ def _flips(entries: dict, rankings: list[dict], idx: list[int]) -> list[dict[str
     for i, a in enumerate(after):
         for b in after[i + 1 :]:
             if before[a] > before[b]:  # a overtook b
-                sa = entries[a]["aggregate"]["curves"][MAP]
-                sb = entries[b]["aggregate"]["curves"][MAP]
-                n = len(entries[a]["runs"])
-                gap = sa["mean"][idx[-1]] - sb["mean"][idx[-1]]
-                se = math.hypot(sa["std"][idx[-1]], sb["std"][idx[-1]]) / math.sqrt(n)
-                out.append({"up": a, "down": b, "gap": gap, "separated": n > 1 and gap > 2 * se})
+                gap, separated = _gap(entries, a, b, idx[-1])
+                _, separated_before = _gap(entries, a, b, idx[-2])  # b was ahead there
+                out.append(
+                    {
+                        "up": a,
+                        "down": b,
+                        "gap": gap,
+                        "separated": separated,
+                        "reversed": separated and separated_before,
+                    }
+                )
     return out
 
 
@@ -860,8 +883,17 @@ def _print_summary(results: dict[str, Any], json_path: Path, pngs: list[Path]) -
         print(f"- {name} skipped: {reason}")
     ranking = results["ranking"]
     if ranking["rankings"]:
-        flips = ", ".join(f"{f['up']} > {f['down']}" for f in ranking["flips"]) or "none"
-        print(f"\nRanking over the last checkpoints: stable={ranking['stable']}; flips: {flips}")
+        flips = ranking["flips"]
+        marks = {(False, False): "", (True, False): " (separated)", (True, True): " (REVERSED)"}
+        text = ", ".join(
+            f"{f['up']} > {f['down']}{marks[f['separated'], f['reversed']]}" for f in flips
+        )
+        print(
+            f"\nRanking over the last two checkpoints: stable={ranking['stable']} "
+            f"({len(flips)} pairs swapped, {sum(f['separated'] for f in flips)} of them by more "
+            f"than 2 standard errors at the last, {sum(f['reversed'] for f in flips)} reversed "
+            f"beyond noise): {text or 'none'}"
+        )
     print("\n" + comparison_text(results["comparison"]))
     runs_s = sum(r["wall_s"] for e in results["strategies"].values() for r in e["runs"])
     print(

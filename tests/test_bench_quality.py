@@ -506,7 +506,24 @@ def test_ranking_stability_and_aligned_curves() -> None:
     results = _fake_results()
     ranking = quality.ranking_stability(results)
     assert [r["order"] for r in ranking["rankings"]][-1] == ["tk", "peer"]
-    assert ranking["stable"] is True
+    assert ranking["stable"] is True and ranking["flips"] == []
+    # Swap the rows' last checkpoint: a flip beyond noise at both checkpoints is a reversal.
+    swapped = _fake_results()
+    for name, last in (("tk", 0.1), ("peer", 0.9)):
+        curve = swapped["strategies"][name]["aggregate"]["curves"]["mean_average_precision_at_r"]
+        curve["mean"][-1] = last
+        curve["std"][-1] = 0.01
+    ranking = quality.ranking_stability(swapped)
+    (flip,) = ranking["flips"]
+    assert (flip["up"], flip["down"]) == ("peer", "tk") and flip["separated"]
+    assert flip["reversed"] and ranking["stable"] is False
+    # Within noise at the checkpoint before: separated now, but not a reversal.
+    for name in ("tk", "peer"):
+        curve = swapped["strategies"][name]["aggregate"]["curves"]["mean_average_precision_at_r"]
+        curve["std"][-2] = 1.0
+    ranking = quality.ranking_stability(swapped)
+    (flip,) = ranking["flips"]
+    assert flip["separated"] and not flip["reversed"] and ranking["stable"] is True
     runs = [
         _fake_run(0, [0.0, 1.0, 2.0], [0.1, 0.2, 0.3], 0.3),
         _fake_run(1, [0.0, 1.5], [0.1, 0.4], 0.4),
