@@ -62,8 +62,9 @@ class Batch:
         """``[N]`` int64: each anchor's number of positives, from the label histogram of the
         references (O(M log M), no ``N x M`` pass)."""
         ref_sorted = self.ref_labels.sort().values
-        same = torch.searchsorted(ref_sorted, self.labels, right=True) - torch.searchsorted(
-            ref_sorted, self.labels
+        labels = self.labels.contiguous()  # searchsorted copies (and warns about) strided input
+        same = torch.searchsorted(ref_sorted, labels, right=True) - torch.searchsorted(
+            ref_sorted, labels
         )
         own = self.self_index.clamp_min(0)
         if self.ref_labels.numel() == 0:
