@@ -16,8 +16,8 @@ Two counters, used by the sync audit of :mod:`benchmarks.gpu`:
 
 :func:`count_syncs` runs a callable under the right counters for its device.
 
-(The test suite has its own copy of the dispatch counter, ``tests/syncs.py``: the benchmarks
-never import from the tests.)
+The test suite counts with the same :class:`SyncCounter` (``tests/syncs.py`` imports it;
+the benchmarks never import from the tests).
 """
 
 from __future__ import annotations

@@ -24,13 +24,11 @@ global batch. Rank 0 logs the loss, and precision@1 on unseen Omniglot classes (
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from torch import Tensor, nn
+from _common import EmbeddingNet, precision_at_1, setup
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
@@ -42,7 +40,6 @@ from tripletkit.losses import (
     contrastive_loss,
     semi_hard_triplet_loss,
 )
-from tripletkit.metrics import retrieval_metrics
 from tripletkit.samplers import PKBatchSampler
 
 LOSSES = {
@@ -51,27 +48,6 @@ LOSSES = {
     "semi_hard": semi_hard_triplet_loss,
     "contrastive": contrastive_loss,
 }
-
-
-class EmbeddingNet(nn.Module):
-    """A small conv net: ``[B, 1, 28, 28]`` images to unit-norm ``[B, dim]`` embeddings."""
-
-    def __init__(self, dim: int = 64) -> None:
-        super().__init__()
-
-        def block(c_in: int, c_out: int) -> nn.Sequential:
-            return nn.Sequential(
-                nn.Conv2d(c_in, c_out, 3, padding=1),
-                nn.BatchNorm2d(c_out),
-                nn.ReLU(),
-                nn.MaxPool2d(2),
-            )
-
-        self.features = nn.Sequential(block(1, 32), block(32, 64), block(64, 64))  # 28->14->7->3
-        self.head = nn.Linear(64 * 3 * 3, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.normalize(self.head(self.features(x).flatten(1)), dim=1)
 
 
 def parse_args() -> argparse.Namespace:
@@ -90,27 +66,6 @@ def parse_args() -> argparse.Namespace:
         "--eval-classes", type=int, default=100, help="unseen classes for precision@1 (0: skip)"
     )
     return parser.parse_args()
-
-
-def setup() -> tuple[int, int, torch.device]:
-    """Join the process group when launched by torchrun; returns (rank, world_size, device)."""
-    cuda = torch.cuda.is_available()
-    if "RANK" not in os.environ:  # plain `python examples/ddp_train.py`: one process
-        return 0, 1, torch.device("cuda" if cuda else "cpu")
-    local_rank = int(os.environ["LOCAL_RANK"])
-    if cuda:
-        torch.cuda.set_device(local_rank)
-    dist.init_process_group("nccl" if cuda else "gloo")
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-    return dist.get_rank(), dist.get_world_size(), device
-
-
-@torch.no_grad()
-def precision_at_1(model: nn.Module, images: Tensor, labels: Tensor, device: torch.device) -> float:
-    model.eval()
-    emb = torch.cat([model(chunk.to(device)) for chunk in images.split(512)])
-    model.train()
-    return retrieval_metrics(emb, labels.to(device), k=1)["precision_at_1"]
 
 
 def main() -> None:
