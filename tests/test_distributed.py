@@ -10,16 +10,13 @@ these tests all the same.
 
 from __future__ import annotations
 
-import os
-import socket
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from ddp import assert_close, free_port, spawn_ranks
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -31,7 +28,6 @@ from tripletkit.losses import (
     semi_hard_triplet_loss,
 )
 
-TOL = 1e-9
 IN_DIM, EMB_DIM = 5, 3
 FULL = {
     "batch_all": batch_all_triplet_loss,
@@ -131,23 +127,6 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _spawn(world: int, out_dir: Path, timeout: float = 120.0) -> list[dict[str, Any]]:
-    context = mp.spawn(_worker, args=(world, _free_port(), str(out_dir)), nprocs=world, join=False)
-    deadline = time.monotonic() + timeout
-    while not context.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail(f"distributed workers did not finish within {timeout} s")
-    return [torch.load(out_dir / f"rank{r}.pt") for r in range(world)]
-
-
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     # Run every case once here first: a cold numba cache is then compiled once, by this
@@ -155,20 +134,7 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     x, y = _data((6,))
     for case in CASES:
         _step(_model(), x, y, case, "single")
-    # One thread per process: the two workers share the machine with everything else.
-    saved = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        return _spawn(2, tmp_path_factory.mktemp("ddp"))
-    finally:
-        if saved is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = saved
-
-
-def _close(actual: Any, expected: Any) -> None:
-    torch.testing.assert_close(actual, expected, rtol=TOL, atol=TOL)
+    return spawn_ranks(_worker, 2, tmp_path_factory.mktemp("ddp"), timeout=120.0)
 
 
 @pytest.mark.slow
@@ -193,8 +159,8 @@ def test_ddp_matches_single_process(
     for results in two_ranks:
         for mode in ("full", "sharded"):
             ddp_loss, ddp_grads = results[f"{sizes}/{case[0]}/{mode}"]
-            _close(ddp_loss, loss)
-            _close(ddp_grads, grads)
+            assert_close(ddp_loss, loss)
+            assert_close(ddp_grads, grads)
 
 
 @pytest.mark.slow
@@ -216,7 +182,7 @@ def test_no_process_group_is_single_process() -> None:
 
 def test_world_size_one() -> None:
     dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
+        "gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1
     )
     try:
         x, y = _data((9,))
@@ -228,8 +194,8 @@ def test_world_size_one() -> None:
             for mode in ("full", "sharded"):
                 loss, grads = _step(model, x, y, case, mode)
                 ref_loss, ref_grads = _step(_model(), x, y, case, "single")
-                _close(loss, ref_loss)
-                _close(grads, ref_grads)
+                assert_close(loss, ref_loss)
+                assert_close(grads, ref_grads)
     finally:
         dist.destroy_process_group()
 

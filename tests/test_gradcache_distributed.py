@@ -18,8 +18,6 @@ training's, and the same gradients. The spawn takes 15-30 s on two shared cores,
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,8 +25,7 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from test_distributed import _free_port
+from ddp import assert_close, spawn_ranks
 from torch import Tensor, nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
@@ -45,7 +42,6 @@ from tripletkit.losses import (
 from tripletkit.memory import CrossBatchMemory
 from tripletkit.miners import SemiHardMiner
 
-TOL = 1e-9
 IN_DIM, EMB_DIM = 5, 3
 WORLD = 2
 STEPS = 3  # optimiser steps of the memory cases
@@ -226,17 +222,6 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _spawn(world: int, out_dir: Path, timeout: float = 180.0) -> list[dict[str, Any]]:
-    context = mp.spawn(_worker, args=(world, _free_port(), str(out_dir)), nprocs=world, join=False)
-    deadline = time.monotonic() + timeout
-    while not context.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail(f"distributed workers did not finish within {timeout} s")
-    return [torch.load(out_dir / f"rank{r}.pt") for r in range(world)]
-
-
 def _reference(loss_name: str, sizes: tuple[int, int], chunk: int) -> tuple[float, list[Tensor]]:
     """Single-process training on the concatenated batch, each rank's chunks from its seed."""
     model = _net()
@@ -252,19 +237,7 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     # Compute every reference first: a cold numba cache is compiled once, here.
     for _, loss_name, _, sizes, chunk in CASES:
         _reference(loss_name, sizes, chunk)
-    saved = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        return _spawn(WORLD, tmp_path_factory.mktemp("gradcache_ddp"))
-    finally:
-        if saved is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = saved
-
-
-def _close(actual: Any, expected: Any) -> None:
-    torch.testing.assert_close(actual, expected, rtol=TOL, atol=TOL)
+    return spawn_ranks(_worker, WORLD, tmp_path_factory.mktemp("gradcache_ddp"), timeout=180.0)
 
 
 @pytest.mark.slow
@@ -276,8 +249,8 @@ def test_ddp_cached_backward_matches_single_process(
     loss, grads = _reference(loss_name, sizes, chunk)
     assert any(bool(g.abs().sum() > 0) for g in grads), "a case with no gradient tests nothing"
     for results in two_ranks:
-        _close(results[name]["loss"], loss)
-        _close(results[name]["grads"], grads)
+        assert_close(results[name]["loss"], loss)
+        assert_close(results[name]["grads"], grads)
 
 
 @pytest.mark.slow
@@ -306,6 +279,6 @@ def test_ddp_cross_batch_memory_is_the_same_on_every_rank(
             assert torch.equal(run[step]["memory"][1], mem_y)
         for run in runs:  # ... which is that of single-process training
             assert torch.equal(run[step]["memory"][1], ref["memory"][1])
-            _close(run[step]["memory"][0], ref["memory"][0])
-            _close(run[step]["loss"], ref["loss"])
-            _close(run[step]["grads"], ref["grads"])
+            assert_close(run[step]["memory"][0], ref["memory"][0])
+            assert_close(run[step]["loss"], ref["loss"])
+            assert_close(run[step]["grads"], ref["grads"])
