@@ -449,16 +449,18 @@ def test_bad_loss_fn_leaves_gradients_and_buffers_untouched(
 
 
 class Drifting(nn.Module):
-    """Adds the number of calls so far to its input: never the same output twice."""
+    """Adds ``drift(calls so far)`` to a linear map's output; by default the number of calls:
+    never the same output twice."""
 
-    def __init__(self) -> None:
+    def __init__(self, drift: Callable[[int], float] = float) -> None:
         super().__init__()
         self.lin = nn.Linear(IN_DIM, EMB_DIM).double()
+        self.drift = drift
         self.calls = 0
 
     def forward(self, x: Tensor) -> Tensor:
         self.calls += 1
-        return self.lin(x) + self.calls
+        return self.lin(x) + self.drift(self.calls)
 
 
 class OwnGenerator(nn.Module):
@@ -484,19 +486,10 @@ def test_model_that_changes_between_passes(make: Callable[[], nn.Module]) -> Non
 
 
 def test_drift_in_a_later_chunk_is_reported() -> None:
-    class LateDrift(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin = nn.Linear(IN_DIM, EMB_DIM).double()
-            self.calls = 0
-
-        def forward(self, x: Tensor) -> Tensor:
-            self.calls += 1
-            return self.lin(x) + (1.0 if self.calls == 7 else 0.0)  # 5 chunks: the 2nd replay
-
+    late = Drifting(lambda calls: 1.0 if calls == 7 else 0.0)  # 5 chunks: the 2nd replay
     x, y = _data()
     with pytest.raises(RuntimeError, match="chunk 1 .*earlier chunks' gradients"):
-        cached_backward(LateDrift(), x, y, batch_all_triplet_loss, chunk_size=5)
+        cached_backward(late, x, y, batch_all_triplet_loss, chunk_size=5)
 
 
 @pytest.mark.parametrize(
