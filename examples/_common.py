@@ -5,6 +5,7 @@ precision@1 on unseen classes. (Imported as a sibling module: run the examples a
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -58,3 +59,10 @@ def precision_at_1(model: nn.Module, images: Tensor, labels: Tensor, device: tor
     emb = torch.cat([model(chunk.to(device)) for chunk in images.split(512)])
     model.train()
     return retrieval_metrics(emb, labels.to(device), k=1)["precision_at_1"]
+
+
+def report_precision(model: nn.Module, test: Any, device: torch.device, when: str) -> None:
+    """Print precision@1 on the ``test`` dataset's (unseen) classes, ``when`` saying at
+    which point of the training."""
+    value = precision_at_1(model, test.images, test.labels, device)
+    print(f"precision@1 on {test.num_classes} unseen classes {when}: {value:.3f}")

@@ -27,7 +27,7 @@ import time
 
 import torch
 import torch.distributed as dist
-from _common import EmbeddingNet, precision_at_1, setup
+from _common import EmbeddingNet, report_precision, setup
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -97,10 +97,7 @@ def main() -> None:
             f"({world} x {args.p} x {args.k}), chunk_size={args.chunk_size}"
         )
         if test is not None:
-            print(
-                f"precision@1 on {test.num_classes} unseen classes before training: "
-                f"{precision_at_1(net, test.images, test.labels, device):.3f}"
-            )
+            report_precision(net, test, device, "before training")
 
     step, epoch = 0, 0
     while step < args.steps:
@@ -120,10 +117,7 @@ def main() -> None:
         epoch += 1
 
     if rank == 0 and test is not None:
-        print(
-            f"precision@1 on {test.num_classes} unseen classes after {step} steps: "
-            f"{precision_at_1(net, test.images, test.labels, device):.3f}"
-        )
+        report_precision(net, test, device, f"after {step} steps")
     if world > 1:
         dist.destroy_process_group()
 
