@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .cli import run
 from .common import RESULTS_DIR
 from .report import comparison_text
 
@@ -103,4 +104,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "python -m benchmarks")

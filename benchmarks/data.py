@@ -39,6 +39,7 @@ from torch import Tensor
 
 from tripletkit.datasets import omniglot
 
+from .cli import UsageError
 from .protocol import (
     MIN_CLASSES_PER_SPLIT,
     MIN_SAMPLES_PER_CLASS,
@@ -183,16 +184,16 @@ def load_omniglot(max_train_classes: int | None = None) -> Dataset:
 def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """``x`` and ``y`` of an ``.npz`` archive, or a ValueError saying what is missing."""
     if not path.is_file():
-        raise ValueError(f"--data {path}: no such file")
+        raise UsageError(f"--data {path}: no such file")
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise ValueError(
+        raise UsageError(
             f"--data {path}: not a readable .npz archive ({exc}); write it with "
             "numpy.savez(path, x=inputs, y=labels)"
         ) from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(
+        raise UsageError(
             f"--data {path}: a single array, not an .npz archive; write it with "
             "numpy.savez(path, x=inputs, y=labels)"
         )
@@ -200,7 +201,7 @@ def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
         missing = [name for name in ("x", "y") if name not in archive.files]
         if missing:
             found = ", ".join(archive.files) or "none"
-            raise ValueError(
+            raise UsageError(
                 f"--data {path}: no array named {' or '.join(repr(m) for m in missing)} "
                 f"(arrays found: {found}); the file needs x [N, ...] (inputs) and y [N] "
                 "(integer class labels): numpy.savez(path, x=inputs, y=labels)"
@@ -208,30 +209,30 @@ def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
         try:
             return archive["x"], archive["y"]
         except ValueError as exc:  # object arrays need pickle
-            raise ValueError(f"--data {path}: cannot read x and y ({exc})") from None
+            raise UsageError(f"--data {path}: cannot read x and y ({exc})") from None
 
 
 def _check_inputs(path: Path, x: np.ndarray, y: np.ndarray) -> None:
     if x.dtype == np.bool_ or not (
         np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)
     ):
-        raise ValueError(f"--data {path}: x must hold numbers, got dtype {x.dtype}")
+        raise UsageError(f"--data {path}: x must hold numbers, got dtype {x.dtype}")
     if x.ndim not in (2, 3, 4):
-        raise ValueError(
+        raise UsageError(
             f"--data {path}: x has shape {x.shape}; expected vectors [N, D], one-channel "
             "images [N, H, W] or images [N, C, H, W]"
         )
     if y.ndim != 1:
-        raise ValueError(f"--data {path}: y must be one label per sample [N], got {y.shape}")
+        raise UsageError(f"--data {path}: y must be one label per sample [N], got {y.shape}")
     if len(x) != len(y):
-        raise ValueError(f"--data {path}: x has {len(x)} samples but y has {len(y)} labels")
+        raise UsageError(f"--data {path}: x has {len(x)} samples but y has {len(y)} labels")
     if y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(
+        raise UsageError(
             f"--data {path}: labels y must be integers, got dtype {y.dtype} "
             "(one integer class id per sample)"
         )
     if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
-        raise ValueError(f"--data {path}: x holds NaN or infinite values")
+        raise UsageError(f"--data {path}: x holds NaN or infinite values")
 
 
 def _check_classes(path: Path, y: np.ndarray) -> np.ndarray:
@@ -240,14 +241,14 @@ def _check_classes(path: Path, y: np.ndarray) -> np.ndarray:
     small = classes[counts < MIN_SAMPLES_PER_CLASS]
     if len(small):
         shown = ", ".join(str(c) for c in small[:5]) + (" ..." if len(small) > 5 else "")
-        raise ValueError(
+        raise UsageError(
             f"--data {path}: {len(small)} classes have fewer than {MIN_SAMPLES_PER_CLASS} "
             f"samples (class ids {shown}); retrieval needs at least "
             f"{MIN_SAMPLES_PER_CLASS} samples of every class (drop those classes)"
         )
     needed = 5 * MIN_CLASSES_PER_SPLIT  # floor(0.2 * C) >= MIN_CLASSES_PER_SPLIT
     if len(classes) < needed:
-        raise ValueError(
+        raise UsageError(
             f"--data {path}: {len(classes)} classes; the protocol splits the classes "
             f"60/20/20 into training / validation / evaluation and needs at least "
             f"{MIN_CLASSES_PER_SPLIT} in each, i.e. at least {needed} classes"

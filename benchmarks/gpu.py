@@ -79,7 +79,6 @@ import gc
 import math
 import re
 import statistics
-import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -104,6 +103,8 @@ from tripletkit.losses import (
     supcon_loss,
 )
 
+from .cli import UsageError
+from .cli import run as run_command
 from .common import GIB, RESULTS_DIR, new_result, progress, save_json
 from .measure import PeakMemory, TimedCall, TimingPolicy, cuda_timed_call, thread_count, timed_call
 from .registry import MARGIN, LossFn, Method, build_methods
@@ -1138,7 +1139,7 @@ def _config(args: argparse.Namespace) -> GpuConfig:
     sizes = sorted(set(args.sizes or (DRY_SIZES if dry else DEFAULT_SIZES)))
     audit_sizes = sorted(set(args.audit_sizes or (DRY_SIZES if dry else AUDIT_SIZES)))
     if min(sizes + audit_sizes) < 2 * K_PER_CLASS:
-        raise SystemExit(f"every size must be at least {2 * K_PER_CLASS} (two classes)")
+        raise UsageError(f"every size must be at least {2 * K_PER_CLASS} (two classes)")
     policy = (
         TimingPolicy(target_s=0.01, min_repeats=2, max_repeats=3, budget_s=MAX_CALL_S, warmups=1)
         if dry
@@ -1262,4 +1263,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main, "python -m benchmarks.gpu")

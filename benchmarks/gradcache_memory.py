@@ -37,12 +37,12 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .cli import run
 from .common import RESULTS_DIR, machine_info, save_json
 
 #: (batch, chunk_size or None for the plain step) of a full run and of ``--quick``.
@@ -328,4 +328,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main, "python -m benchmarks.gradcache_memory")

@@ -60,6 +60,7 @@ import torch.nn.functional as F
 
 from tripletkit.stats import triplet_stats
 
+from .cli import run
 from .common import RESULTS_DIR, load_average, load_json, new_result, progress, save_json
 from .data import Dataset, Task, load_npz, load_omniglot
 from .measure import thread_count
@@ -906,4 +907,4 @@ def _print_summary(results: dict[str, Any], json_path: Path, pngs: list[Path]) -
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "python -m benchmarks.quality")
