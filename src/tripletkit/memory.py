@@ -8,6 +8,8 @@ mine from than one batch holds, at the cost of memory only.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor
 
@@ -166,6 +168,43 @@ class CrossBatchMemory:
             )
         order = torch.arange(self.size, device=self.device).add_(self._next).remainder_(self.size)
         return self._embeddings[order], self._labels[order]
+
+    def state_dict(self) -> dict[str, object]:
+        """The memory's contents, to resume training exactly (``torch.save`` it with the
+        model): ``size``, ``dim``, ``embeddings [L, D]`` and ``labels [L]`` oldest first (on
+        the memory's device, in its dtype)."""
+        embeddings, labels = self.get()
+        return {"size": self.size, "dim": self.dim, "embeddings": embeddings, "labels": labels}
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        """Restore a :meth:`state_dict`: :meth:`get` then returns the saved rows, and later
+        :meth:`enqueue` calls overwrite them in the saved order. Rows saved on another device
+        or in another dtype are copied to the memory's (once, here).
+
+        Raises:
+            ValueError: a state of a memory with another ``size`` or ``dim``, or missing keys.
+        """
+        missing = {"size", "dim", "embeddings", "labels"} - set(state)
+        if missing:
+            raise ValueError(f"not a CrossBatchMemory state: missing {sorted(missing)}")
+        if (state["size"], state["dim"]) != (self.size, self.dim):
+            raise ValueError(
+                f"the state is of a memory with size={state['size']}, dim={state['dim']}; "
+                f"this one has size={self.size}, dim={self.dim}"
+            )
+        emb = torch.as_tensor(state["embeddings"]).to(self.device, self.dtype)
+        lab = torch.as_tensor(state["labels"]).to(self.device, torch.int64)
+        filled = emb.shape[0]
+        if emb.shape != (filled, self.dim) or lab.shape != (filled,) or filled > self.size:
+            raise ValueError(
+                f"the state's embeddings {tuple(emb.shape)} and labels {tuple(lab.shape)} do "
+                f"not fit a memory of size={self.size}, dim={self.dim}"
+            )
+        self.reset()
+        self._embeddings[:filled].copy_(emb)
+        self._labels[:filled].copy_(lab)
+        self._filled = filled
+        self._next = filled % self.size
 
     def __repr__(self) -> str:
         return (

@@ -18,6 +18,7 @@ twice.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
@@ -275,10 +276,12 @@ def _pk_slots(
 class _EpochBatchSampler(Sampler[list[int]]):
     """What every batch sampler here shares: ``k`` samples per class, a numpy generator
     seeded with ``(seed, epoch)``, :meth:`set_epoch`, replicas that take disjoint shares of
-    one global batch list, an exact ``len``. Subclasses set ``_num_batches`` and write
-    ``_draw_batches``."""
+    one global batch list, an exact ``len``, and :meth:`state_dict` /
+    :meth:`load_state_dict` for exact resumption mid-epoch. Subclasses set ``_num_batches``
+    and ``_labels_crc`` and write ``_draw_batches``."""
 
     _num_batches: int
+    _labels_crc: int
 
     def __init__(
         self, k: int, seed: int, num_replicas: int | None, rank: int | None, small_classes: str
@@ -289,6 +292,9 @@ class _EpochBatchSampler(Sampler[list[int]]):
         self.seed = int(check_nonnegative_int(seed, "seed"))  # type: ignore[arg-type]
         self.num_replicas, self.rank = resolve_replicas(num_replicas, rank)
         self.epoch = 0
+        self._batches: np.ndarray | None = None  # the epoch being iterated, [B, batch size]
+        self._position = 0  # batches of it handed out so far
+        self._resume: tuple[int, np.ndarray, int] | None = None  # (epoch, batches, position)
 
     @property
     def max_positives(self) -> int:
@@ -297,19 +303,115 @@ class _EpochBatchSampler(Sampler[list[int]]):
         return self.k - 1
 
     def set_epoch(self, epoch: int) -> None:
-        """Set the epoch that, with ``seed``, determines the next iteration's batches."""
+        """Set the epoch that, with ``seed``, determines the next iteration's batches. After
+        :meth:`load_state_dict`, setting the saved epoch keeps the resumption; another epoch
+        drops it."""
         self.epoch = int(check_nonnegative_int(epoch, "epoch"))  # type: ignore[arg-type]
+        if self._resume is not None and self._resume[0] != self.epoch:
+            self._resume = None
 
     def __len__(self) -> int:
-        """Number of batches this replica yields per epoch."""
+        """Number of batches this replica yields per epoch (a resumed epoch yields only the
+        batches that were not handed out before the checkpoint)."""
         return self._num_batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        for batch in self._draw_batches():
-            yield batch.tolist()
+        # The epoch's batches are decided when iteration starts (not at the first batch).
+        if self._resume is not None and self._resume[0] == self.epoch:
+            _, batches, start = self._resume
+        else:
+            batches, start = self._draw_batches(), 0
+        self._resume = None
+        self._batches, self._position = batches, start
+        return self._yield(batches, start)
+
+    def _yield(self, batches: np.ndarray, start: int) -> Iterator[list[int]]:
+        for i in range(start, batches.shape[0]):
+            if self._batches is batches:  # a newer iteration has not replaced this one
+                self._position = i + 1
+            yield batches[i].tolist()
+        if self._batches is batches:
+            self._batches, self._position = None, 0
 
     def _draw_batches(self) -> np.ndarray:
         raise NotImplementedError
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def _config(self) -> dict[str, object]:
+        """What must agree between the sampler that saved a state and the one loading it."""
+        names = ("p", "c", "k", "seed", "num_replicas", "rank", "small_classes", "num_samples")
+        config: dict[str, object] = {"type": type(self).__name__}
+        config.update({n: getattr(self, n) for n in names if hasattr(self, n)})
+        config.update(num_batches=self._num_batches, labels_crc32=self._labels_crc)
+        return config
+
+    def state_dict(self, consumed: int | None = None) -> dict[str, object]:
+        """The sampler's state, to resume exactly where it stopped (``torch.save`` it with
+        the model and optimizer).
+
+        Holds the epoch and, mid-epoch, the epoch's batches not handed out yet (the rest of
+        the epoch is then replayed exactly, whatever happened to the sampler in between).
+
+        Args:
+            consumed: how many batches of the current epoch the training loop has *used*.
+                A ``DataLoader`` with workers draws batches ahead of the loop
+                (``num_workers * prefetch_factor`` of them), so pass your step count within
+                the epoch there; by default, the batches the sampler has handed out.
+
+        Returns:
+            A dict of plain values and tensors: ``config`` (checked on load), ``epoch``,
+            ``position`` and ``batches`` (``[B, batch size]`` int64 tensor, or ``None`` at
+            an epoch boundary).
+        """
+        batches, position = self._batches, self._position
+        if self._resume is not None:  # loaded, not iterated yet
+            _, batches, position = self._resume
+        if consumed is not None:
+            consumed = int(check_nonnegative_int(consumed, "consumed"))  # type: ignore[arg-type]
+            if batches is None and consumed:
+                raise ValueError(
+                    f"consumed={consumed}, but no epoch is being iterated (the sampler has "
+                    "handed out no batch since the epoch began)"
+                )
+            if batches is not None and consumed > position:
+                raise ValueError(
+                    f"consumed={consumed}, but the sampler has handed out only {position} "
+                    "batches of this epoch"
+                )
+            position = consumed
+        mid_epoch = batches is not None and position < batches.shape[0]
+        return {
+            "config": self._config(),
+            "epoch": self.epoch,
+            "position": position if mid_epoch else 0,
+            "batches": torch.from_numpy(batches.copy()) if mid_epoch else None,  # type: ignore[union-attr]
+        }
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        """Restore a :meth:`state_dict`: the next iteration (of the saved epoch) continues
+        with the first batch that was not consumed.
+
+        Raises:
+            ValueError: a state saved by a sampler of another type, other labels, ``p``,
+                ``k``, seed, replicas or rank (the fields that differ are named).
+        """
+        missing = {"config", "epoch", "position", "batches"} - set(state)
+        if missing:
+            raise ValueError(f"not a sampler state: missing {sorted(missing)}")
+        saved, mine = dict(state["config"]), self._config()  # type: ignore[call-overload]
+        differ = sorted(k for k in saved.keys() | mine.keys() if saved.get(k) != mine.get(k))
+        if differ:
+            shown = ", ".join(f"{k}: saved {saved.get(k)!r}, here {mine.get(k)!r}" for k in differ)
+            raise ValueError(f"the state belongs to another sampler ({shown})")
+        self.epoch = int(state["epoch"])  # type: ignore[call-overload]
+        batches = state["batches"]
+        self._batches, self._position = None, 0
+        if batches is None:
+            self._resume = None
+        else:
+            array = torch.as_tensor(batches).numpy().astype(np.int64, copy=True)
+            self._resume = (self.epoch, array, int(state["position"]))  # type: ignore[call-overload]
 
 
 class PKBatchSampler(_EpochBatchSampler):
@@ -389,6 +491,7 @@ class PKBatchSampler(_EpochBatchSampler):
         self.p = check_positive_int(p, "p")
         super().__init__(k, seed, num_replicas, rank, small_classes)
         array = _labels_to_numpy(labels)
+        self._labels_crc = zlib.crc32(array.tobytes())
         self._classes = _Classes(array, self.k, self.small_classes)
         self.num_samples = int(array.shape[0])
         _check_p(self.p, self._classes.num_classes, len(self._classes.all_values), self.k)
@@ -690,9 +793,27 @@ class HardClassPKBatchSampler(PKBatchSampler):
         self._neighbours = None
         self.num_updates = 0
 
-    def __iter__(self) -> Iterator[list[int]]:
-        batches = self._draw_batches()  # now, from the current signatures
-        return (batch.tolist() for batch in batches)
+    def state_dict(self, consumed: int | None = None) -> dict[str, object]:
+        """:meth:`PKBatchSampler.state_dict` plus the class signatures, which classes have
+        one and the update count (the nearest-class tables are recomputed from them)."""
+        state = super().state_dict(consumed)
+        sig = self._signatures
+        state["signatures"] = None if sig is None else torch.from_numpy(sig.copy())
+        state["has_signature"] = torch.from_numpy(self._known.copy())
+        state["num_updates"] = self.num_updates
+        return state
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        """Restore a :meth:`state_dict` (see :meth:`PKBatchSampler.load_state_dict`)."""
+        missing = {"signatures", "has_signature", "num_updates"} - set(state)
+        if missing:
+            raise ValueError(f"not a HardClassPKBatchSampler state: missing {sorted(missing)}")
+        super().load_state_dict(state)
+        sig = state["signatures"]
+        self._signatures = None if sig is None else torch.as_tensor(sig).double().numpy().copy()
+        self._known = torch.as_tensor(state["has_signature"]).numpy().astype(bool, copy=True)
+        self.num_updates = int(state["num_updates"])  # type: ignore[call-overload]
+        self._neighbours = None
 
     def _draw_batches(self) -> np.ndarray:
         if self.num_hard == 0 or not self._known.any():
@@ -931,6 +1052,7 @@ class CategoryPKBatchSampler(_EpochBatchSampler):
         self.p = check_positive_int(p, "p")
         super().__init__(k, seed, num_replicas, rank, small_classes)
         array = _labels_to_numpy(labels)
+        self._labels_crc = zlib.crc32(array.tobytes())
         self.num_samples = int(array.shape[0])
         cls = _Classes(array, self.k, self.small_classes)
         category_ids, class_category = _class_categories(
