@@ -39,7 +39,18 @@ FLOORS: list[list[str]] = [
         "losses.fused",
         "losses.modules",
     ],
-    ["stats", "memory", "metrics", "datasets", "samplers"],
+    [
+        "stats",
+        "memory",
+        "metrics",
+        "datasets",
+        "samplers._draw",
+        "samplers._base",
+        "samplers.pk",
+        "samplers.hard_class",
+        "samplers.category",
+        "samplers",
+    ],
     ["distributed", "gradcache"],
     [""],  # the package itself
 ]

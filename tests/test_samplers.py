@@ -14,14 +14,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader, TensorDataset
 
-from tripletkit import samplers
 from tripletkit.memory import CrossBatchMemory
 from tripletkit.samplers import (
     CategoryPKBatchSampler,
     HardClassPKBatchSampler,
     PKBatchSampler,
-    _nearest_classes,
+    hard_class,
 )
+from tripletkit.samplers.hard_class import _nearest_classes
 
 
 def _labels(counts: list[int]) -> list[int]:
@@ -593,7 +593,7 @@ def test_property_len_and_batches(counts, p, k, replicas, fraction, group, updat
 
 def test_nearest_classes_is_exact_with_ties_to_the_lowest_index(monkeypatch) -> None:
     rng = np.random.default_rng(0)
-    monkeypatch.setattr(samplers, "_SEARCH_ENTRIES", 37)  # many chunks of a few rows
+    monkeypatch.setattr(hard_class, "_SEARCH_ENTRIES", 37)  # many chunks of a few rows
     for trial in range(40):
         c, d = int(rng.integers(2, 30)), int(rng.integers(1, 5))
         if trial % 2:  # axis directions, some zero rows: exact ties, similarities in {-1, 0, 1}
