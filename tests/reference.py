@@ -172,8 +172,8 @@ def in_region(d_ap: float, d_an: float, margin: float, region: str) -> bool:
         return d_ap - d_an + margin > 0
     if region == "all":
         return t <= margin
-    if region == "hard":
-        return t <= 0
+    if region == "hard":  # pytorch-metric-learning's: a subset of "all" for every margin
+        return t <= margin and t <= 0
     if region == "semihard":
         return 0 < t <= margin
     if region == "easy":
@@ -257,18 +257,15 @@ def semi_hard_triplets(pb: Problem) -> list[Triplet]:
 
 
 def counts(pb: Problem, margin: float) -> tuple[int, int, int, int]:
-    """``(valid, easy, semi_hard, hard)``: easy ``d_an > d_ap + m``, semi-hard
-    ``d_ap < d_an <= d_ap + m``, hard ``d_an <= d_ap``."""
+    """``(valid, easy, semi_hard, hard)``: the valid triplets in each of the regions
+    ``"easy"``, ``"semihard"``, ``"hard"`` of :func:`in_region`, counted one by one."""
     valid = easy = semi = hard = 0
     for a, p, n in pb.valid():
         d_ap, d_an = pb.d[a][p], pb.d[a][n]
         valid += 1
-        if d_an > d_ap + margin:
-            easy += 1
-        elif d_ap < d_an <= d_ap + margin:
-            semi += 1
-        elif d_an <= d_ap:
-            hard += 1
+        easy += in_region(d_ap, d_an, margin, "easy")
+        semi += in_region(d_ap, d_an, margin, "semihard")
+        hard += in_region(d_ap, d_an, margin, "hard")
     return valid, easy, semi, hard
 
 
