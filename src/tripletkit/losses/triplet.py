@@ -595,8 +595,8 @@ def triplet_margin_loss(
         )
     else:
         a, p, n, valid = _per_anchor_triplets(*b.masks(), per_anchor, generator)
-        if reduction == "none":  # one host read: the anchors that have triplets
-            a, p, n, valid = a[valid], p[valid], n[valid], None
+        if reduction == "none" or ref.shape[0] == 0:  # list the anchors that have triplets
+            a, p, n, valid = a[valid], p[valid], n[valid], None  # (one host read)
     anchors = emb[a]
     positives, negatives = ref[p], ref[n]
     d_an = _paired_distance_unchecked(anchors, negatives, metric)
