@@ -1128,3 +1128,34 @@ def test_triplets_per_anchor_bad_values(value: object, exc: type) -> None:
         TripletMarginLoss(swap=1)
     with pytest.raises(TypeError, match="generator"):
         triplet_margin_loss(X, Y, triplets_per_anchor=2, generator=0)
+
+
+def test_smooth_and_triplets_per_anchor_add_no_synchronisation() -> None:
+    """With the input checks off and ``max_positives`` given, the smooth fused losses run
+    without a host synchronisation (forward and backward), as the soft margin does, and so
+    does ``triplets_per_anchor=k`` with a reducing ``reduction`` (its draws have fixed
+    shapes); ``reduction="none"`` lists the anchors that have triplets (one read)."""
+    from syncs import count_syncs
+
+    import tripletkit
+
+    c = CASES["generic"]
+    x = c.x.clone().requires_grad_()
+    bound = int(c.labels.bincount().max()) - 1
+    with tripletkit.set_input_checks(False):
+        for kind, fn in FUSED.items():
+            counter = count_syncs(
+                lambda fn=fn: fn(
+                    x, c.labels, smooth=True, backend="torch", max_positives=bound
+                ).backward()
+            )
+            assert counter.total == 0, (kind, dict(counter.counts))
+        for reduction in ("mean", "sum", "mean_nonzero"):
+            loss = TripletMarginLoss(
+                reduction=reduction, smooth=True, swap=True, triplets_per_anchor=3
+            )
+            counter = count_syncs(lambda loss=loss: loss(x, c.labels).backward())
+            assert counter.total == 0, (reduction, dict(counter.counts))
+        loss = TripletMarginLoss(reduction="none", triplets_per_anchor=3)
+        counter = count_syncs(lambda: loss(x, c.labels).sum().backward())
+        assert counter.total == 1, dict(counter.counts)

@@ -596,7 +596,9 @@ def triplet_margin_loss(
     else:
         a, p, n, valid = _per_anchor_triplets(*b.masks(), per_anchor, generator)
         if reduction == "none" or ref.shape[0] == 0:  # list the anchors that have triplets
-            a, p, n, valid = a[valid], p[valid], n[valid], None  # (one host read)
+            keep = valid.reshape(-1).nonzero().squeeze(1)  # (one host read)
+            a, p, n = (t.reshape(-1)[keep] for t in (a, p, n))
+            valid = None
     anchors = emb[a]
     positives, negatives = ref[p], ref[n]
     d_an = _paired_distance_unchecked(anchors, negatives, metric)
