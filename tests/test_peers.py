@@ -285,6 +285,47 @@ def test_pml_swap(seed: int, smooth: bool, backend: str) -> None:
         assert not torch.isclose(ours(x, labels), plain(x, labels)), "swap should matter here"
 
 
+def test_pml_swap_with_references_reads_the_anchors_rows() -> None:
+    """The documented difference: with a reference set the peer's swap takes ``d(p, n)``
+    from row ``p`` of the anchors-by-references matrix, i.e. ``d(x[p], ref[n])``, where
+    tripletkit uses the two references, ``d(ref[p], ref[n])`` (tested against brute force
+    in ``test_losses_triplet.py``)."""
+    distances, losses, _, reducers = _pml()
+    lp = distances.LpDistance(normalize_embeddings=False)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    ref = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    labels, ref_labels = torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([0, 1, 2, 0, 1, 2])
+    theirs = losses.TripletMarginLoss(0.5, swap=True, distance=lp, reducer=reducers.MeanReducer())
+    rows = [
+        (a, p, n)
+        for a in range(6)
+        for p in range(6)
+        for n in range(6)
+        if ref_labels[p] == labels[a] and ref_labels[n] != labels[a]
+    ]
+
+    def brute(pn_rows: torch.Tensor) -> float:
+        terms = [
+            max(
+                0.0,
+                float(
+                    torch.dist(x[a], ref[p])
+                    - min(torch.dist(x[a], ref[n]), torch.dist(pn_rows[p], ref[n]))
+                    + 0.5
+                ),
+            )
+            for a, p, n in rows
+        ]
+        return sum(terms) / len(terms)
+
+    want = float(theirs(x, labels, None, ref, ref_labels))
+    assert want == pytest.approx(brute(x), rel=1e-12)
+    ours = TripletMarginLoss(0.5, swap=True)(x, labels, None, ref, ref_labels)
+    assert float(ours) == pytest.approx(brute(ref), rel=1e-12)
+    assert float(ours) != pytest.approx(want, rel=1e-6)
+
+
 @pytest.mark.parametrize("k", [1, 3])
 def test_pml_triplets_per_anchor_single_choice(k: int, backend: str) -> None:
     """Where each anchor has one positive and one negative the draws are forced: the peer's
