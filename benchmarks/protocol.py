@@ -36,11 +36,11 @@ of a final run, and only reported:
    without a second set of runs.
 
 **Search budget** (:func:`search_estimate`, from the per-setting times of 0.2's saved search,
-``benchmarks/results/quality_tuning.json``: 31 ms per step on average over its 92 settings
-on the 2-core machine, 0.11 s per step for pytorch-metric-learning's memory rows measured in
-0.2's full run): 267 configurations (14 searched rows: 11 x 18, 6 and 9 and 2 x 18 more; 12
-add-on rows x 3) plus at most one extension per edge, :data:`SEARCH_STEPS` = 600 steps each
-and 3 validation evaluations: about 110 minutes, under the 150-minute target (0.2 searched
+``benchmarks/results/quality_tuning.json``: 32 ms per step on average over its 92 settings
+on the 2-core machine, 0.12 s per step for pytorch-metric-learning's memory rows derived
+from 0.2's full run): 267 configurations (14 searched rows: 12 x 18, 6 and 9; 12 add-on
+rows x 3) plus about one extension per row, :data:`SEARCH_STEPS` = 600 steps each and 3
+validation evaluations: about 113 minutes, under the 150-minute target (0.2 searched
 1,000 steps per setting; 600 steps is the price of three values per hyper-parameter, and
 ranks settings before the 0.2 curves flatten at ~1,500 steps: a stated limit).
 """

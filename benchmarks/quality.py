@@ -40,21 +40,24 @@ JSON). Equal-time comparisons put every row on the time axis *median step time x
 **Runs.**
 
 - ``python -m benchmarks.quality``: the best :data:`DEFAULT_HEADLINE` tripletkit and peer
-  rows by validation score in the saved search (memory rows excluded: their step costs
-  more than the budget allows), :data:`SEEDS` seeds x :data:`DEFAULT_STEPS` steps; part of
-  ``python -m benchmarks``. Estimate at 31 ms per step (0.2's search on the 2-core
-  machine): 4 rows x 5 seeds x (800 x 31 ms + 4 checkpoints x 0.3 s + 0.6 s on every
-  validation class + 3 s on the test classes) ~ 10 min, plus ~0.5 min of calibration:
-  within the 12-minute share of the 15-minute target (the speed benchmark takes ~2 min).
+  rows by validation score in the saved search among plain and hard-class rows
+  (:data:`DEFAULT_KINDS`: memory and 4x-batch rows cost more per step than the budget
+  allows; ``--full`` has them), :data:`SEEDS` seeds x :data:`DEFAULT_STEPS` steps; part of
+  ``python -m benchmarks``. Estimate (:func:`run_estimate` with 0.2's measured times: 32 ms
+  per step in its search on the 2-core machine, 0.32 s per 100-class checkpoint, 3.1 s on
+  the 659 test classes): 4 rows x 5 seeds x (800 x 32 ms + 4 checkpoints x 0.3 s + 1.3 s
+  on every validation class + 3.1 s on the test classes) + calibration ~ 10.5 min (worst
+  case, the slowest eligible rows chosen: under 12 min), within the 12-minute share of the
+  15-minute target (the speed benchmark takes ~2 min).
 - ``--full``: every row, :data:`SEEDS` seeds x :data:`FULL_STEPS` steps
-  (``quality_full.json``). Estimate: 26 rows x 5 seeds x (1,200 x 31 ms + ~5 s of
-  evaluations) ~ 95 min, plus pytorch-metric-learning's memory rows at ~0.11 s per step
-  (uncapped: 3 rows x 5 seeds x 1,200 x 0.08 s more ~ 24 min) and tripletkit's memory and
-  4x-batch rows (~3 min more): ~120 min, within 150. 1,200 steps instead of 0.2's 4,000:
+  (``quality_full.json``). Estimate (:func:`run_estimate`, 0.2's times): 26 rows x 5 seeds
+  x (1,200 x 32 ms + ~9 s of evaluations) ~ 100 min, plus pytorch-metric-learning's memory
+  rows at ~0.12 s per step (uncapped: 3 rows x 5 seeds x 1,200 x 0.09 s more ~ 27 min) and
+  tripletkit's memory and 4x-batch rows (~3 min more): ~129 min, within 150. 1,200 steps instead of 0.2's 4,000:
   0.2's curves are flat from ~1,500 steps, and 5 seeds with shorter runs measure the
   differences better than 3 longer ones.
 - ``--tune``: the search (``quality_tuning.json``, :func:`benchmarks.protocol.search_estimate`
-  ~110 min); resumes where it stopped.
+  ~113 min); resumes where it stopped.
 - ``--quick``: a smoke run of everything on tiny settings (CI).
 - ``--data FILE.npz``: the same protocol on a user's data (arrays ``x`` ``[N, ...]`` and
   ``y`` ``[N]``): classes split 60/20/20, the search, then the final runs
@@ -77,7 +80,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -148,6 +151,7 @@ __all__ = [
     "final_evaluation",
     "main",
     "markdown_table",
+    "run_estimate",
     "plot_results",
     "ranking_stability",
     "select_rows",
@@ -167,7 +171,7 @@ SEEDS = (0, 1, 2, 3, 4)
 #: The default run's rows: this many tripletkit rows and peer rows, best first by their
 #: validation score in the saved search, among the rows of :data:`DEFAULT_KINDS`.
 DEFAULT_HEADLINE = (2, 2)
-DEFAULT_KINDS = ("plain", "hard_class", "large_batch")
+DEFAULT_KINDS = ("plain", "hard_class")
 #: The default run's rows when no search (of this protocol) is saved.
 FALLBACK_HEADLINE = ("semi_hard", "batch_hard", "pml_semihard", "pml_batch_hard")
 #: Steps timed by the calibration pass before each row (after its untimed warm-up).
@@ -417,6 +421,35 @@ def plan_budget(
         "steps_that_fit_budget": max(fits, 0),
         "load_average": load_average(),
     }
+
+
+def run_estimate(
+    cfg: Config,
+    names: Sequence[str],
+    step_s: Mapping[str, float],
+    default_step_s: float,
+    subset_eval_s: float,
+    last_eval_s: float,
+) -> dict[str, Any]:
+    """Seconds a run of ``cfg`` over the rows ``names`` should take, from step times
+    measured elsewhere (e.g. a saved search): per row and seed ``cfg.steps`` steps at the
+    row's ``step_s`` (else its base's, or ``default_step_s``, times the kind's relative cost),
+    the intermediate checkpoints at ``subset_eval_s`` and the last checkpoint with the test
+    evaluation at ``last_eval_s``; per row one calibration pass."""
+    per_row: dict[str, float] = {}
+    n_ckpt = len(cfg.checkpoint_steps())
+    for name in names:
+        strategy = STRATEGIES[name]
+        if name in step_s:
+            step = step_s[name]
+        else:
+            step = step_s.get(strategy.base or "", default_step_s) * _row_cost(strategy)
+        calibration = CALIBRATION_STEPS + 1
+        if strategy.training.kind == "memory":
+            calibration += -(-strategy.training.memory_size // cfg.batch_size)
+        per_run = cfg.steps * step + (n_ckpt - 1) * subset_eval_s + last_eval_s
+        per_row[name] = len(cfg.seeds) * per_run + calibration * step
+    return {"per_row_s": per_row, "total_s": sum(per_row.values())}
 
 
 # --------------------------------------------------------------------------------------
