@@ -458,7 +458,8 @@ def run_estimate(
 
 
 def _entry(strategy: Strategy, setting: dict, source: str, tuning: dict | None) -> dict:
-    search = sensitivity(tuning or {}, [strategy.name]).get(strategy.base or strategy.name, {})
+    found = sensitivity(tuning or {}, [strategy.name])
+    search = found.get(strategy.name) or found.get(strategy.base or "", {})
     return {
         "label": strategy.label,
         "family": strategy.family,
