@@ -867,7 +867,7 @@ def tune(cfg: Config, dataset: Dataset, path: Path, names: Sequence[str]) -> dic
         len(s.settings(tcfg.grid)) if s.tuned else len(s.settings_from({}, tcfg.grid)) for s in rows
     )
     estimate = sum(
-        (len(s.settings(tcfg.grid)) if s.tuned else len(s.settings_from({}, tcfg.grid)) + 1)
+        ((len(s.settings(tcfg.grid)) if s.tuned else len(s.settings_from({}, tcfg.grid))) + 1)
         * (tcfg.steps * step_s * _row_cost(s) + tcfg.checkpoints * eval_s)
         for s in rows
     )
