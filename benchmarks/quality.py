@@ -203,8 +203,9 @@ class Config:
 
     ``strategies`` None picks the rows by ``headline`` from the saved search (or every
     row when ``headline`` is None too). ``checkpoints`` evaluations are spread over the
-    run; ``subset_classes`` evaluation classes are used at the intermediate checkpoints and
-    ``final_classes`` (None: all) at the last one; ``train_classes`` limits the Omniglot
+    run; ``subset_classes`` validation classes are used at the intermediate checkpoints
+    (all of them at the last one) and ``final_classes`` test classes (None: all) by the
+    final evaluation; ``train_classes`` limits the Omniglot
     background classes (smoke runs). ``tune_rows`` are the rows ``--tune`` searches (None:
     the run's rows, or every row). ``threads``: torch and numba threads (None: as they are;
     smoke runs use one: on a shared machine, two OpenMP threads on tiny tensors can be a
