@@ -228,7 +228,8 @@ def test_data_runs_the_protocol_on_a_user_file(
     x, y = _blobs(26, 4, shape)
     path = tmp_path / "blobs.npz"
     np.savez(path, x=x, y=y)
-    results = quality.main(["--data", str(path), "--quick", "--out", str(tmp_path)])
+    argv = ["--data", str(path), "--quick", "--seeds", "1", "--out", str(tmp_path)]
+    results = quality.main(argv)
     assert (tmp_path / "quality_data_blobs_quick.json").is_file()
     assert (tmp_path / "quality_tuning_data_blobs_quick.json").is_file()
     assert net in results["hyperparameters"]["network"]
@@ -664,7 +665,7 @@ def test_seeds_and_strategies_parsing() -> None:
 
 @pytest.mark.slow
 def test_resume_keeps_saved_rows_and_redo_trains_them_again(tmp_path: Path) -> None:
-    args = ["--quick", "--strategies", "batch_hard,random", "--out", str(tmp_path)]
+    args = ["--quick", "--strategies", "batch_hard,random", "--seeds", "1", "--out", str(tmp_path)]
     first = quality.main(args)
     kept = quality.main([*args, "--resume"])
     for name in ("batch_hard", "random"):
