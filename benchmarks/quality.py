@@ -1200,6 +1200,14 @@ def _print_search(tuning: dict[str, Any], path: Path) -> None:
     sens = sensitivity(tuning, list(tuning["strategies"]))
     print("\n## Validation MAP@R of every searched setting (chosen in bold)\n")
     print(sensitivity_table(sens))
+    edges = []
+    for name, entry in tuning["strategies"].items():
+        record = entry.get("extension") or {}
+        for key, edge in record.get("edges", {}).items():
+            to = "no step (bound)" if edge["to"] is None else f"-> {edge['to']:g}"
+            still = " (still at the edge)" if key in record.get("still_at_edge", []) else ""
+            edges.append(f"- {name}: {key} {edge['from']:g} at the {edge['edge']} edge {to}{still}")
+    print("\nEdges (one extension step each):\n" + ("\n".join(edges) or "none"))
     print(f"\nWrote {path}")
 
 

@@ -4,14 +4,20 @@ Shared helpers come first: :func:`mean_std` and :func:`mean_std_series` (mean an
 standard deviation over seeds, ``ddof = 1``, 0 for one value), :func:`format_mean_std`,
 :func:`md_table`, :func:`pyplot` (matplotlib with the Agg backend, or ``None``),
 :func:`save_figure` and :func:`plot_mean_band` (a mean curve with a +-1 std band, against
-training steps or seconds alike). Then the renderers of each benchmark's results, which
-read nothing but the dicts the benchmarks save as JSON:
+training steps or seconds alike). The statistics over seeds, written here (scipy is not a
+dependency) and tested against printed tables and closed forms: :func:`t_cdf` and
+:func:`t_quantile` (Student's t, through the regularised incomplete beta function),
+:func:`t_interval` (mean, std and the 95% t-interval), :func:`paired_t_test` and
+:func:`holm` (Holm's step-down correction); every ``±`` they lead to is labelled
+(:data:`INTERVAL_LABEL`). Then the renderers of each benchmark's results, which read
+nothing but the dicts the benchmarks save as JSON:
 
 - speed: :func:`speed_table` (``benchmarks.speed.markdown_table``) and :func:`plot_speed`
   (``benchmarks.speed.plot_results``);
 - quality: :func:`aggregate_runs` (``benchmarks.quality.aggregate``), :func:`quality_table`
   (``benchmarks.quality.markdown_table``), :func:`sensitivity_table`,
-  :func:`comparison_text` and :func:`plot_quality` (``benchmarks.quality.plot_results``),
+  :func:`comparison_text`, :func:`comparisons_text` and :func:`plot_quality`
+  (``benchmarks.quality.plot_results``),
   one function per figure: MAP@R against training images and against training seconds
   (time to quality), final scores, difficulty fractions, sensitivity to the searched
   settings.
