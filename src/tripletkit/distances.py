@@ -188,11 +188,32 @@ def paired_distance(x: Tensor, y: Tensor, metric: str = "euclidean") -> Tensor:
 
 def _paired_distance_unchecked(x: Tensor, y: Tensor, metric: str) -> Tensor:
     """:func:`paired_distance` for inputs already validated (internal fast path); ``x`` and
-    ``y`` may be any broadcastable ``[..., D]``."""
+    ``y`` may be any broadcastable ``[..., D]``. Every metric in the difference form (exact
+    to the dtype's rounding at any distance): ``sum((x - y)^2)``, and for the cosine distance
+    ``1 - cos = ||x/|x| - y/|y| ||^2 / 2`` (1 when a row is zero)."""
     if metric == "cosine":
-        products = (normalize_embeddings(x) * normalize_embeddings(y)).sum(dim=-1)
-        return (1.0 - products).clamp(0.0, 2.0)
+        xn, yn = normalize_embeddings(x), normalize_embeddings(y)
+        half_sq = 0.5 * ((xn - yn) ** 2).sum(dim=-1)
+        has_direction = (xn != 0).any(dim=-1) & (yn != 0).any(dim=-1)
+        return torch.where(has_direction, half_sq, torch.ones_like(half_sq)).clamp(0.0, 2.0)
     sq = ((x - y) ** 2).sum(dim=-1)
     if metric == "sqeuclidean":
         return sq
     return _euclidean_from_squared(sq)
+
+
+def _difference_form_matrix(x: Tensor, y: Tensor, metric: str) -> Tensor:
+    """All ``[N, M]`` distances in the difference form (as :func:`_paired_distance_unchecked`),
+    detached: exact to the dtype's rounding where the Gram form of
+    :func:`pairwise_distance` is off for close points, at O(N M D) without a matrix product
+    (``torch.cdist``'s ``donot_use_mm_for_euclid_dist`` kernel, no ``N x M x D`` tensor).
+    The values of a selection too large to recompute from its rows."""
+    exact = "donot_use_mm_for_euclid_dist"
+    with torch.no_grad():
+        if metric == "cosine":
+            xn, yn = normalize_embeddings(x), normalize_embeddings(y)
+            d = torch.cdist(xn, yn, compute_mode=exact).square_().mul_(0.5)
+            has_x, has_y = (xn != 0).any(dim=1), (yn != 0).any(dim=1)
+            return d.masked_fill_(~(has_x[:, None] & has_y[None, :]), 1.0).clamp_(0.0, 2.0)
+        d = torch.cdist(x, y, compute_mode=exact)
+        return d.square_() if metric == "sqeuclidean" else d

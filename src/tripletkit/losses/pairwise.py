@@ -33,7 +33,7 @@ from .._checks import (
 from ..distances import _paired_distance_unchecked
 from ..types import Pairs, Triplets
 from ._base import LossModule
-from ._reduce import REDUCTIONS, Parts, reduce_parts, reduce_terms
+from ._reduce import REDUCTIONS, Parts, in_input_dtype, reduce_parts, reduce_terms
 
 __all__ = [
     "CircleLoss",
@@ -105,6 +105,7 @@ def contrastive_parts(
     return Parts(terms.sum(), n_valid, (terms > 0).sum())
 
 
+@in_input_dtype()
 def contrastive_loss(
     embeddings: Tensor,
     labels: Tensor,
@@ -383,6 +384,7 @@ def multi_similarity_parts(
     return _anchor_parts(terms, counted)
 
 
+@in_input_dtype()
 def multi_similarity_loss(
     embeddings: Tensor,
     labels: Tensor,
@@ -513,6 +515,7 @@ def circle_parts(
     return _anchor_parts(terms, counted)
 
 
+@in_input_dtype()
 def circle_loss(
     embeddings: Tensor,
     labels: Tensor,
@@ -631,6 +634,7 @@ def supcon_parts(
     return _anchor_parts(terms, counted)
 
 
+@in_input_dtype()
 def supcon_loss(
     embeddings: Tensor,
     labels: Tensor,

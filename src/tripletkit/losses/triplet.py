@@ -30,7 +30,14 @@ from ..distances import _paired_distance_unchecked
 from ..types import Triplets
 from ._base import LossModule
 from ._fused import batch_all_sum, mined_terms, triplet_terms
-from ._reduce import FUSED_REDUCTIONS, REDUCTIONS, Parts, reduce_parts, reduce_terms
+from ._reduce import (
+    FUSED_REDUCTIONS,
+    REDUCTIONS,
+    Parts,
+    in_input_dtype,
+    reduce_parts,
+    reduce_terms,
+)
 
 __all__ = [
     "BatchAllTripletLoss",
@@ -105,6 +112,7 @@ def batch_all_parts(
     return Parts(*batch_all_sum(b, margin, soft_margin))
 
 
+@in_input_dtype()
 def batch_all_triplet_loss(
     embeddings: Tensor,
     labels: Tensor,
@@ -267,6 +275,7 @@ def batch_hard_parts(
     )
 
 
+@in_input_dtype()
 def batch_hard_triplet_loss(
     embeddings: Tensor,
     labels: Tensor,
@@ -365,6 +374,7 @@ def semi_hard_parts(
     )
 
 
+@in_input_dtype()
 def semi_hard_triplet_loss(
     embeddings: Tensor,
     labels: Tensor,
@@ -423,6 +433,7 @@ def semi_hard_triplet_loss(
     return _mined_loss(terms, valid, reduction)
 
 
+@in_input_dtype()
 def triplet_margin_loss(
     embeddings: Tensor,
     labels: Tensor,
