@@ -420,7 +420,8 @@ def multi_similarity_loss(
     pytorch-metric-learning, such an anchor keeps the part it has).
 
     Args:
-        embeddings: ``[N, D]`` (float16/bfloat16 computed in float32); labels: ``[N]``.
+        embeddings: ``[N, D]`` (float16/bfloat16 computed in float32, the loss returned in
+            their dtype); labels: ``[N]``.
         pairs: ``None`` (every pair), or mined ``Pairs``/4-tuple ``(anchor_pos [P],
             positive [P], anchor_neg [Q], negative [Q])``, or ``Triplets``/3-tuple read as
             the pairs ``(a, p)`` and ``(a, n)``; positives and negatives index the
@@ -551,7 +552,8 @@ def circle_loss(
     reduction. Equal to it on the same inputs, also with ``pairs`` and a reference set.
 
     Args:
-        embeddings: ``[N, D]`` (float16/bfloat16 computed in float32); labels: ``[N]``.
+        embeddings: ``[N, D]`` (float16/bfloat16 computed in float32, the loss returned in
+            their dtype); labels: ``[N]``.
         pairs: ``None`` (every pair) or mined pairs, as in :func:`multi_similarity_loss`.
         m: the relaxation margin (the paper suggests 0.25 for face recognition and person
             re-identification, 0.4 for fine-grained retrieval).
@@ -670,7 +672,8 @@ def supcon_loss(
     Unlike the authors' code there is no ``temperature / base_temperature`` factor.
 
     Args:
-        embeddings: ``[N, D]`` (float16/bfloat16 computed in float32); labels: ``[N]``.
+        embeddings: ``[N, D]`` (float16/bfloat16 computed in float32, the loss returned in
+            their dtype); labels: ``[N]``.
         pairs: ``None`` (every pair) or mined pairs, as in :func:`multi_similarity_loss`;
             the denominator then runs over the anchor's listed pairs.
         temperature: ``tau > 0``.

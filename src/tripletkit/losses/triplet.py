@@ -137,8 +137,10 @@ def batch_all_triplet_loss(
     version sums every term in bounded-memory chunks.
 
     Args:
-        embeddings: ``[N, D]`` float embeddings (float16/bfloat16 computed in float32).
-        labels: ``[N]`` integer class labels.
+        embeddings: ``[N, D]`` float embeddings (float16/bfloat16 computed in float32, the
+            loss returned in their dtype).
+        labels: ``[N]`` class labels: integers (or floats of integral value), moved to the
+            embeddings' device if needed.
         margin: ``m`` of the hinge ``max(0, d_ap - d_an + m)``; ignored with ``soft_margin``.
         metric: ``"euclidean"``, ``"sqeuclidean"`` or ``"cosine"``.
         soft_margin: use ``softplus(d_ap - d_an)`` instead of the hinge.
