@@ -16,6 +16,8 @@ operation reads or writes that are *N x M-sized*, and reports them in units of o
 - An indexed write in place (``scatter_``, ``scatter_add_``, ``scatter_reduce_``,
   ``index_put_``, ``index_add_``...) touches the elements it writes: its destination counts
   ``min(its bytes, numel of the index * element size)``. The index and source count whole.
+  Likewise an indexed read (``gather``, ``index``, ``index_select``, ``take``) touches the
+  elements it reads: its source counts as many elements as the output has.
 - Within one operation each storage counts once (an in-place op's ``self``, read and
   written, counts once; an input passed twice counts once), inputs and outputs together.
 - Operations that move no data are not counted: view operations (``func.is_view``: slicing,
@@ -60,6 +62,10 @@ _INDEXED_WRITES = frozenset(
 )
 
 
+#: Indexed reads: their source (argument 0) is touched where indexed only.
+_INDEXED_READS = frozenset({"gather", "index", "index_select", "take"})
+
+
 def _index_numel(name: str, args: tuple) -> int:
     if name in ("index_put_", "_index_put_impl_"):
         return max((i.numel() for i in args[1] if isinstance(i, Tensor)), default=0)
@@ -91,11 +97,12 @@ class PassCounter(TorchDispatchMode):
             return out
         seen: set[int] = set()
         moved = 0
-        if name in _INDEXED_WRITES:
+        if name in _INDEXED_WRITES or name in _INDEXED_READS:
             dest = args[0]
             seen.add(dest.untyped_storage().data_ptr())
             if dest.numel() >= self.threshold:
-                written = min(dest.numel(), _index_numel(name, args))
+                touched = out.numel() if name in _INDEXED_READS else _index_numel(name, args)
+                written = min(dest.numel(), touched)
                 moved += min(written * dest.element_size(), dest.untyped_storage().nbytes())
         for t in tree_leaves((args, kwargs, out)):
             if not isinstance(t, Tensor) or t.numel() < self.threshold:

@@ -48,11 +48,12 @@ def _euclidean_matrix(x: Tensor, y: Tensor, squared: bool) -> Tensor:
     xx = (x * x).sum(dim=1, keepdim=True)
     yy = (y * y).sum(dim=1).unsqueeze(0)
     d = torch.addmm(xx, x, y.t(), alpha=-2.0).add_(yy)
-    scale = 8 * torch.finfo(d.dtype).eps
+    scale = 8 * torch.finfo(d.dtype).eps  # a power of two: scaling each norm is exact
+    xs, ys = xx * scale, yy * scale  # so the floor (xx + yy) * scale costs one N x M pass
     rows = max(1, (1 << 20) // max(d.shape[1], 1))  # bound the temporaries to ~1M entries
     for r0 in range(0, d.shape[0], rows):
         block = d[r0 : r0 + rows]
-        block.masked_fill_(block <= (xx[r0 : r0 + rows] + yy) * scale, 0.0)
+        block.masked_fill_(block <= xs[r0 : r0 + rows] + ys, 0.0)
     if not squared:
         d.sqrt_()
     return d
