@@ -61,8 +61,9 @@ __all__ = [
 REGIONS = ("valid", "active", "all", "hard", "semihard", "easy")
 
 #: Up to this ``width``, :func:`semi_hard` buckets the negatives by rank among the positives
-#: (O(N M log width) and O(N width²)); beyond it, or without a width, it sorts each row.
-SEMI_HARD_BUCKETS_MAX = 32
+#: (O(N M log width), a few passes over the ``N x M`` data); beyond it, or without a width,
+#: it sorts each row (O(N M log M), and the selection spans every column: ``[N, M]``).
+SEMI_HARD_BUCKETS_MAX = 128
 
 # Elements of an anchor chunk (rows x references) processed at once on the CPU.
 _CPU_CHUNK_ELEMENTS = 1 << 22
@@ -146,26 +147,6 @@ def _positive_slots(
     used = slot < (hi - lo - own_in_run.to(torch.int64))[:, None]
     cols = index.order[place.clamp_max(max(m - 1, 0))]
     return torch.where(used, cols, 0), used, m - (hi - lo)
-
-
-#: Up to this many thresholds per anchor, ranks are counted by comparisons (a few fast
-#: passes) rather than found by binary search.
-_COUNT_RANK_MAX = 16
-
-
-def _rank(sorted_values: Tensor, values: Tensor, right: bool) -> Tensor:
-    """``#{s <= v}`` (``right``) or ``#{s < v}`` for each ``v`` of ``values [R, M]`` among
-    the row's ``sorted_values [R, W]``: counted for small ``W``, else a binary search."""
-    if sorted_values.shape[1] > _COUNT_RANK_MAX:
-        return torch.searchsorted(sorted_values, values, right=right)
-    # counted in uint8 (W <= 16 fits), widened once for the scatters that use it as an index
-    rank = torch.zeros(values.shape, dtype=torch.uint8, device=values.device)
-    hit = torch.empty(values.shape, dtype=torch.bool, device=values.device)
-    compare = torch.le if right else torch.lt
-    for i in range(sorted_values.shape[1]):
-        compare(sorted_values[:, i : i + 1], values, out=hit)
-        rank += hit.view(torch.uint8)
-    return rank.long()
 
 
 def _zero() -> tuple[Tensor, Tensor]:
@@ -400,26 +381,39 @@ def batch_hard(
 
 def _suffix_lexmin(values: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:
     """For every bucket ``b`` of ``[R, B]``: the smallest value among buckets ``>= b`` and,
-    among the buckets holding it, the smallest column. O(R B²) (B is small)."""
-    best = values.flip(1).cummin(dim=1).values.flip(1)
-    b = values.shape[1]
-    later = torch.arange(b, device=values.device)
-    at_or_after = later[None, :] >= later[:, None]  # [b, b']
-    holds = at_or_after & (values[:, None, :] == best[:, :, None])
-    return best, torch.where(holds, cols[:, None, :], cols.new_tensor(2**62)).amin(dim=2)
+    among the buckets holding it, the smallest column: a suffix scan of the lexicographic
+    minimum of ``(value, column)``, in ``ceil(log2 B)`` steps of ``O(R B)`` (Hillis-Steele)."""
+    r, b = values.shape
+    best, col = values, cols
+    step = 1
+    while step < b:
+        pad_v = torch.full((r, step), math.inf, dtype=values.dtype, device=values.device)
+        pad_c = torch.full((r, step), 2**62, dtype=cols.dtype, device=cols.device)
+        later_v = torch.cat([best[:, step:], pad_v], dim=1)
+        later_c = torch.cat([col[:, step:], pad_c], dim=1)
+        take = (later_v < best) | ((later_v == best) & (later_c < col))
+        best, col = torch.where(take, later_v, best), torch.where(take, later_c, col)
+        step *= 2
+    return best, col
 
 
 def _semi_hard_buckets(
     d: Tensor, same: Tensor, cols: Tensor, used: Tensor, n_neg: Tensor, w: int
 ) -> tuple[Tensor, ...]:
     """Semi-hard negatives of each anchor's (at most ``w``) positives, by bucketing
-    (``same``: the references with the anchor's label, i.e. not negatives)."""
+    (``same``: the references with the anchor's label, i.e. not negatives).
+
+    Passes over the ``N x M`` data: the negatives' values (same-label columns at ``+inf``),
+    one binary search for the buckets, the buckets' nearest value and its lowest column
+    (two scatters, one gather, one comparison), and the largest negative (one ``where``
+    and an arg-max) for the positives with no farther negative."""
     m = d.shape[1]
     d_ap = torch.where(used, d.gather(1, cols), math.inf)
     d_sorted = d_ap.sort(dim=1).values
-    # A negative at v is farther than the positives with d_ap < v: bucket r = #{d_ap < v}.
-    rank = _rank(d_sorted, d, right=False)
-    v = torch.where(same, math.inf, d)  # one pass (masked_fill would copy d first)
+    v = torch.where(same, math.inf, d)
+    # A negative at v is farther than the positives with d_ap < v: bucket r = #{d_ap < v}
+    # (the same-label columns, at +inf, join bucket P with no effect on its minimum).
+    rank = torch.searchsorted(d_sorted, v)
     nearest = torch.full((d.shape[0], w + 1), math.inf, dtype=d.dtype, device=d.device)
     nearest.scatter_reduce_(1, rank, v, "amin")
     # The lowest column at each bucket's nearest value (an empty bucket's is never used).
@@ -477,7 +471,7 @@ def semi_hard(
     w = min(width, m) if buckets and width is not None else m
     parts: list[tuple[Tensor, ...]] = []
     index = _label_index(ref_labels) if buckets and m else None
-    for start, stop in _chunks(n, m + (w * w if buckets else 0), dist.device):
+    for start, stop in _chunks(n, 4 * m if buckets else m, dist.device):
         d = dist[start:stop]
         if m == 0:
             empty = torch.zeros(stop - start, 0, dtype=torch.int64, device=d.device)

@@ -36,7 +36,8 @@ from ._reduce import keep_in_graph
 __all__ = ["batch_all_sum", "mined_terms", "triplet_terms"]
 
 #: Selected distances are recomputed from the rows when the selection has at most this
-#: share of the matrix's entries (else they are read from the matrix in the graph).
+#: share of the matrix's entries, and its rows (``T x D`` values, each read and written a
+#: few times) are at most half the matrix's entries (else they are read from the matrix).
 _PAIRED_SHARE = 4
 
 
@@ -146,6 +147,43 @@ def batch_all_sum(b: Batch, margin: float, soft_margin: bool) -> tuple[Tensor, T
     return total, counts[0], counts[1]
 
 
+class _SelectedEuclidean(torch.autograd.Function):
+    """Entries ``dist[rows, cols]`` of a detached Euclidean (or squared) distance matrix, as
+    a function of the embeddings ``x`` and ``y`` (``None``: ``y`` is ``x``). Backward: the
+    selected entries' weights (``2 g``, or ``g / d`` with 0 where ``d == 0``, as
+    :func:`~tripletkit.distances._euclidean_weights_`) summed into one ``N x M`` matrix,
+    then :func:`~tripletkit.distances._euclidean_backward`."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: Tensor,
+        y: Tensor | None,
+        dist: Tensor,
+        rows: Tensor,
+        cols: Tensor,
+        squared: bool,
+    ) -> Tensor:
+        picked = dist[rows, cols]
+        ctx.squared, ctx.y_is_x, ctx.shape = squared, y is None, dist.shape
+        ctx.save_for_backward(x, x if y is None else y, rows, cols, picked)
+        return picked
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple:  # type: ignore[override]
+        x, y, rows, cols, picked = ctx.saved_tensors
+        if ctx.squared:
+            w = 2 * grad
+        else:
+            w = torch.where(picked == 0, 0, grad / picked)
+        weights = torch.zeros(ctx.shape, dtype=w.dtype, device=w.device)
+        weights.index_put_((rows, cols), w, accumulate=True)
+        gx, gy = _euclidean_backward(
+            x, y, weights, ctx.y_is_x, ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        )
+        return gx, gy, None, None, None, None
+
+
 def mined_terms(
     b: Batch,
     hardest: bool,
@@ -168,13 +206,22 @@ def mined_terms(
     if dist.shape[1] == 0:  # no reference: no triplet, every slot is empty
         zero = keep_in_graph(b.embeddings.new_zeros(a.shape), b.embeddings, b.ref_embeddings)
         return zero, sel.valid
-    if a.numel() * _PAIRED_SHARE <= dist.numel() or a.numel() == 0:
-        # Recomputed from the rows: a torch layout's anchor is its row of slots, so anchors
-        # broadcast (not gathered) against the selected references, unexpanded.
-        metric, emb, ref = str(b.metric), b.embeddings, b.ref_embeddings
+    emb, ref = b.embeddings, b.ref_embeddings
+    if a.numel() == 0 or a.numel() * max(_PAIRED_SHARE, 2 * emb.shape[1]) <= dist.numel():
+        # Recomputed from the rows (O(T D)): a torch layout's anchor is its row of slots, so
+        # anchors broadcast (not gathered) against the selected references, unexpanded.
+        metric = str(b.metric)
         rows = emb[sel.anchor] if sel.valid is None else emb.reshape(*sel.anchor.shape, -1)
         d_ap = paired(rows, ref[sel.positive], metric)
         d_an = paired(rows, ref[sel.negative], metric)
+    elif b.metric != "cosine":
+        # Read from the detached matrix; the backward scatters the selected entries' weights
+        # into one N x M matrix for the two matrix products (no N x M gradient chain).
+        y = None if ref is emb else ref
+        picked = _SelectedEuclidean.apply(
+            emb, y, dist, torch.stack([a, a]), torch.stack([p, n]), b.metric == "sqeuclidean"
+        )
+        d_ap, d_an = picked.unbind()
     else:
         in_graph = b.distances(grad=True)
         d_ap, d_an = in_graph[a, p], in_graph[a, n]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._batch import Batch, check_options, prepare
+from .._batch import Batch, WidthMemory, check_options, prepare
 from .._checks import (
     check_bool,
     check_finite_real,
@@ -541,9 +541,48 @@ def _options(
     }
 
 
-class BatchAllTripletLoss(LossModule):
+class _RemembersWidth(LossModule):
+    """A fused loss module that, without ``max_positives``, remembers the width of its
+    batches (:class:`~tripletkit._batch.WidthMemory`): with the input checks off it reads
+    the largest number of positives of its first batch only, then verifies each batch's
+    against it on the device, so it runs the bounded (fast) kernels without a host read."""
+
+    def __init__(self, **options: object) -> None:
+        super().__init__(**options)
+        self._widths = WidthMemory()
+
+    def forward(
+        self,
+        embeddings: Tensor,
+        labels: Tensor,
+        ref_embeddings: Tensor | None = None,
+        ref_labels: Tensor | None = None,
+        *,
+        anchor_offset: int | None = None,
+    ) -> Tensor:
+        options = self.options()
+        if options.get("max_positives") is None:
+            options["max_positives"] = self._widths
+        return type(self).function(
+            embeddings,
+            labels,
+            ref_embeddings=ref_embeddings,
+            ref_labels=ref_labels,
+            anchor_offset=anchor_offset,
+            **options,
+        )
+
+
+class BatchAllTripletLoss(_RemembersWidth):
     """Module form of :func:`batch_all_triplet_loss` (Hermans et al. 2017; "BA≠0" with the
     default ``reduction="mean_nonzero"``): ``loss(embeddings, labels)``.
+
+    Without ``max_positives`` the module remembers its batches' largest number of positives
+    (:class:`~tripletkit._batch.WidthMemory`): with the input checks off it reads it on the
+    first call only, then verifies each batch against it on the device
+    (``torch._assert_async``: a batch with more positives fails with a ``RuntimeError``
+    naming ``max_positives``), so it runs the bounded kernels without a host read. Batches
+    mined against a reference set are not remembered (pass ``max_positives``).
 
     Shape:
         - embeddings: ``[N, D]``; labels: ``[N]``; optional ref_embeddings ``[M, D]``,
@@ -633,9 +672,16 @@ class BatchHardTripletLoss(LossModule):
         )
 
 
-class SemiHardTripletLoss(LossModule):
+class SemiHardTripletLoss(_RemembersWidth):
     """Module form of :func:`semi_hard_triplet_loss` (Schroff et al. 2015, TensorFlow-Addons'
     selection): ``loss(embeddings, labels)``.
+
+    Without ``max_positives`` the module remembers its batches' largest number of positives
+    (:class:`~tripletkit._batch.WidthMemory`): with the input checks off it reads it on the
+    first call only, then verifies each batch against it on the device
+    (``torch._assert_async``: a batch with more positives fails with a ``RuntimeError``
+    naming ``max_positives``), so it runs the bounded kernels without a host read. Batches
+    mined against a reference set are not remembered (pass ``max_positives``).
 
     Shape:
         - embeddings: ``[N, D]``; labels: ``[N]``; optional ref_embeddings ``[M, D]``,
