@@ -187,7 +187,7 @@ def batch_all_hinge(
     labels: Tensor,
     ref_labels: Tensor,
     self_index: Tensor,
-    margin: float,
+    margin: float | Tensor,
     width: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Sum of ``max(0, d_ap - d_an + margin)`` over every valid triplet, without a sort of
