@@ -95,7 +95,7 @@ def batch_all_hinge(
     labels: Tensor,
     ref_labels: Tensor,
     self_index: Tensor,
-    margin: float,
+    margin: float | Tensor,
     backend: str,
     width: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -104,6 +104,12 @@ def chunk_elements(device: torch.device) -> int:
 
 
 def _chunks(n: int, per_row: int, device: torch.device) -> list[tuple[int, int]]:
+    """Row ranges ``[start, stop)`` covering ``n`` anchors, each of at most
+    :func:`chunk_elements` ``// per_row`` rows. Under ``torch.compile`` one chunk: chunking by
+    the device's memory is an eager feature, and a loop whose trip count grows with ``n``
+    would unroll into a graph that grows with the batch."""
+    if torch.compiler.is_compiling():
+        return [(0, n)] if n else []
     rows = max(1, chunk_elements(device) // max(per_row, 1))
     return [(s, min(s + rows, n)) for s in range(0, n, rows)]
 
@@ -149,8 +155,12 @@ def _positive_slots(
     return torch.where(used, cols, 0), used, m - (hi - lo)
 
 
-def _zero() -> tuple[Tensor, Tensor]:
-    return torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.int64)
+def _zero(device: torch.device) -> tuple[Tensor, Tensor]:
+    """A float64 and an int64 zero, made on ``device`` (no host-to-device copy)."""
+    return (
+        torch.zeros((), dtype=torch.float64, device=device),
+        torch.zeros((), dtype=torch.int64, device=device),
+    )
 
 
 def batch_all_hinge(
@@ -158,7 +168,7 @@ def batch_all_hinge(
     labels: Tensor,
     ref_labels: Tensor,
     self_index: Tensor,
-    margin: float,
+    margin: float | Tensor,
     width: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Sum of ``max(0, d_ap - d_an + margin)`` over every valid triplet, without a sort of
@@ -187,8 +197,7 @@ def batch_all_hinge(
     n, m = dist.shape
     w = m if width is None else min(width, m)
     grad = torch.empty_like(dist)  # every row is written below
-    total, n_valid = _zero()
-    total, n_valid = total.to(dist.device), n_valid.to(dist.device)
+    total, n_valid = _zero(dist.device)
     n_active = torch.zeros_like(n_valid)
     if m == 0:
         return total.to(dist.dtype), n_valid, n_active, grad
@@ -244,8 +253,7 @@ def batch_all_soft(
     n, m = dist.shape
     w = min(width, m)
     grad = torch.zeros_like(dist)
-    total, n_valid = _zero()
-    total, n_valid = total.to(dist.device), n_valid.to(dist.device)
+    total, n_valid = _zero(dist.device)
     if m == 0:
         return total.to(dist.dtype), n_valid, grad
     index = _label_index(ref_labels)

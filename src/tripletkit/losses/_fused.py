@@ -41,7 +41,7 @@ __all__ = ["batch_all_sum", "mined_terms", "triplet_terms"]
 _PAIRED_SHARE = 4
 
 
-def triplet_terms(d_ap: Tensor, d_an: Tensor, margin: float, soft_margin: bool) -> Tensor:
+def triplet_terms(d_ap: Tensor, d_an: Tensor, margin: float | Tensor, soft_margin: bool) -> Tensor:
     """Per-triplet loss: ``max(0, d_ap - d_an + margin)`` or ``softplus(d_ap - d_an)``.
 
     Shape:
@@ -58,7 +58,7 @@ def triplet_terms(d_ap: Tensor, d_an: Tensor, margin: float, soft_margin: bool) 
 
 #: What the batch-all kernels need besides the matrix: ``(labels, ref_labels, self_index,
 #: backend, margin, soft_margin, width)``.
-KernelArgs = tuple[Tensor, Tensor, Tensor, str, float, bool, "int | None"]
+KernelArgs = tuple[Tensor, Tensor, Tensor, str, "float | Tensor", bool, "int | None"]
 
 
 def _kernel(dist: Tensor, k: KernelArgs) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -125,7 +125,9 @@ class _BatchAllEuclidean(torch.autograd.Function):
         )
 
 
-def batch_all_sum(b: Batch, margin: float, soft_margin: bool) -> tuple[Tensor, Tensor, Tensor]:
+def batch_all_sum(
+    b: Batch, margin: float | Tensor, soft_margin: bool
+) -> tuple[Tensor, Tensor, Tensor]:
     """``(total, n_valid, n_active)`` of the batch-all loss of a prepared batch (counts as
     0-dim int64 tensors). The soft margin needs :attr:`Batch.width` on the torch backend:
     without it (checks off and no ``max_positives``) it is read here, one host read."""
@@ -187,7 +189,7 @@ class _SelectedEuclidean(torch.autograd.Function):
 def mined_terms(
     b: Batch,
     hardest: bool,
-    margin: float,
+    margin: float | Tensor,
     soft_margin: bool,
     windows: tuple[tuple[int, int], tuple[int, int]] = ((0, 1), (0, 1)),
 ) -> tuple[Tensor, Tensor | None]:

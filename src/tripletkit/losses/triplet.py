@@ -22,6 +22,7 @@ from .._checks import (
     check_bool,
     check_finite_real,
     check_index_tuple,
+    check_margin,
     check_nonnegative_int,
     check_rank_window,
     check_reduction,
@@ -30,7 +31,14 @@ from ..distances import _paired_distance_unchecked
 from ..types import Triplets
 from ._base import LossModule
 from ._fused import batch_all_sum, mined_terms, triplet_terms
-from ._reduce import FUSED_REDUCTIONS, REDUCTIONS, Parts, reduce_parts, reduce_terms
+from ._reduce import (
+    FUSED_REDUCTIONS,
+    REDUCTIONS,
+    Parts,
+    listed_terms,
+    reduce_parts,
+    reduce_terms,
+)
 
 __all__ = [
     "BatchAllTripletLoss",
@@ -89,7 +97,7 @@ def batch_all_parts(
     max_positives: int | None = None,
 ) -> Parts:
     """The un-reduced batch-all loss: see :func:`batch_all_triplet_loss`."""
-    margin = check_finite_real(margin, "margin")
+    checked_margin = check_margin(margin)
     soft_margin = check_bool(soft_margin, "soft_margin")
     b = _batch(
         embeddings,
@@ -102,7 +110,7 @@ def batch_all_parts(
         backend,
         max_positives,
     )
-    return Parts(*batch_all_sum(b, margin, soft_margin))
+    return Parts(*batch_all_sum(b, checked_margin, soft_margin))
 
 
 def batch_all_triplet_loss(
@@ -132,6 +140,9 @@ def batch_all_triplet_loss(
         embeddings: ``[N, D]`` float embeddings (float16/bfloat16 computed in float32).
         labels: ``[N]`` integer class labels.
         margin: ``m`` of the hinge ``max(0, d_ap - d_an + m)``; ignored with ``soft_margin``.
+            A number, or a one-element tensor (e.g. a schedule on the GPU), which is never
+            read on the host while the input checks are off
+            (:func:`~tripletkit._checks.check_margin`).
         metric: ``"euclidean"``, ``"sqeuclidean"`` or ``"cosine"``.
         soft_margin: use ``softplus(d_ap - d_an)`` instead of the hinge.
         reduction: ``"mean"`` (over valid triplets), ``"sum"`` or ``"mean_nonzero"``
@@ -194,7 +205,7 @@ def _mined(
     negative_ranks: object = (0, 1),
 ) -> tuple[Tensor, Tensor | None]:
     """The terms of the batch-hard (``hardest``) or semi-hard triplets and which are real."""
-    margin = check_finite_real(margin, "margin")
+    checked_margin = check_margin(margin)
     soft_margin = check_bool(soft_margin, "soft_margin")
     windows = (
         check_rank_window(positive_ranks, "positive_ranks"),
@@ -212,7 +223,7 @@ def _mined(
         max_positives,
         need_width=not hardest,
     )
-    return mined_terms(b, hardest, margin, soft_margin, windows)
+    return mined_terms(b, hardest, checked_margin, soft_margin, windows)
 
 
 def _mined_parts(terms: Tensor, valid: Tensor | None) -> Parts:
@@ -224,8 +235,8 @@ def _mined_parts(terms: Tensor, valid: Tensor | None) -> Parts:
 
 
 def _mined_loss(terms: Tensor, valid: Tensor | None, reduction: str) -> Tensor:
-    if reduction == "none":  # one term per real triplet: a data-dependent size
-        return terms if valid is None else terms[valid]
+    if reduction == "none":  # one term per real triplet: a data-dependent size, one read
+        return listed_terms(terms, valid)
     return reduce_parts(*_mined_parts(terms, valid), reduction)
 
 
@@ -300,7 +311,9 @@ def batch_hard_triplet_loss(
             no bound.
         reduction: ``"mean"`` (over the triplets kept), ``"sum"``, ``"mean_nonzero"``, or
             ``"none"`` (one term per kept triplet, by anchor, positive rank, negative rank:
-            ``[T]``, one per kept anchor with the default windows).
+            ``[T]``, one per kept anchor with the default windows). ``T`` depends on the
+            data, so ``"none"`` reads it on the host: one host read, even with the input
+            checks off (:func:`~tripletkit.losses._reduce.listed_terms`).
         positive_ranks, negative_ranks: hardness-rank windows ``(lo, hi)`` (0 = hardest).
 
     Returns:
@@ -394,7 +407,8 @@ def semi_hard_triplet_loss(
             :func:`batch_all_triplet_loss` (with checks off and no bound, the negatives of
             each row are sorted instead of bucketed: exact, no host read).
         reduction: ``"mean"`` (over those pairs), ``"sum"``, ``"mean_nonzero"``, or
-            ``"none"`` (one term per pair, ordered by anchor then positive: ``[P]``).
+            ``"none"`` (one term per pair, ordered by anchor then positive: ``[P]``; ``P``
+            is read on the host, one host read even with the input checks off).
 
     Returns:
         0-dim loss, or ``[P]`` with ``reduction="none"``.
