@@ -11,6 +11,9 @@ operation reads or writes that are *N x M-sized*, and reports them in units of o
   :func:`tripletkit.kernels.torch_backend.chunk_elements` for the call). Other row blocks
   (the distance matrix's clean-up in :mod:`tripletkit.distances`, blocks of ``2^20``
   entries) are one block up to ``N = M = 1024``: count there.
+- The torch kernels' path is that of CUDA tensors: on the CPU they count small ranks by
+  comparisons (faster there, more passes); :func:`count_passes` turns that off for the call
+  (:data:`tripletkit.kernels.torch_backend.COUNT_RANKS_ON_CPU`).
 - Its bytes are ``min(numel * element_size, storage bytes)``: an expanded (stride-0) tensor
   costs its storage, a slice of a larger tensor its own elements.
 - An indexed write in place (``scatter_``, ``scatter_add_``, ``scatter_reduce_``,
@@ -142,13 +145,14 @@ def count_passes(fn: Callable[[], Any], n: int, m: int, one_chunk: bool = True) 
 
 @contextlib.contextmanager
 def _one_chunk(enabled: bool) -> Iterator[None]:
-    previous = torch_backend.chunk_elements
+    previous = torch_backend.chunk_elements, torch_backend.COUNT_RANKS_ON_CPU
     if enabled:
         torch_backend.chunk_elements = lambda device: 1 << 62  # type: ignore[assignment]
+    torch_backend.COUNT_RANKS_ON_CPU = False  # the path of CUDA tensors (binary searches)
     try:
         yield
     finally:
-        torch_backend.chunk_elements = previous  # type: ignore[assignment]
+        torch_backend.chunk_elements, torch_backend.COUNT_RANKS_ON_CPU = previous  # type: ignore[assignment]
 
 
 def cdist_passes(n: int = 1024, dim: int = 128, seed: int = 0) -> float:

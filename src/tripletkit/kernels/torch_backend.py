@@ -157,6 +157,32 @@ def _positive_slots(
     return torch.where(used, cols, 0), used, m - (hi - lo)
 
 
+#: Up to this many thresholds per anchor, ranks of CPU tensors are counted by comparisons
+#: (``W`` passes over the matrix, which the CPU runs faster than a binary search); on other
+#: devices, where each pass costs memory traffic, always a binary search (one pass).
+_COUNT_RANK_MAX = 16
+#: Whether CPU tensors take the counted ranks (``benchmarks.passes`` turns it off to count
+#: the passes of the path every CUDA tensor takes).
+COUNT_RANKS_ON_CPU = True
+
+
+def _rank(sorted_values: Tensor, values: Tensor, right: bool) -> Tensor:
+    """``#{s <= v}`` (``right``) or ``#{s < v}`` for each ``v`` of ``values [R, M]`` among
+    the row's ``sorted_values [R, W]`` (int64): a binary search, or on the CPU, for small
+    ``W``, counted (the same counts)."""
+    w = sorted_values.shape[1]
+    if not (COUNT_RANKS_ON_CPU and values.device.type == "cpu" and w <= _COUNT_RANK_MAX):
+        return torch.searchsorted(sorted_values, values, right=right)
+    # counted in uint8 (W <= 16 fits), widened once for the scatters that use it as an index
+    rank = torch.zeros(values.shape, dtype=torch.uint8, device=values.device)
+    hit = torch.empty(values.shape, dtype=torch.bool, device=values.device)
+    compare = torch.le if right else torch.lt
+    for i in range(w):
+        compare(sorted_values[:, i : i + 1], values, out=hit)
+        rank += hit.view(torch.uint8)
+    return rank.long()
+
+
 def _zero(device: torch.device) -> tuple[Tensor, Tensor]:
     """A float64 and an int64 zero, made on ``device`` (no host-to-device copy)."""
     return (
@@ -216,7 +242,7 @@ def batch_all_hinge(
         # the negatives in float64 (the buckets' sums), the same-label columns at +inf
         v = torch.where(same, inf64, d)
         # r = #{t_p <= v}: a negative's bucket; +inf goes to bucket w (after every threshold)
-        rank = torch.searchsorted(t_sorted.to(torch.float64), v, right=True)
+        rank = _rank(t_sorted.to(torch.float64), v, right=True)
         count = torch.zeros(d.shape[0], w + 1, dtype=torch.int64, device=d.device)
         count.scatter_add_(
             1, rank, torch.ones((), dtype=torch.int64, device=d.device).expand_as(rank)
@@ -429,7 +455,7 @@ def _semi_hard_buckets(
     v = torch.where(same, math.inf, d)
     # A negative at v is farther than the positives with d_ap < v: bucket r = #{d_ap < v}
     # (the same-label columns, at +inf, join bucket P with no effect on its minimum).
-    rank = torch.searchsorted(d_sorted, v)
+    rank = _rank(d_sorted, v, right=False)
     nearest = torch.full((d.shape[0], w + 1), math.inf, dtype=d.dtype, device=d.device)
     nearest.scatter_reduce_(1, rank, v, "amin")
     # The lowest column at each bucket's nearest value (an empty bucket's is never used).
