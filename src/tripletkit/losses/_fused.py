@@ -11,7 +11,12 @@ respect to the distance matrix; this module hands them to autograd.
   pair) on the detached matrix; the selected distances are then recomputed from the
   embeddings' rows (O(T D) for T triplets), so the gradient reaches only the rows involved
   and no ``N x M`` gradient is formed; when the selection spans every column (semi-hard
-  without a width), they are read from the matrix in the graph instead.
+  without a width), they are read from the matrix in the graph instead. The numba (CPU)
+  backend's listed selections are recomputed only when their ``T x D`` rows are small
+  beside the matrix (batch-hard): semi-hard's ``T = N (K - 1)`` rows cost as much as the
+  matrix, and their gathers' backward is a serial scatter on CPU, while the matrix's
+  backward is two matrix products that scale with the threads; they are read from the
+  matrix, built once in the graph (as 0.1.0 did).
 
 Counts stay 0-dim tensors and nothing here reads a device value: with the input checks off
 (:func:`~tripletkit.set_input_checks`) and the kernels' widths known, a loss runs without a
@@ -161,14 +166,19 @@ def mined_terms(
         ``(terms, valid)`` of the selection's shape: ``[N]``, ``[N, P, Q]``, ``[N, width]``
         or ``[N, M]`` (torch layouts) or ``[T]`` (a listed selection).
     """
-    dist = b.distances(grad=False)
+    # numba: the matrix is built in the graph once; unused (recomputed rows), it is freed
+    in_graph = b.distances(grad=True) if b.backend == "numba" else None
+    dist = b.distances(grad=False) if in_graph is None else in_graph.detach()
     args = (dist, b.labels, b.ref_labels, b.self_index, b.backend)
     sel: Selection = batch_hard(*args, *windows) if hardest else semi_hard(*args, b.width)
     a, p, n = torch.broadcast_tensors(sel.anchor, sel.positive, sel.negative)
     if dist.shape[1] == 0:  # no reference: no triplet, every slot is empty
         zero = keep_in_graph(b.embeddings.new_zeros(a.shape), b.embeddings, b.ref_embeddings)
         return zero, sel.valid
-    if a.numel() * _PAIRED_SHARE <= dist.numel() or a.numel() == 0:
+    if in_graph is not None and a.numel() * b.embeddings.shape[-1] * _PAIRED_SHARE > dist.numel():
+        # one gather for both distances: a single N x M gradient buffer in backward
+        d_ap, d_an = in_graph[a.repeat(2), torch.cat([p, n])].view(2, -1)
+    elif a.numel() * _PAIRED_SHARE <= dist.numel() or a.numel() == 0:
         # Recomputed from the rows: a torch layout's anchor is its row of slots, so anchors
         # broadcast (not gathered) against the selected references, unexpanded.
         metric, emb, ref = str(b.metric), b.embeddings, b.ref_embeddings
