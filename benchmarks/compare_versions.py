@@ -1,23 +1,25 @@
-"""Side-by-side timing of two tripletkit source trees, in alternating fresh processes.
+"""Side-by-side timing of tripletkit source trees, in alternating fresh processes.
 
-Built to compare a change with an earlier release on a shared, noisy machine: each
+Built to compare changes with an earlier release on a shared, noisy machine: each
 *process* imports one version (``PYTHONPATH`` = that tree's ``src``), sets the thread
 count, warms up (numba compilation or cache loading), then times ``repeats`` forward +
 backward calls of one fused loss and prints their times as one JSON line. A *round* runs
-one process per (version, thread count), the order of the two versions alternating from
-round to round, so slow drifts of the machine's load hit both sides alike. Per version and
-thread count the report gives the median over every call of every round, the interquartile
-range and min-max, and the *paired* ratio new / old per round (each round's new median over
-the same round's old median), whose median and spread are the headline; plus the thread
-scaling ``time(threads=t) / time(threads=1)`` of each version. The load average is read
-before every round. The loss value and the sum of the gradient's absolute values of
-both versions are compared (identical, or their largest relative difference).
+one process per (tree, thread count), the order of the trees reversed from round to round,
+so slow drifts of the machine's load hit every side alike. The first tree is the
+reference. Per tree and thread count the report gives the median over every call of every
+round, the interquartile range and min-max, and the *paired* ratio tree / reference per
+round (each round's median over the same round's reference median), whose median and
+spread are the headline; plus the thread scaling ``time(threads=t) / time(threads=1)`` of
+each tree. The load average is read before every round. The loss value and the sum of the
+gradient's absolute values are compared with the reference's (identical, or their largest
+relative difference).
 
 Usage::
 
     git worktree add /tmp/tk-010 <commit of 0.1.0>     # outside this repository's tree
-    python -m benchmarks.compare_versions /tmp/tk-010 . --loss semi_hard --threads 1 2 \
-        --rounds 10 --repeats 15 --out benchmarks/results/compare_semi_hard.json
+    python -m benchmarks.compare_versions /tmp/tk-010 . --labels 0.1.0 new \
+        --loss semi_hard --threads 1 2 --rounds 10 --repeats 15 \
+        --out benchmarks/results/compare_semi_hard.json
 
 Inputs as :mod:`benchmarks.speed`: ``N = 1024`` (``--n``), ``D = 128``, ``K = 8`` samples per
 class, shuffled, float32, margin 0.2, ``backend="numba"`` (``--backend``).
@@ -132,15 +134,11 @@ def _run_child(src: Path, spec: dict[str, Any], timeout_s: float) -> dict[str, A
     return out
 
 
-def _quartiles(values: list[float]) -> tuple[float, float, float]:
-    if len(values) < 2:
-        return values[0], values[0], values[0]
-    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return q1, q2, q3
-
-
 def _spread(values: list[float]) -> dict[str, float]:
-    q1, med, q3 = _quartiles(values)
+    if len(values) < 2:
+        q1 = med = q3 = values[0]
+    else:
+        q1, med, q3 = statistics.quantiles(values, n=4, method="inclusive")
     return {"median": med, "q1": q1, "q3": q3, "min": min(values), "max": max(values)}
 
 
@@ -151,27 +149,31 @@ def _load() -> list[float] | None:
         return None
 
 
-def summarize(runs: list[dict[str, Any]], threads: list[int]) -> dict[str, Any]:
-    """Per thread count: each version's spread over all calls and over process medians, the
-    paired new / old ratio per round, and each version's scaling against 1 thread."""
+def summarize(runs: list[dict[str, Any]], sides: list[str], threads: list[int]) -> dict[str, Any]:
+    """Per thread count: each side's spread over all calls and over process medians, its
+    paired ratio to the reference (``sides[0]``) per round and the ratio of the medians;
+    per side its scaling against the first thread count."""
+    ref = sides[0]
     out: dict[str, Any] = {}
     for t in threads:
         mine = [r for r in runs if r["threads"] == t]
         per: dict[str, Any] = {}
-        for side in ("old", "new"):
+        for side in sides:
             calls = [s for r in mine if r["side"] == side for s in r["times_s"]]
             meds = [statistics.median(r["times_s"]) for r in mine if r["side"] == side]
             per[side] = {"calls": _spread(calls), "process_medians": _spread(meds)}
-        rounds = sorted({r["round"] for r in mine})
-        paired = []
-        for k in rounds:
-            med = {r["side"]: statistics.median(r["times_s"]) for r in mine if r["round"] == k}
-            if {"old", "new"} <= med.keys():
-                paired.append(med["new"] / med["old"])
-        per["paired_ratio_new_over_old"] = _spread(paired) if paired else None
-        per["ratio_of_medians"] = per["new"]["calls"]["median"] / per["old"]["calls"]["median"]
+        for side in sides[1:]:
+            paired = []
+            for k in sorted({r["round"] for r in mine}):
+                med = {r["side"]: statistics.median(r["times_s"]) for r in mine if r["round"] == k}
+                if side in med and ref in med:
+                    paired.append(med[side] / med[ref])
+            per[side][f"paired_ratio_to_{ref}"] = _spread(paired) if paired else None
+            per[side][f"ratio_of_medians_to_{ref}"] = (
+                per[side]["calls"]["median"] / per[ref]["calls"]["median"]
+            )
         out[str(t)] = per
-    for side in ("old", "new"):
+    for side in sides:
         base = out[str(threads[0])][side]["calls"]["median"]
         for t in threads[1:]:
             out[str(t)][side][f"scaling_vs_{threads[0]}_thread"] = (
@@ -180,10 +182,11 @@ def summarize(runs: list[dict[str, Any]], threads: list[int]) -> dict[str, Any]:
     return out
 
 
-def _print(summary: dict[str, Any], loss: str) -> None:
+def _print(summary: dict[str, Any], sides: list[str], loss: str) -> None:
+    ref = sides[0]
     print(f"\n{loss}: forward + backward, ms (median [IQR] min-max over every call)")
     for t, per in summary.items():
-        for side in ("old", "new"):
+        for side in sides:
             c = per[side]["calls"]
             scale = next((v for k, v in per[side].items() if k.startswith("scaling")), None)
             extra = f"  scaling vs 1 thread {scale:.2f}" if scale is not None else ""
@@ -191,20 +194,22 @@ def _print(summary: dict[str, Any], loss: str) -> None:
                 f"  threads={t} {side}: {1e3 * c['median']:.2f} [{1e3 * c['q1']:.2f}, "
                 f"{1e3 * c['q3']:.2f}] {1e3 * c['min']:.2f}-{1e3 * c['max']:.2f}{extra}"
             )
-        p = per["paired_ratio_new_over_old"]
-        if p:
-            print(
-                f"  threads={t} new/old per round: median {p['median']:.3f} "
-                f"[{p['q1']:.3f}, {p['q3']:.3f}] {p['min']:.3f}-{p['max']:.3f}; "
-                f"ratio of medians {per['ratio_of_medians']:.3f}"
-            )
+        for side in sides[1:]:
+            p = per[side][f"paired_ratio_to_{ref}"]
+            if p:
+                print(
+                    f"  threads={t} {side}/{ref} per round: median {p['median']:.3f} "
+                    f"[{p['q1']:.3f}, {p['q3']:.3f}] {p['min']:.3f}-{p['max']:.3f}; ratio of "
+                    f"medians {per[side][f'ratio_of_medians_to_{ref}']:.3f}"
+                )
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run the comparison; returns (and with ``--out`` writes) the JSON result."""
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.compare_versions", description=__doc__)
-    p.add_argument("old", nargs="?", help="the earlier source tree (repository root or src/)")
-    p.add_argument("new", nargs="?", help="the changed source tree")
+    p.add_argument(
+        "trees", nargs="*", help="source trees (repository root or src/), reference first"
+    )
+    p.add_argument("--labels", nargs="+", help="a name per tree (default old, new, new2, ...)")
     p.add_argument("--loss", choices=LOSSES, default="semi_hard")
     p.add_argument("--backend", default="numba")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -218,37 +223,49 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--timeout", type=float, default=300.0, help="per process (s)")
     p.add_argument("--out", type=Path, help="JSON file to write")
     p.add_argument("--child", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the comparison; returns (and with ``--out`` writes) the JSON result."""
+    p = _parser()
     args = p.parse_args(argv)
     if args.child:
         print(json.dumps(_child(json.loads(args.child))), flush=True)
         return {}
-    if not (args.old and args.new):
-        p.error("give the two source trees: OLD NEW")
-    trees = {"old": _src(args.old), "new": _src(args.new)}
+    if len(args.trees) < 2:
+        p.error("give at least two source trees, the reference first")
+    sides = args.labels or ["old", "new", *(f"new{i}" for i in range(2, len(args.trees)))]
+    if len(sides) != len(args.trees) or len(set(sides)) != len(sides):
+        p.error("--labels needs one distinct name per tree")
+    trees = {side: _src(tree) for side, tree in zip(sides, args.trees, strict=True)}
     spec = {k: getattr(args, k) for k in ("loss", "backend", "n", "dim", "k", "seed")}
     spec.update(repeats=args.repeats, warmups=args.warmups)
     runs: list[dict[str, Any]] = []
     loads = []
     for k in range(args.rounds):
         loads.append(_load())
-        order = ("old", "new") if k % 2 == 0 else ("new", "old")
+        order = sides if k % 2 == 0 else sides[::-1]
         for t in args.threads:
             for side in order:
                 r = _run_child(trees[side], {**spec, "threads": t}, args.timeout)
                 runs.append({"round": k, "side": side, "threads": t, **r})
         print(f"round {k + 1}/{args.rounds} done, load average {loads[-1]}", flush=True)
     values = {(r["side"], r["threads"]): (r["loss"], r["grad_sum"]) for r in runs}
-    same = all(values[("old", t)] == values[("new", t)] for t in args.threads)
+    keys = [(s, t) for s in sides[1:] for t in args.threads]
+    same = all(values[k] == values[(sides[0], k[1])] for k in keys)
     rel = max(
-        abs(values[("new", t)][i] - values[("old", t)][i]) / max(abs(values[("old", t)][i]), 1e-30)
-        for t in args.threads
+        abs(values[k][i] - values[(sides[0], k[1])][i])
+        / max(abs(values[(sides[0], k[1])][i]), 1e-30)
+        for k in keys
         for i in (0, 1)
     )
-    summary = summarize(runs, args.threads)
+    summary = summarize(runs, sides, args.threads)
     result: dict[str, Any] = {
         "benchmark": "compare_versions",
         "config": {**spec, "threads": args.threads, "rounds": args.rounds},
         "trees": {k: str(v) for k, v in trees.items()},
+        "reference": sides[0],
         "versions": {r["side"]: r["version"] for r in runs},
         "machine": _machine(),
         "load_average_per_round": loads,
@@ -259,7 +276,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "summary": summary,
         "runs": runs,
     }
-    _print(summary, args.loss)
+    _print(summary, sides, args.loss)
     print(f"  loss and |gradient| sum identical: {same} (largest relative difference {rel:.1e})")
     print(f"  load averages per round {loads}, at the end {_load()}")
     if args.out:
