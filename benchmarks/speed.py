@@ -810,7 +810,7 @@ def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _machine_line(machine: dict[str, Any]) -> str:
     """Where the figures come from: CPU, cores, versions and load averages."""
-    load = machine.get("load_average") or []
+    load = machine.get("load_average_start") or []
     end = machine.get("load_average_end") or []
     return (
         f"Machine: {machine.get('cpu')}, {machine.get('usable_cores')} usable cores; torch "
@@ -1099,6 +1099,7 @@ def _run_and_save(
     started: float,
 ) -> dict[str, Any]:
     """Run one device, check the targets, write the JSON (and plot) and print the tables."""
+    load_start = load_average()
     results, warm_info, extra = run_device(methods, cfg)
     result = new_result(
         "speed",
@@ -1107,7 +1108,9 @@ def _run_and_save(
         results=results,
         **extra,
     )
-    result["machine"]["load_average_end"] = load_average()
+    # machine_info() ran at the end: its load_average is the end's
+    result["machine"]["load_average_start"] = load_start
+    result["machine"]["load_average_end"] = result["machine"]["load_average"]
     result["targets"] = check_targets(result)
     png_path = plot_results(result, json_path.with_suffix(".png")) if plot else None
     result["files"] = {"json": str(json_path), "png": str(png_path) if png_path else None}

@@ -66,6 +66,7 @@ def test_quick_run_writes_json_and_png(quick_run: tuple[dict[str, Any], Path]) -
         "usable_cores",
         "timestamp",
         "load_average",
+        "load_average_start",
         "load_average_end",
     ):
         assert key in saved["machine"], key
