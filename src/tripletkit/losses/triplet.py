@@ -28,6 +28,7 @@ from .._checks import (
 )
 from ..distances import _paired_distance_unchecked
 from ..types import Triplets
+from . import _streaming
 from ._base import LossModule
 from ._fused import batch_all_sum, mined_terms, triplet_terms
 from ._reduce import FUSED_REDUCTIONS, REDUCTIONS, Parts, reduce_parts, reduce_terms
@@ -102,7 +103,8 @@ def batch_all_parts(
         backend,
         max_positives,
     )
-    return Parts(*batch_all_sum(b, margin, soft_margin))
+    streamed = b.backend == "streaming"  # issue 18: no [N, M] matrix
+    return Parts(*(_streaming.batch_all_sum if streamed else batch_all_sum)(b, margin, soft_margin))
 
 
 def batch_all_triplet_loss(
@@ -141,7 +143,9 @@ def batch_all_triplet_loss(
         anchor_offset: when the anchors are rows ``anchor_offset : anchor_offset + N`` of
             the references, the pairs of a sample with itself are excluded.
         normalize: L2-normalise the embeddings first.
-        backend: ``"auto"`` (numba on CPU, torch elsewhere), ``"torch"`` or ``"numba"``.
+        backend: ``"auto"`` (numba on CPU, torch elsewhere), ``"torch"``, ``"numba"`` or
+            ``"streaming"`` (CPU, tile by tile without the ``[N, M]`` matrix: what ``"auto"``
+            picks on CPU above :func:`~tripletkit.set_memory_budget`).
         max_positives: an upper bound on any anchor's number of positives, e.g. ``k - 1`` in
             P x K batches without references (:attr:`~tripletkit.samplers.PKBatchSampler.\
 max_positives`). The torch kernels size their buffers with it instead of reading the
@@ -212,7 +216,10 @@ def _mined(
         max_positives,
         need_width=not hardest,
     )
-    return mined_terms(b, hardest, margin, soft_margin, windows)
+    streamed = b.backend == "streaming"  # issue 18: no [N, M] matrix
+    return (_streaming.mined_terms if streamed else mined_terms)(
+        b, hardest, margin, soft_margin, windows
+    )
 
 
 def _mined_parts(terms: Tensor, valid: Tensor | None) -> Parts:
