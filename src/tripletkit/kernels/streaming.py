@@ -44,6 +44,7 @@ from ..distances import _euclidean_matrix, _euclidean_weights_
 from . import _numba
 
 __all__ = [
+    "ROW_ALIGN",
     "TILE_BYTES",
     "batch_all_backward",
     "batch_all_forward",
@@ -56,12 +57,17 @@ __all__ = [
 #: and the kernel's gradient of it are the largest temporaries of the streaming path.
 TILE_BYTES = 8 << 20
 
+#: Tiles hold a multiple of this many rows (see :func:`tile_rows`).
+ROW_ALIGN = 8
 
-def tile_rows(m: int, itemsize: int, tile_bytes: int | None = None) -> int:
-    """Anchor rows per tile: as many as fit ``tile_bytes`` (default :data:`TILE_BYTES`) of
-    ``[rows, m]`` distances of ``itemsize`` bytes, at least one."""
-    budget = TILE_BYTES if tile_bytes is None else tile_bytes
-    return max(1, budget // max(1, m * itemsize))
+
+def tile_rows(m: int, itemsize: int) -> int:
+    """Anchor rows per tile: as many as fit :data:`TILE_BYTES` of ``[rows, m]`` distances of
+    ``itemsize`` bytes, rounded down to a multiple of :data:`ROW_ALIGN` when there are that
+    many (BLAS kernels work on panels of rows: tiles that start on a panel boundary round
+    their rows as the full product does), at least one."""
+    rows = max(1, TILE_BYTES // max(1, m * itemsize))
+    return rows - rows % ROW_ALIGN if rows >= ROW_ALIGN else rows
 
 
 def _blocks(n: int, m: int, itemsize: int) -> Iterator[slice]:

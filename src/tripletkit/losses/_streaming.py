@@ -59,11 +59,16 @@ class _StreamingBatchAll(torch.autograd.Function):
     def backward(ctx: Any, grad_total: Tensor, _grad_counts: Tensor) -> tuple:  # type: ignore[override]
         x, *rest = ctx.saved_tensors
         y = x if ctx.y_is_x else rest[0]
-        gx, gy = streaming.batch_all_backward(x, y, *ctx.k, ctx.y_is_x)
+        labels, ref_labels, own, metric, margin, soft = ctx.k
+        gx, gy = streaming.batch_all_backward(
+            x, y, labels, ref_labels, own, metric, margin, soft, ctx.y_is_x
+        )
         scale = grad_total.to(x.dtype)
-        gx = gx.mul_(scale) if ctx.needs_input_grad[0] else None
-        gy = None if gy is None or not ctx.needs_input_grad[1] else gy.mul_(scale)
-        return gx, gy, None
+        return (
+            gx.mul_(scale) if ctx.needs_input_grad[0] else None,
+            None if gy is None or not ctx.needs_input_grad[1] else gy.mul_(scale),
+            None,
+        )
 
 
 def _inputs(b: Batch) -> tuple[Tensor, Tensor | None]:
