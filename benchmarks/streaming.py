@@ -21,7 +21,7 @@ backward (:func:`benchmarks.measure.timed_call`).
 Plans: default (a few minutes on 2 cores): the time rows at 8,192 and memory at 8,192 (both
 backends) and 16,384 (streaming), plus the reference-set rows; ``--full`` adds
 ``N = 65,536`` (several minutes per loss); ``--quick`` is a smoke test of every row kind on
-small sizes (the targets then read N/A).
+small sizes, all in one interpreter (the targets then read N/A).
 
 Usage::
 
@@ -62,10 +62,9 @@ REF_TARGET = {"m": 65536, "n": 1024, "kinds": ("semi_hard", "batch_all")}
 def _plan(quick: bool, full: bool) -> dict[str, Any]:
     """Which rows run: ``time`` (n), ``memory`` [(kind, n, m or None, backend)]."""
     if quick:
-        time_n, memory = 512, [(k, 1024, None, "streaming") for k in KINDS]
-        memory += [(k, 1024, None, "numba") for k in KINDS]
-        memory += [(k, 256, 4096, "streaming") for k in REF_TARGET["kinds"]]
-        return {"time_n": time_n, "memory": memory}
+        memory = [(k, 512, None, b) for k in KINDS for b in ("numba", "streaming")]
+        memory += [(k, 128, 1024, "streaming") for k in REF_TARGET["kinds"]]
+        return {"time_n": 256, "memory": memory}
     memory = [(k, 8192, None, b) for k in KINDS for b in ("numba", "streaming")]
     memory += [(k, 16384, None, "streaming") for k in KINDS]
     memory += [(k, REF_TARGET["n"], REF_TARGET["m"], "streaming") for k in REF_TARGET["kinds"]]
@@ -79,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="smoke test on small sizes")
     size.add_argument("--full", action="store_true", help="add N = 65,536")
-    p.add_argument("--repeats", type=int, default=3, help="timed calls per backend")
+    p.add_argument("--repeats", type=int, default=None, help="timed calls per backend (3)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR)
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p
@@ -148,7 +147,7 @@ def _memory_child(kind: str, n: int, m: int | None, backend: str) -> dict[str, A
     """One call at full size after a small warm-up, its extra peak RSS and its time."""
     from .measure import PeakMemory, timed_call
 
-    small_x, small_labels, small_refs = _inputs(256, None if m is None else 512)
+    small_x, small_labels, small_refs = _inputs(min(n, 256), None if m is None else 512)
     timed_call(_loss(kind, backend, small_refs), small_x, small_labels, "cpu")
     x, labels, refs = _inputs(n, m)
     f = _loss(kind, backend, refs)
@@ -174,24 +173,31 @@ def _memory_child(kind: str, n: int, m: int | None, backend: str) -> dict[str, A
     }
 
 
-def _child(spec_json: str) -> int:
-    spec = json.loads(spec_json)
+def _one(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         if spec["what"] == "time":
-            result = _time_child(spec["kind"], spec["n"], spec["repeats"])
-        else:
-            result = _memory_child(spec["kind"], spec["n"], spec["m"], spec["backend"])
+            return _time_child(spec["kind"], spec["n"], spec["repeats"])
+        return _memory_child(spec["kind"], spec["n"], spec["m"], spec["backend"])
     except Exception as exc:  # noqa: BLE001 - reported to the parent
-        result = {**spec, "error": f"{type(exc).__name__}: {exc}"[:500]}
-    print(json.dumps(result), flush=True)
+        return {**spec, "error": f"{type(exc).__name__}: {exc}"[:500]}
+
+
+def _child(specs_json: str) -> int:
+    """Run a list of specs in this process; print ``{"results": [...]}``."""
+    print(json.dumps({"results": [_one(spec) for spec in json.loads(specs_json)]}), flush=True)
     return 0
 
 
-def _run_child(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+def _run_child(specs: list[dict[str, Any]], timeout_s: float) -> list[dict[str, Any]]:
+    """The specs in one fresh interpreter (every spec its own, except with ``--quick``: the
+    peak RSS is reset before each measured call, but a fresh process is the cleaner base)."""
     from .measure import run_json_child
 
-    result = run_json_child("benchmarks.streaming", ["--child", json.dumps(spec)], timeout_s)
-    return {**spec, **result} if "error" in result else result
+    args = ["--child", json.dumps(specs)]
+    result = run_json_child("benchmarks.streaming", args, timeout_s)
+    if "error" in result:
+        return [{**spec, "error": result["error"]} for spec in specs]
+    return list(result["results"])
 
 
 # ------------------------------------------------------------------------------- parent
@@ -269,18 +275,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | int:
     if args.child:
         return _child(args.child)
     plan = _plan(args.quick, args.full)
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
     start = time.perf_counter()
-    times, memory = [], []
-    for kind in KINDS:
-        spec = {"what": "time", "kind": kind, "n": plan["time_n"], "repeats": args.repeats}
-        print(f"time {kind} N={plan['time_n']} ...", flush=True)
-        times.append(_run_child(spec, 1800.0))
-        print(f"  {json.dumps(times[-1])}", flush=True)
-    for kind, n, m, backend in plan["memory"]:
-        spec = {"what": "memory", "kind": kind, "n": n, "m": m, "backend": backend}
-        print(f"memory {kind} N={n} M={m} {backend} ...", flush=True)
-        memory.append(_run_child(spec, 3600.0))
-        print(f"  {json.dumps(memory[-1])}", flush=True)
+    specs: list[dict[str, Any]] = [
+        {"what": "time", "kind": kind, "n": plan["time_n"], "repeats": args.repeats}
+        for kind in KINDS
+    ]
+    specs += [
+        {"what": "memory", "kind": kind, "n": n, "m": m, "backend": backend}
+        for kind, n, m, backend in plan["memory"]
+    ]
+    results: list[dict[str, Any]] = []
+    for group in [specs] if args.quick else [[spec] for spec in specs]:
+        print(f"{len(group)} run(s): {json.dumps(group[0])} ...", flush=True)
+        results += _run_child(group, 3600.0)
+        print(f"  {json.dumps(results[-1])}", flush=True)
+    times = [r for r in results if "backend" not in r]
+    memory = [r for r in results if "backend" in r]
     out = {
         "benchmark": "streaming",
         "machine": machine_info(),
