@@ -55,7 +55,7 @@ __all__ = [
 
 #: Bytes of distances in one tile (a block of anchor rows against every reference); a tile
 #: and the kernel's gradient of it are the largest temporaries of the streaming path.
-TILE_BYTES = 8 << 20
+TILE_BYTES = 16 << 20
 
 #: Tiles hold a multiple of this many rows (see :func:`tile_rows`).
 ROW_ALIGN = 8
