@@ -260,6 +260,20 @@ def test_selection_and_counts_are_numba_s(
         assert total == pytest.approx(exp_total, rel=1e-5 if dtype == torch.float32 else 1e-12)
 
 
+@pytest.mark.parametrize("kind", tuple(FUSED))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_half_inputs_compute_in_float32(kind: str, dtype: torch.dtype) -> None:
+    """Half-precision embeddings are computed in float32, as on the in-memory path: the
+    same value and gradient (of the half leaf)."""
+    batch = _batch("irregular", dtype)
+    value, grads = _run(kind, batch, "streaming")
+    exp_value, exp_grads = _run(kind, batch, "numba")
+    assert value.dtype == exp_value.dtype == torch.float32
+    torch.testing.assert_close(value, exp_value, **FLOAT32_VALUE_TOL)
+    assert grads[0].dtype == dtype
+    torch.testing.assert_close(grads[0], exp_grads[0], rtol=1e-2, atol=1e-3)
+
+
 def test_parts_counts_are_tensors() -> None:
     b = _batch("pk", torch.float64)
     got = batch_all_parts(b["x"], b["labels"], backend="streaming")

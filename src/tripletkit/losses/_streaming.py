@@ -91,27 +91,35 @@ def batch_all_sum(b: Batch, margin: float, soft_margin: bool) -> tuple[Tensor, T
 
 
 class _PairedChunks(torch.autograd.Function):
-    """``(d(x[a], y[p]), d(x[a], y[n]))`` for listed triplets, computed and differentiated in
-    chunks of rows; only ``x``, ``y`` and the indices are kept for backward."""
+    """``(d(x[a], y[p]), d(x[a], y[n]))`` for listed triplets (``y=None``: ``y`` is ``x``),
+    computed and differentiated in chunks of rows; only ``x``, ``y`` and the indices are
+    kept for backward."""
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, x: Tensor, y: Tensor, a: Tensor, p: Tensor, n: Tensor, metric: str
+        ctx: Any, x: Tensor, y: Tensor | None, a: Tensor, p: Tensor, n: Tensor, metric: str
     ) -> tuple[Tensor, Tensor]:
+        ref = x if y is None else y
         t = a.shape[0]
         d_ap, d_an = x.new_empty(t), x.new_empty(t)
         for c in _chunks(t, x.shape[1]):
             rows = x[a[c]]
-            d_ap[c] = paired(rows, y[p[c]], metric)
-            d_an[c] = paired(rows, y[n[c]], metric)
+            d_ap[c] = paired(rows, ref[p[c]], metric)
+            d_an[c] = paired(rows, ref[n[c]], metric)
         ctx.metric = metric
-        ctx.save_for_backward(x, y, a, p, n)
+        ctx.y_is_x = y is None
+        ctx.save_for_backward(x, a, p, n) if y is None else ctx.save_for_backward(x, y, a, p, n)
         return d_ap, d_an
 
     @staticmethod
     def backward(ctx: Any, g_ap: Tensor, g_an: Tensor) -> tuple:  # type: ignore[override]
-        x, y, a, p, n = ctx.saved_tensors
-        gx, gy = torch.zeros_like(x), torch.zeros_like(y)
+        if ctx.y_is_x:
+            x, a, p, n = ctx.saved_tensors
+            y = x
+        else:
+            x, y, a, p, n = ctx.saved_tensors
+        gx = torch.zeros_like(x)
+        gy = gx if ctx.y_is_x else torch.zeros_like(y)
         for c in _chunks(a.shape[0], x.shape[1]):
             with torch.enable_grad():
                 rows = x[a[c]].detach().requires_grad_()
@@ -125,7 +133,7 @@ class _PairedChunks(torch.autograd.Function):
             gx.index_add_(0, a[c], g_rows)
             gy.index_add_(0, p[c], g_pos)
             gy.index_add_(0, n[c], g_neg)
-        return gx, gy, None, None, None, None
+        return gx, None if ctx.y_is_x else gy, None, None, None, None
 
 
 def _chunks(t: int, d: int) -> list[slice]:
@@ -151,5 +159,6 @@ def mined_terms(
         a, p, n = streaming.select(
             x, y, b.labels, b.ref_labels, b.self_index, str(b.metric), hardest, windows
         )
-    d_ap, d_an = _PairedChunks.apply(emb, ref, a, p, n, str(b.metric))
+    y_arg = None if ref is emb else ref
+    d_ap, d_an = _PairedChunks.apply(emb, y_arg, a, p, n, str(b.metric))
     return triplet_terms(d_ap, d_an, margin, soft_margin), None
