@@ -28,8 +28,9 @@ Usage::
     python -m benchmarks.streaming             # default plan
     python -m benchmarks.streaming --full      # + N = 65,536
     python -m benchmarks.streaming --quick     # smoke test
+    python -m benchmarks.streaming --large-only  # only the N = 65,536 rows of --full
 
-Writes ``benchmarks/results/streaming_cpu.json`` (``_full`` / ``_quick``) with
+Writes ``benchmarks/results/streaming_cpu.json`` (``_full`` / ``_quick`` / ``_large``) with
 :func:`~benchmarks.common.machine_info` (load averages included: wall times on a shared
 machine are inflated by the other processes; CPU times are recorded beside them).
 """
@@ -59,8 +60,11 @@ MEMORY_TARGET_N = 65536
 REF_TARGET = {"m": 65536, "n": 1024, "kinds": ("semi_hard", "batch_all")}
 
 
-def _plan(quick: bool, full: bool) -> dict[str, Any]:
-    """Which rows run: ``time`` (n), ``memory`` [(kind, n, m or None, backend)]."""
+def _plan(quick: bool, full: bool, large_only: bool = False) -> dict[str, Any]:
+    """Which rows run: ``time_n`` (``None``: no time rows), ``memory`` [(kind, n, m or None,
+    backend)]."""
+    if large_only:
+        return {"time_n": None, "memory": [(k, MEMORY_TARGET_N, None, "streaming") for k in KINDS]}
     if quick:
         memory = [(k, 512, None, b) for k in KINDS for b in ("numba", "streaming")]
         memory += [(k, 128, 1024, "streaming") for k in REF_TARGET["kinds"]]
@@ -73,11 +77,20 @@ def _plan(quick: bool, full: bool) -> dict[str, Any]:
     return {"time_n": TIME_TARGET["n"], "memory": memory}
 
 
+def _tile_bytes() -> int:
+    from tripletkit.kernels import streaming
+
+    return int(streaming.TILE_BYTES)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.streaming", description=__doc__)
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="smoke test on small sizes")
     size.add_argument("--full", action="store_true", help="add N = 65,536")
+    size.add_argument(
+        "--large-only", action="store_true", help="only the N = 65,536 rows of --full"
+    )
     p.add_argument("--repeats", type=int, default=None, help="timed calls per backend (3)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR)
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -274,13 +287,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | int:
     args = _parser().parse_args(argv)
     if args.child:
         return _child(args.child)
-    plan = _plan(args.quick, args.full)
+    plan = _plan(args.quick, args.full, args.large_only)
     if args.repeats is None:
         args.repeats = 1 if args.quick else 3
     start = time.perf_counter()
     specs: list[dict[str, Any]] = [
         {"what": "time", "kind": kind, "n": plan["time_n"], "repeats": args.repeats}
-        for kind in KINDS
+        for kind in (KINDS if plan["time_n"] else ())
     ]
     specs += [
         {"what": "memory", "kind": kind, "n": n, "m": m, "backend": backend}
@@ -296,13 +309,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | int:
     out = {
         "benchmark": "streaming",
         "machine": machine_info(),
-        "config": {"d": D, "k": K, "margin": MARGIN, "dtype": "float32", "quick": args.quick},
+        "config": {
+            "d": D,
+            "k": K,
+            "margin": MARGIN,
+            "dtype": "float32",
+            "quick": args.quick,
+            "full": args.full,
+            "large_only": args.large_only,
+            "tile_bytes": _tile_bytes(),
+        },
         "time": times,
         "memory": memory,
         "targets": _targets(times, memory),
         "wall_s": time.perf_counter() - start,
     }
     suffix = "_quick" if args.quick else "_full" if args.full else ""
+    suffix = "_large" if args.large_only else suffix
     path = save_json(args.out / f"streaming_cpu{suffix}.json", out)
     _print_summary(out, path)
     return out

@@ -42,3 +42,5 @@ def test_plans() -> None:
     assert not big & set(default["memory"]) and big <= set(full["memory"])
     refs = {(k, 1024, 65536, "streaming") for k in ("semi_hard", "batch_all")}
     assert refs <= set(default["memory"])
+    large = streaming._plan(quick=False, full=False, large_only=True)
+    assert large["time_n"] is None and set(large["memory"]) == big
