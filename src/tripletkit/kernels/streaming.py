@@ -20,10 +20,12 @@ the ``O(N K)`` selections; no ``N x M`` array exists at any time.
 
 Same rules as the in-memory kernels: ties to the lowest column, the same no-positive and
 no-negative rules, TF-Addons' semi-hard fallback. The distances equal the in-memory matrix's
-up to the last bit: a BLAS may round a row of a ``[B, M]`` product differently from the same
-row of the ``[N, M]`` product (MKL does for the last rows of a block), so two distances less
-than an ulp apart may rank differently than in memory; distances that are exactly equal in
-one are exactly equal in the other whenever their products are exact.
+to the last bit only as far as the BLAS rounds a row of a ``[B, M]`` product as it rounds the
+same row of the ``[N, M]`` one: MKL (AVX2) does for tiles of a multiple of 8 rows (hence
+:data:`ROW_ALIGN`) but not for a one-row product, and may not for a short last tile. Where
+the bits differ, two distances less than an ulp apart may rank differently than in memory;
+the tests compare selections exactly on tiles of 8 rows and values to rounding on tiles of
+one row.
 
 Every function takes ``x [N, D]`` and ``y [M, D]`` (for the cosine metric: already
 L2-normalised with :func:`~tripletkit.distances.normalize_embeddings`, as the in-memory path
