@@ -299,34 +299,38 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | int:
         {"what": "memory", "kind": kind, "n": n, "m": m, "backend": backend}
         for kind, n, m, backend in plan["memory"]
     ]
+    suffix = "_quick" if args.quick else "_full" if args.full else ""
+    suffix = "_large" if args.large_only else suffix
+    path = args.out / f"streaming_cpu{suffix}.json"
+    config = {
+        "d": D,
+        "k": K,
+        "margin": MARGIN,
+        "dtype": "float32",
+        "quick": args.quick,
+        "full": args.full,
+        "large_only": args.large_only,
+        "tile_bytes": _tile_bytes(),
+    }
     results: list[dict[str, Any]] = []
-    for group in [specs] if args.quick else [[spec] for spec in specs]:
+    groups = [specs] if args.quick else [[spec] for spec in specs]
+    for done, group in enumerate(groups, 1):
         print(f"{len(group)} run(s): {json.dumps(group[0])} ...", flush=True)
         results += _run_child(group, 3600.0)
         print(f"  {json.dumps(results[-1])}", flush=True)
-    times = [r for r in results if "backend" not in r]
-    memory = [r for r in results if "backend" in r]
-    out = {
-        "benchmark": "streaming",
-        "machine": machine_info(),
-        "config": {
-            "d": D,
-            "k": K,
-            "margin": MARGIN,
-            "dtype": "float32",
-            "quick": args.quick,
-            "full": args.full,
-            "large_only": args.large_only,
-            "tile_bytes": _tile_bytes(),
-        },
-        "time": times,
-        "memory": memory,
-        "targets": _targets(times, memory),
-        "wall_s": time.perf_counter() - start,
-    }
-    suffix = "_quick" if args.quick else "_full" if args.full else ""
-    suffix = "_large" if args.large_only else suffix
-    path = save_json(args.out / f"streaming_cpu{suffix}.json", out)
+        times = [r for r in results if "backend" not in r]
+        memory = [r for r in results if "backend" in r]
+        out = {
+            "benchmark": "streaming",
+            "machine": machine_info(),
+            "config": config,
+            "complete": done == len(groups),  # saved after every row: a long run's partial
+            "time": times,
+            "memory": memory,
+            "targets": _targets(times, memory),
+            "wall_s": time.perf_counter() - start,
+        }
+        save_json(path, out)
     _print_summary(out, path)
     return out
 

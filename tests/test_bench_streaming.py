@@ -16,7 +16,7 @@ def test_quick_run(tmp_path: Path) -> None:
     out = streaming.main(["--quick", "--out", str(tmp_path)])
     assert isinstance(out, dict)
     saved = json.loads((tmp_path / "streaming_cpu_quick.json").read_text())
-    assert saved["config"]["quick"] is True
+    assert saved["config"]["quick"] is True and saved["complete"] is True
     assert "load_average" in json.dumps(saved["machine"])
     assert [r["kind"] for r in saved["time"]] == list(streaming.KINDS)
     for row in saved["time"]:
