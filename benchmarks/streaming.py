@@ -32,7 +32,8 @@ Usage::
 
 Writes ``benchmarks/results/streaming_cpu.json`` (``_full`` / ``_quick`` / ``_large``) with
 :func:`~benchmarks.common.machine_info` (load averages included: wall times on a shared
-machine are inflated by the other processes; CPU times are recorded beside them).
+machine are inflated by the other processes; CPU times are recorded beside them), saved
+after every row (``"complete": false`` until the last one).
 """
 
 from __future__ import annotations
