@@ -17,7 +17,7 @@ FLOORS: list[list[str]] = [
     ["_checks", "types", "_module", "_deprecation"],
     ["_masks", "_world"],
     ["distances"],
-    ["kernels.torch_backend", "kernels.numba_backend", "kernels"],
+    ["kernels.torch_backend", "kernels.numba_backend", "kernels", "kernels.streaming"],
     ["_batch"],
     [
         "miners._base",
@@ -32,6 +32,7 @@ FLOORS: list[list[str]] = [
         "losses._reduce",
         "losses._base",
         "losses._fused",
+        "losses._streaming",
         "losses.triplet",
         "losses.pairwise",
         "losses.margin",

@@ -33,6 +33,7 @@ from . import (
 )
 from ._checks import input_checks_enabled, set_input_checks
 from .distances import paired_distance, pairwise_distance
+from .kernels import get_memory_budget, set_memory_budget
 from .memory import CrossBatchMemory
 from .metrics import RetrievalMetrics, retrieval_metrics
 from .samplers import PKBatchSampler
@@ -49,6 +50,7 @@ __all__ = [
     "TripletStats",
     "Triplets",
     "datasets",
+    "get_memory_budget",
     "input_checks_enabled",
     "distances",
     "distributed",
@@ -63,6 +65,7 @@ __all__ = [
     "retrieval_metrics",
     "samplers",
     "set_input_checks",
+    "set_memory_budget",
     "stats",
     "triplet_stats",
     "types",
