@@ -458,7 +458,8 @@ def _faiss_select(
             sel_i = cand.gather(1, order).gather(1, by_d)
             sel_v = d_sorted.gather(1, by_d)
             sel_i = torch.where(torch.isfinite(sel_v), sel_i, torch.full_like(sel_i, -1))
-            out_v[rows], out_i[rows] = sel_v, sel_i
+            got = sel_v.shape[1]  # fewer than num when width < num
+            out_v[rows, :got], out_i[rows, :got] = sel_v, sel_i
             if width >= n:
                 continue
             found = torch.isfinite(sel_v).sum(1)
