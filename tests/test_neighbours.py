@@ -131,6 +131,22 @@ def test_search_equals_brute_force_with_ties(metric: str, device: str, dtype: to
                 assert torch.equal(actual.cpu(), want), (seed, n, name, num_neg, budget)
 
 
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_queries_are_rows_of_the_full_search(backend: str) -> None:
+    if backend == "faiss" and not HAVE_FAISS:
+        pytest.skip("faiss is not installed")
+    x, y = _integer_data(5, 60, "euclidean")
+    full = nearest_neighbours(x, y, 3, 2, positive_ratio=0.8, backend=backend)
+    queries = torch.randperm(60, generator=torch.Generator().manual_seed(0))[:17]
+    part = nearest_neighbours(
+        x, y, 3, 2, positive_ratio=0.8, backend=backend, queries=queries, memory_budget=900
+    )
+    for u, v in zip(part, full, strict=True):
+        assert torch.equal(u, v[queries])
+    with pytest.raises(ValueError, match=r"queries must be indices in \[0, 60\)"):
+        nearest_neighbours(x, y, 1, queries=torch.tensor([60]))
+
+
 def test_search_has_ties_to_break() -> None:
     """The data above really has ties at the cut (else the ties rule would be untested)."""
     for metric in ("euclidean", "cosine"):

@@ -70,7 +70,8 @@ _MAX_REF_CHUNK = 16384
 
 
 class Neighbours(NamedTuple):
-    """The result of :func:`nearest_neighbours`; rows follow the dataset order.
+    """The result of :func:`nearest_neighbours`; rows follow the dataset order (or that of
+    its ``queries``).
 
     Attributes:
         negatives: ``[N, num_negatives]`` int64 indices of each sample's nearest samples of
@@ -343,24 +344,27 @@ def _merge(
 def _stream(
     x: Tensor,
     labels: Tensor,
+    queries: Tensor,
     num_neg: int,
     num_pos: int,
     metric: str,
     memory_budget: int,
     floor: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The torch path: every query chunk against every reference chunk, in index order, with
-    a running merge. ``floor [N]``: negatives closer than it are excluded (the guard)."""
-    n = x.shape[0]
+    """The torch path: every chunk of the ``queries`` (row indices) against every reference
+    chunk, in index order, with a running merge. ``floor [Q]``: negatives closer than it are
+    excluded (the guard)."""
+    n, nq = x.shape[0], queries.shape[0]
     rows, cols = _chunk_sizes(n, x.element_size(), memory_budget)
     dev = x.device
-    neg_v = torch.full((n, num_neg), math.inf, dtype=x.dtype, device=dev)
-    neg_i = torch.full((n, num_neg), -1, dtype=torch.int64, device=dev)
-    pos_v = torch.full((n, num_pos), math.inf, dtype=x.dtype, device=dev)
-    pos_i = torch.full((n, num_pos), -1, dtype=torch.int64, device=dev)
-    for q0 in range(0, n, rows):
-        q1 = min(n, q0 + rows)
-        xq, lq = x[q0:q1], labels[q0:q1]
+    neg_v = torch.full((nq, num_neg), math.inf, dtype=x.dtype, device=dev)
+    neg_i = torch.full((nq, num_neg), -1, dtype=torch.int64, device=dev)
+    pos_v = torch.full((nq, num_pos), math.inf, dtype=x.dtype, device=dev)
+    pos_i = torch.full((nq, num_pos), -1, dtype=torch.int64, device=dev)
+    for q0 in range(0, nq, rows):
+        q1 = min(nq, q0 + rows)
+        qi = queries[q0:q1]
+        xq, lq = x[qi], labels[qi]
         bn_v, bn_i = neg_v[q0:q1], neg_i[q0:q1]
         bp_v, bp_i = pos_v[q0:q1], pos_i[q0:q1]
         for r0 in range(0, n, cols):
@@ -369,10 +373,8 @@ def _stream(
             same = lq[:, None] == labels[None, r0:r1]
             if num_pos:
                 own = same.clone()
-                lo, hi = max(q0, r0), min(q1, r1)
-                if lo < hi:  # the queries themselves are in this block: never their own
-                    ar = torch.arange(lo, hi, device=dev)
-                    own[ar - q0, ar - r0] = False
+                inside = ((qi >= r0) & (qi < r1)).nonzero()[:, 0]
+                own[inside, qi[inside] - r0] = False  # never a query's own row
                 bp_v, bp_i = _merge(bp_v, bp_i, d.masked_fill(~own, math.inf), r0, num_pos)
                 del own
             if num_neg:
@@ -399,6 +401,7 @@ def _faiss_module() -> Any:
 def _faiss_select(
     x: Tensor,
     labels: Tensor,
+    queries: Tensor,
     num: int,
     positives: bool,
     metric: str,
@@ -413,8 +416,9 @@ def _faiss_select(
     rounding of the farthest candidate's, so that a tie could have been cut off)."""
     faiss = _faiss_module()
     n, dim = x.shape
-    out_v = torch.full((n, num), math.inf, dtype=x.dtype)
-    out_i = torch.full((n, num), -1, dtype=torch.int64)
+    nq = queries.shape[0]
+    out_v = torch.full((nq, num), math.inf, dtype=x.dtype)
+    out_i = torch.full((nq, num), -1, dtype=torch.int64)
     if num == 0:
         return out_v, out_i
     xc = x.detach().cpu()
@@ -435,13 +439,15 @@ def _faiss_select(
     scale = 1.0 if metric == "cosine" else 2.0 * float((data * data).sum(1).max())
     tol = 1e-5 * max(scale, 1e-30)
     floor_c = None if floor is None else floor.cpu()
-    pending = torch.arange(n)
+    query_rows = queries.cpu()
+    pending = torch.arange(nq)  # positions among the queries
     width = min(n, 2 * num + 16)
     while pending.numel():
         rows_per = max(1, memory_budget // (16 * width))
         still: list[Tensor] = []
         for s0 in range(0, pending.numel(), rows_per):
-            rows = pending[s0 : s0 + rows_per]
+            at = pending[s0 : s0 + rows_per]
+            rows = query_rows[at]
             fd, fi = index.search(data_np[rows.numpy()], width)
             fd_t, fi_t = torch.from_numpy(fd), torch.from_numpy(fi).to(torch.int64)
             valid = fi_t >= 0
@@ -450,7 +456,7 @@ def _faiss_select(
             same = lab[cand] == lab[rows][:, None]
             wanted = same & (cand != rows[:, None]) if positives else ~same
             if floor_c is not None:
-                wanted &= d >= floor_c[rows][:, None]
+                wanted &= d >= floor_c[at][:, None]
             d = d.masked_fill(~(wanted & valid), math.inf)
             order = torch.argsort(cand, dim=1, stable=True)  # index order, then distance
             d_sorted = d.gather(1, order)
@@ -459,7 +465,7 @@ def _faiss_select(
             sel_v = d_sorted.gather(1, by_d)
             sel_i = torch.where(torch.isfinite(sel_v), sel_i, torch.full_like(sel_i, -1))
             got = sel_v.shape[1]  # fewer than num when width < num
-            out_v[rows, :got], out_i[rows, :got] = sel_v, sel_i
+            out_v[at, :got], out_i[at, :got] = sel_v, sel_i
             if width >= n:
                 continue
             found = torch.isfinite(sel_v).sum(1)
@@ -474,7 +480,7 @@ def _faiss_select(
                     last_f = last if metric == "sqeuclidean" else last * last
                     unsure = last_f + tol >= fd_t[:, -1]
                 incomplete |= unsure & (found > 0)
-            still.append(rows[incomplete])
+            still.append(at[incomplete])
         pending = torch.cat(still) if still else pending[:0]
         width = min(n, width * 4)
     return out_v.to(x.device), out_i.to(x.device)
@@ -492,6 +498,7 @@ def nearest_neighbours(
     backend: str = "torch",
     faiss_index: str = "Flat",
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    queries: Tensor | None = None,
 ) -> Neighbours:
     """Every sample's nearest samples of other classes (hard negatives) and of its own
     class (positives), over the whole set, exactly, in bounded memory.
@@ -546,10 +553,14 @@ def nearest_neighbours(
         backend: ``"torch"`` (exact, any device) or ``"faiss"``.
         faiss_index: a ``faiss.index_factory`` string; ``"Flat"`` is exact.
         memory_budget: bytes of working memory of the torch path's blocks (>= 1).
+        queries: ``[Q]`` indices of the samples to search for (default: all ``N``, in
+            order); their neighbours are still searched among all ``N``. Replicas can split
+            a search this way, or a benchmark time a part of a large one.
 
     Returns:
-        :class:`Neighbours`: ``negatives`` / ``negative_distances`` ``[N, num_negatives]``
-        and ``positives`` / ``positive_distances`` ``[N, num_positives]``, on the
+        :class:`Neighbours`: ``negatives`` / ``negative_distances`` ``[Q, num_negatives]``
+        and ``positives`` / ``positive_distances`` ``[Q, num_positives]`` (``Q = N``
+        without ``queries``), on the
         embeddings' device (indices int64, distances in the compute dtype).
 
     Raises:
@@ -582,6 +593,14 @@ def nearest_neighbours(
     budget = check_positive_int(memory_budget, "memory_budget")
     if backend == "faiss":
         _faiss_module()  # fail early, before any work
+    if queries is None:
+        q = torch.arange(x.shape[0], device=x.device)
+    else:
+        if not isinstance(queries, Tensor) or queries.dim() != 1 or queries.is_floating_point():
+            raise TypeError("queries must be a 1-D integer tensor of sample indices")
+        q = queries.to(x.device, torch.int64)
+        if q.numel() and (int(q.min()) < 0 or int(q.max()) >= x.shape[0]):
+            raise ValueError(f"queries must be indices in [0, {x.shape[0]})")
 
     x = x.detach()
     floor = None
@@ -590,11 +609,11 @@ def nearest_neighbours(
     def search(n_neg: int, n_pos: int, fl: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         if backend == "torch":
             with torch.inference_mode():
-                out = _stream(x, lab, n_neg, n_pos, metric, budget, fl)
+                out = _stream(x, lab, q, n_neg, n_pos, metric, budget, fl)
             return tuple(t.clone() for t in out)  # type: ignore[return-value]
         with torch.inference_mode():
-            nv, ni = _faiss_select(x, lab, n_neg, False, metric, faiss_index, budget, fl)
-            pv, pi = _faiss_select(x, lab, n_pos, True, metric, faiss_index, budget, None)
+            nv, ni = _faiss_select(x, lab, q, n_neg, False, metric, faiss_index, budget, fl)
+            pv, pi = _faiss_select(x, lab, q, n_pos, True, metric, faiss_index, budget, None)
         return nv.clone(), ni.clone(), pv.clone(), pi.clone()
 
     if ratio is not None:
