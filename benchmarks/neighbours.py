@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
         "of a full search, and its time extrapolated by N / Q",
     )
     parser.add_argument("--quick", action="store_true", help="5k vectors (smoke run)")
+    parser.add_argument("--out", default=None, help="results file name (in benchmarks/results)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser
 
@@ -149,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = "neighbours_quick.json" if args.quick else "neighbours.json"
     if args.queries and not args.quick:
         name = "neighbours_partial.json"
+    name = args.out or name
     path = save_json(RESULTS_DIR / name, new_result("neighbours", results=rows))
     print(f"wrote {path}")
     return 0

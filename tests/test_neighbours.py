@@ -520,3 +520,72 @@ def test_two_gloo_replicas(tmp_path: Path) -> None:
         s = _build(num_replicas=2, rank=rank)
         s.refresh(embeddings=inputs)
         assert list(s) == results[rank]["batches"]
+
+
+def _train(
+    epochs: int, stop_after: int | None = None, checkpoint: bytes | None = None
+) -> tuple[dict[str, torch.Tensor], bytes | None]:
+    """A training loop with the neighbour sampler (refreshed from the model every 3 steps)
+    and a cross-batch memory; with ``stop_after``, it saves a checkpoint after that many
+    steps and stops dead (nothing after the save runs), returning the checkpoint."""
+    from tripletkit.losses import batch_hard_triplet_loss
+    from tripletkit.memory import CrossBatchMemory
+
+    torch.manual_seed(0)
+    inputs = _emb(0).double()
+    dataset = TensorDataset(inputs, torch.from_numpy(LABELS))
+    model = nn.Linear(4, 3).double()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    memory = CrossBatchMemory(size=16, dim=3, dtype=torch.float64)
+    sampler = _build(num_neighbours=3)
+    loader = DataLoader(dataset, batch_sampler=sampler)
+    step, first_epoch = 0, 0
+    if checkpoint is not None:
+        saved = torch.load(io.BytesIO(checkpoint), weights_only=True)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        memory.load_state_dict(saved["memory"])
+        sampler.load_state_dict(saved["sampler"])
+        step, first_epoch = saved["step"], saved["sampler"]["epoch"]
+    for epoch in range(first_epoch, epochs):
+        sampler.set_epoch(epoch)
+        for x, y in loader:
+            if step % 3 == 0:
+                sampler.refresh(model, dataset, batch_size=16)
+            emb = model(x)
+            loss = batch_hard_triplet_loss(emb, y)
+            if len(memory):
+                mem_emb, mem_labels = memory.get()
+                loss = loss + batch_hard_triplet_loss(
+                    emb, y, ref_embeddings=mem_emb, ref_labels=mem_labels
+                )
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            memory.enqueue(emb.detach(), y)
+            step += 1
+            if step == stop_after:
+                buffer = io.BytesIO()
+                state = {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "memory": memory.state_dict(),
+                    "sampler": sampler.state_dict(),
+                    "step": step,
+                }
+                torch.save(state, buffer)
+                return {}, buffer.getvalue()
+    return {k: v.clone() for k, v in model.state_dict().items()}, None
+
+
+def test_training_resumed_after_one_and_a_half_epochs_is_bit_identical() -> None:
+    per_epoch = len(_build(num_neighbours=3))
+    full, _ = _train(3)
+    _, checkpoint = _train(3, stop_after=per_epoch + per_epoch // 2)
+    assert checkpoint is not None
+    resumed, _ = _train(3, checkpoint=checkpoint)
+    for name, value in full.items():
+        assert torch.equal(resumed[name], value), name
+    # the run did change the parameters, and refreshes did change the batches
+    untrained, _ = _train(0)
+    assert not torch.equal(untrained["weight"], full["weight"])

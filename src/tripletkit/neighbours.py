@@ -230,6 +230,11 @@ def embed_dataset(
         n = len(data)  # type: ignore[arg-type]
         if n == 0:
             raise ValueError("the dataset is empty: there is nothing to embed")
+        if shard and n < world_size:
+            raise ValueError(
+                f"the dataset has {n} items, fewer than the {world_size} replicas: pass "
+                "distributed=False"
+            )
         part = Subset(data, range(rank, n, world_size)) if shard else data
         loader = DataLoader(part, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]

@@ -48,7 +48,8 @@ class NeighbourPKBatchSampler(PKBatchSampler):
     random order of all samples drawn once per epoch (anchors whose class is already in the
     batch are passed over), followed by the classes of the anchor's mined negatives, nearest
     first, that are not in the batch yet, up to ``group_size`` classes per group or ``h`` in
-    all. The other ``p - h`` classes are drawn uniformly without repeats. Every class gets
+    all (so a group holds a neighbour class only when ``h >= 2``). The other ``p - h``
+    classes are drawn uniformly without repeats. Every class gets
     ``k`` samples as in :class:`HardClassPKBatchSampler` (cover groups first, then random
     groups); the anchor is put into its class's group, and into each neighbour class's group
     the mined negative that brought it in, so the batch holds the anchor *and* its mined
