@@ -448,7 +448,8 @@ def _faiss_select(
     pending = torch.arange(nq)  # positions among the queries
     width = min(n, 2 * num + 16)
     while pending.numel():
-        rows_per = max(1, memory_budget // (16 * width))
+        # per row: the candidates' gathered rows and their differences, [width, D] each
+        rows_per = max(1, memory_budget // (width * (2 * dim * x.element_size() + 64)))
         still: list[Tensor] = []
         for s0 in range(0, pending.numel(), rows_per):
             at = pending[s0 : s0 + rows_per]
