@@ -26,7 +26,7 @@ from typing import Any
 
 from .cli import run
 from .common import RESULTS_DIR
-from .report import comparison_text
+from .report import comparison_text, comparisons_text
 
 BENCHMARKS = ("quality", "speed")
 
@@ -85,9 +85,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         from . import quality
 
         q = done["quality"]
-        print("\n## Quality (retrieval on unseen Omniglot characters, mean ± std over seeds)\n")
+        print("\n## Quality (validation and unseen test characters; ± = 95% t-interval)\n")
         print(quality.markdown_table(q))
         print("\n" + comparison_text(q.get("comparison")))
+        print("\n" + comparisons_text(q.get("comparisons")))
         files += [q["outputs"]["json"], *q["outputs"]["png"]]
     if "speed" in done and speed is not None:
         table = getattr(speed, "markdown_table", None)

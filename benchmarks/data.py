@@ -7,9 +7,10 @@ A :class:`Dataset` holds every sample (inputs ``x``, class ids ``y``) and a
 of the protocol trains and evaluates on:
 
 - ``"tune"``: train on the training part, evaluate on the validation part;
-- ``"final"``: train on the training part and the validation part together, evaluate on
-  the evaluation classes (a fixed subset of them at the training checkpoints, all of them at
-  the end).
+- ``"final"``: train on the training part, evaluate on the validation part at the
+  checkpoints (a fixed subset of its classes at the intermediate ones, all of them at the
+  last), and hand out the evaluation (test) classes only through :meth:`Task.test`, which
+  the final evaluation calls once every choice is made (:mod:`benchmarks.protocol`).
 
 Omniglot (:func:`load_omniglot`): the 964 *background* characters are the training
 classes, the 659 *evaluation* characters the evaluation classes; the validation part is a
@@ -29,6 +30,7 @@ wrong and how to fix it.
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,11 +63,14 @@ class Task:
 
     Attributes:
         phase: ``"tune"`` or ``"final"``.
-        train_x, train_y: the training samples and their class ids.
-        eval_x, eval_y: the evaluated samples (validation or evaluation classes).
-        subset: indices into ``eval_x`` evaluated at the training checkpoints.
-        final: indices into ``eval_x`` evaluated at the end (contains ``subset``).
+        train_x, train_y: the training samples and their class ids (the training part).
+        eval_x, eval_y: the validation samples, evaluated at the checkpoints.
+        subset: indices into ``eval_x`` evaluated at the intermediate checkpoints.
+        final: indices into ``eval_x`` evaluated at the last checkpoint (all of them).
         input_shape: shape of one input (``[D]`` or ``[C, H, W]``).
+        test_loader: ``() -> (x, y)``, the evaluation classes' samples (None in the
+            tuning phase); read through :meth:`test` only.
+        test_classes: how many evaluation classes :meth:`test` returns.
     """
 
     phase: str
@@ -76,14 +81,27 @@ class Task:
     subset: Tensor
     final: Tensor
     input_shape: tuple[int, ...]
+    test_loader: Callable[[], tuple[Tensor, Tensor]] | None = None
+    test_classes: int = 0
 
     @property
     def train_classes(self) -> int:
         return int(torch.unique(self.train_y).numel())
 
     def eval_classes(self, final: bool = True) -> int:
+        """Validation classes evaluated at the last (``final``) or the other checkpoints."""
         rows = self.final if final else self.subset
         return int(torch.unique(self.eval_y[rows]).numel())
+
+    def test(self) -> tuple[Tensor, Tensor]:
+        """The evaluation (test) samples and their class ids: for the final evaluation only.
+
+        Raises:
+            RuntimeError: the tuning phase has no test classes.
+        """
+        if self.test_loader is None:
+            raise RuntimeError("the tuning phase never reads the evaluation classes")
+        return self.test_loader()
 
 
 @dataclass
@@ -118,27 +136,37 @@ class Dataset:
     ) -> Task:
         """The training and evaluated samples of ``phase`` (``"tune"`` or ``"final"``).
 
-        ``subset_classes`` evaluated classes (seeded choice, :data:`SUBSET_SEED`) are used
-        at the checkpoints and ``final_classes`` (None: all) at the end; the tuning phase
-        evaluates all validation classes at every checkpoint.
+        Both train on the training part and evaluate on the validation part. The final
+        phase evaluates ``subset_classes`` validation classes (seeded choice,
+        :data:`SUBSET_SEED`) at the intermediate checkpoints and all of them at the last,
+        and gives :meth:`Task.test` ``final_classes`` evaluation classes (seeded choice;
+        None: all), sliced only when it is called; the tuning phase evaluates every
+        validation class at every checkpoint and has no test classes.
         """
-        if phase == "tune":
-            train_classes, eval_classes = self.split.train, self.split.validation
-        elif phase == "final":
-            train_classes = np.concatenate([self.split.train, self.split.validation])
-            eval_classes = self.split.evaluation
-        else:
+        if phase not in ("tune", "final"):
             raise ValueError(f"unknown phase {phase!r}")
         rng = np.random.default_rng(SUBSET_SEED)
-        order = rng.permutation(np.sort(eval_classes))  # the subset is inside the final set
-        n_final = len(order) if final_classes is None else min(final_classes, len(order))
-        if phase == "tune":
-            subset_classes = None  # every validation class at every checkpoint
-        n_sub = n_final if subset_classes is None else min(subset_classes, n_final)
-        train_rows = self.rows(train_classes)
-        eval_rows = self.rows(order[:n_final])
+        val_order = rng.permutation(np.sort(self.split.validation))
+        n_sub = len(val_order) if subset_classes is None or phase == "tune" else subset_classes
+        train_rows = self.rows(self.split.train)
+        eval_rows = self.rows(val_order)
         eval_y = self.y[eval_rows]
-        subset = torch.isin(eval_y, torch.as_tensor(order[:n_sub], dtype=eval_y.dtype))
+        keep = val_order[: min(n_sub, len(val_order))]
+        subset = torch.isin(eval_y, torch.as_tensor(keep, dtype=eval_y.dtype))
+        loader = None
+        n_test = 0
+        if phase == "final":
+            test_order = np.random.default_rng(SUBSET_SEED).permutation(
+                np.sort(self.split.evaluation)
+            )
+            n_test = len(test_order) if final_classes is None else final_classes
+            test_ids = test_order[: min(n_test, len(test_order))]
+            n_test = len(test_ids)
+
+            def loader() -> tuple[Tensor, Tensor]:
+                rows = self.rows(test_ids)
+                return self.x[rows], self.y[rows]
+
         return Task(
             phase=phase,
             train_x=self.x[train_rows],
@@ -148,6 +176,8 @@ class Dataset:
             subset=subset.nonzero().squeeze(1),
             final=torch.arange(len(eval_rows)),
             input_shape=self.input_shape,
+            test_loader=loader,
+            test_classes=n_test,
         )
 
 

@@ -4,14 +4,20 @@ Shared helpers come first: :func:`mean_std` and :func:`mean_std_series` (mean an
 standard deviation over seeds, ``ddof = 1``, 0 for one value), :func:`format_mean_std`,
 :func:`md_table`, :func:`pyplot` (matplotlib with the Agg backend, or ``None``),
 :func:`save_figure` and :func:`plot_mean_band` (a mean curve with a +-1 std band, against
-training steps or seconds alike). Then the renderers of each benchmark's results, which
-read nothing but the dicts the benchmarks save as JSON:
+training steps or seconds alike). The statistics over seeds, written here (scipy is not a
+dependency) and tested against printed tables and closed forms: :func:`t_cdf` and
+:func:`t_quantile` (Student's t, through the regularised incomplete beta function),
+:func:`t_interval` (mean, std and the 95% t-interval), :func:`paired_t_test` and
+:func:`holm` (Holm's step-down correction); every ``±`` they lead to is labelled
+(:data:`INTERVAL_LABEL`). Then the renderers of each benchmark's results, which read
+nothing but the dicts the benchmarks save as JSON:
 
 - speed: :func:`speed_table` (``benchmarks.speed.markdown_table``) and :func:`plot_speed`
   (``benchmarks.speed.plot_results``);
 - quality: :func:`aggregate_runs` (``benchmarks.quality.aggregate``), :func:`quality_table`
   (``benchmarks.quality.markdown_table``), :func:`sensitivity_table`,
-  :func:`comparison_text` and :func:`plot_quality` (``benchmarks.quality.plot_results``),
+  :func:`comparison_text`, :func:`comparisons_text` and :func:`plot_quality`
+  (``benchmarks.quality.plot_results``),
   one function per figure: MAP@R against training images and against training seconds
   (time to quality), final scores, difficulty fractions, sensitivity to the searched
   settings.
@@ -32,16 +38,24 @@ from .common import GIB
 
 __all__ = [
     "CURVE_KEYS",
+    "INTERVAL_LABEL",
+    "LEVEL",
+    "STD_LABEL",
     "FINAL_KEYS",
     "aggregate_runs",
     "aligned",
     "comparison_text",
+    "comparisons_text",
     "find_entry",
     "format_bytes",
+    "format_interval",
+    "holm",
+    "incomplete_beta",
     "format_mean_std",
     "md_table",
     "mean_std",
     "mean_std_series",
+    "paired_t_test",
     "plot_mean_band",
     "plot_quality",
     "plot_speed",
@@ -50,6 +64,9 @@ __all__ = [
     "sensitivity_table",
     "save_figure",
     "speed_table",
+    "t_cdf",
+    "t_interval",
+    "t_quantile",
 ]
 
 #: Dots per inch of every figure.
@@ -94,6 +111,161 @@ def format_mean_std(stat: dict[str, Any], digits: int = 3) -> str:
     if stat["n"] > 1:
         return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
     return f"{stat['mean']:.{digits}f}"
+
+
+# --------------------------------------------------------------------------------------
+# Statistics over seeds: Student's t, intervals, paired tests, Holm's correction
+# --------------------------------------------------------------------------------------
+
+#: Confidence level of every interval and significance level of every test.
+LEVEL = 0.95
+
+
+def _beta_fraction(a: float, b: float, x: float) -> float:
+    """The continued fraction of the regularised incomplete beta function (modified
+    Lentz's method), accurate to ~1e-14 for ``x < (a + 1) / (a + b + 2)``."""
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    out = d
+    for m in range(1, 400):
+        # even step: d_{2m} = m (b - m) x / ((a + 2m - 1)(a + 2m))
+        num = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
+        d = 1.0 + num * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + num / c
+        c = c if abs(c) > tiny else tiny
+        out *= d * c
+        # odd step: d_{2m+1} = -(a + m)(a + b + m) x / ((a + 2m)(a + 2m + 1))
+        num = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))
+        d = 1.0 + num * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + num / c
+        c = c if abs(c) > tiny else tiny
+        step = d * c
+        out *= step
+        if abs(step - 1.0) < 1e-15:
+            break
+    return out
+
+
+def incomplete_beta(a: float, b: float, x: float) -> float:
+    """The regularised incomplete beta function ``I_x(a, b)`` for ``a, b > 0``,
+    ``0 <= x <= 1`` (continued fraction on the side where it converges fast)."""
+    if not (a > 0 and b > 0 and 0.0 <= x <= 1.0):
+        raise ValueError(f"incomplete_beta needs a, b > 0 and 0 <= x <= 1, got {a}, {b}, {x}")
+    if x in (0.0, 1.0):
+        return x
+    log_front = (
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _beta_fraction(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _beta_fraction(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    """``P(T <= t)`` for Student's t with ``df`` degrees of freedom."""
+    if df <= 0:
+        raise ValueError(f"degrees of freedom must be > 0, got {df}")
+    if math.isinf(t):
+        return 1.0 if t > 0 else 0.0
+    tail = 0.5 * incomplete_beta(df / 2.0, 0.5, df / (df + t * t))  # P(T > |t|)
+    return 1.0 - tail if t > 0 else tail
+
+
+def t_quantile(p: float, df: float) -> float:
+    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (bisection on
+    :func:`t_cdf` to 1e-12), e.g. ``t_quantile(0.975, 4) = 2.776``."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p must lie in (0, 1), got {p}")
+    if p < 0.5:
+        return -t_quantile(1.0 - p, df)
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < p:
+        lo, hi = hi, 2.0 * hi
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if t_cdf(mid, df) < p:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-12 * max(1.0, hi):
+            break
+    return 0.5 * (lo + hi)
+
+
+def t_interval(values: Sequence[float], level: float = LEVEL) -> dict[str, Any]:
+    """Mean, sample std (``ddof = 1``) and the two-sided ``level`` Student-t confidence
+    interval of the mean of ``values`` (``half_width = t_{(1+level)/2, n-1} std / sqrt(n)``;
+    None for one value)."""
+    stat = mean_std(values)
+    n = stat["n"]
+    half = None
+    if n > 1:
+        half = t_quantile(0.5 + level / 2.0, n - 1) * stat["std"] / math.sqrt(n)
+    lo = None if half is None else stat["mean"] - half
+    hi = None if half is None else stat["mean"] + half
+    return {**stat, "level": level, "half_width": half, "low": lo, "high": hi}
+
+
+def paired_t_test(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
+    """Two-sided paired t-test of ``mean(a - b) = 0`` over matched pairs (same seed: same
+    initialisation and batches), with the 95% t-interval of the mean difference.
+
+    Returns:
+        ``n``, ``mean`` (of the differences), ``std``, ``half_width``, ``low``, ``high``
+        (the interval), ``t`` and ``p`` (None with fewer than two pairs; ``p = 1`` when every
+        difference is 0, ``p = 0`` when they are all equal and non-zero).
+
+    Raises:
+        ValueError: ``a`` and ``b`` differ in length or are empty.
+    """
+    if len(a) != len(b) or not len(a):
+        raise ValueError(f"a paired test needs two equally long samples, got {len(a)}, {len(b)}")
+    diffs = [float(x) - float(y) for x, y in zip(a, b, strict=True)]
+    out = t_interval(diffs)
+    n = out["n"]
+    if n < 2:
+        return {**out, "t": None, "p": None}
+    se = out["std"] / math.sqrt(n)
+    if se == 0.0:
+        return {
+            **out,
+            "t": math.copysign(math.inf, out["mean"]) if out["mean"] else 0.0,
+            "p": 1.0 if out["mean"] == 0.0 else 0.0,
+        }
+    t = out["mean"] / se
+    return {**out, "t": t, "p": 2.0 * (1.0 - t_cdf(abs(t), n - 1))}
+
+
+def holm(pvalues: Sequence[float | None], alpha: float = 1.0 - LEVEL) -> list[dict[str, Any]]:
+    """Holm's step-down correction (Holm 1979) of a family of p-values: the adjusted
+    p-value ``max_{j <= i} min(1, (m - j + 1) p_(j))`` in increasing order of p, and
+    whether the hypothesis is rejected at family-wise level ``alpha``. ``None`` p-values
+    (one seed) stay None and do not count in ``m``."""
+    present = [(p, i) for i, p in enumerate(pvalues) if p is not None]
+    m = len(present)
+    out: list[dict[str, Any]] = [{"p_holm": None, "reject": None} for _ in pvalues]
+    running = 0.0
+    for rank, (p, i) in enumerate(sorted(present)):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = {"p_holm": running, "reject": running <= alpha}
+    return out
+
+
+def format_interval(stat: Mapping[str, Any], digits: int = 3) -> str:
+    """``"mean ± half-width"`` of a :func:`t_interval` dict (the ``±`` is the 95%
+    t-interval's half-width; see :data:`INTERVAL_LABEL`), or the mean for one value."""
+    if stat.get("half_width") is None:
+        return f"{stat['mean']:.{digits}f}"
+    return f"{stat['mean']:.{digits}f} ± {stat['half_width']:.{digits}f}"
+
+
+#: What the ``±`` of :func:`format_interval` means, printed with every table that uses it.
+INTERVAL_LABEL = "mean ± half-width of the 95% Student-t confidence interval over seeds"
+#: What the ``±`` of :func:`format_mean_std` means.
+STD_LABEL = "mean ± sample standard deviation over seeds (ddof = 1)"
 
 
 def format_bytes(b: float) -> str:
@@ -355,20 +527,29 @@ def _mean_position(series: list[list[float]]) -> list[float]:
 
 
 def aggregate_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and std over seeds of the final metrics, the times and every curve point.
+    """Mean, std and 95% t-interval over seeds of the final metrics, the times and every
+    curve point.
 
     Args:
         runs: one quality run per seed (see :func:`benchmarks.training.train_run`).
 
     Returns:
-        ``final`` (metric -> :func:`mean_std`, with ``recall_at_<k>``), ``wall_s``,
+        ``final`` (test metrics -> :func:`t_interval`, with ``recall_at_<k>``; absent until
+        the final evaluation filled every run's ``final``), ``validation`` (the same on
+        the validation classes at the last step, when the runs have it), ``wall_s``,
         ``train_s``, ``steps`` and ``curves`` (``step`` and ``images``: the checkpoint
         positions, and per key of :data:`CURVE_KEYS` the :func:`mean_std_series`), curves
         aligned by :func:`aligned`; ``capped`` when a run stopped at its time cap.
     """
-    final = {key: mean_std([r["final"][key] for r in runs]) for key in FINAL_KEYS}
-    for k in runs[0]["final"]["recall_at_k"]:
-        final[f"recall_at_{k}"] = mean_std([r["final"]["recall_at_k"][k] for r in runs])
+    out: dict[str, Any] = {}
+    for field_name in ("final", "validation"):
+        if runs and all(r.get(field_name) for r in runs):
+            block = {key: t_interval([r[field_name][key] for r in runs]) for key in FINAL_KEYS}
+            for k in runs[0][field_name].get("recall_at_k", {}):
+                block[f"recall_at_{k}"] = t_interval(
+                    [r[field_name]["recall_at_k"][k] for r in runs]
+                )
+            out[field_name] = block
     curves: dict[str, Any] = {}
     for key in POSITION_KEYS:
         if all(key in r["curve"] for r in runs):
@@ -376,12 +557,13 @@ def aggregate_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for key in CURVE_KEYS:
         if all(key in r["curve"] for r in runs):
             curves[key] = mean_std_series(aligned(runs, key))
-    out = {
-        "final": final,
-        "wall_s": mean_std([r["wall_s"] for r in runs]),
-        "train_s": mean_std([r["train_s"] for r in runs]),
-        "curves": curves,
-    }
+    out.update(
+        {
+            "wall_s": mean_std([r["wall_s"] for r in runs]),
+            "train_s": mean_std([r["train_s"] for r in runs]),
+            "curves": curves,
+        }
+    )
     if all("steps" in r for r in runs):
         out["steps"] = mean_std([r["steps"] for r in runs])
         out["capped"] = any(r.get("capped") for r in runs)
@@ -395,27 +577,58 @@ def _setting_cell(entry: Mapping[str, Any]) -> str:
     return describe_setting(setting) if setting else ""
 
 
+def _step_cell(entry: Mapping[str, Any]) -> str:
+    cal = entry.get("calibration")
+    if not cal:
+        return ""
+    return f"{1e3 * cal['median_s']:.0f} [{1e3 * cal['q1_s']:.0f}-{1e3 * cal['q3_s']:.0f}]"
+
+
 def quality_table(results: dict[str, Any]) -> str:
-    """``| strategy | family | setting | MAP@R | R-prec | P@1 | train s | wall s |``, mean ±
-    std over seeds in the order the rows ran (``train s``: training time per run, without
-    the evaluations; ``wall s``: the whole run). ``results`` is what
-    :func:`benchmarks.quality.main` returns."""
+    """``| strategy | family | setting | val MAP@R | MAP@R | R-prec | P@1 | step ms | train s |``
+    in the order the rows ran: ``val MAP@R`` on every validation class at the last step
+    (what the choices read), the test metrics (evaluation classes, read once at the end),
+    each ``mean ± half-width of the 95% t-interval over seeds`` (:data:`INTERVAL_LABEL`;
+    results of 0.2 without intervals: ``mean ± std``), the calibrated time per step
+    (median [quartiles], ms) and the training time per run (mean ± std). ``results`` is
+    what :func:`benchmarks.quality.main` returns."""
     rows = []
     for name, entry in results["strategies"].items():
         agg = entry["aggregate"]
         train = format_mean_std(agg["train_s"], 1) + (" (cap)" if agg.get("capped") else "")
+        final = agg.get("final", {})
+        val = agg.get("validation", {}).get(MAP)
         rows.append(
             [
                 name,
                 entry.get("family", ""),
                 _setting_cell(entry),
-                *(format_mean_std(agg["final"][key]) for key in FINAL_KEYS),
+                _cell(val),
+                *(_cell(final.get(key)) for key in FINAL_KEYS),
+                _step_cell(entry),
                 train,
-                format_mean_std(agg["wall_s"], 1),
             ]
         )
-    header = ["strategy", "family", "setting", "MAP@R", "R-prec", "P@1", "train s", "wall s"]
-    return md_table(header, rows, "lllrrrrr")
+    header = [
+        "strategy",
+        "family",
+        "setting",
+        "val MAP@R",
+        "MAP@R",
+        "R-prec",
+        "P@1",
+        "step ms",
+        "train s",
+    ]
+    return md_table(header, rows, "lllrrrrrr")
+
+
+def _cell(stat: Mapping[str, Any] | None) -> str:
+    if not stat:
+        return ""
+    if "half_width" in stat:
+        return format_interval(stat)
+    return format_mean_std(dict(stat))
 
 
 def _variant(setting: Mapping[str, Any]) -> str:
@@ -453,22 +666,48 @@ def sensitivity_table(sens: Mapping[str, Any]) -> str:
 
 
 def comparison_text(comparison: Mapping[str, Any] | None) -> str:
-    """The best tripletkit row against the best peer row at equal training time, in words."""
+    """The best tripletkit row against the best peer row at equal (calibrated) training
+    time, in words: a validation figure, labelled as such."""
     if not comparison:
         return "No peer row ran: no comparison at equal wall-clock."
     tk, peer, diff = comparison["tripletkit"], comparison["peer"], comparison["difference"]
-    verdict = {True: "beyond seed noise", False: "within seed noise", None: "one seed"}[
-        comparison["separated"]
-    ]
-    return (
-        f"At {comparison['time_s']:.0f} s of training (equal wall-clock, MAP@R on the "
-        f"{comparison['classes']} checkpoint classes): best tripletkit row {tk['name']} "
-        f"{format_mean_std(tk['at_time'])} vs best peer recipe {peer['name']} "
-        f"{format_mean_std(peer['at_time'])}: difference {diff['mean']:+.3f} ± "
-        f"{diff['se']:.3f} (2 standard errors: {verdict}). Final MAP@R on all evaluation "
-        f"classes: {format_mean_std(tk['final'])} after {tk['train_s']:.0f} s vs "
-        f"{format_mean_std(peer['final'])} after {peer['train_s']:.0f} s."
+    if diff.get("half_width") is None:
+        gap = f"{diff['mean']:+.3f} (one seed: no interval)"
+    else:
+        gap = (
+            f"{diff['mean']:+.3f} (95% paired t-interval [{diff['low']:+.3f}, "
+            f"{diff['high']:+.3f}], p {diff['p']:.3g}, uncorrected)"
+        )
+    text = (
+        f"Equal training time ({comparison['time_s']:.0f} s = median calibrated step time x "
+        f"steps), on the {comparison['classes']} validation checkpoint classes: best "
+        f"tripletkit row by validation {tk['name']} {format_interval(tk['at_time'])} vs best "
+        f"peer row {peer['name']} {format_interval(peer['at_time'])} (± = 95% t-interval "
+        f"half-width): difference {gap}. A validation figure: the test comparison of the "
+        "same pair is below."
     )
+    return text
+
+
+def comparisons_text(comparisons: Mapping[str, Any] | None) -> str:
+    """The run's comparisons on the test metric, one line each: the paired mean
+    difference with its 95% t-interval, p, Holm's adjusted p and the verdict."""
+    if not comparisons or not comparisons.get("items"):
+        return "No comparison: fewer than two rows."
+    lines = [
+        f"Comparisons on {comparisons['metric']}: {comparisons['test']}; "
+        f"{comparisons['correction']}."
+    ]
+    for c in comparisons["items"]:
+        if c["p"] is None:
+            lines.append(f"- {c['a']} - {c['b']}: {c['mean']:+.3f} ({c['verdict']})")
+            continue
+        lines.append(
+            f"- {c['a']} - {c['b']} ({c['what']}): {c['mean']:+.3f}, 95% CI "
+            f"[{c['low']:+.3f}, {c['high']:+.3f}], p {c['p']:.3g}, Holm {c['p_holm']:.3g}: "
+            f"{c['verdict']}"
+        )
+    return "\n".join(lines)
 
 
 def _quality_where(cfg: dict[str, Any]) -> str:
@@ -511,8 +750,8 @@ def plot_quality_map_at_r(plt: Any, results: dict[str, Any], path: Path) -> Path
         x = np.asarray(curves.get("images", curves["step"])) / 1000
         _band(ax, x, curves[MAP], styles[name], name)
     ax.set_xlabel("training images seen (thousands)")
-    ax.set_ylabel(f"MAP@R ({cfg['subset_classes']} evaluation classes)")
-    ax.set_title(f"MAP@R on unseen classes during training ({_quality_where(cfg)})", fontsize=10)
+    ax.set_ylabel(f"MAP@R ({cfg['subset_classes']} validation classes)")
+    ax.set_title(f"Validation MAP@R during training ({_quality_where(cfg)})", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     return save_figure(fig, path)
@@ -520,30 +759,49 @@ def plot_quality_map_at_r(plt: Any, results: dict[str, Any], path: Path) -> Path
 
 def plot_quality_time(plt: Any, results: dict[str, Any], path: Path) -> Path:
     """Time to quality: MAP@R vs seconds of training (evaluations excluded), mean over
-    seeds with a +-1 std band, one line per row (peers dashed)."""
+    seeds with a +-1 std band, one line per row (peers dashed). Seconds are calibrated
+    (steps x the row's median calibrated step time) when the results have a calibration,
+    else the measured training seconds (0.2's results)."""
     entries, cfg = results["strategies"], results["config"]
     styles = _strategy_styles(plt, entries)
     fig, ax = plt.subplots(figsize=(9, 5.5))
+    calibrated = all(e.get("calibration") for e in entries.values())
     for name, entry in entries.items():
         curves = entry["aggregate"]["curves"]
-        _band(ax, curves["train_s"]["mean"], curves[MAP], styles[name], name)
+        if calibrated:
+            x = np.asarray(curves["step"], dtype=float) * entry["calibration"]["median_s"]
+        else:
+            x = np.asarray(curves["train_s"]["mean"])
+        _band(ax, x, curves[MAP], styles[name], name)
     comparison = results.get("comparison")
     if comparison:
         ax.axvline(comparison["time_s"], color="gray", linewidth=0.8, linestyle=":")
     machine = results.get("machine", {})
     ax.set_xlabel(
-        f"training seconds ({machine.get('cpu', '?')}, {machine.get('torch_threads', '?')} "
+        (
+            "calibrated training seconds (median step time x steps"
+            if calibrated
+            else "training seconds (measured"
+        )
+        + f"; {machine.get('cpu', '?')}, {machine.get('torch_threads', '?')} "
         "torch threads; evaluations excluded)"
     )
-    ax.set_ylabel(f"MAP@R ({cfg['subset_classes']} evaluation classes)")
+    ax.set_ylabel(f"MAP@R ({cfg['subset_classes']} validation classes)")
     ax.set_title(f"Time to quality ({_quality_where(cfg)})", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     return save_figure(fig, path)
 
 
+def _error_bar(stat: Mapping[str, Any]) -> float:
+    """The 95% t-interval's half-width, or the std for results without one (0.2)."""
+    half = stat.get("half_width")
+    return float(stat["std"] if "half_width" not in stat else (half or 0.0))
+
+
 def plot_quality_final(plt: Any, results: dict[str, Any], path: Path) -> Path:
-    """Final MAP@R, R-precision and P@1 per row: grouped bars with std error bars."""
+    """Final MAP@R, R-precision and P@1 per row (test classes): grouped bars with the 95%
+    t-interval as error bars (the std for 0.2's results)."""
     entries, cfg = results["strategies"], results["config"]
     names = list(entries)
     metrics = zip(FINAL_KEYS, ("MAP@R", "R-precision", "P@1"), strict=True)
@@ -552,14 +810,16 @@ def plot_quality_final(plt: Any, results: dict[str, Any], path: Path) -> Path:
     width = 0.8 / len(FINAL_KEYS)
     for j, (key, label) in enumerate(metrics):
         means = [entries[n]["aggregate"]["final"][key]["mean"] for n in names]
-        stds = [entries[n]["aggregate"]["final"][key]["std"] for n in names]
+        stds = [_error_bar(entries[n]["aggregate"]["final"][key]) for n in names]
         ax.bar(x + (j - 1) * width, means, width, yerr=stds, capsize=2, label=label)
     ax.set_xticks(x, names, rotation=35, ha="right", fontsize=8)
     ax.set_ylim(0, 1)
     final_classes = cfg["final_classes"] or "all"
     ax.set_ylabel(f"final retrieval score ({final_classes} evaluation classes)")
     ax.set_title(
-        f"Final retrieval on unseen classes, mean ± std ({_quality_where(cfg)})", fontsize=10
+        "Final retrieval on unseen classes, mean and 95% t-interval over seeds "
+        f"({_quality_where(cfg)})",
+        fontsize=10,
     )
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=8)

@@ -1,52 +1,82 @@
-"""The quality benchmark's rows: tripletkit's strategies, the peer recipes, and the rows where
-mining is expensive, each with its declared search space.
+"""The quality benchmark's rows: tripletkit's strategies, the peer recipes, and the rows with
+an add-on (cross-batch memory, 4x batch, hard-class sampler) for both, each with its declared
+search space.
 
 A :class:`Strategy` builds a criterion ``(embeddings, labels) -> loss`` from a *setting* (a
 dict of hyper-parameters) and a seed, and declares the settings the protocol searches
-(:mod:`benchmarks.protocol`): every one of ``lrs`` (Adam's learning rate) crossed with every
-one of ``variants`` (the other hyper-parameters). ``normalize`` in a setting L2-normalises
-the network's output (:mod:`benchmarks.nets`), for training and for retrieval alike.
+(:mod:`benchmarks.protocol`): ``lrs`` (Adam's learning rate) crossed with ``variants`` (the
+other hyper-parameters). ``normalize`` in a setting L2-normalises the network's output
+(:mod:`benchmarks.nets`), for training and for retrieval alike.
 
 **The search spaces** (declared below as data, the same for a tripletkit strategy and the
-peer recipe it corresponds to):
+peer recipe it corresponds to; at least three values per numeric hyper-parameter, around
+each paper's default):
 
-- learning rate ``1e-3`` and ``3e-3`` for every row;
-- losses with a margin on euclidean distances (batch-all, batch-hard, semi-hard, random
-  triplets, contrastive): normalisation on and off, two margins on the scale that fits each
-  (:data:`TRIPLET_MARGINS`, :data:`CONTRASTIVE_MARGINS`): distances lie in ``[0, 2]`` on
-  the unit sphere and are about 3.4 between random images at initialisation without it;
-- batch-hard with the soft margin: normalisation on and off (nothing else to search: 4
-  configurations instead of 8);
-- distance-weighted sampling with the margin loss (needs unit norm: its sampling density is
-  that of the unit sphere): the margin ``alpha`` and the initial boundary ``beta``;
-- multi-similarity (cosine similarities: normalisation does not apply): the similarity
-  threshold ``base`` and the miner's margin ``epsilon`` (``alpha = 2``, ``beta = 50`` as in
-  Wang et al. 2019).
+- learning rate ``1e-3``, ``3e-3``, ``1e-2`` for every row (:data:`LRS`);
+- hinge triplet losses (batch-all, batch-hard, semi-hard, random triplets and the peers'
+  triplet recipes): normalisation on and off, three margins on the scale that fits each
+  (:data:`TRIPLET_MARGINS`: 0.05 is pytorch-metric-learning's default, 0.2 FaceNet's and
+  Hermans et al.'s; distances lie in ``[0, 2]`` on the unit sphere and are about 3.4
+  between random images at initialisation without it);
+- contrastive: normalisation, three negative and three positive margins
+  (:data:`CONTRASTIVE_NEG_MARGINS`, :data:`CONTRASTIVE_POS_MARGINS`; Hadsell et al. use a
+  positive margin of 0, pytorch-metric-learning lets it be searched);
+- batch-hard with the soft margin: normalisation on and off (nothing else to search);
+- distance-weighted sampling + margin loss (unit norm): ``alpha`` and the initial ``beta``
+  around Wu et al.'s 0.2 and 1.2;
+- multi-similarity: the threshold ``base`` and the miner's ``epsilon`` around Wang et
+  al.'s 0.5 and 0.1 (``alpha = 2``, ``beta = 50``);
+- SupCon: the temperature around Khosla et al.'s 0.1; circle: ``m`` and ``gamma`` around
+  Sun et al.'s 0.4 and 80.
 
-So every row gets ``2 x 4 = 8`` configurations (4 for the soft margin), the same number of
-training steps each: the search budget is equal per configuration and per row.
+**The same budget per row.** Every searched row trains at most :data:`ROW_BUDGET`
+configurations (3 learning rates x 6 variants for the triplet rows). A larger grid
+(distance-weighted, contrastive, multi-similarity, circle) is searched on a seeded subset
+of :data:`ROW_BUDGET` of its points that holds every value of every hyper-parameter
+(:func:`budget_subset`; the subset depends only on the grid, so a tripletkit row and its
+peer recipe search the same points). Rows with a smaller grid (soft margin: 6, SupCon: 9)
+cannot be padded and use all of it.
+
+**Edges.** A chosen value at an edge of its hyper-parameter's values triggers one extension
+step (:func:`extension`: one configuration with that value moved one grid step outwards,
+geometric grids multiplied by their ratio, arithmetic ones by their step, never across a
+bound of :data:`BOUNDS`), recorded in the search's JSON.
 
 **Rows** (:data:`STRATEGIES`, in table order):
 
 - tripletkit: the fused batch-all (mean over non-zero terms, and over all), batch-hard
   (hinge and soft margin), semi-hard, distance-weighted sampling + margin loss, contrastive
-  loss over mined pairs, random triplets, multi-similarity miner + loss;
-- peers (``family="peer"``, listed when pytorch-metric-learning is installed):
+  loss over mined pairs, random triplets, multi-similarity miner + loss, SupCon and circle
+  (fused, cosine);
+- peers (``family="peer"``, when pytorch-metric-learning is installed):
   ``TripletMarginMiner(type_of_triplets="semihard")``, ``BatchHardMiner`` (each with
   ``TripletMarginLoss`` and ``LpDistance(normalize_embeddings=...)``),
-  ``MultiSimilarityMiner`` + ``MultiSimilarityLoss``;
-- where mining is expensive (no search of their own: they use the chosen setting of their
-  ``base`` row, so the memory, the batch or the sampler is the only change):
-  tripletkit strategies against a :class:`~tripletkit.memory.CrossBatchMemory`,
-  pytorch-metric-learning's ``CrossBatchMemory`` with its semi-hard ``TripletMarginMiner``
-  (capped in time: its mining lists every triplet against the memory), a large batch
-  trained with the chunked backward of :mod:`tripletkit.gradcache` at the same number of
-  training images, and the :class:`~tripletkit.samplers.HardClassPKBatchSampler`.
+  ``MultiSimilarityMiner`` + ``MultiSimilarityLoss`` (its best recipe in 0.2);
+- add-ons, each for tripletkit and for the peer (:data:`COUNTERPARTS` pairs them): a
+  cross-batch memory (tripletkit's :class:`~tripletkit.memory.CrossBatchMemory` on semi-hard
+  and batch-hard; pytorch-metric-learning's ``CrossBatchMemory`` on semi-hard, batch-hard
+  and multi-similarity; **no row is time-capped**: each memory row's measured cost per step
+  is in the results' ``calibration``), a 4x batch trained with the chunked backward of
+  :mod:`tripletkit.gradcache` at the same number of training images, and the
+  :class:`~tripletkit.samplers.HardClassPKBatchSampler`. An add-on row takes its base row's
+  chosen setting and searches the learning rate again (:meth:`Strategy.settings_from`):
+  it is validated like every row.
+
+**Hooks for rows to come** (one function each, appended to :func:`_all_rows`): the
+neighbour sampler (issue 20: a ``Training`` kind ``"neighbour"`` whose batches come from
+the sampler, refreshed inside the step, so its refresh time is in the step time; rows
+``neighbour_batch_hard`` / ``neighbour_semi_hard`` with ``requires`` the sampler's module)
+and the smooth-margin triplet loss (issue 19: a row like ``batch_hard`` whose build passes
+the new flag, with ``TRIPLET_VARIANTS``); :func:`missing_requirement` skips a row whose
+module is not there yet.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import itertools
+import math
+import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,7 +90,9 @@ from tripletkit.losses import (
     TripletMarginLoss,
     batch_all_triplet_loss,
     batch_hard_triplet_loss,
+    circle_loss,
     semi_hard_triplet_loss,
+    supcon_loss,
 )
 from tripletkit.memory import CrossBatchMemory
 from tripletkit.miners import (
@@ -75,6 +107,8 @@ from .nets import EMBEDDING_DIM
 __all__ = [
     "LRS",
     "PML",
+    "COUNTERPARTS",
+    "ROW_BUDGET",
     "STRATEGIES",
     "FusedCriterion",
     "MemoryCriterion",
@@ -85,7 +119,9 @@ __all__ = [
     "Strategy",
     "Training",
     "available",
+    "budget_subset",
     "describe_setting",
+    "extension",
     "setting_key",
 ]
 
@@ -93,23 +129,40 @@ __all__ = [
 Setting = Mapping[str, Any]
 
 #: Adam learning rates searched for every row.
-LRS = (1e-3, 3e-3)
+LRS = (1e-3, 3e-3, 1e-2)
 #: Hinge triplet margins searched, per normalisation (unit sphere: distances in [0, 2];
 #: raw: ~3.4 between random images at initialisation). 0.05 is pytorch-metric-learning's
 #: default, 0.2 FaceNet's and Hermans et al.'s.
-TRIPLET_MARGINS = {True: (0.05, 0.2), False: (0.2, 1.0)}
-#: Contrastive negative margins searched (positive margin 0), per normalisation.
-CONTRASTIVE_MARGINS = {True: (0.8, 1.2), False: (1.0, 2.0)}
+TRIPLET_MARGINS = {True: (0.05, 0.1, 0.2), False: (0.2, 0.5, 1.0)}
+#: Contrastive negative and positive margins searched, per normalisation.
+CONTRASTIVE_NEG_MARGINS = {True: (0.6, 0.9, 1.2), False: (1.0, 2.0, 4.0)}
+CONTRASTIVE_POS_MARGINS = {True: (0.0, 0.1, 0.2), False: (0.0, 0.25, 0.5)}
 #: Distance-weighted sampling + margin loss (Wu et al. 2017): margins alpha, initial betas.
-DW_ALPHAS = (0.1, 0.2)
-DW_BETAS = (0.8, 1.2)
+DW_ALPHAS = (0.1, 0.2, 0.3)
+DW_BETAS = (0.6, 1.2, 1.8)
 DW_CUTOFF = 0.5
 DW_NONZERO_LOSS_CUTOFF = 1.4
 #: Multi-similarity (Wang et al. 2019): thresholds ``base`` and miner margins ``epsilon``.
-MS_BASES = (0.5, 0.7)
-MS_EPSILONS = (0.1, 0.2)
+MS_BASES = (0.3, 0.5, 0.7)
+MS_EPSILONS = (0.05, 0.1, 0.2)
 MS_ALPHA = 2.0
 MS_BETA = 50.0
+#: SupCon temperatures (Khosla et al. 2020: 0.1).
+SUPCON_TEMPERATURES = (0.05, 0.1, 0.2)
+#: Circle loss (Sun et al. 2020: m 0.4 and gamma 80 for fine-grained retrieval).
+CIRCLE_MS = (0.25, 0.4, 0.55)
+CIRCLE_GAMMAS = (40.0, 80.0, 160.0)
+#: Most configurations a searched row trains (3 learning rates x 6 variants).
+ROW_BUDGET = 18
+#: Seed of the subsets of the grids larger than :data:`ROW_BUDGET`.
+SUBSET_SEED = 7
+#: Bounds of a hyper-parameter's extension (low, high; inclusive). Every other numeric
+#: hyper-parameter must stay > 0.
+BOUNDS: dict[str, tuple[float, float]] = {
+    "pos_margin": (0.0, math.inf),
+    "base": (0.0, 1.0),
+    "m": (0.0, 1.0),
+}
 #: The margin of the difficulty fractions when a row has no distance margin.
 STATS_MARGIN = 0.2
 #: Cross-batch memory rows: rows kept, and the share of the steps before the memory is used.
@@ -322,7 +375,8 @@ class Strategy:
         family: ``"tripletkit"`` or ``"peer"``.
         requires: a module the row needs (skipped with a note when it is missing).
         training: how its steps run (:class:`Training`).
-        base: for a row with no search of its own, the row whose chosen setting it uses.
+        base: for an add-on row, the row whose chosen setting it starts from (it searches
+            the learning rate only, :meth:`settings_from`).
         margin_key: the setting's distance margin, used for the difficulty fractions
             (None: :data:`STATS_MARGIN`).
     """
@@ -343,23 +397,37 @@ class Strategy:
 
     @property
     def tuned(self) -> bool:
-        """Whether the protocol searches this row's settings (rows with a ``base`` do not)."""
+        """Whether the row has a search space of its own (add-on rows start from their
+        base row's choice and search the learning rate)."""
         return self.base is None
 
+    def grid(self) -> list[dict[str, Any]]:
+        """Every point of the declared space (learning rates x variants), in order."""
+        return [{"lr": lr, **variant} for lr in self.lrs for variant in self.variants]
+
     def settings(self, grid: str = "full") -> list[dict[str, Any]]:
-        """The searched settings, learning rate first; ``grid="tiny"`` keeps the first two
+        """The searched settings: the whole grid, or :func:`budget_subset` of it when it
+        holds more than :data:`ROW_BUDGET` points; ``grid="tiny"`` keeps the first two
         (the ``--quick`` smoke run)."""
-        every = [{"lr": lr, **variant} for lr in self.lrs for variant in self.variants]
+        every = self.grid()
+        if grid == "tiny":
+            return every[:2]
+        return budget_subset(every) if len(every) > ROW_BUDGET else every
+
+    def settings_from(self, chosen: Setting, grid: str = "full") -> list[dict[str, Any]]:
+        """An add-on row's search: its base row's ``chosen`` setting at every learning
+        rate of :data:`LRS` (the add-on changes the gradient's scale and the number of
+        steps; the rest is the base's choice); ``grid="tiny"``: the first two."""
+        every = [{**dict(chosen), "lr": lr} for lr in LRS]
         return every[:2] if grid == "tiny" else every
 
     def default_setting(self) -> dict[str, Any]:
-        """The setting used when no search result exists: the first normalised one at the
-        larger learning rate."""
-        settings = self.settings()
-        return next(
-            (s for s in settings if s["lr"] == max(self.lrs) and s.get("normalize", True)),
-            settings[0],
-        )
+        """The setting used when no search result exists: the middle learning rate and the
+        middle of the normalised variants in declared order (each paper's default where
+        the grid is centred on it)."""
+        middle = sorted(self.lrs)[len(self.lrs) // 2]
+        normed = [v for v in self.variants if v.get("normalize", True)] or list(self.variants)
+        return {"lr": middle, **normed[len(normed) // 2]} if normed else {"lr": middle}
 
     def stats_margin(self, setting: Setting) -> float:
         """Margin of the difficulty fractions of this row's runs."""
@@ -368,18 +436,111 @@ class Strategy:
         return float(setting[self.margin_key])
 
 
+# --------------------------------------------------------------------------------------
+# Search spaces: the budget subset and the edges
+# --------------------------------------------------------------------------------------
+
+
+def _covers(subset: Sequence[Mapping[str, Any]], grid: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether ``subset`` holds every value that every hyper-parameter takes in ``grid``."""
+    keys = {k for s in grid for k in s}
+    return all({s.get(k) for s in subset} == {s.get(k) for s in grid} for k in keys)
+
+
+def budget_subset(
+    grid: Sequence[Mapping[str, Any]], budget: int = ROW_BUDGET, seed: int = SUBSET_SEED
+) -> list[dict[str, Any]]:
+    """``budget`` points of ``grid`` drawn without replacement, with a seed derived from
+    ``seed`` and the grid itself (the same grid always gives the same subset), redrawn
+    until every value of every hyper-parameter is in it; in grid order."""
+    if len(grid) <= budget:
+        return [dict(s) for s in grid]
+    key = "|".join(setting_key(s) for s in grid)
+    rng = random.Random(f"{seed}:{key}")
+    for _ in range(10_000):
+        picked = sorted(rng.sample(range(len(grid)), budget))
+        subset = [dict(grid[i]) for i in picked]
+        if _covers(subset, grid):
+            return subset
+    raise ValueError(f"no subset of {budget} of these {len(grid)} settings covers every value")
+
+
+def axis_values(grid: Sequence[Mapping[str, Any]], chosen: Mapping[str, Any], key: str) -> list:
+    """The sorted values of hyper-parameter ``key`` along the line of ``grid`` through
+    ``chosen`` (the points equal to ``chosen`` in every other key)."""
+    return sorted(
+        {
+            s[key]
+            for s in grid
+            if key in s and all(s.get(k) == v for k, v in chosen.items() if k != key)
+        }
+    )
+
+
+def _outwards(values: Sequence[float], high: bool) -> float:
+    """One grid step beyond the low or high edge of ``values`` (at least two of them):
+    arithmetic grids by their step, the others (positive) by their ratio."""
+    a, b = (values[-2], values[-1]) if high else (values[1], values[0])
+    steps = [values[i + 1] - values[i] for i in range(len(values) - 1)]
+    arithmetic = all(math.isclose(d, steps[0], rel_tol=1e-6) for d in steps)
+    if arithmetic or a <= 0 or b <= 0:
+        new = b + (b - a)
+    else:
+        new = b * (b / a)
+    return float(f"{new:.3g}")
+
+
+def _inside(key: str, value: float) -> bool:
+    low, high = BOUNDS.get(key, (0.0, math.inf))
+    if key not in BOUNDS:
+        return value > 0
+    return low <= value <= high
+
+
+def extension(
+    grid: Sequence[Mapping[str, Any]], chosen: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """The hyper-parameters of ``chosen`` at an edge of their values in ``grid`` (numbers
+    only, with at least two values along their line), each with the value one step
+    outwards (``"to"``, None when that would cross a bound of :data:`BOUNDS`, with the
+    bound in ``"why"``)."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in chosen.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        values = axis_values(grid, chosen, key)
+        if len(values) < 2 or value not in (values[0], values[-1]):
+            continue
+        high = value == values[-1]
+        new = _outwards(values, high)
+        entry: dict[str, Any] = {"from": value, "edge": "high" if high else "low", "to": new}
+        if not _inside(key, new):
+            entry["to"] = None
+            entry["why"] = f"{new:g} is outside the bounds of {key}"
+        out[key] = entry
+    return out
+
+
 def _margin_variants(margins: Mapping[bool, Sequence[float]], key: str = "margin") -> tuple:
     return tuple({"normalize": n, key: m} for n in (True, False) for m in margins[n])
 
 
 TRIPLET_VARIANTS = _margin_variants(TRIPLET_MARGINS)
-CONTRASTIVE_VARIANTS = _margin_variants(CONTRASTIVE_MARGINS, "neg_margin")
+CONTRASTIVE_VARIANTS = tuple(
+    {"normalize": n, "neg_margin": neg, "pos_margin": pos}
+    for n in (True, False)
+    for neg, pos in itertools.product(CONTRASTIVE_NEG_MARGINS[n], CONTRASTIVE_POS_MARGINS[n])
+)
 SOFT_VARIANTS = ({"normalize": True}, {"normalize": False})
 DW_VARIANTS = tuple(
     {"normalize": True, "margin": a, "beta": b} for a in DW_ALPHAS for b in DW_BETAS
 )
 MS_VARIANTS = tuple(
     {"normalize": True, "base": b, "epsilon": e} for b in MS_BASES for e in MS_EPSILONS
+)
+SUPCON_VARIANTS = tuple({"normalize": True, "temperature": t} for t in SUPCON_TEMPERATURES)
+CIRCLE_VARIANTS = tuple(
+    {"normalize": True, "m": m, "gamma": g} for m in CIRCLE_MS for g in CIRCLE_GAMMAS
 )
 
 
@@ -448,10 +609,11 @@ def _tripletkit_rows() -> list[Strategy]:
         Strategy(
             "contrastive",
             "contrastive",
-            "PairMarginMiner(pos_margin=0, neg_margin): the pairs with a non-zero loss",
-            "ContrastiveLoss(pos_margin=0, neg_margin), mean over mined pairs",
+            "PairMarginMiner(pos_margin, neg_margin): the pairs with a non-zero loss",
+            "ContrastiveLoss(pos_margin, neg_margin), mean over mined pairs",
             lambda s, seed: MinedCriterion(
-                PairMarginMiner(0.0, s["neg_margin"]), ContrastiveLoss(0.0, s["neg_margin"])
+                PairMarginMiner(s["pos_margin"], s["neg_margin"]),
+                ContrastiveLoss(s["pos_margin"], s["neg_margin"]),
             ),
             CONTRASTIVE_VARIANTS,
             margin_key=None,
@@ -476,6 +638,24 @@ def _tripletkit_rows() -> list[Strategy]:
                 MultiSimilarityLoss(MS_ALPHA, MS_BETA, s["base"]),
             ),
             MS_VARIANTS,
+            margin_key=None,
+        ),
+        Strategy(
+            "supcon",
+            "SupCon",
+            "every pair of the batch (fused, cosine)",
+            "supcon_loss(temperature) (Khosla et al. 2020, L_out), mean over anchors",
+            lambda s, seed: FusedCriterion(supcon_loss, temperature=s["temperature"]),
+            SUPCON_VARIANTS,
+            margin_key=None,
+        ),
+        Strategy(
+            "circle",
+            "circle",
+            "every pair of the batch (fused, cosine)",
+            "circle_loss(m, gamma) (Sun et al. 2020), mean over anchors",
+            lambda s, seed: FusedCriterion(circle_loss, m=s["m"], gamma=s["gamma"]),
+            CIRCLE_VARIANTS,
             margin_key=None,
         ),
     ]
@@ -551,7 +731,7 @@ def _peer_rows() -> list[Strategy]:
 
 
 #: Declared below; :func:`_derived_rows` reads the fused strategies by name.
-_FUSED = {"batch_all_nonzero", "batch_all_mean", "batch_hard", "semi_hard"}
+_FUSED = {"batch_all_nonzero", "batch_all_mean", "batch_hard", "semi_hard", "supcon", "circle"}
 
 
 def _memory_row(base: Strategy) -> Strategy:
@@ -570,14 +750,12 @@ def _memory_row(base: Strategy) -> Strategy:
     )
 
 
-def _peer_memory_row(base: Strategy, cap: float) -> Strategy:
+def _peer_memory_row(base: Strategy) -> Strategy:
     def build(setting: Setting, seed: int) -> nn.Module:
         plain = base.build(setting, seed)
         return PeerMemoryCriterion(plain.miner, plain.loss, MEMORY_SIZE)
 
-    training = Training(
-        "memory", memory_size=MEMORY_SIZE, warmup=MEMORY_WARMUP, time_cap_factor=cap
-    )
+    training = Training("memory", memory_size=MEMORY_SIZE, warmup=MEMORY_WARMUP)
     return Strategy(
         f"pml_xbm_{base.name.removeprefix('pml_')}",
         f"{base.label} + XBM",
@@ -590,9 +768,8 @@ def _peer_memory_row(base: Strategy, cap: float) -> Strategy:
         base=base.name,
         margin_key=base.margin_key,
         notes=(
-            "TripletMarginMiner lists every (anchor, positive, negative) of the batch against "
-            f"the {MEMORY_SIZE}-row memory (a 128 x {MEMORY_SIZE} x {MEMORY_SIZE} mask, "
-            "seconds per step on a CPU): the run stops at its time cap",
+            "not time-capped (like every memory row); its cost per step is measured in the "
+            "calibration pass before the row (results: calibration)",
         ),
     )
 
@@ -628,18 +805,28 @@ def _hard_class_row(base: Strategy) -> Strategy:
     )
 
 
-#: Bases of the rows where mining is expensive.
-MEMORY_BASES = ("semi_hard",)
-PEER_MEMORY_BASE = "pml_semihard"
-PEER_MEMORY_CAP = 2.0
-LARGE_BATCH_BASES = ("batch_hard",)
-HARD_CLASS_BASES = ("batch_hard", "semi_hard")
+#: Bases of the add-on rows, tripletkit's and the peer's.
+MEMORY_BASES = ("semi_hard", "batch_hard")
+PEER_MEMORY_BASES = ("pml_semihard", "pml_batch_hard", "pml_multi_similarity")
+LARGE_BATCH_BASES = ("batch_hard", "pml_batch_hard", "pml_multi_similarity")
+HARD_CLASS_BASES = ("batch_hard", "semi_hard", "pml_batch_hard", "pml_multi_similarity")
+#: Matched (tripletkit row, peer row) pairs: the same miner and loss, or the same add-on on
+#: them; the results test each pair's difference (paired over seeds).
+COUNTERPARTS = (
+    ("batch_hard", "pml_batch_hard"),
+    ("semi_hard", "pml_semihard"),
+    ("multi_similarity", "pml_multi_similarity"),
+    ("xbm_batch_hard", "pml_xbm_batch_hard"),
+    ("xbm_semi_hard", "pml_xbm_semihard"),
+    ("large_batch_batch_hard", "large_batch_pml_batch_hard"),
+    ("hard_class_batch_hard", "hard_class_pml_batch_hard"),
+)
 
 
 def _derived_rows(by_name: Mapping[str, Strategy]) -> list[Strategy]:
     return [
         *(_memory_row(by_name[b]) for b in MEMORY_BASES),
-        _peer_memory_row(by_name[PEER_MEMORY_BASE], PEER_MEMORY_CAP),
+        *(_peer_memory_row(by_name[b]) for b in PEER_MEMORY_BASES),
         *(_large_batch_row(by_name[b]) for b in LARGE_BATCH_BASES),
         *(_hard_class_row(by_name[b]) for b in HARD_CLASS_BASES),
     ]

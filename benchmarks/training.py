@@ -21,12 +21,26 @@ curve records the training seconds so far, which makes MAP@R against seconds a
 time-to-quality curve. A row with a time cap stops after the step at which its training
 time passes the cap, and is evaluated there.
 
-**Checkpoints.** Retrieval metrics on the task's checkpoint subset, and the easy / semi-hard
-/ hard fractions (:func:`~tripletkit.stats.triplet_stats` at the row's margin) of the next
-training batch, embedded without a gradient in training mode with the batch-norm buffers
-restored afterwards (no side effect on the run). The last checkpoint also evaluates the
-task's final set. Runs are deterministic for a seed (same machine and thread count):
-``torch.use_deterministic_algorithms(True)`` during training.
+**Checkpoints.** Retrieval metrics on the task's checkpoint subset of *validation* classes,
+and the easy / semi-hard / hard fractions (:func:`~tripletkit.stats.triplet_stats` at the
+row's margin) of the next training batch, embedded without a gradient in training mode with
+the batch-norm buffers restored afterwards (no side effect on the run). The last checkpoint
+also evaluates every validation class (``validation``). A run never reads the test
+classes: :func:`evaluate_test` evaluates a kept network on them, once every choice is made
+(:mod:`benchmarks.quality`). Runs are deterministic for a seed (same machine and thread
+count): ``torch.use_deterministic_algorithms(True)`` during training.
+
+**Same seed, same start.** A run seeds torch with its seed, then builds the network (so its
+initialisation depends on the seed and the input shape only) and draws its P x K batches
+from a sampler seeded with the seed (the same batches for every row with the same P, K and
+sampler): two rows with the same seed are paired, which the paired tests over seeds
+(:func:`benchmarks.report.paired_t_test`) rely on. The hard-class sampler and the 4x batch
+draw other batches by design.
+
+**Calibration** (:func:`calibrate`). Before a row's runs, a throwaway run of the row times
+single steps (batch fetch included; memory rows with a full memory, after as many untimed
+steps as fill it), so that each row's time per step is measured in the same process under
+the same load, with its spread (median, quartiles, extremes).
 """
 
 from __future__ import annotations
@@ -56,9 +70,11 @@ __all__ = [
     "CURVE_SERIES",
     "RunPlan",
     "RunSetup",
+    "calibrate",
     "checkpoint_steps",
     "deterministic",
     "evaluate",
+    "evaluate_test",
     "setup_run",
     "train_run",
 ]
@@ -260,7 +276,7 @@ class _Record:
 
     curve: dict[str, list] = field(default_factory=lambda: {k: [] for k in CURVE_SERIES})
     losses: list[float] = field(default_factory=list)
-    final: dict | None = None
+    validation: dict | None = None
     eval_s: float = 0.0
     train_s: float = 0.0
 
@@ -274,7 +290,7 @@ class _Record:
         for key in ("mean_average_precision_at_r", "r_precision", "precision_at_1"):
             self.curve[key].append(sub[key])
         if full is not None:
-            self.final = full
+            self.validation = full
 
     def difficulty(self, model: nn.Module, x: Tensor, labels: Tensor, margin: float) -> None:
         t0 = time.perf_counter()
@@ -332,22 +348,26 @@ def train_run(
     task: Task,
     plan: RunPlan,
     on_step: Callable[[int], None] | None = None,
+    keep: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train one network with one row, setting and seed; evaluate at the checkpoints.
 
     ``on_step(n)`` is called after each step with the images of a plain step it stands for
-    (``batch_factor`` for a large-batch step), for progress bars.
+    (``batch_factor`` for a large-batch step), for progress bars. ``keep``: a dict that
+    receives the trained network's ``state`` (a CPU copy of its ``state_dict``), for the
+    final evaluation on the test classes.
 
     Returns:
         ``seed``, ``setting``, ``curve`` (:data:`CURVE_SERIES`, one value per
-        checkpoint), ``loss`` (means over windows of ``loss_every`` steps), ``final``
-        (metrics on the final set), ``train_s``, ``eval_s``, ``wall_s``, ``steps`` (run),
+        checkpoint, on validation classes), ``loss`` (means over windows of ``loss_every``
+        steps), ``validation`` (metrics on every validation class at the last step),
+        ``final`` (None: the test metrics, filled by the final evaluation), ``train_s``, ``eval_s``, ``wall_s``, ``steps`` (run),
         ``planned_steps``, ``time_cap_s`` (None without a cap), ``capped`` and the machine's
         ``load_average`` at the end (a busy machine slows the training time down);
         ``beta_final`` for the margin loss.
     """
     with deterministic():
-        return _train(strategy, setting, seed, task, plan, on_step)
+        return _train(strategy, setting, seed, task, plan, on_step, keep)
 
 
 def _train(
@@ -357,6 +377,7 @@ def _train(
     task: Task,
     plan: RunPlan,
     on_step: Callable[[int], None] | None,
+    keep: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     start = time.perf_counter()
     run = setup_run(strategy, setting, seed, task, plan)
@@ -391,6 +412,8 @@ def _train(
             on_step(per_step)
         if cap is not None and record.train_s >= cap and stop == run.steps:
             stop = step + 1
+    if keep is not None:
+        keep["state"] = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
     return _result(run, record, seed, setting, time.perf_counter() - start, cap, stop)
 
 
@@ -414,7 +437,8 @@ def _result(
         "curve": record.curve,
         "loss": losses,
         "loss_every": every,
-        "final": record.final,
+        "validation": record.validation,
+        "final": None,
         "train_s": record.train_s,
         "eval_s": record.eval_s,
         "wall_s": wall_s,
@@ -426,3 +450,66 @@ def _result(
         "load_average": load_average(),
         **extra,
     }
+
+
+# --------------------------------------------------------------------------------------
+# Calibration and the final evaluation
+# --------------------------------------------------------------------------------------
+
+
+def calibrate(
+    strategy: Strategy,
+    setting: Setting,
+    task: Task,
+    plan: RunPlan,
+    repeats: int = 20,
+    seed: int = 10_000,
+) -> dict[str, Any]:
+    """Seconds of ``repeats`` single training steps of a throwaway run of the row (batch
+    fetch, forward, loss, backward, optimiser step, sampler update), after one untimed
+    step, and for a memory row after as many untimed steps as fill its memory, at most the
+    run's steps (with the memory in use from the first step). Touches no other run (every run reseeds).
+
+    Returns:
+        ``step_s`` (every timed step), ``median_s``, ``q1_s``, ``q3_s``, ``min_s``,
+        ``max_s``, ``warm_steps`` and ``repeats``.
+    """
+    with deterministic():
+        run = setup_run(strategy, setting, seed, task, plan)
+        if hasattr(run.criterion, "warmup_steps"):
+            run.criterion.warmup_steps = 0
+        warm = 1
+        if strategy.training.kind == "memory":  # as full as it gets in the run
+            fill = -(-strategy.training.memory_size // max(1, run.batch_size))
+            warm += min(fill, run.steps)
+        times = []
+        for i in range(warm + repeats):
+            t0 = time.perf_counter()
+            idx = next(run.batches)
+            run.step(task.train_x[idx], task.train_y[idx])
+            if i >= warm:
+                times.append(time.perf_counter() - t0)
+    q = torch.tensor(times, dtype=torch.float64).quantile(
+        torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)
+    )
+    return {
+        "step_s": times,
+        "median_s": float(q[1]),
+        "q1_s": float(q[0]),
+        "q3_s": float(q[2]),
+        "min_s": min(times),
+        "max_s": max(times),
+        "warm_steps": warm,
+        "repeats": repeats,
+    }
+
+
+def evaluate_test(
+    state: dict[str, Tensor], setting: Setting, input_shape: tuple[int, ...], x: Tensor, y: Tensor
+) -> dict[str, Any]:
+    """Retrieval metrics (:func:`retrieval`) of the network with ``state`` on the test
+    samples ``x``, ``y`` (leave-one-out), in evaluation mode."""
+    model = make_net(input_shape, normalize=bool(setting.get("normalize", True)))
+    model.load_state_dict(state)
+    model.eval()
+    return retrieval(embed(model, x), y)

@@ -13,7 +13,9 @@ Specification, as implemented below:
   anchor's own row (only when the anchors are among the references: no reference set, or
   ``anchor_offset``); negative: a reference with a different label; valid triplet: ``(a, p,
   n)`` with ``p`` a positive and ``n`` a negative of ``a``.
-- hinge ``max(0, d_ap - d_an + m)``; soft margin ``softplus(d_ap - d_an)``.
+- hinge ``max(0, d_ap - d_an + m)``; soft margin ``softplus(d_ap - d_an)``; smooth hinge
+  ``softplus(d_ap - d_an + m)``; with the swap (Balntas et al. 2016) ``d_an`` is
+  ``min(d(a, n), d(p, n))``, ``d(p, n)`` between the two references.
 - ties between equal distances go to the lowest index.
 
 Contents: distances; the selection of the triplet miners (:func:`region_triplets`,
@@ -172,8 +174,8 @@ def in_region(d_ap: float, d_an: float, margin: float, region: str) -> bool:
         return d_ap - d_an + margin > 0
     if region == "all":
         return t <= margin
-    if region == "hard":
-        return t <= 0
+    if region == "hard":  # pytorch-metric-learning's: a subset of "all" for every margin
+        return t <= margin and t <= 0
     if region == "semihard":
         return 0 < t <= margin
     if region == "easy":
@@ -257,18 +259,15 @@ def semi_hard_triplets(pb: Problem) -> list[Triplet]:
 
 
 def counts(pb: Problem, margin: float) -> tuple[int, int, int, int]:
-    """``(valid, easy, semi_hard, hard)``: easy ``d_an > d_ap + m``, semi-hard
-    ``d_ap < d_an <= d_ap + m``, hard ``d_an <= d_ap``."""
+    """``(valid, easy, semi_hard, hard)``: the valid triplets in each of the regions
+    ``"easy"``, ``"semihard"``, ``"hard"`` of :func:`in_region`, counted one by one."""
     valid = easy = semi = hard = 0
     for a, p, n in pb.valid():
         d_ap, d_an = pb.d[a][p], pb.d[a][n]
         valid += 1
-        if d_an > d_ap + margin:
-            easy += 1
-        elif d_ap < d_an <= d_ap + margin:
-            semi += 1
-        elif d_an <= d_ap:
-            hard += 1
+        easy += in_region(d_ap, d_an, margin, "easy")
+        semi += in_region(d_ap, d_an, margin, "semihard")
+        hard += in_region(d_ap, d_an, margin, "hard")
     return valid, easy, semi, hard
 
 
@@ -289,7 +288,12 @@ def softplus(v: Tensor) -> Tensor:
     return torch.log1p(torch.exp(v))
 
 
-def term(d_ap: Tensor, d_an: Tensor, margin: float, soft_margin: bool) -> Tensor:
+def term(
+    d_ap: Tensor, d_an: Tensor, margin: float, soft_margin: bool, smooth: bool = False
+) -> Tensor:
+    """One triplet's term: smooth hinge, soft margin or hinge."""
+    if smooth:
+        return softplus(d_ap - d_an + margin)
     return softplus(d_ap - d_an) if soft_margin else hinge(d_ap, d_an, margin)
 
 
@@ -356,6 +360,7 @@ def fused_terms(
     soft_margin: bool = False,
     normalize: bool = False,
     anchor_offset: int | None = None,
+    smooth: bool = False,
 ) -> tuple[list[Tensor], Tensor]:
     """The loss terms of a fused loss (in selection order) and a graph-connected zero."""
     pb = problem(
@@ -363,7 +368,9 @@ def fused_terms(
     )
     xs, rs = _inputs(x, ref, normalize)
     d = LazyDistances(xs, rs, metric)
-    terms = [term(d(a, p), d(a, n), margin, soft_margin) for a, p, n in fused_triplets(kind, pb)]
+    terms = [
+        term(d(a, p), d(a, n), margin, soft_margin, smooth) for a, p, n in fused_triplets(kind, pb)
+    ]
     return terms, graph_zero(x, ref)
 
 
@@ -385,11 +392,18 @@ def triplet_margin_loss(
     soft_margin: bool = False,
     reduction: str = "mean",
     normalize: bool = False,
+    smooth: bool = False,
+    swap: bool = False,
 ) -> Tensor:
-    """The hinge (or soft margin) of each given triplet, reduced."""
+    """The hinge (soft margin, smooth hinge) of each given triplet, reduced; with ``swap``
+    the negative distance is the smaller of ``d(a, n)`` and ``d(p, n)``."""
     xs, rs = _inputs(x, ref, normalize)
     d = LazyDistances(xs, rs, metric)
-    terms = [term(d(a, p), d(a, n), margin, soft_margin) for a, p, n in triplets]
+    between = LazyDistances(rs, rs, metric)
+    terms = []
+    for a, p, n in triplets:
+        d_an = torch.minimum(d(a, n), between(p, n)) if swap else d(a, n)
+        terms.append(term(d(a, p), d_an, margin, soft_margin, smooth))
     return reduce(terms, reduction, graph_zero(x, ref))
 
 

@@ -38,8 +38,11 @@ _LOSS_FORWARD = f"{_FORWARD}, *, anchor_offset=None"
 _FUSED = "margin=0.2, metric='euclidean', soft_margin=False"
 #: The keyword-only tail of the functions whose torch kernels take a bound on the positives.
 _BOUNDED = f"{_MINED}, max_positives=None"
+#: The fused triplet losses' tail: their bound, then the smooth hinge (issue 19).
+_FUSED_TAIL = f"{_BOUNDED}, smooth=False"
 _WINDOWS = "positive_ranks=(0, 1), negative_ranks=(0, 1)"
 _BOUNDED_MODULE = "*, normalize=False, backend='auto', max_positives=None"
+_FUSED_MODULE = f"{_BOUNDED_MODULE}, smooth=False"
 _SIMILARITY_TAIL = f"*, {_REFS}"
 _PAIRS_FORWARD = (
     "embeddings, labels, pairs=None, ref_embeddings=None, ref_labels=None, *, anchor_offset=None"
@@ -78,6 +81,14 @@ SIGNATURES: dict[tuple[str, str], dict[str, str]] = {
     },
     ("tripletkit.miners", "make_generator"): {"": "seed=0"},
     ("tripletkit.miners", "Miner"): {"__init__": "**options", "forward": _FORWARD},
+    ("tripletkit.miners", "MinerStats"): {
+        "__init__": "num_triplets, num_pos_pairs, num_neg_pairs, num_anchors, pos_distance, "
+        "neg_distance",
+        "as_dict": "",
+    },
+    ("tripletkit.miners", "miner_stats"): {
+        "": "mined, embeddings, ref_embeddings=None, metric='euclidean', normalize=False"
+    },
     ("tripletkit.miners", "SeededMiner"): {
         "__init__": "seed, **options",
         "forward": _FORWARD,
@@ -122,19 +133,19 @@ SIGNATURES: dict[tuple[str, str], dict[str, str]] = {
     },
     # ---------------------------------------------------------------- tripletkit.losses
     ("tripletkit.losses", "batch_all_triplet_loss"): {
-        "": f"embeddings, labels, {_FUSED}, reduction='mean_nonzero', {_BOUNDED}"
+        "": f"embeddings, labels, {_FUSED}, reduction='mean_nonzero', {_FUSED_TAIL}"
     },
     ("tripletkit.losses", "batch_hard_triplet_loss"): {
-        "": f"embeddings, labels, {_FUSED}, reduction='mean', {_WINDOWS}, {_BOUNDED}"
+        "": f"embeddings, labels, {_FUSED}, reduction='mean', {_WINDOWS}, {_FUSED_TAIL}"
     },
     ("tripletkit.losses", "semi_hard_triplet_loss"): {
-        "": f"embeddings, labels, {_FUSED}, reduction='mean', {_BOUNDED}"
+        "": f"embeddings, labels, {_FUSED}, reduction='mean', {_FUSED_TAIL}"
     },
-    ("tripletkit.losses", "batch_all_parts"): {"": f"embeddings, labels, {_FUSED}, {_BOUNDED}"},
+    ("tripletkit.losses", "batch_all_parts"): {"": f"embeddings, labels, {_FUSED}, {_FUSED_TAIL}"},
     ("tripletkit.losses", "batch_hard_parts"): {
-        "": f"embeddings, labels, {_FUSED}, {_WINDOWS}, {_BOUNDED}"
+        "": f"embeddings, labels, {_FUSED}, {_WINDOWS}, {_FUSED_TAIL}"
     },
-    ("tripletkit.losses", "semi_hard_parts"): {"": f"embeddings, labels, {_FUSED}, {_BOUNDED}"},
+    ("tripletkit.losses", "semi_hard_parts"): {"": f"embeddings, labels, {_FUSED}, {_FUSED_TAIL}"},
     ("tripletkit.losses", "multi_similarity_loss"): {
         "": "embeddings, labels, pairs=None, alpha=2.0, beta=50.0, base=0.5, reduction='mean', "
         f"{_SIMILARITY_TAIL}"
@@ -167,9 +178,12 @@ SIGNATURES: dict[tuple[str, str], dict[str, str]] = {
         "forward": _PAIRS_FORWARD,
     },
     ("tripletkit.losses", "triplet_margin_loss"): {
-        "": f"embeddings, labels, triplets=None, {_FUSED}, reduction='mean', {_MINED}"
+        "": f"embeddings, labels, triplets=None, {_FUSED}, reduction='mean', {_MINED}, "
+        "smooth=False, swap=False, triplets_per_anchor='all', generator=None"
     },
-    ("tripletkit.losses", "triplet_terms"): {"": "d_ap, d_an, margin, soft_margin"},
+    ("tripletkit.losses", "triplet_terms"): {
+        "": "d_ap, d_an, margin, soft_margin, *, smooth=False"
+    },
     ("tripletkit.losses", "contrastive_loss"): {
         "": "embeddings, labels, pairs=None, pos_margin=0.0, neg_margin=1.0, "
         f"metric='euclidean', reduction='mean', *, {_REFS}, normalize=False"
@@ -185,19 +199,20 @@ SIGNATURES: dict[tuple[str, str], dict[str, str]] = {
     ("tripletkit.losses", "reduce_parts"): {"": "total, n_valid, n_active, reduction"},
     ("tripletkit.losses", "Parts"): {"__new__": "total, n_valid, n_active"},
     ("tripletkit.losses", "BatchAllTripletLoss"): {
-        "__init__": f"{_FUSED}, reduction='mean_nonzero', {_BOUNDED_MODULE}",
+        "__init__": f"{_FUSED}, reduction='mean_nonzero', {_FUSED_MODULE}",
         "forward": _LOSS_FORWARD,
     },
     ("tripletkit.losses", "BatchHardTripletLoss"): {
-        "__init__": f"{_FUSED}, reduction='mean', {_WINDOWS}, {_BOUNDED_MODULE}",
+        "__init__": f"{_FUSED}, reduction='mean', {_WINDOWS}, {_FUSED_MODULE}",
         "forward": _LOSS_FORWARD,
     },
     ("tripletkit.losses", "SemiHardTripletLoss"): {
-        "__init__": f"{_FUSED}, reduction='mean', {_BOUNDED_MODULE}",
+        "__init__": f"{_FUSED}, reduction='mean', {_FUSED_MODULE}",
         "forward": _LOSS_FORWARD,
     },
     ("tripletkit.losses", "TripletMarginLoss"): {
-        "__init__": f"{_FUSED}, reduction='mean', *, normalize=False, backend='auto'",
+        "__init__": f"{_FUSED}, reduction='mean', *, normalize=False, backend='auto', "
+        "smooth=False, swap=False, triplets_per_anchor='all'",
         "forward": "embeddings, labels, triplets=None, ref_embeddings=None, ref_labels=None, "
         "*, anchor_offset=None",
     },
@@ -274,7 +289,7 @@ SIGNATURES: dict[tuple[str, str], dict[str, str]] = {
     ("tripletkit.distributed", "rank_offset"): {"": "n_local"},
     ("tripletkit.distributed", "sharded_loss"): {
         "": "kind, embeddings, labels, *, margin=None, metric='euclidean', soft_margin=None, "
-        "pos_margin=None, neg_margin=None, reduction=None, normalize=False, backend=None"
+        "smooth=None, pos_margin=None, neg_margin=None, reduction=None, normalize=False, backend=None"
     },
 }
 

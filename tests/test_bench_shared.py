@@ -76,10 +76,13 @@ def test_aggregate_runs_over_seeds() -> None:
     setting = {"lr": 0.001, "normalize": True, "margin": 0.2}
     results = {"strategies": {"x": {"aggregate": agg, "family": "peer", "setting": setting}}}
     lines = report.quality_table(results).splitlines()
-    assert lines[0] == "| strategy | family | setting | MAP@R | R-prec | P@1 | train s | wall s |"
+    assert lines[0] == (
+        "| strategy | family | setting | val MAP@R | MAP@R | R-prec | P@1 | step ms | train s |"
+    )
+    # 0.3 ± t_{0.975, 1} * std / sqrt(2) = 12.706 * 0.1414 / 1.414 = 1.271 (two seeds)
     assert lines[2] == (
-        "| x | peer | lr 1e-3, L2, margin 0.2 | 0.300 ± 0.141 | 0.300 ± 0.141 | "
-        "0.300 ± 0.141 | 1.5 ± 0.0 | 2.0 ± 0.0 |"
+        "| x | peer | lr 1e-3, L2, margin 0.2 |  | 0.300 ± 1.271 | 0.300 ± 1.271 | "
+        "0.300 ± 1.271 |  | 1.5 ± 0.0 |"
     )
 
 

@@ -93,7 +93,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @functools.cache
 def _expected_fused(
-    name: str, kind: str, soft_margin: bool, metric: str, normalize: bool, reduction: str
+    name: str,
+    kind: str,
+    soft_margin: bool,
+    metric: str,
+    normalize: bool,
+    reduction: str,
+    smooth: bool = False,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     c = CASES[name]
     x, ref = c.leaves()
@@ -108,6 +114,7 @@ def _expected_fused(
         soft_margin=soft_margin,
         normalize=normalize,
         anchor_offset=c.anchor_offset,
+        smooth=smooth,
     )
     out = reduce(terms, reduction, zero)
     return value_and_grads(out, leaves_of(x, ref))
@@ -811,3 +818,344 @@ def test_batch_hard_rank_windows_module_and_parts() -> None:
     assert int(n_valid) == len(ranked_triplets(pb, (0, 2), (1, 3)))
     with pytest.raises(ValueError, match="negative_ranks must satisfy"):
         batch_hard_triplet_loss(c.x, c.labels, negative_ranks=(3, 3))
+
+
+# ------------------------------------------------ smooth hinge, swap, triplets per anchor
+
+
+@pytest.mark.parametrize("kind", tuple(FUSED))
+def test_fused_loss_smooth(case: Case, kind: str, metric: str, backend: str) -> None:
+    """``smooth=True``: ``softplus(d_ap - d_an + m)`` over the fused selection, function,
+    ``*_parts`` and module forms, against brute force (values and gradients, float64)."""
+    for reduction in FUSED_REDUCTIONS[kind]:
+        expected = _expected_fused(case.name, kind, False, metric, False, reduction, True)
+        out, leaves = _fused(kind, case, reduction, metric=metric, smooth=True, backend=backend)
+        check_loss(out, leaves, expected)
+        (got, leaves), _ = _module_and_function(
+            kind, case, reduction, backend, metric=metric, smooth=True
+        )
+        check_loss(got, leaves, expected)
+    x, ref = case.leaves()
+    parts = PARTS[kind](
+        x, case.labels, MARGIN, metric, smooth=True, backend=backend, **case.ref_kwargs(ref)
+    )
+    expected = _expected_fused(case.name, kind, False, metric, False, "sum", True)
+    check_loss(parts.total, leaves_of(x, ref), expected)
+    assert int(parts.n_active) == int(parts.n_valid), "every smooth term is positive"
+
+
+@pytest.mark.parametrize("kind", tuple(FUSED))
+def test_smooth_with_margin_zero_is_the_soft_margin(kind: str, backend: str) -> None:
+    """The two softplus losses differ by the margin only: ``smooth`` at ``m = 0`` gives the
+    soft margin's values and gradients, and a margin changes it (it is not ignored)."""
+    c = CASES["refs_offset"]
+    for reduction in FUSED_REDUCTIONS[kind]:
+        x, ref = c.leaves()
+        kw = {"reduction": reduction, "backend": backend, **c.ref_kwargs(ref)}
+        smooth = FUSED[kind](x, c.labels, 0.0, smooth=True, **kw)
+        x2, ref2 = c.leaves()
+        kw = {"reduction": reduction, "backend": backend, **c.ref_kwargs(ref2)}
+        soft = FUSED[kind](x2, c.labels, 0.7, soft_margin=True, **kw)
+        check_loss(smooth, leaves_of(x, ref), value_and_grads(soft, leaves_of(x2, ref2)))
+        shifted = FUSED[kind](c.x, c.labels, 0.7, smooth=True, **{**kw, **c.ref_kwargs()})
+        assert not torch.allclose(shifted, soft.detach())
+
+
+@pytest.mark.parametrize("kind", tuple(FUSED))
+def test_gradcheck_fused_smooth(kind: str, metric: str, backend: str) -> None:
+    x, labels = separated(metric)
+
+    def f(e: torch.Tensor) -> torch.Tensor:
+        return FUSED[kind](e, labels, MARGIN, metric, reduction="sum", smooth=True, backend=backend)
+
+    assert torch.autograd.gradcheck(f, (x.clone().requires_grad_(),), fast_mode=True)
+
+
+def test_smooth_and_soft_margin_are_exclusive() -> None:
+    """``soft_margin`` (no margin) and ``smooth`` (with the margin) name two different
+    losses: asking for both is refused, naming both; ``smooth`` must be a bool."""
+    calls = [
+        *(functools.partial(fn, X, Y) for fn in FUSED.values()),
+        *(functools.partial(fn, X, Y) for fn in PARTS.values()),
+        functools.partial(triplet_margin_loss, X, Y, None),
+        *MODULES.values(),
+        TripletMarginLoss,
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match=r"soft_margin=True .* smooth=True"):
+            call(soft_margin=True, smooth=True)
+        with pytest.raises(TypeError, match="smooth"):
+            call(smooth="yes")
+    assert BatchAllTripletLoss(smooth=True).smooth is True
+    assert "smooth=True" in repr(BatchHardTripletLoss(smooth=True))
+
+
+def test_sharded_loss_takes_smooth() -> None:
+    """Without a process group, ``sharded_loss`` is the single-process loss, smooth too."""
+    from tripletkit.distributed import sharded_loss
+
+    c = CASES["generic"]
+    for kind in FUSED:
+        got = sharded_loss(kind, c.x, c.labels, margin=MARGIN, smooth=True)
+        terms, zero = fused_terms(kind, c.x, c.labels, margin=MARGIN, smooth=True)
+        torch.testing.assert_close(got, reduce(terms, "mean", zero), **VALUE_TOL)
+
+
+#: ``(soft_margin, smooth, swap)`` of the triplet margin loss checks beyond the hinge.
+TERM_OPTIONS = [
+    (False, True, False),
+    (False, False, True),
+    (True, False, True),
+    (False, True, True),
+]
+TERM_IDS = ["smooth", "swap", "soft-swap", "smooth-swap"]
+
+
+@pytest.mark.parametrize(("soft_margin", "smooth", "swap"), TERM_OPTIONS, ids=TERM_IDS)
+@pytest.mark.parametrize("normalize", [False, True], ids=["raw", "normalized"])
+def test_triplet_margin_loss_smooth_and_swap_given_triplets(
+    case_no_offset: Case, metric: str, soft_margin: bool, smooth: bool, swap: bool, normalize: bool
+) -> None:
+    """Given triplets (valid or not, repeated): the smooth hinge and the swap (``d_an`` :=
+    ``min(d(a, n), d(p, n))``, ``d(p, n)`` between the references) against brute force."""
+    c = case_no_offset
+    rows = some_triplets(c)
+    options = {"soft_margin": soft_margin, "smooth": smooth, "swap": swap}
+    for reduction in ALL_REDUCTIONS:
+        x, ref = c.leaves()
+        loss = TripletMarginLoss(
+            MARGIN, metric, reduction=reduction, normalize=normalize, **options
+        )
+        out = loss(x, c.labels, _as_triplets(rows), *c.ref_kwargs(ref, offset=False).values())
+        x2, ref2 = c.leaves()
+        exp = ref_triplet_margin(
+            x2,
+            rows,
+            ref2,
+            margin=MARGIN,
+            metric=metric,
+            reduction=reduction,
+            normalize=normalize,
+            **options,
+        )
+        check_loss(out, leaves_of(x, ref), value_and_grads(exp, leaves_of(x2, ref2)))
+
+
+@pytest.mark.parametrize(("soft_margin", "smooth", "swap"), TERM_OPTIONS, ids=TERM_IDS)
+def test_triplet_margin_loss_swap_all_valid_triplets(
+    case: Case, metric: str, soft_margin: bool, smooth: bool, swap: bool, backend: str
+) -> None:
+    """``triplets=None``: every valid triplet (listed when swapping), ``anchor_offset``
+    included, against brute force over the reference's valid triplets."""
+    c = case
+    options = {"soft_margin": soft_margin, "smooth": smooth, "swap": swap}
+    rows = problem(
+        c.x, c.labels, c.ref, c.ref_labels, metric=metric, anchor_offset=c.anchor_offset
+    ).valid()
+    for reduction in ("mean", "sum", "mean_nonzero"):
+        x, ref = c.leaves()
+        out = triplet_margin_loss(
+            x,
+            c.labels,
+            None,
+            MARGIN,
+            metric,
+            reduction=reduction,
+            backend=backend,
+            **options,
+            **c.ref_kwargs(ref),
+        )
+        x2, ref2 = c.leaves()
+        exp = ref_triplet_margin(
+            x2, rows, ref2, margin=MARGIN, metric=metric, reduction=reduction, **options
+        )
+        check_loss(out, leaves_of(x, ref), value_and_grads(exp, leaves_of(x2, ref2)))
+
+
+def test_swap_takes_the_harder_negative_distance() -> None:
+    """By hand (1-D, margin 0.2): ``(0, 1, 2)``: d_ap = 0.5, negative 2 at 0.6 from the
+    anchor but 0.1 from the positive: the swap takes 0.1, 0.5 - 0.1 + 0.2 = 0.6 instead of
+    0.1. ``(1, 0, 2)``: the anchor is the nearer (0.1 < 0.6): 0.6 either way."""
+    x = torch.tensor([[0.0], [0.5], [0.6]], dtype=torch.float64)
+    y = torch.tensor([0, 0, 1])
+    t = _as_triplets([(0, 1, 2), (1, 0, 2)])
+    out = triplet_margin_loss(x, y, t, 0.2, reduction="none", swap=True)
+    torch.testing.assert_close(out, torch.tensor([0.6, 0.6], dtype=torch.float64))
+    out = triplet_margin_loss(x, y, t, 0.2, reduction="none")
+    torch.testing.assert_close(out, torch.tensor([0.1, 0.6], dtype=torch.float64))
+
+
+def _one_choice_batch() -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int, int]]]:
+    """Anchors 0 and 1 each have one positive and one negative, anchor 2 none: every draw
+    of ``triplets_per_anchor`` is forced."""
+    x = torch.tensor([[0.0, 0.1], [0.7, -0.2], [0.4, 0.5]], dtype=torch.float64)
+    return x, torch.tensor([0, 0, 1]), [(0, 1, 2), (1, 0, 2)]
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_triplets_per_anchor_forced_draws(k: int, backend: str) -> None:
+    """Where the draws are forced, ``triplets_per_anchor=k`` is each anchor's triplet ``k``
+    times (``"none"`` lists them by anchor), for every term and reduction, module and
+    function, in-batch and with a reference set."""
+    x0, labels, rows = _one_choice_batch()
+    want_rows = [r for r in rows for _ in range(k)]
+    ref0 = torch.tensor([[1.0, 1.0], [-0.5, 0.2]], dtype=torch.float64)
+    ref_labels = torch.tensor([0, 1])  # every anchor of label 0: positive 0, negative 1
+    for soft_margin, smooth, swap in [(False, False, False), *TERM_OPTIONS]:
+        options = {"soft_margin": soft_margin, "smooth": smooth, "swap": swap}
+        for reduction in ALL_REDUCTIONS:
+            x = x0.clone().requires_grad_()
+            loss = TripletMarginLoss(
+                MARGIN, reduction=reduction, triplets_per_anchor=k, backend=backend, **options
+            )
+            x2 = x0.clone().requires_grad_()
+            exp = ref_triplet_margin(x2, want_rows, margin=MARGIN, reduction=reduction, **options)
+            check_loss(loss(x, labels), [x], value_and_grads(exp, [x2]))
+            x, ref = x0[:2].clone().requires_grad_(), ref0.clone().requires_grad_()
+            out = triplet_margin_loss(
+                x,
+                labels[:2],
+                None,
+                MARGIN,
+                reduction=reduction,
+                triplets_per_anchor=k,
+                ref_embeddings=ref,
+                ref_labels=ref_labels,
+                **options,
+            )
+            x2, ref2 = x0[:2].clone().requires_grad_(), ref0.clone().requires_grad_()
+            ref_rows = [(a, 0, 1) for a in (0, 1) for _ in range(k)]
+            exp = ref_triplet_margin(
+                x2, ref_rows, ref2, margin=MARGIN, reduction=reduction, **options
+            )
+            check_loss(out, [x, ref], value_and_grads(exp, [x2, ref2]))
+
+
+def test_triplets_per_anchor_draws_uniformly() -> None:
+    """The draws of ``triplets_per_anchor=k``: valid triplets only, ``k`` per anchor that
+    has a positive and a negative (none for the others), positives and negatives uniform
+    within each anchor (every frequency within 5 standard deviations of ``k / count``;
+    a fixed generator, so deterministic), and independent of each other (every anchor's
+    (positive, negative) pairs all appear)."""
+    from tripletkit.miners.sampling import _per_anchor_triplets
+
+    c = CASES["refs_offset"]
+    pb = problem(c.x, c.labels, c.ref, c.ref_labels, anchor_offset=c.anchor_offset)
+    from tripletkit._batch import prepare
+
+    b = prepare(
+        c.x,
+        c.labels,
+        ref_embeddings=c.ref,
+        ref_labels=c.ref_labels,
+        anchor_offset=c.anchor_offset,
+        matrix=False,
+    )
+    k = 3000
+    g = torch.Generator().manual_seed(0)
+    a, p, n, valid = _per_anchor_triplets(*b.masks(), k, g)
+    assert a.shape == p.shape == n.shape == valid.shape == (pb.n, k)
+    for anchor in range(pb.n):
+        pos, neg = pb.positives(anchor), pb.negatives(anchor)
+        assert bool(valid[anchor].all()) == bool(pos and neg)
+        assert bool(valid[anchor].any()) == bool(pos and neg)
+        if not (pos and neg):
+            continue
+        assert set(a[anchor].tolist()) == {anchor}
+        assert set(p[anchor].tolist()) <= set(pos) and set(n[anchor].tolist()) <= set(neg)
+        for drawn, among in ((p[anchor], pos), (n[anchor], neg)):
+            share = 1 / len(among)
+            sd = (k * share * (1 - share)) ** 0.5
+            for j in among:
+                assert abs(int((drawn == j).sum()) - k * share) <= 5 * sd + 1e-9, (anchor, j)
+        pairs = set(zip(p[anchor].tolist(), n[anchor].tolist(), strict=True))
+        assert pairs == {(q, r) for q in pos for r in neg}
+
+
+def test_triplets_per_anchor_generator_and_explicit_triplets() -> None:
+    """A generator makes the draws reproducible (and the default generator is
+    ``torch.manual_seed``'s); explicit triplets ignore ``triplets_per_anchor``, as the
+    peer does; degenerate batches give a zero in the graph."""
+    c = CASES["generic"]
+    draw = functools.partial(
+        triplet_margin_loss, c.x, c.labels, None, MARGIN, reduction="none", triplets_per_anchor=5
+    )
+    first = draw(generator=torch.Generator().manual_seed(3))
+    assert first.shape == (5 * 9,)  # the singleton anchor has no positive
+    assert torch.equal(first, draw(generator=torch.Generator().manual_seed(3)))
+    assert not torch.equal(first, draw(generator=torch.Generator().manual_seed(4)))
+    torch.manual_seed(11)
+    module = TripletMarginLoss(MARGIN, reduction="none", triplets_per_anchor=5)
+    once = module(c.x, c.labels)
+    torch.manual_seed(11)
+    assert torch.equal(once, module(c.x, c.labels))
+    t = some_triplets(c)
+    for reduction in ALL_REDUCTIONS:
+        plain = TripletMarginLoss(MARGIN, reduction=reduction)(c.x, c.labels, _as_triplets(t))
+        sampled = TripletMarginLoss(MARGIN, reduction=reduction, triplets_per_anchor=2)
+        assert torch.equal(sampled(c.x, c.labels, _as_triplets(t)), plain)
+    for name in DEGENERATE:
+        d = CASES[name]
+        for reduction in ALL_REDUCTIONS:
+            x, ref = d.leaves()
+            out = triplet_margin_loss(
+                x,
+                d.labels,
+                None,
+                reduction=reduction,
+                triplets_per_anchor=2,
+                **d.ref_kwargs(ref),
+            )
+            assert_zero_in_graph(out, x, ref, reduction)
+            x, ref = d.leaves()
+            if reduction != "none":
+                out = triplet_margin_loss(
+                    x, d.labels, None, reduction=reduction, swap=True, **d.ref_kwargs(ref)
+                )
+                assert_zero_in_graph(out, x, ref, reduction)
+
+
+@pytest.mark.parametrize(
+    ("value", "exc"),
+    [(0, ValueError), (-2, ValueError), (1.5, TypeError), ("some", TypeError), (True, TypeError)],
+)
+def test_triplets_per_anchor_bad_values(value: object, exc: type) -> None:
+    with pytest.raises(exc, match="triplets_per_anchor"):
+        TripletMarginLoss(triplets_per_anchor=value)
+    with pytest.raises(exc, match="triplets_per_anchor"):
+        triplet_margin_loss(X, Y, triplets_per_anchor=value)
+    with pytest.raises(TypeError, match="swap"):
+        TripletMarginLoss(swap=1)
+    with pytest.raises(TypeError, match="generator"):
+        triplet_margin_loss(X, Y, triplets_per_anchor=2, generator=0)
+
+
+def test_smooth_and_triplets_per_anchor_add_no_synchronisation() -> None:
+    """With the input checks off and ``max_positives`` given, the smooth fused losses run
+    without a host synchronisation (forward and backward), as the soft margin does, and so
+    does ``triplets_per_anchor=k`` with a reducing ``reduction`` (its draws have fixed
+    shapes); ``reduction="none"`` lists the anchors that have triplets (one read)."""
+    from syncs import count_syncs
+
+    import tripletkit
+
+    c = CASES["generic"]
+    x = c.x.clone().requires_grad_()
+    bound = int(c.labels.bincount().max()) - 1
+    with tripletkit.set_input_checks(False):
+        for kind, fn in FUSED.items():
+            counter = count_syncs(
+                lambda fn=fn: fn(
+                    x, c.labels, smooth=True, backend="torch", max_positives=bound
+                ).backward()
+            )
+            assert counter.total == 0, (kind, dict(counter.counts))
+        for reduction in ("mean", "sum", "mean_nonzero"):
+            loss = TripletMarginLoss(
+                reduction=reduction, smooth=True, swap=True, triplets_per_anchor=3
+            )
+            counter = count_syncs(lambda loss=loss: loss(x, c.labels).backward())
+            assert counter.total == 0, (reduction, dict(counter.counts))
+        loss = TripletMarginLoss(reduction="none", triplets_per_anchor=3)
+        counter = count_syncs(lambda: loss(x, c.labels).sum().backward())
+        assert counter.total == 1, dict(counter.counts)

@@ -209,6 +209,58 @@ def test_negative_margin_regions(backend: str) -> None:
         assert_triplets(got, region_triplets(pb, -0.3, region))
 
 
+#: Margins of the region property (issue 19): negative, zero and positive.
+REGION_MARGINS = (-0.1, -0.05, 0.0, 0.05, 0.2)
+
+
+def _dense_case(seed: int, with_ref: bool) -> Case:
+    """Points within about one unit, so that every region is populated at every margin of
+    :data:`REGION_MARGINS`; with a reference set that contains the anchors (offset 3)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(10, 2, generator=g, dtype=torch.float64)
+    labels = torch.arange(10) % 3
+    if not with_ref:
+        return Case(f"dense{seed}", x, labels)
+    ref = torch.cat([torch.rand(3, 2, generator=g, dtype=torch.float64), x])
+    ref_labels = torch.cat([torch.tensor([0, 1, 3]), labels])
+    return Case(f"dense{seed}-ref", x, labels, ref, ref_labels, 3)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("margin", REGION_MARGINS)
+@pytest.mark.parametrize("with_ref", [False, True], ids=["batch", "refs"])
+def test_regions_are_subsets_of_all(seed: int, margin: float, with_ref: bool, backend: str) -> None:
+    """For every margin: each region is its brute-force set; "hard" and "semihard" lie in
+    "all", "easy" is its complement among the valid triplets, and the kernel's counts
+    (``triplet_counts``: easy, semi-hard, hard) are the sizes of those regions."""
+    from tripletkit.kernels import triplet_counts
+
+    c = _dense_case(seed, with_ref)
+    pb = _problem(c, "euclidean")
+    got = {}
+    for region in TYPES:
+        mined = miners.triplet_margin_triplets(
+            c.x, c.labels, margin, region, backend=backend, **c.ref_kwargs()
+        )
+        assert_triplets(mined, region_triplets(pb, margin, region), region)
+        got[region] = set(as_list(mined))
+    valid = set(pb.valid())
+    assert got["hard"] <= got["all"] and got["semihard"] <= got["all"]
+    assert got["all"] | got["easy"] == valid and not got["all"] & got["easy"]
+    assert got["all"] and got["easy"], "vacuous"
+    if margin <= 0:
+        assert got["hard"] == got["all"] and not got["semihard"]
+    dist = torch.cdist(c.x, c.x if c.ref is None else c.ref)
+    own = torch.arange(10) + (c.anchor_offset or 0)
+    ref_labels = c.labels if c.ref_labels is None else c.ref_labels
+    counts = triplet_counts(dist, c.labels, ref_labels, own, margin, backend=backend).tolist()
+    # the matrix above is torch.cdist's, not the miners': compare with its own regions
+    pb2 = Problem(dist, c.labels, c.ref_labels, c.anchor_offset)
+    sizes = [len(region_triplets(pb2, margin, r)) for r in ("valid", "easy", "semihard", "hard")]
+    assert counts == sizes
+    assert counts[0] == sum(counts[1:])
+
+
 @pytest.mark.parametrize("name", ["generic", "duplicates", "refs", "refs_offset"])
 def test_normalize(name: str, metric: str, backend: str) -> None:
     c = CASES[name]

@@ -21,7 +21,7 @@ import math
 
 import pytest
 import torch
-from reference import as_list
+from reference import as_list, problem
 
 from tripletkit import miners
 from tripletkit.losses import (
@@ -141,6 +141,263 @@ def test_pml_avg_non_zero_is_fused_mean_nonzero(seed: int, backend: str) -> None
     )
     got = TripletMarginLoss(0.5, reduction="mean_nonzero")(x, labels, hard)
     torch.testing.assert_close(got, theirs(x, labels, tuple(hard)), **VALUE_TOL)
+
+
+# ------------------------------------------------- regions, smooth loss, swap, per anchor
+
+#: Margins of the region checks: negative, zero and positive (issue 19).
+REGION_MARGINS = (-0.1, -0.05, 0.0, 0.05, 0.2)
+
+
+def _close_batch(seed: int, n: int = 12):
+    """Points spread over about one unit, so that for every margin of
+    :data:`REGION_MARGINS` each region holds triplets (no vacuous comparison)."""
+    g = torch.Generator().manual_seed(seed + 200)
+    x = torch.rand(n, 2, generator=g, dtype=torch.float64)
+    return x, torch.arange(n) % 3
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("margin", REGION_MARGINS)
+def test_pml_regions_for_every_margin(seed: int, margin: float, backend: str) -> None:
+    """``TripletMarginMiner`` selects pytorch-metric-learning's regions for negative, zero
+    and positive margins, in-batch and with a reference set; "hard" and "semihard" are
+    subsets of "all" and "easy" is its complement among the valid triplets."""
+    distances, _, pml_miners, _ = _pml()
+    lp = distances.LpDistance(normalize_embeddings=False)
+    x, labels = _close_batch(seed)
+    g = torch.Generator().manual_seed(seed + 300)
+    ref = torch.rand(9, 2, generator=g, dtype=torch.float64)
+    ref_labels = torch.arange(9) % 4
+    for args in ((x, labels), (x, labels, ref, ref_labels)):
+        got = {}
+        for kind in TYPES:
+            theirs = pml_miners.TripletMarginMiner(margin, kind, distance=lp)
+            ours = TripletMarginMiner(margin, kind, backend=backend)
+            got[kind] = set(as_list(ours(*args)))
+            assert got[kind] == set(as_list(theirs(*args))), (kind, margin, len(args))
+        valid = set(as_list(BatchAllMiner(margin, active_only=False, backend=backend)(*args)))
+        assert got["hard"] <= got["all"] and got["semihard"] <= got["all"]
+        assert got["all"] | got["easy"] == valid and not got["all"] & got["easy"]
+        assert got["easy"] and got["all"], "the comparison should not be vacuous"
+        if margin <= 0:
+            assert got["hard"] == got["all"] and not got["semihard"]
+        else:
+            assert got["hard"] and got["semihard"] and got["hard"] | got["semihard"] == got["all"]
+
+
+def test_pml_hard_region_with_a_negative_margin(backend: str) -> None:
+    """The issue's example, margin -0.05: anchor 0's triplet ``(0, 1, 2)`` has
+    ``t = 0.99 - 1 = -0.01 > -0.05`` (not in "all", so not hard), anchor 1's ``(1, 0, 2)``
+    has ``t = 0.01 - 1 = -0.99``: "hard" is anchor 1 alone, as in the peer (with its default,
+    normalising distance too)."""
+    distances, _, pml_miners, _ = _pml()
+    x, labels = torch.tensor([[0.0], [1.0], [0.99]]), torch.tensor([0, 0, 1])
+    got = TripletMarginMiner(-0.05, "hard", backend=backend)(x, labels)
+    assert as_list(got) == [(1, 0, 2)]
+    assert as_list(TripletMarginMiner(-0.05, "all", backend=backend)(x, labels)) == [(1, 0, 2)]
+    lp = distances.LpDistance(normalize_embeddings=False)
+    for theirs in (
+        pml_miners.TripletMarginMiner(-0.05, "hard"),
+        pml_miners.TripletMarginMiner(-0.05, "hard", distance=lp),
+    ):
+        assert as_list(theirs(x, labels)) == [(1, 0, 2)]
+
+
+def _value_and_grads(loss_fn, x: torch.Tensor, ref: torch.Tensor | None = None):
+    leaves = [x.clone().requires_grad_()] + ([] if ref is None else [ref.clone().requires_grad_()])
+    out = loss_fn(*leaves)
+    return out.detach(), torch.autograd.grad(out, leaves)
+
+
+def _assert_same(got, want) -> None:
+    """Same value and gradients, to the peer tolerances."""
+    torch.testing.assert_close(got[0], want[0], **VALUE_TOL)
+    for g, w in zip(got[1], want[1], strict=True):
+        torch.testing.assert_close(g, w, **GRAD_TOL)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("normalize", [False, True], ids=["raw", "normalized"])
+def test_pml_smooth_loss(seed: int, normalize: bool, backend: str) -> None:
+    """``smooth=True`` is pytorch-metric-learning's ``TripletMarginLoss(smooth_loss=True)``:
+    over every valid triplet (the fused batch-all loss and ``TripletMarginLoss``), with and
+    without a reference set, on batch-hard and on given triplets; values and gradients."""
+    distances, losses, pml_miners, _ = _pml()
+    lp = distances.LpDistance(normalize_embeddings=normalize)
+    x, labels = _batch(seed)
+    ref, ref_labels = _refs(seed)
+    margin = 0.1 if normalize else 0.5
+    theirs = losses.TripletMarginLoss(margin, smooth_loss=True, distance=lp)
+    kw = {"normalize": normalize, "backend": backend, "smooth": True}
+    want = _value_and_grads(lambda e, f=theirs: f(e, labels), x)
+    for ours in (
+        lambda e: batch_all_triplet_loss(e, labels, margin, **kw),
+        lambda e: TripletMarginLoss(margin, reduction="mean_nonzero", **kw)(e, labels),
+    ):
+        _assert_same(_value_and_grads(ours, x), want)
+    want = _value_and_grads(lambda e, r: theirs(e, labels, None, r, ref_labels), x, ref)
+    for ours in (
+        lambda e, r: batch_all_triplet_loss(
+            e, labels, margin, ref_embeddings=r, ref_labels=ref_labels, **kw
+        ),
+        lambda e, r: TripletMarginLoss(margin, reduction="mean_nonzero", **kw)(
+            e, labels, None, r, ref_labels
+        ),
+    ):
+        _assert_same(_value_and_grads(ours, x, ref), want)
+    hard = pml_miners.BatchHardMiner(distance=lp)
+    want = _value_and_grads(lambda e: theirs(e, labels, hard(e, labels)), x)
+    got = _value_and_grads(lambda e: batch_hard_triplet_loss(e, labels, margin, **kw), x)
+    _assert_same(got, want)
+    semi = miners.semi_hard_triplets(x, labels, margin, normalize=normalize, backend=backend)
+    want = _value_and_grads(lambda e: theirs(e, labels, tuple(semi)), x)
+    _assert_same(
+        _value_and_grads(lambda e: semi_hard_triplet_loss(e, labels, margin, **kw), x), want
+    )
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("smooth", [False, True], ids=["hinge", "smooth"])
+def test_pml_swap(seed: int, smooth: bool, backend: str) -> None:
+    """``swap=True`` is pytorch-metric-learning's: over every valid triplet and over mined
+    triplets, hinge and smooth, values and gradients (no reference set: the peer's swap
+    reads ``d(p, n)`` from the anchors' rows, right only in-batch)."""
+    distances, losses, _, reducers = _pml()
+    lp = distances.LpDistance(normalize_embeddings=False)
+    x, labels = _batch(seed)
+    for reducer, reduction in ((None, "mean_nonzero"), (reducers.MeanReducer(), "mean")):
+        extra = {} if reducer is None else {"reducer": reducer}
+        theirs = losses.TripletMarginLoss(0.5, swap=True, smooth_loss=smooth, distance=lp, **extra)
+        ours = TripletMarginLoss(
+            0.5, reduction=reduction, smooth=smooth, swap=True, backend=backend
+        )
+        _assert_same(
+            _value_and_grads(lambda e, f=ours: f(e, labels), x),
+            _value_and_grads(lambda e, f=theirs: f(e, labels), x),
+        )
+        mined = BatchHardMiner(backend=backend)(x, labels)
+        _assert_same(
+            _value_and_grads(lambda e, f=ours, t=mined: f(e, labels, t), x),
+            _value_and_grads(lambda e, f=theirs, t=mined: f(e, labels, tuple(t)), x),
+        )
+        plain = TripletMarginLoss(0.5, reduction=reduction, smooth=smooth, backend=backend)
+        assert not torch.isclose(ours(x, labels), plain(x, labels)), "swap should matter here"
+
+
+def test_pml_swap_with_references_reads_the_anchors_rows() -> None:
+    """The documented difference: with a reference set the peer's swap takes ``d(p, n)``
+    from row ``p`` of the anchors-by-references matrix, i.e. ``d(x[p], ref[n])``, where
+    tripletkit uses the two references, ``d(ref[p], ref[n])`` (tested against brute force
+    in ``test_losses_triplet.py``)."""
+    distances, losses, _, reducers = _pml()
+    lp = distances.LpDistance(normalize_embeddings=False)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    ref = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    labels, ref_labels = torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([0, 1, 2, 0, 1, 2])
+    theirs = losses.TripletMarginLoss(0.5, swap=True, distance=lp, reducer=reducers.MeanReducer())
+    rows = [
+        (a, p, n)
+        for a in range(6)
+        for p in range(6)
+        for n in range(6)
+        if ref_labels[p] == labels[a] and ref_labels[n] != labels[a]
+    ]
+
+    def brute(pn_rows: torch.Tensor) -> float:
+        terms = [
+            max(
+                0.0,
+                float(
+                    torch.dist(x[a], ref[p])
+                    - min(torch.dist(x[a], ref[n]), torch.dist(pn_rows[p], ref[n]))
+                    + 0.5
+                ),
+            )
+            for a, p, n in rows
+        ]
+        return sum(terms) / len(terms)
+
+    want = float(theirs(x, labels, None, ref, ref_labels))
+    assert want == pytest.approx(brute(x), rel=1e-12)
+    ours = TripletMarginLoss(0.5, swap=True)(x, labels, None, ref, ref_labels)
+    assert float(ours) == pytest.approx(brute(ref), rel=1e-12)
+    assert float(ours) != pytest.approx(want, rel=1e-6)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_pml_triplets_per_anchor_single_choice(k: int, backend: str) -> None:
+    """Where each anchor has one positive and one negative the draws are forced: the peer's
+    ``triplets_per_anchor=k`` and ours give the same triplets ``k`` times, the same loss."""
+    distances, losses, _, reducers = _pml()
+    lp = distances.LpDistance(normalize_embeddings=False)
+    x = torch.tensor([[0.0, 0.1], [0.7, -0.2], [0.4, 0.5]], dtype=torch.float64)
+    labels = torch.tensor([0, 0, 1])  # anchors 0 and 1: one positive, one negative each
+    for reducer, reduction in ((None, "mean_nonzero"), (reducers.MeanReducer(), "mean")):
+        extra = {} if reducer is None else {"reducer": reducer}
+        for smooth in (False, True):
+            theirs = losses.TripletMarginLoss(
+                0.5, smooth_loss=smooth, triplets_per_anchor=k, distance=lp, **extra
+            )
+            ours = TripletMarginLoss(
+                0.5, reduction=reduction, smooth=smooth, triplets_per_anchor=k, backend=backend
+            )
+            _assert_same(
+                _value_and_grads(lambda e, f=ours: f(e, labels), x),
+                _value_and_grads(lambda e, f=theirs: f(e, labels), x),
+            )
+
+
+def _per_anchor_expectation(x, labels, margin: float):
+    """Exact mean and variance of the ``triplets_per_anchor`` estimator's per-anchor terms:
+    for each anchor with a positive and a negative, the mean and variance of its hinge over
+    its (uniform positive, uniform negative) pairs, by brute force."""
+    pb = problem(x, labels)
+    means, variances = [], []
+    for a in range(pb.n):
+        terms = [
+            max(0.0, pb.d[a][p] - pb.d[a][n] + margin)
+            for p in pb.positives(a)
+            for n in pb.negatives(a)
+        ]
+        if terms:
+            mu = sum(terms) / len(terms)
+            means.append(mu)
+            variances.append(sum((t - mu) ** 2 for t in terms) / len(terms))
+    return means, variances
+
+
+def test_pml_triplets_per_anchor_statistics(backend: str) -> None:
+    """With several positives and negatives per anchor the draws are random (the peer's
+    random stream cannot be matched), so what is compared is what they estimate: the same
+    anchors, ``k`` triplets each, and a ``"mean"`` loss whose expectation is the average
+    over anchors of each anchor's mean hinge. Both estimates lie within 5 standard errors
+    of that exact value (fixed seeds: deterministic)."""
+    distances, losses, _, reducers = _pml()
+    from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
+
+    x, labels = _batch(0)
+    k, margin = 4000, 1.0
+    means, variances = _per_anchor_expectation(x, labels, margin)
+    expected = sum(means) / len(means)
+    stderr = math.sqrt(sum(variances) / k) / len(means)
+    assert stderr > 0
+    torch.manual_seed(0)
+    drawn = lmu.convert_to_triplets(None, labels, t_per_anchor=k)
+    ours = TripletMarginLoss(margin, reduction="none", triplets_per_anchor=k, backend=backend)
+    got_terms = ours(x, labels)
+    assert got_terms.shape[0] == drawn[0].shape[0] == k * len(means)
+    assert sorted(set(drawn[0].tolist())) == [a for a in range(x.shape[0]) if labels[a] < 4]
+    theirs = losses.TripletMarginLoss(
+        margin,
+        triplets_per_anchor=k,
+        distance=distances.LpDistance(normalize_embeddings=False),
+        reducer=reducers.MeanReducer(),
+    )
+    torch.manual_seed(1)
+    for estimate in (float(got_terms.mean()), float(theirs(x, labels))):
+        assert abs(estimate - expected) < 5 * stderr, (estimate, expected, stderr)
 
 
 def _otl():

@@ -54,15 +54,21 @@ def _roundtrip(state: dict) -> dict:  # type: ignore[type-arg]
     return torch.load(buffer, weights_only=True)
 
 
+@pytest.mark.parametrize("at", ["mid-first", "boundary", "mid-second"])
 @pytest.mark.parametrize("kind", ["pk", "hard", "category"])
-def test_resume_mid_epoch_gives_the_uninterrupted_batches(kind: str) -> None:
+def test_resume_gives_the_uninterrupted_batches(kind: str, at: str) -> None:
     full, _ = _run(_build(kind), range(3))
     per_epoch = len(_build(kind))
-    stop = per_epoch + per_epoch // 2  # 1.5 epochs
+    stop = (
+        {"mid-first": per_epoch // 2, "boundary": per_epoch}[at]
+        if at != "mid-second"
+        else (per_epoch + per_epoch // 2)
+    )
     first, state = _run(_build(kind), range(3), stop_after=stop)
+    assert state["epoch"] == stop // per_epoch  # the epoch to iterate next
     resumed = _build(kind)
     resumed.load_state_dict(_roundtrip(state))
-    rest, _ = _run(resumed, range(1, 3), step=stop)  # the loop resumes in epoch 1
+    rest, _ = _run(resumed, range(resumed.epoch, 3), step=stop)  # the documented recipe
     assert first + rest == full
     assert len(rest) == 3 * per_epoch - stop
 

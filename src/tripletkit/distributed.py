@@ -111,7 +111,7 @@ _PARTS: dict[str, Callable[..., Parts]] = {
 }
 #: The keyword arguments each kind of :func:`sharded_loss` takes (besides ``reduction``).
 _OPTIONS = {
-    "triplet": ("margin", "metric", "soft_margin", "normalize", "backend"),
+    "triplet": ("margin", "metric", "soft_margin", "smooth", "normalize", "backend"),
     "contrastive": ("pos_margin", "neg_margin", "metric", "normalize"),
 }
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -257,6 +257,7 @@ def sharded_loss(
     margin: float | None = None,
     metric: str = "euclidean",
     soft_margin: bool | None = None,
+    smooth: bool | None = None,
     pos_margin: float | None = None,
     neg_margin: float | None = None,
     reduction: str | None = None,
@@ -280,8 +281,9 @@ def sharded_loss(
             :func:`~tripletkit.losses.contrastive_loss` with ``pairs=None``).
         embeddings: ``[N_r, D]`` embeddings of this replica.
         labels: ``[N_r]`` integer labels.
-        margin, soft_margin, backend: the triplet losses' options (their defaults when
-            ``None``: 0.2, ``False``, ``"auto"``); a TypeError for ``"contrastive"``.
+        margin, soft_margin, smooth, backend: the triplet losses' options (their defaults
+            when ``None``: 0.2, ``False``, ``False``, ``"auto"``); a TypeError for
+            ``"contrastive"``.
         pos_margin, neg_margin: the contrastive loss's margins (defaults 0.0 and 1.0); a
             TypeError for the triplet losses.
         metric, normalize: as in every loss.
@@ -309,6 +311,7 @@ def sharded_loss(
         margin=margin,
         metric=metric,
         soft_margin=soft_margin,
+        smooth=smooth,
         pos_margin=pos_margin,
         neg_margin=neg_margin,
         normalize=normalize,

@@ -119,15 +119,17 @@ def batch_all_soft(
     self_index: Tensor,
     backend: str,
     width: int | None = None,
+    margin: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """See :func:`.torch_backend.batch_all_soft`; the torch backend needs ``width`` (an
-    upper bound on any anchor's number of positives), the numba backend ignores it."""
+    """See :func:`.torch_backend.batch_all_soft` (``softplus(d_ap - d_an + margin)``); the
+    torch backend needs ``width`` (an upper bound on any anchor's number of positives), the
+    numba backend ignores it."""
     args = _prepare(dist, labels, ref_labels, self_index)
     if resolve_backend(backend, dist.device) == "torch":
         if width is None:
             raise ValueError("the torch soft-margin batch-all kernel needs a width")
-        return torch_backend.batch_all_soft(*args, width)
-    total, n_valid, grad = _numba("batch_all_soft", *map(_np, args))
+        return torch_backend.batch_all_soft(*args, width, margin)
+    total, n_valid, grad = _numba("batch_all_soft", *map(_np, args), float(margin))
     return torch.tensor(total, dtype=args[0].dtype), _count(n_valid, dist), _to_torch(grad, dist)
 
 

@@ -167,7 +167,7 @@ def _region_bounds(svals, dap, t, region):
         return 0, le_margin
     le_ap = np.searchsorted(svals, dap, side="right")  # d_an <= d_ap
     if region == _HARD:
-        return 0, le_ap
+        return 0, min(le_margin, le_ap)  # d_an <= d_ap and d_an <= t
     if region == _SEMIHARD:
         return le_ap, max(le_margin, le_ap)
     return le_margin, k  # _EASY
@@ -234,16 +234,17 @@ def _softplus_sigmoid(x):
 
 
 @numba.njit(cache=True)
-def _soft_anchor(row, label, ref_labels, own, g):
-    """Soft-margin batch-all terms of one anchor in O(P M), in float64: writes its
-    gradient row ``g`` (zero on entry) and returns ``(total, n_valid)``."""
+def _soft_anchor(row, label, ref_labels, own, margin, g):
+    """Soft-margin batch-all terms ``softplus(d_ap - d_an + margin)`` of one anchor in
+    O(P M), in float64: writes its gradient row ``g`` (zero on entry) and returns
+    ``(total, n_valid)``."""
     pcols = _positives(label, ref_labels, own)
     npos = pcols.shape[0]
     if npos == 0:
         return 0.0, 0
     dap = np.empty(npos, dtype=np.float64)
     for i in range(npos):
-        dap[i] = row[pcols[i]]
+        dap[i] = row[pcols[i]] + margin
     gpos = np.zeros(npos, dtype=np.float64)
     total = 0.0
     k = 0
@@ -284,7 +285,9 @@ def _batch_all_kernel(dist, labels, ref_labels, self_index, margin, soft, grad, 
     hinge only) and its gradient into row ``a`` of ``grad`` (zero on entry)."""
     for a in prange(dist.shape[0]):
         if soft:
-            total, valid = _soft_anchor(dist[a], labels[a], ref_labels, self_index[a], grad[a])
+            total, valid = _soft_anchor(
+                dist[a], labels[a], ref_labels, self_index[a], margin, grad[a]
+            )
             active = 0
         else:
             total, valid, active = _hinge_anchor(
@@ -501,21 +504,21 @@ def _rows_kernel(
 def _counts_anchor(row, label, ref_labels, own, margin):
     """``(valid, easy, hard)`` triplet counts of one anchor.
 
-    With ``u_p = max(d_ap + margin, d_ap)``, a negative at ``v`` is hard for the positives
-    with ``d_ap >= v`` and not easy for those with ``u_p >= v``; both numbers are ranks of
-    ``v`` among the sorted ``d_ap`` and ``u_p``.
+    With ``l_p = min(d_ap + margin, d_ap)``, a negative at ``v`` is hard for the positives
+    with ``l_p >= v`` and not easy for those with ``d_ap + margin >= v``; both numbers are
+    ranks of ``v`` among the sorted ``l_p`` and ``d_ap + margin``.
     """
     pcols = _positives(label, ref_labels, own)
     npos = pcols.shape[0]
     if npos == 0:
         return 0, 0, 0
-    dap = np.empty(npos, dtype=row.dtype)
+    lower = np.empty(npos, dtype=row.dtype)
     upper = np.empty(npos, dtype=row.dtype)
     for i in range(npos):
         d = row[pcols[i]]
-        dap[i] = d
-        upper[i] = max(d + margin, d)
-    dap = dap[np.argsort(dap, kind="mergesort")]
+        upper[i] = d + margin
+        lower[i] = min(upper[i], d)
+    lower = lower[np.argsort(lower, kind="mergesort")]
     upper = upper[np.argsort(upper, kind="mergesort")]
     k = 0
     hard = 0
@@ -524,7 +527,7 @@ def _counts_anchor(row, label, ref_labels, own, margin):
         if ref_labels[j] != label:
             v = row[j]
             k += 1
-            hard += npos - _rank(dap, v, False)
+            hard += npos - _rank(lower, v, False)
             not_easy += npos - _rank(upper, v, False)
     return npos * k, npos * k - not_easy, hard
 
@@ -615,21 +618,27 @@ def batch_all_hinge(
 
 
 def batch_all_soft(
-    dist: np.ndarray, labels: np.ndarray, ref_labels: np.ndarray, self_index: np.ndarray
+    dist: np.ndarray,
+    labels: np.ndarray,
+    ref_labels: np.ndarray,
+    self_index: np.ndarray,
+    margin: float = 0.0,
 ) -> tuple[float, int, np.ndarray]:
-    """Sum of ``softplus(d_ap - d_an)`` over every valid triplet, in O(N P M).
+    """Sum of ``softplus(d_ap - d_an + margin)`` over every valid triplet, in O(N P M)
+    (Hermans et al. 2017's soft margin with ``margin = 0``).
 
     Args:
         dist: distances ``[N, M]``, float32 or float64.
         labels: anchor labels ``[N]``.
         ref_labels: reference labels ``[M]``.
         self_index: column of each anchor among the references, or -1, ``[N]``.
+        margin: added inside the softplus (applied in the dtype of ``dist``).
 
     Returns:
         ``(total, n_valid, grad)`` as in :func:`batch_all_hinge`; terms and gradients are
         computed in float64.
     """
-    total, n_valid, _, grad = _batch_all(dist, labels, ref_labels, self_index, 0.0, soft=True)
+    total, n_valid, _, grad = _batch_all(dist, labels, ref_labels, self_index, margin, soft=True)
     return total, n_valid, grad
 
 
@@ -781,8 +790,9 @@ def triplet_counts(
 
     Returns:
         easy: ``d_an > d_ap + m``; semi-hard: ``d_ap < d_an <= d_ap + m``; hard:
-        ``d_an <= d_ap``. With a negative margin nothing hard counts as easy, so the three
-        always add up to ``valid``.
+        ``d_an <= d_ap`` and ``d_an <= d_ap + m`` (the regions of :data:`REGIONS`, which
+        partition the valid triplets for every margin: with a negative margin nothing is
+        semi-hard and the three add up to ``valid``).
     """
     dist, labels, ref_labels, self_index = _inputs(dist, labels, ref_labels, self_index)
     n, m = dist.shape

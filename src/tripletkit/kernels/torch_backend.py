@@ -57,7 +57,9 @@ __all__ = [
 
 #: Triplet regions understood by :func:`triplet_region`, with ``t = d_an - d_ap``:
 #: ``valid`` every valid triplet; ``active`` ``t < m`` (hinge > 0); ``all`` ``t <= m``;
-#: ``hard`` ``t <= 0``; ``semihard`` ``0 < t <= m``; ``easy`` ``t > m``.
+#: ``hard`` ``t <= m`` and ``t <= 0``; ``semihard`` ``0 < t <= m``; ``easy`` ``t > m``
+#: (pytorch-metric-learning's definitions: ``hard`` and ``semihard`` are subsets of ``all``
+#: for every margin, and with ``m <= 0`` ``hard`` equals ``all`` and ``semihard`` is empty).
 REGIONS = ("valid", "active", "all", "hard", "semihard", "easy")
 
 #: Up to this ``width``, :func:`semi_hard` buckets the negatives by rank among the positives
@@ -238,9 +240,15 @@ def batch_all_hinge(
 
 
 def batch_all_soft(
-    dist: Tensor, labels: Tensor, ref_labels: Tensor, self_index: Tensor, width: int
+    dist: Tensor,
+    labels: Tensor,
+    ref_labels: Tensor,
+    self_index: Tensor,
+    width: int,
+    margin: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Sum of ``softplus(d_ap - d_an)`` over every valid triplet (Hermans et al. 2017).
+    """Sum of ``softplus(d_ap - d_an + margin)`` over every valid triplet: Hermans et al.
+    2017's soft margin with ``margin = 0``, pytorch-metric-learning's smooth loss otherwise.
 
     Every triplet contributes, so this is O(N width M) time: one pass over the anchors'
     negatives per positive slot, ``width`` (>= the largest number of positives) slots.
@@ -264,7 +272,7 @@ def batch_all_soft(
         g = torch.zeros_like(d)
         pos_grad = torch.zeros(d.shape[0], w, dtype=d.dtype, device=d.device)
         for i in range(w):
-            x = d.gather(1, cols[:, i : i + 1]) - d
+            x = d.gather(1, cols[:, i : i + 1]) + margin - d
             live = neg & used[:, i : i + 1]
             total += torch.where(live, torch.nn.functional.softplus(x), 0).sum(dtype=torch.float64)
             # d/d dap of sum_n softplus(dap - dan) = sum_n sigmoid; d/d dan = -sigmoid.
@@ -470,7 +478,7 @@ def _region_bounds(
         return zeros, le_margin
     le_ap = torch.searchsorted(svals, d.contiguous(), side="right")  # d_an <= d_ap
     if region == "hard":
-        return zeros, le_ap
+        return zeros, torch.minimum(le_margin, le_ap)
     if region == "semihard":
         return le_ap, torch.maximum(le_margin, le_ap)
     if region == "easy":
@@ -547,9 +555,10 @@ def triplet_counts(
     """Counts ``[valid, easy, semi_hard, hard]`` (int64 ``[4]``) of valid triplets without
     listing them, each negative ranked among the anchor's sorted positive distances.
 
-    easy: ``d_an > d_ap + m``; semi-hard: ``d_ap < d_an <= d_ap + m``; hard: ``d_an <= d_ap``.
-    With ``u_p = max(d_ap + m, d_ap)`` a negative at ``v`` is hard for the positives with
-    ``d_ap >= v`` and not easy for those with ``u_p >= v``.
+    The regions of :data:`REGIONS`, which partition the valid triplets for every margin:
+    easy ``d_an > d_ap + m``; semi-hard ``d_ap < d_an <= d_ap + m``; hard ``d_an <= d_ap``
+    and ``d_an <= d_ap + m``. With ``l_p = min(d_ap + m, d_ap)`` a negative at ``v`` is hard
+    for the positives with ``l_p >= v`` and not easy for those with ``d_ap + m >= v``.
     """
     n, m = dist.shape
     counts = torch.zeros(3, dtype=torch.int64, device=dist.device)  # valid, not easy, hard
@@ -562,11 +571,11 @@ def triplet_counts(
         cols, used, n_neg = _positive_slots(index, labels[start:stop], self_index[start:stop], m)
         d_ap = d.gather(1, cols)
         n_pos = used.sum(dim=1)
-        d_sorted = torch.where(used, d_ap, math.inf).sort(dim=1).values
-        upper = torch.where(used, torch.maximum(d_ap + margin, d_ap), math.inf)
-        upper = upper.sort(dim=1).values
-        hard = n_pos[:, None] - torch.searchsorted(d_sorted, d)  # #{d_ap >= v}
-        not_easy = n_pos[:, None] - torch.searchsorted(upper, d)  # #{u_p >= v}
+        lower = torch.where(used, torch.minimum(d_ap + margin, d_ap), math.inf)
+        lower = lower.sort(dim=1).values
+        upper = torch.where(used, d_ap + margin, math.inf).sort(dim=1).values
+        hard = n_pos[:, None] - torch.searchsorted(lower, d)  # #{l_p >= v}
+        not_easy = n_pos[:, None] - torch.searchsorted(upper, d)  # #{d_ap + m >= v}
         counts += torch.stack(
             [
                 (n_pos * n_neg).sum(),

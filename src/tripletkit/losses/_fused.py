@@ -40,8 +40,14 @@ __all__ = ["batch_all_sum", "mined_terms", "triplet_terms"]
 _PAIRED_SHARE = 4
 
 
-def triplet_terms(d_ap: Tensor, d_an: Tensor, margin: float, soft_margin: bool) -> Tensor:
-    """Per-triplet loss: ``max(0, d_ap - d_an + margin)`` or ``softplus(d_ap - d_an)``.
+def triplet_terms(
+    d_ap: Tensor, d_an: Tensor, margin: float, soft_margin: bool, *, smooth: bool = False
+) -> Tensor:
+    """Per-triplet loss: the hinge ``max(0, d_ap - d_an + margin)``, the soft margin
+    ``softplus(d_ap - d_an)`` (``soft_margin``, Hermans et al. 2017; no margin) or the smooth
+    hinge ``softplus(d_ap - d_an + margin)`` (``smooth``, pytorch-metric-learning's
+    ``smooth_loss=True``). ``soft_margin`` and ``smooth`` together are refused by the
+    losses' checks; here ``smooth`` wins.
 
     Shape:
         - d_ap, d_an: ``[T]`` -> ``[T]`` (any matching shapes).
@@ -49,22 +55,28 @@ def triplet_terms(d_ap: Tensor, d_an: Tensor, margin: float, soft_margin: bool) 
     Example:
         >>> triplet_terms(torch.tensor([0.5]), torch.tensor([0.6]), 0.2, soft_margin=False)
         tensor([0.1000])
+        >>> triplet_terms(torch.tensor([0.5]), torch.tensor([0.6]), 0.1, False, smooth=True)
+        tensor([0.6931])
     """
+    if smooth:
+        return F.softplus(d_ap - d_an + margin)
     if soft_margin:
         return F.softplus(d_ap - d_an)
     return F.relu(d_ap - d_an + margin)
 
 
 #: What the batch-all kernels need besides the matrix: ``(labels, ref_labels, self_index,
-#: backend, margin, soft_margin, width)``.
+#: backend, margin, soft, width)``; ``soft``: the terms are ``softplus(d_ap - d_an + margin)``
+#: (the soft margin has ``margin = 0`` here), else the hinge.
 KernelArgs = tuple[Tensor, Tensor, Tensor, str, float, bool, "int | None"]
 
 
 def _kernel(dist: Tensor, k: KernelArgs) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(total, n_valid, n_active, grad)`` of the batch-all sum on a detached matrix."""
-    labels, ref_labels, self_index, backend, margin, soft_margin, width = k
-    if soft_margin:
-        total, n_valid, grad = batch_all_soft(dist, labels, ref_labels, self_index, backend, width)
+    labels, ref_labels, self_index, backend, margin, soft, width = k
+    if soft:
+        args = (dist, labels, ref_labels, self_index, backend, width, margin)
+        total, n_valid, grad = batch_all_soft(*args)
         return total, n_valid, n_valid, grad
     return batch_all_hinge(dist, labels, ref_labels, self_index, margin, backend, width)
 
@@ -124,10 +136,17 @@ class _BatchAllEuclidean(torch.autograd.Function):
         )
 
 
-def batch_all_sum(b: Batch, margin: float, soft_margin: bool) -> tuple[Tensor, Tensor, Tensor]:
+def batch_all_sum(
+    b: Batch, margin: float, soft_margin: bool, smooth: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
     """``(total, n_valid, n_active)`` of the batch-all loss of a prepared batch (counts as
-    0-dim int64 tensors). The soft margin needs :attr:`Batch.width` on the torch backend:
-    without it (checks off and no ``max_positives``) it is read here, one host read."""
+    0-dim int64 tensors), terms as in :func:`triplet_terms`. The soft margin and the smooth
+    hinge need :attr:`Batch.width` on the torch backend: without it (checks off and no
+    ``max_positives``) it is read here, one host read."""
+    if smooth:  # softplus(d_ap - d_an + margin)
+        soft_margin = True
+    elif soft_margin:  # softplus(d_ap - d_an)
+        margin = 0.0
     width = b.width
     if soft_margin and width is None and b.backend == "torch":
         if torch.compiler.is_compiling():
@@ -152,6 +171,7 @@ def mined_terms(
     margin: float,
     soft_margin: bool,
     windows: tuple[tuple[int, int], tuple[int, int]] = ((0, 1), (0, 1)),
+    smooth: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """The terms of the batch-hard (``hardest``, with its rank ``windows``) or semi-hard
     triplets of a prepared batch, in the autograd graph, and which of them are real
@@ -178,7 +198,7 @@ def mined_terms(
     else:
         in_graph = b.distances(grad=True)
         d_ap, d_an = in_graph[a, p], in_graph[a, n]
-    terms = triplet_terms(d_ap, d_an, margin, soft_margin)
+    terms = triplet_terms(d_ap, d_an, margin, soft_margin, smooth=smooth)
     if sel.valid is not None:
         terms = torch.where(sel.valid, terms, 0)
     return terms, sel.valid

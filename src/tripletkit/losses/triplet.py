@@ -2,12 +2,15 @@
 listed), the triplet margin loss over given triplets, and their ``nn.Module`` forms.
 
 Definitions: see :mod:`tripletkit.miners.triplet`. Hinge ``max(0, d_ap - d_an + m)``; soft
-margin ``softplus(d_ap - d_an)`` (Hermans et al. 2017). When there is no valid triplet (one
+margin ``softplus(d_ap - d_an)`` (``soft_margin=True``, Hermans et al. 2017: no margin); smooth
+hinge ``softplus(d_ap - d_an + m)`` (``smooth=True``, pytorch-metric-learning's
+``smooth_loss=True``). When there is no valid triplet (one
 class, all labels distinct, empty batch) every loss is 0, still part of the graph, with a zero
 gradient.
 
 Signatures: ``fn(embeddings, labels, margin, metric, soft_margin, reduction, *,
-ref_embeddings=None, ref_labels=None, anchor_offset=None, normalize=False, backend="auto")``.
+ref_embeddings=None, ref_labels=None, anchor_offset=None, normalize=False, backend="auto",
+..., smooth=False)``.
 Each fused loss also has a ``*_parts`` form returning :class:`~tripletkit.losses.Parts`
 (total and counts, before the reduction), which :mod:`tripletkit.distributed` builds on.
 """
@@ -23,10 +26,13 @@ from .._checks import (
     check_finite_real,
     check_index_tuple,
     check_nonnegative_int,
+    check_positive_int,
     check_rank_window,
     check_reduction,
 )
 from ..distances import _paired_distance_unchecked
+from ..kernels import triplet_region
+from ..miners.sampling import _check_generator, _per_anchor_triplets
 from ..types import Triplets
 from ._base import LossModule
 from ._fused import batch_all_sum, mined_terms, triplet_terms
@@ -74,6 +80,20 @@ def _batch(
     )
 
 
+def _check_terms(margin: object, soft_margin: object, smooth: object) -> tuple[float, bool, bool]:
+    """Validate the options that choose a triplet term (see :func:`triplet_terms`): a finite
+    ``margin``, booleans ``soft_margin`` and ``smooth``, not both true."""
+    margin = check_finite_real(margin, "margin")
+    soft_margin = check_bool(soft_margin, "soft_margin")
+    smooth = check_bool(smooth, "smooth")
+    if soft_margin and smooth:
+        raise ValueError(
+            "soft_margin=True (softplus(d_ap - d_an), no margin) and smooth=True "
+            "(softplus(d_ap - d_an + margin)) are two different losses: choose one"
+        )
+    return margin, soft_margin, smooth
+
+
 def batch_all_parts(
     embeddings: Tensor,
     labels: Tensor,
@@ -87,10 +107,10 @@ def batch_all_parts(
     normalize: bool = False,
     backend: str = "auto",
     max_positives: int | None = None,
+    smooth: bool = False,
 ) -> Parts:
     """The un-reduced batch-all loss: see :func:`batch_all_triplet_loss`."""
-    margin = check_finite_real(margin, "margin")
-    soft_margin = check_bool(soft_margin, "soft_margin")
+    margin, soft_margin, smooth = _check_terms(margin, soft_margin, smooth)
     b = _batch(
         embeddings,
         labels,
@@ -102,7 +122,7 @@ def batch_all_parts(
         backend,
         max_positives,
     )
-    return Parts(*batch_all_sum(b, margin, soft_margin))
+    return Parts(*batch_all_sum(b, margin, soft_margin, smooth))
 
 
 def batch_all_triplet_loss(
@@ -119,6 +139,7 @@ def batch_all_triplet_loss(
     normalize: bool = False,
     backend: str = "auto",
     max_positives: int | None = None,
+    smooth: bool = False,
 ) -> Tensor:
     """Batch-all triplet loss over every valid triplet, without listing them.
 
@@ -133,7 +154,8 @@ def batch_all_triplet_loss(
         labels: ``[N]`` integer class labels.
         margin: ``m`` of the hinge ``max(0, d_ap - d_an + m)``; ignored with ``soft_margin``.
         metric: ``"euclidean"``, ``"sqeuclidean"`` or ``"cosine"``.
-        soft_margin: use ``softplus(d_ap - d_an)`` instead of the hinge.
+        soft_margin: use ``softplus(d_ap - d_an)`` instead of the hinge (Hermans et al.'s
+            soft margin: no margin).
         reduction: ``"mean"`` (over valid triplets), ``"sum"`` or ``"mean_nonzero"``
             (over triplets with a positive loss; 0 when there are none).
         ref_embeddings: optional ``[M, D]`` references that positives and negatives are
@@ -148,7 +170,10 @@ max_positives`). The torch kernels size their buffers with it instead of reading
             batch's largest count on the host; it is checked against the batch while the
             input checks are on (:func:`~tripletkit.set_input_checks`). With checks off and
             no bound, the hinge loss takes a sort-based path (still exact, no host read) and
-            the soft-margin loss reads the count itself (one host read).
+            the soft-margin and smooth losses read the count themselves (one host read).
+        smooth: use the smooth hinge ``softplus(d_ap - d_an + m)`` instead of the hinge
+            (pytorch-metric-learning's ``smooth_loss=True``); not with ``soft_margin``.
+            Every term is positive, so ``"mean_nonzero"`` is ``"mean"`` for it.
 
     Returns:
         0-dim loss tensor.
@@ -173,6 +198,7 @@ max_positives`). The torch kernels size their buffers with it instead of reading
         normalize=normalize,
         backend=backend,
         max_positives=max_positives,
+        smooth=smooth,
     )
     return reduce_parts(*parts, reduction)
 
@@ -192,10 +218,10 @@ def _mined(
     max_positives: int | None,
     positive_ranks: object = (0, 1),
     negative_ranks: object = (0, 1),
+    smooth: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """The terms of the batch-hard (``hardest``) or semi-hard triplets and which are real."""
-    margin = check_finite_real(margin, "margin")
-    soft_margin = check_bool(soft_margin, "soft_margin")
+    margin, soft_margin, smooth = _check_terms(margin, soft_margin, smooth)
     windows = (
         check_rank_window(positive_ranks, "positive_ranks"),
         check_rank_window(negative_ranks, "negative_ranks"),
@@ -212,7 +238,7 @@ def _mined(
         max_positives,
         need_width=not hardest,
     )
-    return mined_terms(b, hardest, margin, soft_margin, windows)
+    return mined_terms(b, hardest, margin, soft_margin, windows, smooth)
 
 
 def _mined_parts(terms: Tensor, valid: Tensor | None) -> Parts:
@@ -244,6 +270,7 @@ def batch_hard_parts(
     normalize: bool = False,
     backend: str = "auto",
     max_positives: int | None = None,
+    smooth: bool = False,
 ) -> Parts:
     """The un-reduced batch-hard loss (with its rank windows): see
     :func:`batch_hard_triplet_loss`."""
@@ -263,6 +290,7 @@ def batch_hard_parts(
             max_positives,
             positive_ranks,
             negative_ranks,
+            smooth,
         )
     )
 
@@ -283,6 +311,7 @@ def batch_hard_triplet_loss(
     normalize: bool = False,
     backend: str = "auto",
     max_positives: int | None = None,
+    smooth: bool = False,
 ) -> Tensor:
     """Batch-hard triplet loss (Hermans, Beyer & Leibe 2017), in O(N M).
 
@@ -295,7 +324,7 @@ def batch_hard_triplet_loss(
 
     Args:
         embeddings, labels, margin, metric, soft_margin, ref_embeddings, ref_labels,
-        anchor_offset, normalize, backend: as in :func:`batch_all_triplet_loss`.
+        anchor_offset, normalize, backend, smooth: as in :func:`batch_all_triplet_loss`.
         max_positives: accepted for symmetry with the other fused losses; batch-hard needs
             no bound.
         reduction: ``"mean"`` (over the triplets kept), ``"sum"``, ``"mean_nonzero"``, or
@@ -328,6 +357,7 @@ def batch_hard_triplet_loss(
         max_positives,
         positive_ranks,
         negative_ranks,
+        smooth,
     )
     return _mined_loss(terms, valid, reduction)
 
@@ -345,6 +375,7 @@ def semi_hard_parts(
     normalize: bool = False,
     backend: str = "auto",
     max_positives: int | None = None,
+    smooth: bool = False,
 ) -> Parts:
     """The un-reduced semi-hard loss: see :func:`semi_hard_triplet_loss`."""
     return _mined_parts(
@@ -361,6 +392,7 @@ def semi_hard_parts(
             normalize,
             backend,
             max_positives,
+            smooth=smooth,
         )
     )
 
@@ -379,6 +411,7 @@ def semi_hard_triplet_loss(
     normalize: bool = False,
     backend: str = "auto",
     max_positives: int | None = None,
+    smooth: bool = False,
 ) -> Tensor:
     """Semi-hard triplet loss (Schroff, Kalenichenko & Philbin 2015, "FaceNet"), with the
     negative selection of TensorFlow-Addons' ``triplet_semihard_loss``.
@@ -390,7 +423,7 @@ def semi_hard_triplet_loss(
 
     Args:
         embeddings, labels, margin, metric, soft_margin, ref_embeddings, ref_labels,
-        anchor_offset, normalize, backend, max_positives: as in
+        anchor_offset, normalize, backend, max_positives, smooth: as in
             :func:`batch_all_triplet_loss` (with checks off and no bound, the negatives of
             each row are sorted instead of bucketed: exact, no host read).
         reduction: ``"mean"`` (over those pairs), ``"sum"``, ``"mean_nonzero"``, or
@@ -419,8 +452,21 @@ def semi_hard_triplet_loss(
         normalize,
         backend,
         max_positives,
+        smooth=smooth,
     )
     return _mined_loss(terms, valid, reduction)
+
+
+def _check_triplets_per_anchor(value: object) -> str | int:
+    """``"all"`` or a positive int (pytorch-metric-learning's ``triplets_per_anchor``)."""
+    if value == "all" and isinstance(value, str):
+        return "all"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            f"triplets_per_anchor must be 'all' or a positive int, got {value!r} "
+            f"({type(value).__name__})"
+        )
+    return check_positive_int(value, "triplets_per_anchor")
 
 
 def triplet_margin_loss(
@@ -437,24 +483,52 @@ def triplet_margin_loss(
     anchor_offset: int | None = None,
     normalize: bool = False,
     backend: str = "auto",
+    smooth: bool = False,
+    swap: bool = False,
+    triplets_per_anchor: str | int = "all",
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """Triplet margin loss over given triplets (Weinberger & Saul 2009; Schroff et al. 2015).
 
-    ``max(0, d(a, p) - d(a, n) + margin)`` (or ``softplus(d(a, p) - d(a, n))`` with
-    ``soft_margin``) per row of ``triplets``; distances are computed for those rows only.
-    With ``triplets=None`` every valid triplet is used, through the fused
-    :func:`batch_all_triplet_loss` (no triplet is listed).
+    ``max(0, d(a, p) - d(a, n) + margin)`` (``softplus(d(a, p) - d(a, n))`` with
+    ``soft_margin``, ``softplus(d(a, p) - d(a, n) + margin)`` with ``smooth``) per row of
+    ``triplets``; distances are computed for those rows only. With ``triplets=None`` every
+    valid triplet is used, through the fused :func:`batch_all_triplet_loss` (no triplet is
+    listed), or ``triplets_per_anchor`` random ones per anchor.
+
+    The options named as in pytorch-metric-learning's ``TripletMarginLoss`` mean what they
+    mean there: ``smooth`` is its ``smooth_loss``, ``swap`` and ``triplets_per_anchor`` are
+    its options of the same names (its default reducer is ``reduction="mean_nonzero"``, its
+    default distance normalises the embeddings: ``normalize=True``).
 
     Args:
         embeddings: ``[N, D]``. labels: ``[N]`` (only used when ``triplets`` is None).
         triplets: ``Triplets`` or any 3-tuple of ``[T]`` index tensors, e.g. a miner's
             output; positives and negatives index ``ref_embeddings`` when given.
         reduction: ``"mean"``, ``"sum"``, ``"mean_nonzero"``, or ``"none"`` (``[T]``, in
-            the order of the triplets; needs explicit triplets).
+            the order of the triplets; needs explicit triplets or ``triplets_per_anchor``).
         anchor_offset: with ``triplets=None`` and references given, as in
             :func:`batch_all_triplet_loss` (explicit triplets name their rows themselves).
-        margin, metric, soft_margin, ref_embeddings, ref_labels, normalize, backend: as in
-            :func:`batch_all_triplet_loss` (``backend`` only matters with ``triplets=None``).
+        margin, metric, soft_margin, ref_embeddings, ref_labels, normalize, backend, smooth:
+            as in :func:`batch_all_triplet_loss` (``backend`` only matters with
+            ``triplets=None``).
+        swap: the distance swap of Balntas et al. 2016 ("Learning local feature descriptors
+            with triplets and shallow convolutional neural networks"): ``d(a, n)`` is
+            replaced by ``min(d(a, n), d(p, n))``, the harder of the two negative distances
+            (gradients flow through whichever is taken). With ``triplets=None`` and
+            ``triplets_per_anchor="all"`` the valid triplets are then listed (O(T) memory,
+            as the peer does). ``d(p, n)`` is the distance between the two references;
+            pytorch-metric-learning reads it from row ``p`` of the *anchors'* distance
+            matrix, which is the same only without a reference set.
+        triplets_per_anchor: with ``triplets=None``: ``"all"`` (every valid triplet) or
+            ``k >= 1``: for every anchor with a positive and a negative, ``k`` triplets drawn
+            independently, the positive uniformly among its positives and the negative
+            uniformly among its negatives (with replacement), as pytorch-metric-learning
+            draws them; ``reduction="none"`` lists their terms by anchor. Ignored with
+            explicit ``triplets`` (as by the peer).
+        generator: the random source of ``triplets_per_anchor=k``; torch's default generator
+            of the embeddings' device when ``None`` (what the module form uses, as the peer
+            and ``torch.nn.Dropout`` do: seed it with ``torch.manual_seed``).
 
     Returns:
         0-dim loss, or ``[T]`` with ``reduction="none"``.
@@ -465,14 +539,19 @@ def triplet_margin_loss(
         >>> x, y = torch.tensor([[0.0], [0.5], [0.6], [5.0]]), torch.tensor([0, 0, 1, 1])
         >>> triplet_margin_loss(x, y, batch_hard_triplets(x, y), margin=0.2, reduction="none")
         tensor([0.1000, 0.6000, 4.5000, 0.1000])
+        >>> triplet_margin_loss(x, y, batch_hard_triplets(x, y), reduction="none", swap=True)
+        tensor([0.6000, 0.6000, 4.5000, 4.5000])
     """
     check_reduction(reduction, REDUCTIONS)
-    margin = check_finite_real(margin, "margin")
-    soft_margin = check_bool(soft_margin, "soft_margin")
-    if triplets is None:
+    margin, soft_margin, smooth = _check_terms(margin, soft_margin, smooth)
+    swap = check_bool(swap, "swap")
+    per_anchor = _check_triplets_per_anchor(triplets_per_anchor)
+    generator = _check_generator(generator)
+    if triplets is None and per_anchor == "all" and not swap:
         if reduction == "none":
             raise ValueError(
                 "reduction='none' needs explicit triplets (e.g. from BatchAllMiner(active_only=False))"
+                " or triplets_per_anchor=k"
             )
         return batch_all_triplet_loss(
             embeddings,
@@ -486,8 +565,9 @@ def triplet_margin_loss(
             anchor_offset=anchor_offset,
             normalize=normalize,
             backend=backend,
+            smooth=smooth,
         )
-    if anchor_offset is not None:
+    if triplets is not None and anchor_offset is not None:
         raise ValueError(
             "anchor_offset only applies with triplets=None (explicit triplets name their rows)"
         )
@@ -497,20 +577,37 @@ def triplet_margin_loss(
         labels,
         ref_embeddings=ref_embeddings,
         ref_labels=ref_labels,
+        anchor_offset=anchor_offset,
         metric=metric,
-        matrix=False,
+        matrix=triplets is None and per_anchor == "all",
         normalize=normalize,
         backend=backend,
     )
     emb, ref = b.embeddings, b.ref_embeddings
-    a, p, n = check_index_tuple(triplets, "triplets", (3,), emb.shape[0], ref.shape[0], emb.device)
+    valid = None
+    if triplets is not None:
+        a, p, n = check_index_tuple(
+            triplets, "triplets", (3,), emb.shape[0], ref.shape[0], emb.device
+        )
+    elif isinstance(per_anchor, str):  # "all" with swap: every valid triplet, listed
+        a, p, n = triplet_region(
+            b.distances(), b.labels, b.ref_labels, b.self_index, 0.0, "valid", b.backend
+        )
+    else:
+        a, p, n, valid = _per_anchor_triplets(*b.masks(), per_anchor, generator)
+        if reduction == "none" or ref.shape[0] == 0:  # list the anchors that have triplets
+            keep = valid.reshape(-1).nonzero().squeeze(1)  # (one host read)
+            a, p, n = (t.reshape(-1)[keep] for t in (a, p, n))
+            valid = None
     anchors = emb[a]
-    terms = triplet_terms(
-        _paired_distance_unchecked(anchors, ref[p], metric),
-        _paired_distance_unchecked(anchors, ref[n], metric),
-        margin,
-        soft_margin,
-    )
+    positives, negatives = ref[p], ref[n]
+    d_an = _paired_distance_unchecked(anchors, negatives, metric)
+    if swap:
+        d_an = torch.minimum(d_an, _paired_distance_unchecked(positives, negatives, metric))
+    d_ap = _paired_distance_unchecked(anchors, positives, metric)
+    terms = triplet_terms(d_ap, d_an, margin, soft_margin, smooth=smooth)
+    if valid is not None:
+        return _mined_loss(torch.where(valid, terms, 0), valid, reduction)
     return reduce_terms(terms, reduction, emb)
 
 
@@ -527,15 +624,18 @@ def _options(
     normalize: bool,
     backend: str,
     max_positives: int | None = None,
+    smooth: bool = False,
 ) -> dict[str, object]:
     """The validated hyper-parameters shared by every triplet loss module."""
     bound = {}
     if max_positives is not None:
         bound["max_positives"] = check_nonnegative_int(max_positives, "max_positives")
+    margin, soft_margin, smooth = _check_terms(margin, soft_margin, smooth)
     return {
         **bound,
-        "margin": check_finite_real(margin, "margin"),
-        "soft_margin": check_bool(soft_margin, "soft_margin"),
+        "margin": margin,
+        "soft_margin": soft_margin,
+        "smooth": smooth,
         "reduction": check_reduction(reduction, reductions),
         **check_options(metric=metric, normalize=normalize, backend=backend),
     }
@@ -571,6 +671,7 @@ class BatchAllTripletLoss(LossModule):
         normalize: bool = False,
         backend: str = "auto",
         max_positives: int | None = None,
+        smooth: bool = False,
     ) -> None:
         super().__init__(
             **_options(
@@ -582,6 +683,7 @@ class BatchAllTripletLoss(LossModule):
                 normalize,
                 backend,
                 max_positives,
+                smooth,
             )
         )
 
@@ -616,6 +718,7 @@ class BatchHardTripletLoss(LossModule):
         normalize: bool = False,
         backend: str = "auto",
         max_positives: int | None = None,
+        smooth: bool = False,
     ) -> None:
         super().__init__(
             positive_ranks=check_rank_window(positive_ranks, "positive_ranks"),
@@ -629,6 +732,7 @@ class BatchHardTripletLoss(LossModule):
                 normalize,
                 backend,
                 max_positives,
+                smooth,
             ),
         )
 
@@ -661,6 +765,7 @@ class SemiHardTripletLoss(LossModule):
         normalize: bool = False,
         backend: str = "auto",
         max_positives: int | None = None,
+        smooth: bool = False,
     ) -> None:
         super().__init__(
             **_options(
@@ -672,12 +777,17 @@ class SemiHardTripletLoss(LossModule):
                 normalize,
                 backend,
                 max_positives,
+                smooth,
             )
         )
 
 
 class TripletMarginLoss(LossModule):
     """Module form of :func:`triplet_margin_loss`: ``loss(embeddings, labels, triplets=None)``.
+
+    ``smooth``, ``swap`` and ``triplets_per_anchor`` are pytorch-metric-learning's
+    ``smooth_loss``, ``swap`` and ``triplets_per_anchor``; ``triplets_per_anchor=k`` draws
+    from torch's default generator (``torch.manual_seed``), as the peer does.
 
     Shape:
         - embeddings: ``[N, D]``; labels: ``[N]``; triplets: 3 x ``[T]``.
@@ -703,9 +813,17 @@ class TripletMarginLoss(LossModule):
         *,
         normalize: bool = False,
         backend: str = "auto",
+        smooth: bool = False,
+        swap: bool = False,
+        triplets_per_anchor: str | int = "all",
     ) -> None:
+        options = _options(
+            margin, metric, soft_margin, reduction, REDUCTIONS, normalize, backend, None, smooth
+        )
         super().__init__(
-            **_options(margin, metric, soft_margin, reduction, REDUCTIONS, normalize, backend)
+            **options,
+            swap=check_bool(swap, "swap"),
+            triplets_per_anchor=_check_triplets_per_anchor(triplets_per_anchor),
         )
 
     def forward(  # type: ignore[override]

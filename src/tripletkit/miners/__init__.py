@@ -8,12 +8,14 @@
 Modules are called as ``miner(embeddings, labels, ref_embeddings=None, ref_labels=None)``;
 functions as ``fn(embeddings, labels, <hyper-parameters>, *, ref_embeddings=None,
 ref_labels=None, ...)``. Triplet miners return :class:`~tripletkit.types.Triplets`, pair
-miners :class:`~tripletkit.types.Pairs`: named tuples of int64 index tensors.
+miners :class:`~tripletkit.types.Pairs`: named tuples of int64 index tensors. Every miner
+module records the :class:`MinerStats` of its last call in ``miner.stats`` (device tensors:
+no synchronisation unless read).
 """
 
 from __future__ import annotations
 
-from ._base import Miner, SeededMiner, make_generator
+from ._base import Miner, MinerStats, SeededMiner, make_generator, miner_stats
 from .pairs import MultiSimilarityMiner, PairMarginMiner, multi_similarity_pairs, pair_margin_pairs
 from .sampling import (
     DistanceWeightedMiner,
@@ -39,6 +41,7 @@ __all__ = [
     "BatchHardMiner",
     "DistanceWeightedMiner",
     "Miner",
+    "MinerStats",
     "MultiSimilarityMiner",
     "PairMarginMiner",
     "RandomTripletMiner",
@@ -49,6 +52,7 @@ __all__ = [
     "batch_hard_triplets",
     "distance_weighted_triplets",
     "make_generator",
+    "miner_stats",
     "multi_similarity_pairs",
     "pair_margin_pairs",
     "random_triplets",

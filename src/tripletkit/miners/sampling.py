@@ -304,6 +304,39 @@ def random_triplets(
     return Triplets(a, _kth_true(pos, a, r // n_neg[a]), _kth_true(neg, a, r % n_neg[a]))
 
 
+def _per_anchor_triplets(
+    pos: Tensor, neg: Tensor, k: int, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``k`` random triplets per anchor, as pytorch-metric-learning's
+    ``TripletMarginLoss(triplets_per_anchor=k)`` draws them: for every anchor with at least
+    one positive and one negative, ``k`` independent draws of a positive uniformly among its
+    positives and a negative uniformly among its negatives (with replacement).
+
+    Fixed shapes, no host read: every anchor draws; ``valid`` marks the anchors that have
+    both (the other rows hold in-range indices).
+
+    Args:
+        pos, neg: the positive and negative masks ``[N, M]``.
+        k: draws per anchor, ``>= 1``.
+        generator: the random source (see the module docstring).
+
+    Returns:
+        ``(anchor, positive, negative, valid)``, each ``[N, k]``.
+    """
+    n, m = pos.shape
+    device = pos.device
+    n_pos, n_neg = pos.sum(dim=1, keepdim=True), neg.sum(dim=1, keepdim=True)
+    rows = torch.arange(n, device=device)[:, None].expand(n, k)
+    u = _uniform(2 * n * k, generator, device).view(2, n, k)
+    columns = []
+    for mask, count, draws in ((pos, n_pos, u[0]), (neg, n_neg, u[1])):
+        j = torch.minimum((draws * count.to(draws.dtype)).floor().to(torch.int64), count - 1)
+        cols = _kth_true(mask, rows.reshape(-1), j.clamp_min(0).reshape(-1)).view(n, k)
+        columns.append(cols.clamp(0, max(m - 1, 0)))
+    valid = ((n_pos > 0) & (n_neg > 0)).expand(n, k)
+    return rows, columns[0], columns[1], valid
+
+
 # ---------------------------------------------------------------------------------------------
 # Module forms
 

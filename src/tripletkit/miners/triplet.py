@@ -256,8 +256,10 @@ def triplet_margin_triplets(
     backend: str = "auto",
 ) -> Triplets:
     """Valid triplets by region of ``t = d_an - d_ap``, with pytorch-metric-learning's
-    ``TripletMarginMiner`` regions: ``"all"`` ``t <= m``; ``"hard"`` ``t <= 0``;
-    ``"semihard"`` ``0 < t <= m``; ``"easy"`` ``t > m``.
+    ``TripletMarginMiner`` regions: ``"all"`` ``t <= m``; ``"hard"`` ``t <= m`` and
+    ``t <= 0``; ``"semihard"`` ``0 < t <= m``; ``"easy"`` ``t > m``. ``"hard"`` and
+    ``"semihard"`` are subsets of ``"all"`` for every margin: with ``m <= 0``, ``"hard"``
+    is ``"all"`` and ``"semihard"`` is empty.
 
     Rows are ordered by anchor, then positive, then increasing ``d_an``.
 
@@ -407,8 +409,9 @@ class SemiHardMiner(Miner):
 class TripletMarginMiner(Miner):
     """Triplets by difficulty, with pytorch-metric-learning's ``TripletMarginMiner`` regions.
 
-    With ``t = d_an - d_ap``: ``"all"`` ``t <= margin``, ``"hard"`` ``t <= 0``,
-    ``"semihard"`` ``0 < t <= margin``, ``"easy"`` ``t > margin``. See
+    With ``t = d_an - d_ap``: ``"all"`` ``t <= margin``, ``"hard"`` ``t <= margin`` and
+    ``t <= 0``, ``"semihard"`` ``0 < t <= margin``, ``"easy"`` ``t > margin`` (``"hard"``
+    and ``"semihard"`` are subsets of ``"all"`` for every margin). See
     :func:`triplet_margin_triplets`.
 
     Shape:

@@ -53,6 +53,7 @@ class _EpochBatchSampler(Sampler[list[int]]):
         :meth:`load_state_dict`, setting the saved epoch keeps the resumption; another epoch
         drops it."""
         self.epoch = int(check_nonnegative_int(epoch, "epoch"))  # type: ignore[arg-type]
+        self._batches, self._position = None, 0
         if self._resume is not None and self._resume[0] != self.epoch:
             self._resume = None
 
@@ -76,8 +77,6 @@ class _EpochBatchSampler(Sampler[list[int]]):
             if self._batches is batches:  # a newer iteration has not replaced this one
                 self._position = i + 1
             yield batches[i].tolist()
-        if self._batches is batches:
-            self._batches, self._position = None, 0
 
     def _draw_batches(self) -> np.ndarray:
         raise NotImplementedError
@@ -96,8 +95,11 @@ class _EpochBatchSampler(Sampler[list[int]]):
         """The sampler's state, to resume exactly where it stopped (``torch.save`` it with
         the model and optimizer).
 
-        Holds the epoch and, mid-epoch, the epoch's batches not handed out yet (the rest of
-        the epoch is then replayed exactly, whatever happened to the sampler in between).
+        Holds the epoch to iterate next and, mid-epoch, that epoch's batches not handed out
+        yet (the rest of the epoch is then replayed exactly, whatever happened to the sampler
+        in between). Once every batch of an epoch is out, the state names the next epoch.
+        A training loop resumes with ``for epoch in range(sampler.epoch, epochs):
+        sampler.set_epoch(epoch); ...`` after :meth:`load_state_dict`.
 
         Args:
             consumed: how many batches of the current epoch the training loop has *used*.
@@ -106,9 +108,9 @@ class _EpochBatchSampler(Sampler[list[int]]):
                 the epoch there; by default, the batches the sampler has handed out.
 
         Returns:
-            A dict of plain values and tensors: ``config`` (checked on load), ``epoch``,
-            ``position`` and ``batches`` (``[B, batch size]`` int64 tensor, or ``None`` at
-            an epoch boundary).
+            A dict of plain values and tensors: ``config`` (checked on load), ``epoch`` (to
+            iterate next), ``position`` and ``batches`` (``[B, batch size]`` int64 tensor,
+            or ``None`` at an epoch boundary).
         """
         batches, position = self._batches, self._position
         if self._resume is not None:  # loaded, not iterated yet
@@ -127,9 +129,10 @@ class _EpochBatchSampler(Sampler[list[int]]):
                 )
             position = consumed
         mid_epoch = batches is not None and position < batches.shape[0]
+        completed = batches is not None and not mid_epoch
         return {
             "config": self._config(),
-            "epoch": self.epoch,
+            "epoch": self.epoch + 1 if completed else self.epoch,
             "position": position if mid_epoch else 0,
             "batches": torch.from_numpy(batches.copy()) if mid_epoch else None,  # type: ignore[union-attr]
         }

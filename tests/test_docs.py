@@ -1,0 +1,103 @@
+"""The documentation site builds without a warning (``mkdocs build --strict``), its API
+reference names every public name of every public module, and every self-contained Python
+example on its pages runs."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+import re
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+import tripletkit
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+
+if not os.environ.get("CI"):  # CI installs the docs extra: there a missing mkdocs fails
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("mkdocstrings")
+
+
+def public_modules() -> list[str]:
+    """``tripletkit`` and its public submodules that declare ``__all__`` (deprecated
+    shims excluded: they declare none)."""
+    names = ["tripletkit"]
+    for info in pkgutil.iter_modules(tripletkit.__path__):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"tripletkit.{info.name}")
+        if hasattr(module, "__all__") and module.__all__:
+            names.append(module.__name__)
+    return names
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("site")
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "-d", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return out
+
+
+def _inventory(site: Path) -> set[str]:
+    """The object names of the site's ``objects.inv`` (Sphinx inventory v2: four header
+    lines, then zlib-compressed ``name domain:role priority uri dispname`` lines)."""
+    raw = (site / "objects.inv").read_bytes()
+    body = raw.split(b"\n", 4)[4]
+    return {line.split(" ", 1)[0] for line in zlib.decompress(body).decode().splitlines()}
+
+
+def test_site_builds_strictly(site: Path) -> None:
+    assert (site / "index.html").is_file()
+
+
+@pytest.mark.parametrize("module", public_modules())
+def test_api_reference_names_every_public_name(site: Path, module: str) -> None:
+    names = _inventory(site)
+    exported = importlib.import_module(module).__all__
+    missing = [n for n in exported if f"{module}.{n}" not in names]
+    assert not missing, f"{module}: not in the API reference: {missing}"
+
+
+def test_every_public_module_has_a_reference_page() -> None:
+    pages = {p.stem for p in (DOCS / "api").glob("*.md")}
+    wanted = {m.removeprefix("tripletkit.") or "tripletkit" for m in public_modules()}
+    assert wanted <= pages, sorted(wanted - pages)
+
+
+def _examples() -> list[tuple[str, int, str]]:
+    """Self-contained Python examples of every page (blocks that start with ``import``;
+    fragments that continue an earlier block start otherwise)."""
+    found = []
+    for page in sorted(DOCS.rglob("*.md")):
+        blocks = re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
+        rel = str(page.relative_to(DOCS))
+        found += [(rel, i, b) for i, b in enumerate(blocks) if b.startswith(("import ", "from "))]
+    return found
+
+
+@pytest.mark.parametrize(("page", "index", "code"), _examples(), ids=lambda v: str(v)[:30])
+def test_page_example_runs(page: str, index: int, code: str) -> None:
+    block = "import itertools\n" + code.replace(
+        "for images, labels in loader:", "for images, labels in itertools.islice(loader, 3):"
+    )
+    try:
+        exec(compile(block, f"docs/{page}:example{index}", "exec"), {})
+    finally:  # an example may leave the input checks off
+        tripletkit.set_input_checks(True)
+        torch._dynamo.reset()
