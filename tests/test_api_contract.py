@@ -397,9 +397,8 @@ PACKAGES = {
     ),
 }
 #: Names in a submodule's ``__all__`` that its package deliberately leaves out: the
-#: cutoffs' validator of distance-weighted sampling (the old path
-#: ``tripletkit.sampling_miners.check_cutoffs`` points at ``tripletkit.miners.sampling``) and
-#: the reduction helpers the loss files share (and their dtype decorator).
+#: cutoffs' validator of distance-weighted sampling (importable from
+#: ``tripletkit.miners.sampling``) and the reduction helpers the loss files share (and their dtype decorator).
 NOT_EXPORTED = {
     "tripletkit.miners.sampling": {"check_cutoffs"},
     "tripletkit.losses._reduce": {"in_input_dtype", "keep_in_graph", "reduce_terms"},

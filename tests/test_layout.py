@@ -26,7 +26,6 @@ FLOORS: list[list[str]] = [
         "miners.pairs",
         "miners",
         "mining",
-        "sampling_miners",
     ],
     [
         "losses._reduce",
@@ -37,8 +36,6 @@ FLOORS: list[list[str]] = [
         "losses.pairwise",
         "losses.margin",
         "losses",
-        "losses.fused",
-        "losses.modules",
     ],
     [
         "stats",
