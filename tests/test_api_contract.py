@@ -401,7 +401,12 @@ PACKAGES = {
 #: ``tripletkit.miners.sampling``) and the reduction helpers the loss files share (and their dtype decorator).
 NOT_EXPORTED = {
     "tripletkit.miners.sampling": {"check_cutoffs"},
-    "tripletkit.losses._reduce": {"in_input_dtype", "keep_in_graph", "reduce_terms"},
+    "tripletkit.losses._reduce": {
+        "in_input_dtype",
+        "keep_in_graph",
+        "listed_terms",
+        "reduce_terms",
+    },
 }
 
 
