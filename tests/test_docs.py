@@ -95,7 +95,10 @@ def _examples() -> list[tuple[str, int, str]]:
 
 
 def test_pages_have_runnable_examples() -> None:
-    """The examples that used to live in the README are on the pages, and run (below)."""
+    """The examples that used to live in the README are on the pages, and every Python
+    block of every page is self-contained, so every one runs (below)."""
+    blocks = sum(len(re.findall(r"```python\n", p.read_text())) for p in DOCS.rglob("*.md"))
+    assert blocks == len(_examples()), "a Python block that is not self-contained"
     pages = {page for page, _, _ in _examples()}
     assert len(_examples()) >= 10, _examples()
     assert {"getting-started.md", "guide/fused-losses.md", "guide/checkpoints.md"} <= pages
