@@ -180,6 +180,30 @@ def gradcache_fragment(data: Mapping[str, Any]) -> str:
     return f"*{_machine(data)}.*\n\n{table}\n"
 
 
+def precision_fragment(data: Mapping[str, Any]) -> str:
+    rows = [
+        [
+            f"{r['distance']:g}",
+            r["method"],
+            f"{r['median_abs_error']:.2g}",
+            f"{r['max_abs_error']:.2g}",
+            f"{r['max_rel_error']:.2g}",
+            r.get("zeros", ""),
+        ]
+        for r in data.get("rows", [])
+    ]
+    table = report.md_table(
+        ["true distance", "method", "median error", "largest error", "largest relative", "zeros"],
+        rows,
+        "rlrrrr",
+    )
+    return (
+        f"*{data.get('pairs')} pairs of {data.get('dtype')} points of norm {data.get('norm')} "
+        f"in {data.get('dim')} dimensions, errors against float64; zeros: pairs reported "
+        f"exactly 0 apart; {_machine(data)}.*\n\n{table}\n"
+    )
+
+
 def gpu_fragment(data: Mapping[str, Any] | None) -> str:
     if data is None:
         return (
@@ -253,6 +277,9 @@ def generate(out: Path) -> dict[str, str]:
     data = _load("gradcache.json")
     if data:
         fragments["gradcache"] = gradcache_fragment(data)
+    data = _load("precision.json")
+    if data:
+        fragments["precision"] = precision_fragment(data)
     fragments["gpu"] = gpu_fragment(_load("gpu.json"))
     for name, text in fragments.items():
         if text is not None:

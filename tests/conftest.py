@@ -159,7 +159,7 @@ BAD_INPUTS = [
     ("emb_int", _bad(embeddings=torch.ones(4, 3, dtype=torch.int64)), TypeError, ["floating"]),
     ("emb_list", _bad(embeddings=[[0.0]] * 4), TypeError, ["embeddings"]),
     ("labels_2d", _bad(labels=Y[:, None]), ValueError, ["labels", "1-D"]),
-    ("labels_float", _bad(labels=Y.float()), TypeError, ["labels", "integer"]),
+    ("labels_float", _bad(labels=Y.float() + 0.5), ValueError, ["labels", "integer"]),
     ("labels_bool", _bad(labels=Y.bool()), TypeError, ["labels", "integer"]),
     ("length", _bad(labels=Y[:3]), ValueError, ["labels", "3", "4"]),
     ("nan", _bad(embeddings=torch.tensor([[float("nan")]] * 4)), ValueError, ["NaN"]),

@@ -374,10 +374,10 @@ PACKAGES = {
 #: Names in a submodule's ``__all__`` that its package deliberately leaves out: the
 #: cutoffs' validator of distance-weighted sampling (the old path
 #: ``tripletkit.sampling_miners.check_cutoffs`` points at ``tripletkit.miners.sampling``) and
-#: the reduction helpers the loss files share.
+#: the reduction helpers the loss files share (and their dtype decorator).
 NOT_EXPORTED = {
     "tripletkit.miners.sampling": {"check_cutoffs"},
-    "tripletkit.losses._reduce": {"keep_in_graph", "reduce_terms"},
+    "tripletkit.losses._reduce": {"in_input_dtype", "keep_in_graph", "reduce_terms"},
 }
 
 

@@ -48,7 +48,7 @@ def test_bad_backend_is_refused_before_distances(no_distances: None, backend: ob
         (lambda: batch_all_triplet_loss(X, Y, backend="gpu"), ValueError, "backend"),
         (lambda: batch_hard_triplets(X, Y, backend="gpu"), ValueError, "backend"),
         (lambda: triplet_stats(X, Y, backend="gpu"), ValueError, "backend"),
-        (lambda: BatchHardTripletLoss()(X, Y.float()), TypeError, "labels"),
+        (lambda: BatchHardTripletLoss()(X, Y.bool()), TypeError, "labels"),
     ],
     ids=["batch_all_triplet_loss", "batch_hard_triplets", "triplet_stats", "module_labels"],
 )

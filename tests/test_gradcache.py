@@ -428,7 +428,7 @@ BAD_LOSSES: list[tuple[str, Callable[[Tensor, Tensor], Any], type, str]] = [
     ("constant", lambda e, y: torch.tensor(1.0, dtype=torch.float64), ValueError, "depend"),
     ("detached", lambda e, y: batch_all_triplet_loss(e.detach(), y), ValueError, "depend"),
     ("integer", lambda e, y: (e.sum() > 0).long(), TypeError, "floating"),
-    ("raises", lambda e, y: batch_all_triplet_loss(e, y.float()), TypeError, "labels"),
+    ("raises", lambda e, y: batch_all_triplet_loss(e, y.bool()), TypeError, "labels"),
 ]
 
 

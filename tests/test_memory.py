@@ -130,7 +130,9 @@ def test_errors() -> None:
     with pytest.raises(ValueError, match="2 entries"):
         memory.enqueue(torch.randn(3, 3), torch.tensor([0, 1]))
     with pytest.raises(TypeError, match="integer"):
-        memory.enqueue(torch.randn(2, 3), torch.tensor([0.0, 1.0]))
+        memory.enqueue(torch.randn(2, 3), torch.tensor([False, True]))
+    with pytest.raises(ValueError, match="integer values"):
+        memory.enqueue(torch.randn(2, 3), torch.tensor([0.0, 1.5]))
     with pytest.raises(ValueError, match="NaN"):
         memory.enqueue(torch.full((2, 3), float("nan")), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="2-D"):

@@ -275,7 +275,7 @@ def test_errors() -> None:
     with pytest.raises(ValueError, match="entries"):
         retrieval_metrics(x, y[:3])
     with pytest.raises(TypeError, match="integer"):
-        retrieval_metrics(x, y.float())
+        retrieval_metrics(x, y.bool())
     with pytest.raises(ValueError, match="NaN or Inf"):
         retrieval_metrics(torch.full((2, 3), float("nan")), torch.tensor([0, 0]))
     with pytest.raises(ValueError, match="query is empty"):

@@ -421,7 +421,7 @@ def test_bad_input_is_refused(name: str) -> None:
     with pytest.raises(ValueError, match="labels has 3 entries"):
         fn(x, labels[:3])
     with pytest.raises(TypeError, match="integer"):
-        fn(x, labels.float())
+        fn(x, labels.bool())
     with pytest.raises(ValueError, match="2-D"):
         fn(x[0], labels)
     with pytest.raises(ValueError, match="NaN"):

@@ -663,7 +663,8 @@ def test_hard_sampler_errors() -> None:
     bad_updates = [
         ((torch.randn(3), y), ValueError, "2-D"),
         ((torch.randn(3, 2), y[:2]), ValueError, "labels has 2 entries but the embeddings have 3"),
-        ((torch.randn(3, 2), y.float()), TypeError, "integer"),
+        ((torch.randn(3, 2), y.bool()), TypeError, "integer"),
+        ((torch.randn(3, 2), y.float() + 0.5), ValueError, "integer values"),
         ((torch.randn(3, 2), y[:, None]), ValueError, "1-D"),
         ((np.zeros((3, 2)), y), TypeError, "torch.Tensor"),
         ((torch.full((3, 2), float("nan")), y), ValueError, "NaN"),

@@ -277,18 +277,67 @@ def check_embeddings(
     return embeddings.to(compute_dtype(embeddings.dtype))
 
 
-def check_labels(labels: object, n: int, device: torch.device, name: str = "labels") -> Tensor:
-    """Check a 1-D integer label vector of length ``n`` on ``device``; returns it as int64."""
+def check_labels(
+    labels: object,
+    n: int,
+    device: torch.device,
+    name: str = "labels",
+    checks: DeviceChecks | None = None,
+) -> Tensor:
+    """Check a 1-D label vector of length ``n``; returns it as int64 on ``device``.
+
+    The label conventions of every entry point:
+
+    - integer dtypes are taken as they are;
+    - floating labels are accepted when every value is an integer (``torch.tensor([0., 1.])``
+      from a data pipeline that made them float): the values are checked with the other
+      device checks (``checks``, or now), in the same single host read, and a non-integral,
+      NaN or infinite value is refused with a ValueError. With the input checks off
+      (:func:`set_input_checks`) nothing is read: floating labels are converted as they
+      are (``.to(torch.int64)`` truncates toward zero) and their integrality is the
+      caller's promise;
+    - bool and complex labels are refused (TypeError): a bool vector is more likely a mask
+      than two classes;
+    - labels on another device than the embeddings are copied there (one copy, what PML
+      does); on CUDA a copy from host memory waits for the device, so keep labels where the
+      embeddings are in a pipeline that must not synchronise. Labels or embeddings on the
+      ``meta`` device are refused (there are no values to copy).
+    """
     if not isinstance(labels, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(labels).__name__}")
     if labels.dim() != 1:
         raise ValueError(f"{name} must be 1-D [N], got shape {tuple(labels.shape)}")
-    if labels.dtype not in _INT_DTYPES:
+    if labels.dtype == torch.bool or labels.dtype.is_complex:
+        raise TypeError(
+            f"{name} must be an integer tensor (or floating with integral values), got "
+            f"{labels.dtype}; class labels are not a {labels.dtype} tensor (a mask?)"
+        )
+    if labels.dtype not in _INT_DTYPES and not labels.dtype.is_floating_point:
         raise TypeError(f"{name} must be an integer tensor, got {labels.dtype}")
     if labels.shape[0] != n:
         raise ValueError(f"{name} has {labels.shape[0]} entries but the embeddings have {n} rows")
     if labels.device != device:
-        raise ValueError(f"{name} is on {labels.device} but the embeddings are on {device}")
+        if "meta" in (labels.device.type, device.type):
+            raise ValueError(f"{name} is on {labels.device} but the embeddings are on {device}")
+        labels = labels.to(device)  # the one documented copy
+    if labels.dtype.is_floating_point:
+        now = checks is None
+        checks = DeviceChecks() if checks is None else checks
+        if checks.enabled and labels.numel():
+            values = labels
+
+            def error() -> ValueError:
+                bad = ~((values == values.trunc()) & (values.abs() < 2.0**63))
+                worst = int(bad.to(torch.int64).argmax())
+                return ValueError(
+                    f"{name} must hold integer values: a {values.dtype} label vector is "
+                    f"accepted only when every value is integral, but entry {worst} is "
+                    f"{float(values[worst])}"
+                )
+
+            checks.require((labels == labels.trunc()) & (labels.abs() < 2.0**63), error)
+        if now:
+            checks.run()
     return labels.to(torch.int64)
 
 
@@ -302,14 +351,15 @@ def check_pair(
     """Validate ``(embeddings, labels)`` and the optional reference set.
 
     Returns ``(embeddings, labels, ref_embeddings, ref_labels)`` with embeddings in their
-    compute dtype and labels as int64. ``ref_embeddings`` and ``ref_labels`` are given
+    compute dtype and labels as int64 on their embeddings' device (see :func:`check_labels`
+    for the label conventions). ``ref_embeddings`` and ``ref_labels`` are given
     together or not at all; the reference set must match the embeddings' width, dtype
     family and device. Value checks go to ``checks`` (or run now).
     """
     now = checks is None
     checks = DeviceChecks() if checks is None else checks
     emb = check_embeddings(embeddings, checks=checks)
-    lab = check_labels(labels, emb.shape[0], emb.device)
+    lab = check_labels(labels, emb.shape[0], emb.device, checks=checks)
     if (ref_embeddings is None) != (ref_labels is None):
         raise ValueError("ref_embeddings and ref_labels must be given together")
     if ref_embeddings is None:
@@ -318,7 +368,7 @@ def check_pair(
         return emb, lab, None, None
     ref = check_embeddings(ref_embeddings, "ref_embeddings", checks=checks)
     emb, ref = check_same_space(emb, ref, "embeddings", "ref_embeddings")
-    ref_lab = check_labels(ref_labels, ref.shape[0], ref.device, "ref_labels")
+    ref_lab = check_labels(ref_labels, ref.shape[0], ref.device, "ref_labels", checks)
     if now:
         checks.run()
     return emb, lab, ref, ref_lab

@@ -91,6 +91,7 @@ from .losses import (
     reduce_parts,
     semi_hard_parts,
 )
+from .losses._reduce import in_input_dtype
 
 __all__ = ["SHARDED_LOSSES", "gather", "rank_offset", "sharded_loss"]
 
@@ -249,6 +250,7 @@ def rank_offset(n_local: int) -> int:
     return sum(row[0] for row in sizes[:rank])
 
 
+@in_input_dtype(embeddings_at=1)
 def sharded_loss(
     kind: str,
     embeddings: Tensor,

@@ -28,7 +28,12 @@ from torch import Tensor
 
 from .._batch import Batch
 from .._checks import to_host
-from ..distances import _euclidean_backward, _euclidean_matrix, _euclidean_weights_
+from ..distances import (
+    _difference_form_matrix,
+    _euclidean_backward,
+    _euclidean_matrix,
+    _euclidean_weights_,
+)
 from ..distances import _paired_distance_unchecked as paired
 from ..kernels import Selection, batch_all_hinge, batch_all_soft, batch_hard, semi_hard
 from ._reduce import keep_in_graph
@@ -195,9 +200,12 @@ def mined_terms(
         rows = emb[sel.anchor] if sel.valid is None else emb.reshape(*sel.anchor.shape, -1)
         d_ap = paired(rows, ref[sel.positive], metric)
         d_an = paired(rows, ref[sel.negative], metric)
-    else:
+    else:  # read from the matrix in the graph, with the values of the difference form
         in_graph = b.distances(grad=True)
+        exact = _difference_form_matrix(b.embeddings, b.ref_embeddings, str(b.metric))
         d_ap, d_an = in_graph[a, p], in_graph[a, n]
+        d_ap = d_ap + (exact[a, p] - d_ap).detach()
+        d_an = d_an + (exact[a, n] - d_an).detach()
     terms = triplet_terms(d_ap, d_an, margin, soft_margin, smooth=smooth)
     if sel.valid is not None:
         terms = torch.where(sel.valid, terms, 0)

@@ -4,16 +4,23 @@ active terms", and keeping a loss with no term in the autograd graph.
 A loss computed without listing its terms reports :class:`Parts`: the sum of its terms (in
 the graph) and two counts, which :func:`reduce_parts` turns into the requested reduction.
 The split is what lets :mod:`tripletkit.distributed` all-reduce the counts across replicas.
+
+The dtype convention lives here too (:func:`in_input_dtype`): a loss is computed in float32
+(or float64) and returned in the dtype of its embeddings.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import functools
+from collections.abc import Callable
+from typing import NamedTuple, ParamSpec
 
+import torch
 from torch import Tensor
 
 __all__ = [
     "FUSED_REDUCTIONS",
+    "in_input_dtype",
     "REDUCTIONS",
     "Parts",
     "keep_in_graph",
@@ -74,3 +81,43 @@ def reduce_terms(terms: Tensor, reduction: str, *roots: Tensor) -> Tensor:
         return terms
     total = terms.sum() if terms.numel() else keep_in_graph(terms.sum(), *roots)
     return reduce_parts(total, terms.shape[0], (terms > 0).sum(), reduction)
+
+
+_P = ParamSpec("_P")
+
+
+def in_input_dtype(
+    embeddings_at: int = 0,
+) -> Callable[[Callable[_P, Tensor]], Callable[_P, Tensor]]:
+    """Decorator of every public loss function: the one place that applies the dtype
+    convention.
+
+    A loss is computed in the embeddings' compute dtype (float16 and bfloat16 in float32,
+    see :func:`~tripletkit._checks.compute_dtype`) and returned in the dtype the embeddings
+    promote to: ``embeddings.dtype``, or ``torch.promote_types(embeddings.dtype,
+    ref_embeddings.dtype)`` with a reference set (bfloat16 anchors against a float32
+    memory give a float32 loss). So float16 and bfloat16 embeddings give a float16 or
+    bfloat16 loss, like ``torch.nn`` losses, and float32/float64 losses are unchanged. The
+    cast is differentiable: gradients reach the embeddings in their own dtype.
+
+    Args:
+        embeddings_at: the position of the ``embeddings`` argument (also accepted by
+            keyword); ``ref_embeddings`` is keyword-only in every loss.
+    """
+
+    def decorate(fn: Callable[_P, Tensor]) -> Callable[_P, Tensor]:
+        @functools.wraps(fn)
+        def loss(*args: _P.args, **kwargs: _P.kwargs) -> Tensor:
+            out = fn(*args, **kwargs)
+            emb = args[embeddings_at] if len(args) > embeddings_at else kwargs.get("embeddings")
+            ref = kwargs.get("ref_embeddings")
+            if not isinstance(emb, Tensor):  # refused by fn already; nothing to follow
+                return out
+            dtype = emb.dtype
+            if isinstance(ref, Tensor):
+                dtype = torch.promote_types(dtype, ref.dtype)
+            return out if out.dtype == dtype else out.to(dtype)
+
+        return loss
+
+    return decorate

@@ -22,7 +22,7 @@ from .._checks import (
 from ..distances import _paired_distance_unchecked
 from ..types import Pairs, Triplets
 from ._base import LossModule
-from ._reduce import REDUCTIONS, keep_in_graph, reduce_parts
+from ._reduce import REDUCTIONS, in_input_dtype, keep_in_graph, reduce_parts
 
 __all__ = ["MarginLoss", "margin_loss"]
 
@@ -65,6 +65,7 @@ def _per_class(beta: Tensor, labels_pos: Tensor, labels_neg: Tensor) -> tuple[Te
     return beta[labels_pos.clamp(0, classes - 1)], beta[labels_neg.clamp(0, classes - 1)]
 
 
+@in_input_dtype()
 def margin_loss(
     embeddings: Tensor,
     labels: Tensor,

@@ -33,7 +33,7 @@ from .._checks import (
 from ..distances import _paired_distance_unchecked
 from ..types import Pairs, Triplets
 from ._base import LossModule
-from ._reduce import REDUCTIONS, Parts, reduce_parts, reduce_terms
+from ._reduce import REDUCTIONS, Parts, in_input_dtype, reduce_parts, reduce_terms
 
 __all__ = [
     "CircleLoss",
@@ -105,6 +105,7 @@ def contrastive_parts(
     return Parts(terms.sum(), n_valid, (terms > 0).sum())
 
 
+@in_input_dtype()
 def contrastive_loss(
     embeddings: Tensor,
     labels: Tensor,
@@ -383,6 +384,7 @@ def multi_similarity_parts(
     return _anchor_parts(terms, counted)
 
 
+@in_input_dtype()
 def multi_similarity_loss(
     embeddings: Tensor,
     labels: Tensor,
@@ -418,7 +420,8 @@ def multi_similarity_loss(
     pytorch-metric-learning, such an anchor keeps the part it has).
 
     Args:
-        embeddings: ``[N, D]`` (float16/bfloat16 computed in float32); labels: ``[N]``.
+        embeddings: ``[N, D]`` (float16/bfloat16 computed in float32, the loss returned in
+            their dtype); labels: ``[N]``.
         pairs: ``None`` (every pair), or mined ``Pairs``/4-tuple ``(anchor_pos [P],
             positive [P], anchor_neg [Q], negative [Q])``, or ``Triplets``/3-tuple read as
             the pairs ``(a, p)`` and ``(a, n)``; positives and negatives index the
@@ -513,6 +516,7 @@ def circle_parts(
     return _anchor_parts(terms, counted)
 
 
+@in_input_dtype()
 def circle_loss(
     embeddings: Tensor,
     labels: Tensor,
@@ -548,7 +552,8 @@ def circle_loss(
     reduction. Equal to it on the same inputs, also with ``pairs`` and a reference set.
 
     Args:
-        embeddings: ``[N, D]`` (float16/bfloat16 computed in float32); labels: ``[N]``.
+        embeddings: ``[N, D]`` (float16/bfloat16 computed in float32, the loss returned in
+            their dtype); labels: ``[N]``.
         pairs: ``None`` (every pair) or mined pairs, as in :func:`multi_similarity_loss`.
         m: the relaxation margin (the paper suggests 0.25 for face recognition and person
             re-identification, 0.4 for fine-grained retrieval).
@@ -631,6 +636,7 @@ def supcon_parts(
     return _anchor_parts(terms, counted)
 
 
+@in_input_dtype()
 def supcon_loss(
     embeddings: Tensor,
     labels: Tensor,
@@ -666,7 +672,8 @@ def supcon_loss(
     Unlike the authors' code there is no ``temperature / base_temperature`` factor.
 
     Args:
-        embeddings: ``[N, D]`` (float16/bfloat16 computed in float32); labels: ``[N]``.
+        embeddings: ``[N, D]`` (float16/bfloat16 computed in float32, the loss returned in
+            their dtype); labels: ``[N]``.
         pairs: ``None`` (every pair) or mined pairs, as in :func:`multi_similarity_loss`;
             the denominator then runs over the anchor's listed pairs.
         temperature: ``tau > 0``.

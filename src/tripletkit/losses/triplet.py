@@ -36,7 +36,14 @@ from ..miners.sampling import _check_generator, _per_anchor_triplets
 from ..types import Triplets
 from ._base import LossModule
 from ._fused import batch_all_sum, mined_terms, triplet_terms
-from ._reduce import FUSED_REDUCTIONS, REDUCTIONS, Parts, reduce_parts, reduce_terms
+from ._reduce import (
+    FUSED_REDUCTIONS,
+    REDUCTIONS,
+    Parts,
+    in_input_dtype,
+    reduce_parts,
+    reduce_terms,
+)
 
 __all__ = [
     "BatchAllTripletLoss",
@@ -125,6 +132,7 @@ def batch_all_parts(
     return Parts(*batch_all_sum(b, margin, soft_margin, smooth))
 
 
+@in_input_dtype()
 def batch_all_triplet_loss(
     embeddings: Tensor,
     labels: Tensor,
@@ -150,8 +158,10 @@ def batch_all_triplet_loss(
     version sums every term in bounded-memory chunks.
 
     Args:
-        embeddings: ``[N, D]`` float embeddings (float16/bfloat16 computed in float32).
-        labels: ``[N]`` integer class labels.
+        embeddings: ``[N, D]`` float embeddings (float16/bfloat16 computed in float32, the
+            loss returned in their dtype).
+        labels: ``[N]`` class labels: integers (or floats of integral value), moved to the
+            embeddings' device if needed.
         margin: ``m`` of the hinge ``max(0, d_ap - d_an + m)``; ignored with ``soft_margin``.
         metric: ``"euclidean"``, ``"sqeuclidean"`` or ``"cosine"``.
         soft_margin: use ``softplus(d_ap - d_an)`` instead of the hinge (Hermans et al.'s
@@ -295,6 +305,7 @@ def batch_hard_parts(
     )
 
 
+@in_input_dtype()
 def batch_hard_triplet_loss(
     embeddings: Tensor,
     labels: Tensor,
@@ -397,6 +408,7 @@ def semi_hard_parts(
     )
 
 
+@in_input_dtype()
 def semi_hard_triplet_loss(
     embeddings: Tensor,
     labels: Tensor,
@@ -469,6 +481,7 @@ def _check_triplets_per_anchor(value: object) -> str | int:
     return check_positive_int(value, "triplets_per_anchor")
 
 
+@in_input_dtype()
 def triplet_margin_loss(
     embeddings: Tensor,
     labels: Tensor,
