@@ -31,10 +31,18 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from tripletkit import _checks
 
-__all__ = ["SYNCING_OPS", "CudaSyncWarnings", "SyncCounter", "count_syncs"]
+__all__ = [
+    "SYNCING_OPS",
+    "TRANSFERS",
+    "CudaSyncWarnings",
+    "SyncCounter",
+    "TransferCounter",
+    "count_syncs",
+]
 
 #: aten operations that read device values on the host (sizes of data-dependent outputs,
 #: Python scalars). ``repeat_interleave`` is one only without ``output_size`` and
@@ -61,6 +69,25 @@ def _bool_index(indices: Any) -> bool:
     return any(isinstance(i, Tensor) and i.dtype == torch.bool for i in indices or ())
 
 
+def _sync_kind(func: Any, args: tuple, kwargs: dict) -> str | None:
+    """What makes this aten call read device values on the host, or ``None``."""
+    name = func.overloadpacket.__name__
+    if name in SYNCING_OPS:
+        return name
+    if (
+        name == "repeat_interleave"
+        and func._overloadname == "Tensor"  # repeats given as a tensor
+        and kwargs.get("output_size") is None
+    ):
+        return "repeat_interleave without output_size"
+    if name in _INDEX_OPS and _bool_index(args[1] if len(args) > 1 else None):
+        return f"{name} with a boolean mask"
+    return None
+
+
+_INDEX_OPS = ("index", "index_put", "index_put_", "_index_put_impl_")
+
+
 class SyncCounter(TorchDispatchMode):
     """Counts synchronising operations while active: ``with SyncCounter() as c: ...``, then
     ``c.total`` and ``c.counts`` (by operation name; ``"to_host"`` for tripletkit's reads)."""
@@ -71,19 +98,9 @@ class SyncCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
-        name = func.overloadpacket.__name__
-        if name in SYNCING_OPS:
-            self.counts[name] += 1
-        elif (
-            name == "repeat_interleave"
-            and func._overloadname == "Tensor"  # repeats given as a tensor
-            and kwargs.get("output_size") is None
-        ):
-            self.counts["repeat_interleave without output_size"] += 1
-        elif name in ("index", "index_put", "index_put_", "_index_put_impl_") and _bool_index(
-            args[1] if len(args) > 1 else None
-        ):
-            self.counts[f"{name} with a boolean mask"] += 1
+        kind = _sync_kind(func, args, kwargs)
+        if kind is not None:
+            self.counts[kind] += 1
         return func(*args, **kwargs)
 
     def _host_read(self, _values: Tensor) -> None:
@@ -101,6 +118,166 @@ class SyncCounter(TorchDispatchMode):
     def total(self) -> int:
         """Synchronising operations seen so far."""
         return sum(self.counts.values())
+
+
+#: Names of :class:`TransferCounter`'s transfer counts (its other counts are reads).
+HOST_TO_DEVICE = "copy from the host"
+FROM_PYTHON = "tensor from Python data"
+CPU_OPERAND = "CPU tensor operand"
+DEVICE_TO_HOST = "copy to the host"
+TRANSFERS = (HOST_TO_DEVICE, FROM_PYTHON, CPU_OPERAND)
+
+_COPY_OPS = ("_to_copy", "copy_", "_copy_from", "_copy_from_and_resize")
+#: Python factories that copy host data onto the device they are given (``torch.tensor(v,
+#: device=cuda)`` and the like): built below the dispatcher, so a dispatch mode never sees
+#: them (on ``meta`` not even the copy); :class:`TransferCounter` wraps them while active.
+_FACTORIES = (
+    (torch, "tensor"),
+    (torch, "as_tensor"),
+    (torch, "asarray"),
+    (torch.Tensor, "new_tensor"),
+)
+
+
+def _on_host(device: torch.device | str | None) -> bool:
+    return device is not None and torch.device(device).type == "cpu"
+
+
+class TransferCounter(SyncCounter):
+    """Counts host<->device traffic while active, on any device that is not the CPU (run the
+    code on ``meta`` tensors to audit it without a GPU): everything :class:`SyncCounter`
+    counts (reads of device values) plus
+
+    - ``"copy from the host"``: an aten copy (``_to_copy``, ``copy_``...) of a CPU tensor onto
+      another device, e.g. ``torch.zeros(()).to(device)``;
+    - ``"tensor from Python data"``: ``torch.tensor``, ``torch.as_tensor``, ``torch.asarray``
+      or ``Tensor.new_tensor`` building a tensor on another device from host data (these
+      copy below the dispatcher, so the factories themselves are wrapped while active,
+      in every thread, the autograd engine's included);
+    - ``"CPU tensor operand"``: an operation mixing device tensors with a CPU tensor of at
+      least one dimension (indexing a device tensor with CPU indices copies them; a 0-dim
+      CPU tensor in arithmetic is a kernel argument, not a copy, and is not counted);
+    - ``"copy to the host"``: a copy of a device tensor to the CPU outside
+      :func:`tripletkit._checks.to_host` (which is counted as ``"to_host"``).
+
+    On ``meta`` no value exists: a read is counted, then answered with a stand-in (1 for a
+    scalar, ones for a copy to the host, one row for ``nonzero`` or a boolean mask, an output
+    size of 1 for ``repeat_interleave``) so that the audit runs to the end; shapes that
+    depend on those values are then meaningless, counts are not. :attr:`transfers` and
+    :attr:`reads` split :attr:`total`.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending_host_reads = 0
+        self._saved: list[tuple[Any, str, Any]] = []
+
+    # -- the factories -----------------------------------------------------------------------
+    def _wrap(self, owner: Any, name: str, original: Any) -> Any:
+        counter = self
+
+        def factory(*args: Any, **kwargs: Any) -> Any:
+            out = original(*args, **kwargs)
+            data = args[1] if owner is torch.Tensor and len(args) > 1 else (args or [None])[0]
+            if "data" in kwargs:
+                data = kwargs["data"]
+            on_device = isinstance(out, Tensor) and out.device.type != "cpu"
+            if on_device and not (isinstance(data, Tensor) and data.device == out.device):
+                counter.counts[FROM_PYTHON] += 1
+            return out
+
+        factory.__wrapped__ = original  # type: ignore[attr-defined]
+        return factory
+
+    def __enter__(self) -> TransferCounter:
+        for owner, name in _FACTORIES:
+            original = getattr(owner, name)
+            self._saved.append((owner, name, original))
+            setattr(owner, name, self._wrap(owner, name, original))
+        super().__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            super().__exit__(*exc)
+        finally:
+            for owner, name, original in reversed(self._saved):
+                setattr(owner, name, original)
+            self._saved.clear()
+
+    def _host_read(self, values: Tensor) -> None:
+        super()._host_read(values)
+        if values.device.type != "cpu":
+            self._pending_host_reads += 1  # its copy to the host is this read, not another
+
+    # -- the aten calls ----------------------------------------------------------------------
+    def _transfer_kind(
+        self, name: str, args: tuple, kwargs: dict, tensors: list[Tensor]
+    ) -> str | None:
+        if name in _COPY_OPS:
+            if name == "_to_copy":
+                src, dst = args[0].device, kwargs.get("device") or args[0].device
+            else:  # copy_(dst, src) and friends
+                src, dst = args[1].device, args[0].device
+            if src.type == "cpu" and not _on_host(dst):
+                return HOST_TO_DEVICE
+            if src.type != "cpu" and _on_host(dst):
+                if self._pending_host_reads:
+                    self._pending_host_reads -= 1
+                    return None
+                return DEVICE_TO_HOST
+            return None
+        if any(t.device.type != "cpu" for t in tensors) and any(
+            t.device.type == "cpu" and t.dim() > 0 for t in tensors
+        ):
+            return CPU_OPERAND
+        return None
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        name = func.overloadpacket.__name__
+        tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, Tensor)]
+        kind = _sync_kind(func, args, kwargs) or self._transfer_kind(name, args, kwargs, tensors)
+        if kind is not None:
+            self.counts[kind] += 1
+        if any(t.device.type == "meta" for t in tensors):
+            return _on_meta(func, name, kind, args, kwargs)
+        return func(*args, **kwargs)
+
+    @property
+    def transfers(self) -> int:
+        """Copies between the host and the device (and tensors built from host data)."""
+        return sum(self.counts[k] for k in (*TRANSFERS, DEVICE_TO_HOST))
+
+    @property
+    def reads(self) -> int:
+        """Reads of device values on the host (what :class:`SyncCounter` counts)."""
+        return self.total - self.transfers
+
+
+def _on_meta(func: Any, name: str, kind: str | None, args: tuple, kwargs: dict) -> Any:
+    """Run ``func`` on meta tensors, with a stand-in for what needs a device value."""
+    if name == "_local_scalar_dense":
+        t = args[0]
+        return 1.0 if t.dtype.is_floating_point else (True if t.dtype == torch.bool else 1)
+    if name == "_to_copy" and _on_host(kwargs.get("device")):
+        src = args[0]
+        return torch.ones(src.shape, dtype=kwargs.get("dtype") or src.dtype)
+    if name == "nonzero":
+        return torch.zeros(1, args[0].dim(), dtype=torch.int64, device=args[0].device)
+    if name == "masked_select":
+        return args[0].new_empty(1)
+    if kind == "repeat_interleave without output_size":
+        return func(*args, **{**kwargs, "output_size": 1})
+    if kind is not None and name in _INDEX_OPS:
+        indices = []
+        for i in args[1]:
+            if isinstance(i, Tensor) and i.dtype == torch.bool:
+                indices += [torch.zeros(1, dtype=torch.int64, device=i.device)] * i.dim()
+            else:
+                indices.append(i)
+        return func(args[0], indices, *args[2:], **kwargs)
+    return func(*args, **kwargs)
 
 
 class CudaSyncWarnings:

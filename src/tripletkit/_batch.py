@@ -15,11 +15,18 @@ import torch
 from torch import Tensor
 
 from . import _masks
-from ._checks import DeviceChecks, check_bool, check_choice, check_nonnegative_int, check_pair
+from ._checks import (
+    DeviceChecks,
+    check_bool,
+    check_choice,
+    check_nonnegative_int,
+    check_pair,
+    to_host,
+)
 from .distances import METRICS, _pairwise_distance_unchecked, normalize_embeddings
 from .kernels import BACKENDS, resolve_backend
 
-__all__ = ["Batch", "check_anchor_offset", "check_options", "prepare"]
+__all__ = ["Batch", "WidthMemory", "check_anchor_offset", "check_options", "prepare"]
 
 
 @dataclass(frozen=True)
@@ -140,6 +147,34 @@ def _require_unit_norm(
     checks.require(err <= tol, error)
 
 
+class WidthMemory:
+    """A loss module's memory of its batches' largest number of positives per anchor, so that
+    with the input checks off it needs no bound (``max_positives``) and no host read per call.
+
+    - Checks on: each batch's largest count is read anyway (in the call's one host read);
+      the memory keeps the largest seen, rounded up to a power of two.
+    - Checks off, nothing remembered yet: the first batch's count is read (one host read, once
+      per module), unless under ``torch.compile``, where the width-free paths run instead.
+    - Checks off, a width remembered: it is used as the bound, and verified on the device by
+      ``torch._assert_async`` (no host read). A batch with an anchor of more positives fails
+      with a ``RuntimeError`` naming ``max_positives`` (on CUDA a device-side assertion,
+      which ends the process's CUDA context): give the loss a true bound for such data.
+
+    Only batches mined against themselves are remembered: with a reference set (a memory
+    bank that fills up) the count changes from call to call, so it follows ``max_positives``
+    (or, without it, the width-free paths).
+    """
+
+    def __init__(self) -> None:
+        self.width: int | None = None
+
+    def remember(self, count: int) -> int:
+        """Keep ``count`` (rounded up to a power of two, at least the width already kept)."""
+        rounded = 1 << max(count - 1, 0).bit_length()
+        self.width = max(rounded, self.width or 0)
+        return self.width
+
+
 def _width(
     b: Batch, checks: DeviceChecks, max_positives: int | None, need_width: bool
 ) -> Tensor | int | None:
@@ -165,6 +200,24 @@ def _width(
     return None
 
 
+def _remembered_width(b: Batch, memory: WidthMemory) -> int | None:
+    """The width of a module's batch with the checks off (see :class:`WidthMemory`)."""
+    if b.labels.numel() == 0:
+        return 0
+    largest = b.positive_counts().max()
+    if memory.width is None:
+        if torch.compiler.is_compiling():
+            return None
+        return memory.remember(int(to_host(largest.reshape(1))[0]))
+    torch._assert_async(
+        largest <= memory.width,
+        f"an anchor has more positives than {memory.width}, the bound this loss module "
+        "remembered from its earlier batches; pass max_positives= (a bound for every batch, "
+        "e.g. PKBatchSampler.max_positives) or turn the input checks on",
+    )
+    return memory.width
+
+
 def prepare(
     embeddings: Tensor,
     labels: Tensor,
@@ -176,7 +229,7 @@ def prepare(
     matrix: bool = True,
     normalize: bool = False,
     backend: str = "auto",
-    max_positives: int | None = None,
+    max_positives: int | WidthMemory | None = None,
     need_width: bool = False,
     unit_norm: str | None = None,
 ) -> Batch:
@@ -192,10 +245,14 @@ def prepare(
     when ``unit_norm`` names what needs them, the caller's ``max_positives`` bound) is read in **one** host read,
     none at all with :func:`~tripletkit.set_input_checks` off. ``need_width`` asks for the
     batch's largest number of positives (:attr:`Batch.width`), read in that same host read
-    when checks are on (``None`` when they are off and no ``max_positives`` is given).
+    when checks are on (``None`` when they are off and no ``max_positives`` is given). A
+    loss module passes its :class:`WidthMemory` as ``max_positives`` instead of a bound.
     """
     check_options(normalize=normalize, metric=metric)
-    if max_positives is not None:
+    memory = max_positives if isinstance(max_positives, WidthMemory) else None
+    if memory is not None and (ref_embeddings is not None or not need_width):
+        memory = max_positives = None  # only batches mined against themselves are remembered
+    elif max_positives is not None and memory is None:
         max_positives = check_nonnegative_int(max_positives, "max_positives")
     checks = DeviceChecks()
     emb, lab, ref, ref_lab = check_pair(embeddings, labels, ref_embeddings, ref_labels, checks)
@@ -218,8 +275,15 @@ def prepare(
         checks.require(_overflow_free(emb, ref), _overflow_error)
     own = _masks.self_index(emb.shape[0], emb.device, offset)
     b = Batch(emb, lab, ref, ref_lab, own, resolved, metric)
-    width = _width(b, checks, max_positives, need_width)
+    width: Tensor | int | None
+    if memory is not None and not checks.enabled:
+        width = _remembered_width(b, memory)
+    else:
+        bound = None if isinstance(max_positives, WidthMemory) else max_positives
+        width = _width(b, checks, bound, need_width)
     read = checks.run(*([width] if isinstance(width, Tensor) else []))
     if isinstance(width, Tensor):
         width = read[0]
+        if memory is not None:
+            memory.remember(int(width))
     return replace(b, width=width)

@@ -34,6 +34,7 @@ __all__ = [
     "check_index_tuple",
     "check_indices",
     "check_labels",
+    "check_margin",
     "check_nonnegative_int",
     "check_nonnegative_real",
     "check_pair",
@@ -177,6 +178,28 @@ def check_finite_real(value: object, name: str) -> float:
     if not math.isfinite(result):
         raise ValueError(f"{name} must be finite, got {result}")
     return result
+
+
+def check_margin(value: object, name: str = "margin") -> float | Tensor:
+    """A loss's margin: a finite real number, or a one-element real tensor without grad.
+
+    A Python number is returned as a float. A tensor is read on the host (one read, then
+    checked like a number) while the input checks are on; with them off it is never read:
+    it is returned as a 0-dim tensor on its device, so that a margin scheduled on the GPU
+    costs no synchronisation (a non-finite one then gives undefined results).
+    """
+    if (
+        isinstance(value, Tensor)
+        and value.numel() == 1
+        and not value.requires_grad
+        and not value.dtype.is_complex
+        and value.dtype != torch.bool
+        and not input_checks_enabled()
+    ):
+        return value.reshape(())
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.requires_grad:
+        value = to_host(value.reshape(1))[0]
+    return check_finite_real(value, name)
 
 
 def check_nonnegative_real(value: object, name: str) -> float:

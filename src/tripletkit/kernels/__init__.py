@@ -95,7 +95,7 @@ def batch_all_hinge(
     labels: Tensor,
     ref_labels: Tensor,
     self_index: Tensor,
-    margin: float,
+    margin: float | Tensor,
     backend: str,
     width: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -119,7 +119,7 @@ def batch_all_soft(
     self_index: Tensor,
     backend: str,
     width: int | None = None,
-    margin: float = 0.0,
+    margin: float | Tensor = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """See :func:`.torch_backend.batch_all_soft` (``softplus(d_ap - d_an + margin)``); the
     torch backend needs ``width`` (an upper bound on any anchor's number of positives), the

@@ -63,8 +63,9 @@ __all__ = [
 REGIONS = ("valid", "active", "all", "hard", "semihard", "easy")
 
 #: Up to this ``width``, :func:`semi_hard` buckets the negatives by rank among the positives
-#: (O(N M log width) and O(N width²)); beyond it, or without a width, it sorts each row.
-SEMI_HARD_BUCKETS_MAX = 32
+#: (O(N M log width), a few passes over the ``N x M`` data); beyond it, or without a width,
+#: it sorts each row (O(N M log M), and the selection spans every column: ``[N, M]``).
+SEMI_HARD_BUCKETS_MAX = 128
 
 # Elements of an anchor chunk (rows x references) processed at once on the CPU.
 _CPU_CHUNK_ELEMENTS = 1 << 22
@@ -105,6 +106,12 @@ def chunk_elements(device: torch.device) -> int:
 
 
 def _chunks(n: int, per_row: int, device: torch.device) -> list[tuple[int, int]]:
+    """Row ranges ``[start, stop)`` covering ``n`` anchors, each of at most
+    :func:`chunk_elements` ``// per_row`` rows. Under ``torch.compile`` one chunk: chunking by
+    the device's memory is an eager feature, and a loop whose trip count grows with ``n``
+    would unroll into a graph that grows with the batch."""
+    if torch.compiler.is_compiling():
+        return [(0, n)] if n else []
     rows = max(1, chunk_elements(device) // max(per_row, 1))
     return [(s, min(s + rows, n)) for s in range(0, n, rows)]
 
@@ -150,28 +157,38 @@ def _positive_slots(
     return torch.where(used, cols, 0), used, m - (hi - lo)
 
 
-#: Up to this many thresholds per anchor, ranks are counted by comparisons (a few fast
-#: passes) rather than found by binary search.
+#: Up to this many thresholds per anchor, ranks of CPU tensors are counted by comparisons
+#: (``W`` passes over the matrix, which the CPU runs faster than a binary search); on other
+#: devices, where each pass costs memory traffic, always a binary search (one pass).
 _COUNT_RANK_MAX = 16
+#: Whether CPU tensors take the counted ranks (``benchmarks.passes`` turns it off to count
+#: the passes of the path every CUDA tensor takes).
+COUNT_RANKS_ON_CPU = True
 
 
 def _rank(sorted_values: Tensor, values: Tensor, right: bool) -> Tensor:
     """``#{s <= v}`` (``right``) or ``#{s < v}`` for each ``v`` of ``values [R, M]`` among
-    the row's ``sorted_values [R, W]``: counted for small ``W``, else a binary search."""
-    if sorted_values.shape[1] > _COUNT_RANK_MAX:
+    the row's ``sorted_values [R, W]`` (int64): a binary search, or on the CPU, for small
+    ``W``, counted (the same counts)."""
+    w = sorted_values.shape[1]
+    if not (COUNT_RANKS_ON_CPU and values.device.type == "cpu" and w <= _COUNT_RANK_MAX):
         return torch.searchsorted(sorted_values, values, right=right)
     # counted in uint8 (W <= 16 fits), widened once for the scatters that use it as an index
     rank = torch.zeros(values.shape, dtype=torch.uint8, device=values.device)
     hit = torch.empty(values.shape, dtype=torch.bool, device=values.device)
     compare = torch.le if right else torch.lt
-    for i in range(sorted_values.shape[1]):
+    for i in range(w):
         compare(sorted_values[:, i : i + 1], values, out=hit)
         rank += hit.view(torch.uint8)
     return rank.long()
 
 
-def _zero() -> tuple[Tensor, Tensor]:
-    return torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.int64)
+def _zero(device: torch.device) -> tuple[Tensor, Tensor]:
+    """A float64 and an int64 zero, made on ``device`` (no host-to-device copy)."""
+    return (
+        torch.zeros((), dtype=torch.float64, device=device),
+        torch.zeros((), dtype=torch.int64, device=device),
+    )
 
 
 def batch_all_hinge(
@@ -179,20 +196,26 @@ def batch_all_hinge(
     labels: Tensor,
     ref_labels: Tensor,
     self_index: Tensor,
-    margin: float,
+    margin: float | Tensor,
     width: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Sum of ``max(0, d_ap - d_an + margin)`` over every valid triplet, without a sort of
     the negatives.
 
     Per anchor, the thresholds ``t_p = d_ap + margin`` of its positives are sorted (``width``
-    of them). A negative at ``v`` is active for the positives with ``t_p > v``: with
-    ``r = #{t_p <= v}`` (a binary search among the thresholds), for the last ``P - r`` of
-    them, so its gradient is ``-(P - r)``. Bucketing the negatives by ``r`` (their number and
-    float64 sum), running sums over the buckets give each positive its count ``c_p`` and
-    total ``S_p`` of active negatives: its terms sum to ``c_p * t_p - S_p`` and its gradient
-    is ``c_p``. O(N M log width) time; exact for any ``width`` >= the largest number of
+    slots, unused ones at ``+inf``). A negative at ``v`` is active for the positives with
+    ``t_p > v``: with ``r = #{t_p <= v}`` (a binary search among the thresholds), for the last
+    ``P - r`` of them, so its gradient is ``-(P - r)``. Bucketing the negatives by ``r``
+    (their number and float64 sum), running sums over the buckets give each positive its
+    count ``c_p`` and total ``S_p`` of active negatives: its terms sum to ``c_p * t_p - S_p``
+    and its gradient is ``c_p``. The references with the anchor's label are searched at
+    ``+inf``, which lands them in the last bucket (``width``), read by no positive and with
+    the gradient 0. O(N M log width) time; exact for any ``width`` >= the largest number of
     positives (``None``: every column).
+
+    Passes over the ``N x M`` data per chunk: the float64 copy of the distances with the
+    same-label columns at ``+inf`` (one ``where``), the binary search, two scatters into the
+    buckets, one gather of the gradient and the positives' counts written in place.
 
     Returns:
         ``(total, n_valid, n_active, grad)``: the sum (0-dim, dtype of ``dist``, accumulated
@@ -202,37 +225,42 @@ def batch_all_hinge(
     n, m = dist.shape
     w = m if width is None else min(width, m)
     grad = torch.empty_like(dist)  # every row is written below
-    total, n_valid = _zero()
-    total, n_valid = total.to(dist.device), n_valid.to(dist.device)
+    total, n_valid = _zero(dist.device)
     n_active = torch.zeros_like(n_valid)
     if m == 0:
         return total.to(dist.dtype), n_valid, n_active, grad
     index = _label_index(ref_labels)
-    for start, stop in _chunks(n, m * min(w, _COUNT_RANK_MAX) // 4 + m, dist.device):
+    # one element, not 0-dim: a dimensioned operand promotes torch.where's result to float64
+    inf64 = torch.full((1,), math.inf, dtype=torch.float64, device=dist.device)
+    for start, stop in _chunks(n, 4 * m, dist.device):
         d = dist[start:stop]
         same = labels[start:stop, None] == ref_labels[None, :]
         cols, used, n_neg = _positive_slots(index, labels[start:stop], self_index[start:stop], w)
         n_pos = used.sum(dim=1)
         thresholds = torch.where(used, d.gather(1, cols) + margin, math.inf)
         t_sorted, order = thresholds.sort(dim=1)
-        # r = #{t_p <= v} for every negative v; the other columns go to a junk bucket w + 1
-        rank = _rank(t_sorted, d, right=True).masked_fill_(same, w + 1)
-        count = torch.zeros(d.shape[0], w + 2, dtype=torch.int64, device=d.device)
+        # the negatives in float64 (the buckets' sums), the same-label columns at +inf
+        v = torch.where(same, inf64, d)
+        # r = #{t_p <= v}: a negative's bucket; +inf goes to bucket w (after every threshold)
+        rank = _rank(t_sorted.to(torch.float64), v, right=True)
+        count = torch.zeros(d.shape[0], w + 1, dtype=torch.int64, device=d.device)
         count.scatter_add_(
             1, rank, torch.ones((), dtype=torch.int64, device=d.device).expand_as(rank)
         )
-        value = torch.zeros(d.shape[0], w + 2, dtype=torch.float64, device=d.device)
-        value.scatter_add_(1, rank, d.to(torch.float64))
-        c = count[:, : w + 1].cumsum(dim=1)[:, :w]  # active negatives of the i-th threshold
+        value = torch.zeros(d.shape[0], w + 1, dtype=torch.float64, device=d.device)
+        value.scatter_add_(1, rank, v)
+        c = count.cumsum(dim=1)[:, :w]  # active negatives of the i-th threshold
         live = torch.arange(w, device=d.device) < n_pos[:, None]
-        terms = c * t_sorted.to(torch.float64) - value[:, : w + 1].cumsum(dim=1)[:, :w]
+        s_sum = value.cumsum(dim=1)[:, :w]
+        terms = c * t_sorted.to(torch.float64) - s_sum
         total += torch.where(live, terms, 0).sum()
         n_active += torch.where(live, c, 0).sum()
         n_valid += (n_pos * n_neg).sum()
         # A negative in bucket r has the gradient -(P - r), read from a small table whose
-        # junk bucket holds 0; then each positive's count c goes to its column.
-        table = torch.arange(w + 2, device=d.device) - n_pos[:, None]
-        table[:, w + 1] = 0
+        # last bucket (the same-label columns, or no positive active) holds 0; then each
+        # positive's count c goes to its column.
+        table = torch.arange(w + 1, device=d.device) - n_pos[:, None]
+        table[:, w] = 0
         g = grad[start:stop]
         torch.gather(table.to(dist.dtype), 1, rank, out=g)
         g.scatter_add_(1, cols.gather(1, order), torch.where(live, c, 0).to(dist.dtype))
@@ -245,7 +273,7 @@ def batch_all_soft(
     ref_labels: Tensor,
     self_index: Tensor,
     width: int,
-    margin: float = 0.0,
+    margin: float | Tensor = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Sum of ``softplus(d_ap - d_an + margin)`` over every valid triplet: Hermans et al.
     2017's soft margin with ``margin = 0``, pytorch-metric-learning's smooth loss otherwise.
@@ -259,8 +287,7 @@ def batch_all_soft(
     n, m = dist.shape
     w = min(width, m)
     grad = torch.zeros_like(dist)
-    total, n_valid = _zero()
-    total, n_valid = total.to(dist.device), n_valid.to(dist.device)
+    total, n_valid = _zero(dist.device)
     if m == 0:
         return total.to(dist.dtype), n_valid, grad
     index = _label_index(ref_labels)
@@ -289,29 +316,55 @@ def batch_all_soft(
 _ITERATIVE_RANKS_MAX = 8
 
 
-def _ranked(d: Tensor, mask: Tensor, lo: int, hi: int, farthest: bool) -> tuple[Tensor, Tensor]:
-    """Columns ``[R, hi - lo]`` of each row's members of ``mask`` ranked ``lo .. hi - 1`` by
-    distance (0 = farthest when ``farthest``, else nearest; ties to the lower column), and
-    which exist (a row with fewer members leaves its last slots empty)."""
+def _label_counts(index: _LabelIndex, labels: Tensor, own: Tensor) -> tuple[Tensor, Tensor]:
+    """Each anchor's numbers of positives and of negatives ``[R]``, from the label runs of
+    ``index`` (no ``N x M`` pass)."""
+    m = index.order.shape[0]
+    lo = torch.searchsorted(index.sorted_labels, labels)
+    hi = torch.searchsorted(index.sorted_labels, labels, right=True)
+    own_col = own.clamp(0, max(m - 1, 0))
+    own_same = (own >= 0) & (index.sorted_labels[index.position[own_col]] == labels)
+    return hi - lo - own_same.to(torch.int64), m - (hi - lo)
+
+
+def _exclude_own(values: Tensor, own: Tensor, fill: float) -> None:
+    """Set each row's own column (``own >= 0``) of ``values [R, M]`` to ``fill``, in place:
+    an indexed write of ``R`` elements, not a pass over the matrix."""
+    col = own.clamp_min(0)[:, None]
+    keep = values.gather(1, col)
+    values.scatter_(1, col, torch.where(own[:, None] >= 0, fill, keep))
+
+
+def _ranked(
+    d: Tensor, same: Tensor, own: Tensor, count: Tensor, lo: int, hi: int, farthest: bool
+) -> tuple[Tensor, Tensor]:
+    """Columns ``[R, hi - lo]`` of each row's members ranked ``lo .. hi - 1`` by distance, and
+    which exist (a row with ``count`` members, fewer than ``hi``, leaves its last slots
+    empty). The members are the positives (``farthest``: same label, own column excluded;
+    rank 0 = farthest) or the negatives (other labels; rank 0 = nearest); ties go to the
+    lower column."""
     r, m = d.shape
     fill = -math.inf if farthest else math.inf
     if hi <= _ITERATIVE_RANKS_MAX:
-        avail = mask.clone() if hi > 1 else mask
+        best = torch.where(same, d, fill) if farthest else torch.where(same, fill, d)
+        if farthest:
+            _exclude_own(best, own, fill)
         picks = []
         for rank in range(hi):
-            best = torch.where(avail, d, fill)
             col = best.argmax(dim=1) if farthest else best.argmin(dim=1)
             picks.append(col)
             if rank + 1 < hi:  # the next rank is the best of those not picked yet
-                avail.scatter_(1, col[:, None], False)
+                best.scatter_(1, col[:, None], fill)
         cols = torch.stack(picks[lo:], dim=1)
     else:
-        key = torch.where(mask, -d if farthest else d, math.inf)
+        key = torch.where(same, -d, math.inf) if farthest else torch.where(same, math.inf, d)
+        if farthest:
+            _exclude_own(key, own, math.inf)
         cols = torch.sort(key, dim=1, stable=True).indices[:, lo:hi]
         if cols.shape[1] < hi - lo:  # fewer columns than the window: pad (the slots are empty)
             pad = cols.new_zeros(r, hi - lo - cols.shape[1])
             cols = torch.cat([cols, pad], dim=1)
-    exists = torch.arange(lo, hi, device=d.device) < mask.sum(dim=1, keepdim=True)
+    exists = torch.arange(lo, hi, device=d.device) < count[:, None]
     return torch.where(exists, cols, 0), exists
 
 
@@ -342,17 +395,20 @@ def batch_hard(
     default = positive_ranks == (0, 1) and negative_ranks == (0, 1)
     wp, wq = positive_ranks[1] - positive_ranks[0], negative_ranks[1] - negative_ranks[0]
     hardest_p, hardest_n, valid = [], [], []
+    index = _label_index(ref_labels) if m else None
     for start, stop in _chunks(n, m, dist.device):
         d = dist[start:stop]
-        pos, neg = _masks(labels, ref_labels, self_index, start, stop)
-        if m == 0:  # no references: argmax of an empty row is undefined
+        if index is None:  # no references: argmax of an empty row is undefined
             none = torch.zeros(stop - start, wp, wq, dtype=torch.int64, device=d.device)
             hardest_p.append(none[:, :, 0])
             hardest_n.append(none[:, 0, :])
             valid.append(none.bool())
             continue
-        p_cols, p_ok = _ranked(d, pos, *positive_ranks, farthest=True)
-        n_cols, n_ok = _ranked(d, neg, *negative_ranks, farthest=False)
+        own = self_index[start:stop]
+        same = labels[start:stop, None] == ref_labels[None, :]
+        n_pos, n_neg = _label_counts(index, labels[start:stop], own)
+        p_cols, p_ok = _ranked(d, same, own, n_pos, *positive_ranks, farthest=True)
+        n_cols, n_ok = _ranked(d, same, own, n_neg, *negative_ranks, farthest=False)
         hardest_p.append(p_cols)
         hardest_n.append(n_cols)
         valid.append(p_ok[:, :, None] & n_ok[:, None, :])
@@ -367,26 +423,39 @@ def batch_hard(
 
 def _suffix_lexmin(values: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:
     """For every bucket ``b`` of ``[R, B]``: the smallest value among buckets ``>= b`` and,
-    among the buckets holding it, the smallest column. O(R B²) (B is small)."""
-    best = values.flip(1).cummin(dim=1).values.flip(1)
-    b = values.shape[1]
-    later = torch.arange(b, device=values.device)
-    at_or_after = later[None, :] >= later[:, None]  # [b, b']
-    holds = at_or_after & (values[:, None, :] == best[:, :, None])
-    return best, torch.where(holds, cols[:, None, :], cols.new_tensor(2**62)).amin(dim=2)
+    among the buckets holding it, the smallest column: a suffix scan of the lexicographic
+    minimum of ``(value, column)``, in ``ceil(log2 B)`` steps of ``O(R B)`` (Hillis-Steele)."""
+    r, b = values.shape
+    best, col = values, cols
+    step = 1
+    while step < b:
+        pad_v = torch.full((r, step), math.inf, dtype=values.dtype, device=values.device)
+        pad_c = torch.full((r, step), 2**62, dtype=cols.dtype, device=cols.device)
+        later_v = torch.cat([best[:, step:], pad_v], dim=1)
+        later_c = torch.cat([col[:, step:], pad_c], dim=1)
+        take = (later_v < best) | ((later_v == best) & (later_c < col))
+        best, col = torch.where(take, later_v, best), torch.where(take, later_c, col)
+        step *= 2
+    return best, col
 
 
 def _semi_hard_buckets(
     d: Tensor, same: Tensor, cols: Tensor, used: Tensor, n_neg: Tensor, w: int
 ) -> tuple[Tensor, ...]:
     """Semi-hard negatives of each anchor's (at most ``w``) positives, by bucketing
-    (``same``: the references with the anchor's label, i.e. not negatives)."""
+    (``same``: the references with the anchor's label, i.e. not negatives).
+
+    Passes over the ``N x M`` data: the negatives' values (same-label columns at ``+inf``),
+    one binary search for the buckets, the buckets' nearest value and its lowest column
+    (two scatters, one gather, one comparison), and the largest negative (one ``where``
+    and an arg-max) for the positives with no farther negative."""
     m = d.shape[1]
     d_ap = torch.where(used, d.gather(1, cols), math.inf)
     d_sorted = d_ap.sort(dim=1).values
-    # A negative at v is farther than the positives with d_ap < v: bucket r = #{d_ap < v}.
-    rank = _rank(d_sorted, d, right=False)
-    v = torch.where(same, math.inf, d)  # one pass (masked_fill would copy d first)
+    v = torch.where(same, math.inf, d)
+    # A negative at v is farther than the positives with d_ap < v: bucket r = #{d_ap < v}
+    # (the same-label columns, at +inf, join bucket P with no effect on its minimum).
+    rank = _rank(d_sorted, v, right=False)
     nearest = torch.full((d.shape[0], w + 1), math.inf, dtype=d.dtype, device=d.device)
     nearest.scatter_reduce_(1, rank, v, "amin")
     # The lowest column at each bucket's nearest value (an empty bucket's is never used).
@@ -444,7 +513,7 @@ def semi_hard(
     w = min(width, m) if buckets and width is not None else m
     parts: list[tuple[Tensor, ...]] = []
     index = _label_index(ref_labels) if buckets and m else None
-    for start, stop in _chunks(n, m + (w * w if buckets else 0), dist.device):
+    for start, stop in _chunks(n, 4 * m if buckets else m, dist.device):
         d = dist[start:stop]
         if m == 0:
             empty = torch.zeros(stop - start, 0, dtype=torch.int64, device=d.device)

@@ -29,7 +29,6 @@ from torch import Tensor
 from .._batch import Batch
 from .._checks import to_host
 from ..distances import (
-    _difference_form_matrix,
     _euclidean_backward,
     _euclidean_matrix,
     _euclidean_weights_,
@@ -41,12 +40,13 @@ from ._reduce import keep_in_graph
 __all__ = ["batch_all_sum", "mined_terms", "triplet_terms"]
 
 #: Selected distances are recomputed from the rows when the selection has at most this
-#: share of the matrix's entries (else they are read from the matrix in the graph).
+#: share of the matrix's entries, and its rows (``T x D`` values, each read and written a
+#: few times) are at most half the matrix's entries (else they are read from the matrix).
 _PAIRED_SHARE = 4
 
 
 def triplet_terms(
-    d_ap: Tensor, d_an: Tensor, margin: float, soft_margin: bool, *, smooth: bool = False
+    d_ap: Tensor, d_an: Tensor, margin: float | Tensor, soft_margin: bool, *, smooth: bool = False
 ) -> Tensor:
     """Per-triplet loss: the hinge ``max(0, d_ap - d_an + margin)``, the soft margin
     ``softplus(d_ap - d_an)`` (``soft_margin``, Hermans et al. 2017; no margin) or the smooth
@@ -73,7 +73,7 @@ def triplet_terms(
 #: What the batch-all kernels need besides the matrix: ``(labels, ref_labels, self_index,
 #: backend, margin, soft, width)``; ``soft``: the terms are ``softplus(d_ap - d_an + margin)``
 #: (the soft margin has ``margin = 0`` here), else the hinge.
-KernelArgs = tuple[Tensor, Tensor, Tensor, str, float, bool, "int | None"]
+KernelArgs = tuple[Tensor, Tensor, Tensor, str, "float | Tensor", bool, "int | None"]
 
 
 def _kernel(dist: Tensor, k: KernelArgs) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -142,7 +142,7 @@ class _BatchAllEuclidean(torch.autograd.Function):
 
 
 def batch_all_sum(
-    b: Batch, margin: float, soft_margin: bool, smooth: bool = False
+    b: Batch, margin: float | Tensor, soft_margin: bool, smooth: bool = False
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(total, n_valid, n_active)`` of the batch-all loss of a prepared batch (counts as
     0-dim int64 tensors), terms as in :func:`triplet_terms`. The soft margin and the smooth
@@ -170,10 +170,78 @@ def batch_all_sum(
     return total, counts[0], counts[1]
 
 
+class _SelectedEuclidean(torch.autograd.Function):
+    """Entries ``dist[rows, cols]`` of a detached Euclidean (or squared) distance matrix, as
+    a function of the embeddings ``x`` and ``y`` (``None``: ``y`` is ``x``). Backward: the
+    selected entries' weights (``2 g``, or ``g / d`` with 0 where ``d == 0``, as
+    :func:`~tripletkit.distances._euclidean_weights_`) summed into one ``N x M`` matrix,
+    then :func:`~tripletkit.distances._euclidean_backward`."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: Tensor,
+        y: Tensor | None,
+        dist: Tensor,
+        rows: Tensor,
+        cols: Tensor,
+        squared: bool,
+    ) -> Tensor:
+        picked = dist[rows, cols]
+        ctx.squared, ctx.y_is_x, ctx.shape = squared, y is None, dist.shape
+        ctx.save_for_backward(x, x if y is None else y, rows, cols, picked)
+        return picked
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple:  # type: ignore[override]
+        x, y, rows, cols, picked = ctx.saved_tensors
+        if ctx.squared:
+            w = 2 * grad
+        else:
+            w = torch.where(picked == 0, 0, grad / picked)
+        weights = torch.zeros(ctx.shape, dtype=w.dtype, device=w.device)
+        weights.index_put_((rows, cols), w, accumulate=True)
+        gx, gy = _euclidean_backward(
+            x, y, weights, ctx.y_is_x, ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        )
+        return gx, gy, None, None, None, None
+
+
+#: Selections whose rows hold at most this many elements (4 MiB in float32) always get
+#: the exact values of the difference form, whatever the batch size.
+_EXACT_ROWS_FLOOR = 1 << 20
+
+
+def _exact_values(d: Tensor, x: Tensor, y: Tensor, a: Tensor, cols: Tensor, metric: str) -> Tensor:
+    """``d`` (distances of the pairs ``(a, cols)`` read from the Gram-form matrix, in the
+    graph) with the values of the difference form, exact to the dtype's rounding (see
+    :mod:`tripletkit.distances`); the gradient stays ``d``'s.
+
+    Exact values cost O(T D) reads of the pairs' rows, so they are computed only while
+    that is at most one ``N x M`` matrix of data or :data:`_EXACT_ROWS_FLOOR` elements
+    (``T D <= max(N M, 2^20)``: every small batch, batch-hard, semi-hard with
+    ``K - 1 <= M / D`` positives per anchor); a larger selection keeps the Gram form's
+    values (off by up to ~2e-5 for points ~0.004 apart in float32, see
+    :func:`tripletkit.distances.pairwise_distance`). The torch layouts (``a`` the row of each
+    slot, ``cols [N, W]``) use one batched direct ``cdist`` (no difference tensor)."""
+    n, m = x.shape[0], y.shape[0]
+    if cols.numel() * x.shape[1] > max(n * m, _EXACT_ROWS_FLOOR):
+        return d
+    with torch.no_grad():
+        if metric != "cosine" and cols.dim() == 2 and cols.shape[0] == n and a.dim() == 2:
+            exact = torch.cdist(
+                x.unsqueeze(1), y[cols], compute_mode="donot_use_mm_for_euclid_dist"
+            ).squeeze(1)
+            exact = exact.square_() if metric == "sqeuclidean" else exact
+        else:
+            exact = paired(x[a], y[cols], metric)
+    return d + (exact.to(d.dtype) - d).detach()
+
+
 def mined_terms(
     b: Batch,
     hardest: bool,
-    margin: float,
+    margin: float | Tensor,
     soft_margin: bool,
     windows: tuple[tuple[int, int], tuple[int, int]] = ((0, 1), (0, 1)),
     smooth: bool = False,
@@ -193,19 +261,28 @@ def mined_terms(
     if dist.shape[1] == 0:  # no reference: no triplet, every slot is empty
         zero = keep_in_graph(b.embeddings.new_zeros(a.shape), b.embeddings, b.ref_embeddings)
         return zero, sel.valid
-    if a.numel() * _PAIRED_SHARE <= dist.numel() or a.numel() == 0:
-        # Recomputed from the rows: a torch layout's anchor is its row of slots, so anchors
-        # broadcast (not gathered) against the selected references, unexpanded.
-        metric, emb, ref = str(b.metric), b.embeddings, b.ref_embeddings
+    emb, ref = b.embeddings, b.ref_embeddings
+    if a.numel() == 0 or a.numel() * max(_PAIRED_SHARE, 2 * emb.shape[1]) <= dist.numel():
+        # Recomputed from the rows (O(T D)): a torch layout's anchor is its row of slots, so
+        # anchors broadcast (not gathered) against the selected references, unexpanded.
+        metric = str(b.metric)
         rows = emb[sel.anchor] if sel.valid is None else emb.reshape(*sel.anchor.shape, -1)
         d_ap = paired(rows, ref[sel.positive], metric)
         d_an = paired(rows, ref[sel.negative], metric)
-    else:  # read from the matrix in the graph, with the values of the difference form
+    elif b.metric != "cosine":
+        # Read from the detached matrix; the backward scatters the selected entries' weights
+        # into one N x M matrix for the two matrix products (no N x M gradient chain).
+        y = None if ref is emb else ref
+        picked = _SelectedEuclidean.apply(
+            emb, y, dist, torch.stack([a, a]), torch.stack([p, n]), b.metric == "sqeuclidean"
+        )
+        metric = str(b.metric)
+        d_ap = _exact_values(picked[0], emb, ref, a, p, metric)
+        d_an = _exact_values(picked[1], emb, ref, a, n, metric)
+    else:  # cosine: read from the matrix in the graph, with the values of the difference form
         in_graph = b.distances(grad=True)
-        exact = _difference_form_matrix(b.embeddings, b.ref_embeddings, str(b.metric))
-        d_ap, d_an = in_graph[a, p], in_graph[a, n]
-        d_ap = d_ap + (exact[a, p] - d_ap).detach()
-        d_an = d_an + (exact[a, n] - d_an).detach()
+        d_ap = _exact_values(in_graph[a, p], emb, ref, a, p, "cosine")
+        d_an = _exact_values(in_graph[a, n], emb, ref, a, n, "cosine")
     terms = triplet_terms(d_ap, d_an, margin, soft_margin, smooth=smooth)
     if sel.valid is not None:
         terms = torch.where(sel.valid, terms, 0)

@@ -18,17 +18,21 @@ from typing import NamedTuple, ParamSpec
 import torch
 from torch import Tensor
 
+from .._checks import to_host
+
 __all__ = [
     "FUSED_REDUCTIONS",
     "in_input_dtype",
     "REDUCTIONS",
     "Parts",
     "keep_in_graph",
+    "listed_terms",
     "reduce_parts",
     "reduce_terms",
 ]
 
-#: Every reduction: ``"none"`` needs one term per listed row.
+#: Every reduction: ``"none"`` needs one term per listed row (a fused loss reads how many
+#: there are: see :func:`listed_terms`).
 REDUCTIONS = ("mean", "sum", "mean_nonzero", "none")
 #: The reductions of a loss whose terms are never listed.
 FUSED_REDUCTIONS = ("mean", "sum", "mean_nonzero")
@@ -121,3 +125,23 @@ def in_input_dtype(
         return loss
 
     return decorate
+
+
+def listed_terms(terms: Tensor, valid: Tensor | None) -> Tensor:
+    """The terms of the slots that hold a triplet, row-major: ``reduction="none"`` of a fused
+    loss whose selection has a fixed layout (``valid``; ``None``: every slot is one).
+
+    Their number depends on the data, so it is read on the host: **one** host read
+    (:func:`~tripletkit._checks.to_host`, a synchronisation on a GPU), whatever the input
+    checks; the terms are then gathered by position (``nonzero_static``), so neither the
+    forward nor the backward pass reads anything else (no boolean-mask indexing).
+
+    Shape:
+        - terms, valid: any matching shape -> ``[T]``, ``T`` the number of valid slots.
+    """
+    if valid is None:
+        return terms.reshape(-1)
+    flat = valid.reshape(-1)
+    (size,) = to_host(flat.sum().reshape(1))
+    where = torch.nonzero_static(flat, size=size).reshape(-1)
+    return terms.reshape(-1)[where]

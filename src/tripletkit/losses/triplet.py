@@ -20,11 +20,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._batch import Batch, check_options, prepare
+from .._batch import Batch, WidthMemory, check_options, prepare
 from .._checks import (
     check_bool,
     check_finite_real,
     check_index_tuple,
+    check_margin,
     check_nonnegative_int,
     check_positive_int,
     check_rank_window,
@@ -41,6 +42,7 @@ from ._reduce import (
     REDUCTIONS,
     Parts,
     in_input_dtype,
+    listed_terms,
     reduce_parts,
     reduce_terms,
 )
@@ -117,7 +119,8 @@ def batch_all_parts(
     smooth: bool = False,
 ) -> Parts:
     """The un-reduced batch-all loss: see :func:`batch_all_triplet_loss`."""
-    margin, soft_margin, smooth = _check_terms(margin, soft_margin, smooth)
+    checked_margin = check_margin(margin)
+    _, soft_margin, smooth = _check_terms(0.0, soft_margin, smooth)
     b = _batch(
         embeddings,
         labels,
@@ -129,7 +132,7 @@ def batch_all_parts(
         backend,
         max_positives,
     )
-    return Parts(*batch_all_sum(b, margin, soft_margin, smooth))
+    return Parts(*batch_all_sum(b, checked_margin, soft_margin, smooth))
 
 
 @in_input_dtype()
@@ -163,6 +166,9 @@ def batch_all_triplet_loss(
         labels: ``[N]`` class labels: integers (or floats of integral value), moved to the
             embeddings' device if needed.
         margin: ``m`` of the hinge ``max(0, d_ap - d_an + m)``; ignored with ``soft_margin``.
+            A number, or a one-element tensor (e.g. a schedule on the GPU), which is never
+            read on the host while the input checks are off
+            (:func:`~tripletkit._checks.check_margin`).
         metric: ``"euclidean"``, ``"sqeuclidean"`` or ``"cosine"``.
         soft_margin: use ``softplus(d_ap - d_an)`` instead of the hinge (Hermans et al.'s
             soft margin: no margin).
@@ -231,7 +237,8 @@ def _mined(
     smooth: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """The terms of the batch-hard (``hardest``) or semi-hard triplets and which are real."""
-    margin, soft_margin, smooth = _check_terms(margin, soft_margin, smooth)
+    checked_margin = check_margin(margin)
+    _, soft_margin, smooth = _check_terms(0.0, soft_margin, smooth)
     windows = (
         check_rank_window(positive_ranks, "positive_ranks"),
         check_rank_window(negative_ranks, "negative_ranks"),
@@ -248,7 +255,7 @@ def _mined(
         max_positives,
         need_width=not hardest,
     )
-    return mined_terms(b, hardest, margin, soft_margin, windows, smooth)
+    return mined_terms(b, hardest, checked_margin, soft_margin, windows, smooth)
 
 
 def _mined_parts(terms: Tensor, valid: Tensor | None) -> Parts:
@@ -260,8 +267,8 @@ def _mined_parts(terms: Tensor, valid: Tensor | None) -> Parts:
 
 
 def _mined_loss(terms: Tensor, valid: Tensor | None, reduction: str) -> Tensor:
-    if reduction == "none":  # one term per real triplet: a data-dependent size
-        return terms if valid is None else terms[valid]
+    if reduction == "none":  # one term per real triplet: a data-dependent size, one read
+        return listed_terms(terms, valid)
     return reduce_parts(*_mined_parts(terms, valid), reduction)
 
 
@@ -340,7 +347,9 @@ def batch_hard_triplet_loss(
             no bound.
         reduction: ``"mean"`` (over the triplets kept), ``"sum"``, ``"mean_nonzero"``, or
             ``"none"`` (one term per kept triplet, by anchor, positive rank, negative rank:
-            ``[T]``, one per kept anchor with the default windows).
+            ``[T]``, one per kept anchor with the default windows). ``T`` depends on the
+            data, so ``"none"`` reads it on the host: one host read, even with the input
+            checks off (:func:`~tripletkit.losses._reduce.listed_terms`).
         positive_ranks, negative_ranks: hardness-rank windows ``(lo, hi)`` (0 = hardest).
 
     Returns:
@@ -439,7 +448,8 @@ def semi_hard_triplet_loss(
         max_positives: as in :func:`batch_all_triplet_loss` (with checks off and no bound,
             the negatives of each row are sorted instead of bucketed: exact, no host read).
         reduction: ``"mean"`` (over those pairs), ``"sum"``, ``"mean_nonzero"``, or
-            ``"none"`` (one term per pair, ordered by anchor then positive: ``[P]``).
+            ``"none"`` (one term per pair, ordered by anchor then positive: ``[P]``; ``P``
+            is read on the host, one host read even with the input checks off).
 
     Returns:
         0-dim loss, or ``[P]`` with ``reduction="none"``.
@@ -654,9 +664,48 @@ def _options(
     }
 
 
-class BatchAllTripletLoss(LossModule):
+class _RemembersWidth(LossModule):
+    """A fused loss module that, without ``max_positives``, remembers the width of its
+    batches (:class:`~tripletkit._batch.WidthMemory`): with the input checks off it reads
+    the largest number of positives of its first batch only, then verifies each batch's
+    against it on the device, so it runs the bounded (fast) kernels without a host read."""
+
+    def __init__(self, **options: object) -> None:
+        super().__init__(**options)
+        self._widths = WidthMemory()
+
+    def forward(
+        self,
+        embeddings: Tensor,
+        labels: Tensor,
+        ref_embeddings: Tensor | None = None,
+        ref_labels: Tensor | None = None,
+        *,
+        anchor_offset: int | None = None,
+    ) -> Tensor:
+        options = self.options()
+        if options.get("max_positives") is None:
+            options["max_positives"] = self._widths
+        return type(self).function(
+            embeddings,
+            labels,
+            ref_embeddings=ref_embeddings,
+            ref_labels=ref_labels,
+            anchor_offset=anchor_offset,
+            **options,
+        )
+
+
+class BatchAllTripletLoss(_RemembersWidth):
     """Module form of :func:`batch_all_triplet_loss` (Hermans et al. 2017; "BA≠0" with the
     default ``reduction="mean_nonzero"``): ``loss(embeddings, labels)``.
+
+    Without ``max_positives`` the module remembers its batches' largest number of positives
+    (:class:`~tripletkit._batch.WidthMemory`): with the input checks off it reads it on the
+    first call only, then verifies each batch against it on the device
+    (``torch._assert_async``: a batch with more positives fails with a ``RuntimeError``
+    naming ``max_positives``), so it runs the bounded kernels without a host read. Batches
+    mined against a reference set are not remembered (pass ``max_positives``).
 
     Shape:
         - embeddings: ``[N, D]``; labels: ``[N]``; optional ref_embeddings ``[M, D]``,
@@ -750,9 +799,16 @@ class BatchHardTripletLoss(LossModule):
         )
 
 
-class SemiHardTripletLoss(LossModule):
+class SemiHardTripletLoss(_RemembersWidth):
     """Module form of :func:`semi_hard_triplet_loss` (Schroff et al. 2015, TensorFlow-Addons'
     selection): ``loss(embeddings, labels)``.
+
+    Without ``max_positives`` the module remembers its batches' largest number of positives
+    (:class:`~tripletkit._batch.WidthMemory`): with the input checks off it reads it on the
+    first call only, then verifies each batch against it on the device
+    (``torch._assert_async``: a batch with more positives fails with a ``RuntimeError``
+    naming ``max_positives``), so it runs the bounded kernels without a host read. Batches
+    mined against a reference set are not remembered (pass ``max_positives``).
 
     Shape:
         - embeddings: ``[N, D]``; labels: ``[N]``; optional ref_embeddings ``[M, D]``,
