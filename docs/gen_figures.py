@@ -264,6 +264,8 @@ def headline(full: Mapping[str, Any] | None, speed: Mapping[str, Any] | None) ->
 def generate(out: Path) -> dict[str, str]:
     """Write every fragment and plot into ``out``; return the README block."""
     out.mkdir(parents=True, exist_ok=True)
+    for stale in [*out.glob("*.md"), *out.glob("*.png")]:  # a result that is gone goes too
+        stale.unlink()
     fragments: dict[str, str | None] = {}
     for name in ("quality_full", "quality"):
         data = _load(f"{name}.json")
