@@ -5,7 +5,10 @@ gradient of ``x`` cleared before it, bracketed by :func:`sync` (``torch.cuda.syn
 on CUDA, nothing on CPU) and timed with :func:`time.perf_counter` (wall) and
 :func:`time.process_time` (CPU time of all the process's threads: steadier on a busy
 machine). :func:`time_method` warms up, then repeats the call as the :class:`TimingPolicy`
-says; the headline figure is the median over the repeats. :func:`prewarm` absorbs one-off
+says; the headline figure is the median over the repeats, reported with its spread
+(:func:`spread`: quartiles and min-max). :func:`interleaved_rounds` times several calls
+round by round, alternating them, so that a drift of a shared machine's load hits each
+alike (the speed benchmark's targets and thread-scaling rows). :func:`prewarm` absorbs one-off
 costs (numba compilation or cache loading, thread pools, lazy imports) before any timing.
 On CUDA, :func:`cuda_timed_call` times the same call with CUDA events recorded on the
 current stream (the device's time, launch gaps included), as :mod:`benchmarks.gpu` does.
@@ -49,12 +52,14 @@ __all__ = [
     "TimedCall",
     "TimingPolicy",
     "available_bytes",
+    "interleaved_rounds",
     "cuda_timed_call",
     "numba_threads",
     "peak_memory",
     "prewarm",
     "run_json_child",
     "set_threads",
+    "spread",
     "sync",
     "thread_count",
     "time_method",
@@ -146,6 +151,36 @@ class TimingPolicy:
         return max(self.min_repeats, min(self.max_repeats, repeats))
 
 
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """``median``, quartiles ``q1`` / ``q3`` (inclusive method) and ``min`` / ``max`` of
+    ``values`` (at least one)."""
+    values = list(values)
+    if not values:
+        raise ValueError("spread of no values")
+    if len(values) == 1:
+        q1 = med = q3 = values[0]
+    else:
+        q1, med, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return {"median": med, "q1": q1, "q3": q3, "min": min(values), "max": max(values)}
+
+
+def interleaved_rounds(
+    calls: dict[str, Callable[[], float]], rounds: int, per_round: int
+) -> dict[str, list[float]]:
+    """Per round, run each of ``calls`` ``per_round`` times in a row (the order reversed
+    every other round) and keep the median of its returned times.
+
+    Returns:
+        ``{name: [median of round 0, median of round 1, ...]}``.
+    """
+    names = list(calls)
+    out: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            out[name].append(statistics.median(calls[name]() for _ in range(per_round)))
+    return out
+
+
 def time_method(
     f: Callable[[Tensor, Tensor], Tensor],
     x: Tensor,
@@ -159,8 +194,8 @@ def time_method(
         The timing fields of a result: ``first_call_s`` (the first warm-up), ``times_s``
         (wall), ``cpu_times_s`` (process CPU time, all threads), ``repeats``,
         ``over_budget`` (the first call exceeded ``policy.budget_s`` and was not repeated),
-        ``median_s`` (the headline figure), ``min_s``, ``cpu_median_s`` and the last
-        ``loss``.
+        ``median_s`` (the headline figure), its spread over the repeats ``q1_s``, ``q3_s``,
+        ``min_s``, ``max_s`` (see :func:`spread`), ``cpu_median_s`` and the last ``loss``.
     """
     first = timed_call(f, x, y, device)
     loss = first.loss
@@ -182,8 +217,14 @@ def time_method(
             repeats=repeats,
             over_budget=False,
         )
-    out["median_s"] = statistics.median(out["times_s"])
-    out["min_s"] = min(out["times_s"])
+    wall = spread(out["times_s"])
+    out.update(
+        median_s=wall["median"],
+        q1_s=wall["q1"],
+        q3_s=wall["q3"],
+        min_s=wall["min"],
+        max_s=wall["max"],
+    )
     if out.get("cpu_times_s"):
         out["cpu_median_s"] = statistics.median(out["cpu_times_s"])
     out["loss"] = float(loss.item())

@@ -4,8 +4,19 @@ Measures forward + backward (``loss.backward()``) of every tripletkit strategy (
 hinge and soft margin, batch-hard, semi-hard) for each backend, of the floor every online
 miner pays (``torch.cdist(x, x)`` forward + ``.sum().backward()``), and of the peers
 pytorch-metric-learning and online-triplet-loss when they are installed, on every device
-present. Times are medians over repeats after warm-up and are also reported as a ratio to
-``torch.cdist`` at the same ``N``.
+present. Times are medians over repeats after warm-up, printed with their spread (quartiles,
+and min-max in the JSON), and are also reported as a ratio to ``torch.cdist`` at the same
+``N`` (the cdist time of every ``N`` is printed with them).
+
+The targets' ratios (``N = 1024``) do not come from that sweep, where cdist ran minutes
+before the method on a machine whose load may have changed: the *targets rows* time each
+tripletkit method alternating with cdist in one process, :data:`TARGET_ROUNDS` rounds of
+:data:`TARGET_CALLS` calls, and take the median of the per-round ratios (min-max printed).
+The *thread-scaling rows* time cdist and every numba loss at 1 and at 2 threads, alternating
+the same way, and report ``t(2 threads) / t(1 thread)``: a loss whose parallel scaling is
+lost shows there, even when its 1-thread time is unchanged (a target, judged when the
+1-thread calls had a core to themselves). The JSON records the machine (CPU model, usable
+cores, torch / numba versions, load average at the start and at the end).
 
 Plans:
 
@@ -53,10 +64,11 @@ import argparse
 import dataclasses
 import gc
 import json
+import statistics
 import sys
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TypeGuard
@@ -64,14 +76,16 @@ from typing import Any, NamedTuple, TypeGuard
 import torch
 from torch import Tensor
 
-from .common import GIB, RESULTS_DIR, new_result, progress, save_json
+from .common import GIB, RESULTS_DIR, load_average, machine_info, new_result, progress, save_json
 from .measure import (
     TimingPolicy,
     available_bytes,
+    interleaved_rounds,
     numba_threads,
     peak_memory,
     run_json_child,
     set_threads,
+    spread,
     thread_count,
     time_method,
     timed_call,
@@ -90,6 +104,10 @@ __all__ = [
     "build_methods",
     "check_targets",
     "main",
+    "measure_target_rows",
+    "measure_thread_scaling",
+    "spread_table",
+    "target_rows_text",
     "make_inputs",
     "markdown_table",
     "plot_results",
@@ -113,6 +131,18 @@ KEY_MEMORY_SIZES = (1024, 8192)
 PREWARM_N = 32
 #: ``N`` at which the speed targets of the issue are checked.
 TARGET_N = 1024
+#: Rounds, and calls per round, of the targets rows (each tripletkit method alternating with
+#: cdist in one process; the ratio is the median of the per-round ratios) and of the
+#: thread-scaling rows (each numba loss at 1 and at 2 threads, alternating).
+TARGET_ROUNDS = 5
+TARGET_CALLS = 3
+#: The thread counts of the scaling rows, and the limit of the scaling target: with 2
+#: threads a numba loss should take at most this share of its 1-thread time.
+SCALING_THREADS = (1, 2)
+SCALING_LIMIT = 0.85
+#: The scaling target is only judged when the 1-thread calls got at least this share of a
+#: core (process CPU time over wall time): below it, other processes were taking the CPU.
+QUIET_CPU_SHARE = 0.9
 #: The module the memory subprocess runs (``python -m benchmarks.speed --memory-child``).
 _MODULE = "benchmarks.speed"
 
@@ -236,6 +266,14 @@ class RunConfig:
     seed: int = 0
     large_sizes: tuple[int, ...] = ()  # timed for cdist and batch-all only
     full: bool = False
+    target_rounds: int = TARGET_ROUNDS
+    target_calls: int = TARGET_CALLS
+
+    @property
+    def target_n(self) -> int:
+        """``N`` of the targets and thread-scaling rows: :data:`TARGET_N`, or the largest
+        size when the run does not include it (``--quick``, ``--sizes``)."""
+        return TARGET_N if TARGET_N in self.sizes else max(self.sizes)
 
     @property
     def default_backend(self) -> str:
@@ -341,6 +379,7 @@ class _DeviceRun:
     inputs_key: tuple[int, str] | None = None
     x: Tensor = field(default_factory=lambda: torch.empty(0))
     y: Tensor = field(default_factory=lambda: torch.empty(0))
+    extra: dict[str, Any] = field(default_factory=dict)  # targets and thread-scaling rows
 
     def inputs(self, n: int, labels_kind: str) -> tuple[Tensor, Tensor]:
         """The inputs of a configuration, made once for all methods at that size."""
@@ -408,11 +447,15 @@ class _DeviceRun:
 
 def run_device(
     methods: list[Method], cfg: RunConfig
-) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-    """Time every planned configuration on one device, then measure the memory ones.
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]], dict[str, Any]]:
+    """Time every planned configuration on one device, then the targets and thread-scaling
+    rows, then measure the memory ones.
 
     Returns:
-        The result entries, and per method the :func:`prewarm` figures (or its error).
+        The result entries, per method the :func:`prewarm` figures (or its error), and
+        ``{"target_rows": ..., "thread_scaling": ..., "rows_elapsed_s": ...}`` (see
+        :func:`measure_target_rows` and :func:`measure_thread_scaling`; the seconds both
+        took).
     """
     results: list[dict[str, Any]] = []
     state = _DeviceRun(cfg)
@@ -423,10 +466,135 @@ def run_device(
         entry = _entry(method, n, labels_kind, cfg.device)
         results.append(entry)
         state.measure(method, entry)
+    started = time.perf_counter()
+    state.extra = {
+        "target_rows": measure_target_rows(state, methods, results),
+        "thread_scaling": measure_thread_scaling(state, methods, results),
+    }
+    state.extra["rows_elapsed_s"] = time.perf_counter() - started
     state.release()
     _attach_ratios(results)
     _measure_memory(methods, plan, results, cfg)
-    return results, state.warm_info
+    return results, state.warm_info, state.extra
+
+
+def _ok_at(results: list[dict[str, Any]], name: str, n: int) -> bool:
+    e = find_entry(results, name, n)
+    return e is not None and e["status"] == "ok"
+
+
+def _wall(f: LossFn, x: Tensor, y: Tensor, device: str) -> Callable[[], float]:
+    return lambda: timed_call(f, x, y, device).wall_s
+
+
+def measure_target_rows(
+    state: _DeviceRun, methods: list[Method], results: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The targets rows: at :attr:`RunConfig.target_n`, each tripletkit method alternating
+    with ``cdist`` in this process, :attr:`RunConfig.target_rounds` rounds of
+    :attr:`RunConfig.target_calls` calls each (median per round).
+
+    Returns:
+        One row per method timed OK at that ``N``: ``method``, ``n``, ``rounds``,
+        ``calls_per_round``, the per-round medians ``times_s`` and ``cdist_times_s``, their
+        medians ``median_s`` and ``cdist_median_s``, the per-round ratios ``ratios`` and
+        their spread ``ratio`` (see :func:`benchmarks.measure.spread`; the targets read
+        ``ratio["median"]``) and the ``load_average`` before the rows.
+    """
+    cfg = state.cfg
+    n = cfg.target_n
+    by_name = {m.name: m for m in methods}
+    if "cdist" not in by_name or not _ok_at(results, "cdist", n):
+        return []
+    x, y = state.inputs(n, "pk")
+    cdist = state.loss_fn(by_name["cdist"])
+    rows: list[dict[str, Any]] = []
+    for m in methods:
+        f = state.loss_fn(m) if m.family == "tripletkit" and _ok_at(results, m.name, n) else None
+        if f is None or isinstance(f, BaseException) or isinstance(cdist, BaseException):
+            continue
+        load = load_average()
+        calls = {"cdist": _wall(cdist, x, y, cfg.device), m.name: _wall(f, x, y, cfg.device)}
+        try:
+            per_round = interleaved_rounds(calls, cfg.target_rounds, cfg.target_calls)
+        except Exception as exc:  # noqa: BLE001 - recorded, the run carries on
+            rows.append({"method": m.name, "n": n, "error": _error(exc)})
+            continue
+        ratios = [t / c for t, c in zip(per_round[m.name], per_round["cdist"], strict=True)]
+        rows.append(
+            {
+                "method": m.name,
+                "n": n,
+                "rounds": cfg.target_rounds,
+                "calls_per_round": cfg.target_calls,
+                "times_s": per_round[m.name],
+                "cdist_times_s": per_round["cdist"],
+                "median_s": statistics.median(per_round[m.name]),
+                "cdist_median_s": statistics.median(per_round["cdist"]),
+                "ratios": ratios,
+                "ratio": spread(ratios),
+                "load_average": load,
+            }
+        )
+    return rows
+
+
+def measure_thread_scaling(
+    state: _DeviceRun, methods: list[Method], results: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Thread scaling of ``cdist`` and every numba loss at :attr:`RunConfig.target_n`:
+    :data:`SCALING_THREADS` alternating, :attr:`RunConfig.target_rounds` rounds of
+    :attr:`RunConfig.target_calls` calls each (median per round).
+
+    Returns:
+        ``{"skipped": reason}`` (not on CPU, or fewer than 2 usable cores), else
+        ``{"n", "threads", "usable_cores", "rows"}`` with per method ``method``, the
+        per-round medians ``times_s`` (``{"1": [...], "2": [...]}``), ``median_s`` per
+        thread count, ``scaling`` (the spread of the per-round ratios ``t(2) / t(1)``),
+        ``cpu_share_1`` (median process CPU time over wall time of the 1-thread calls: near
+        1 on a quiet machine) and the ``load_average`` before the row.
+    """
+    cfg = state.cfg
+    cores = machine_info()["usable_cores"] or 1
+    if cfg.device != "cpu":
+        return {"skipped": "thread scaling is measured on the CPU"}
+    if cores < max(SCALING_THREADS):
+        return {"skipped": f"needs {max(SCALING_THREADS)} usable cores, this process has {cores}"}
+    n = cfg.target_n
+    x, y = state.inputs(n, "pk")
+    rows = []
+    for m in methods:
+        wanted = m.name == "cdist" or (m.family == "tripletkit" and m.backend == "numba")
+        f = state.loss_fn(m) if wanted and _ok_at(results, m.name, n) else None
+        if f is None or isinstance(f, BaseException):
+            continue
+        shares: list[float] = []
+
+        def at(threads: int, f: LossFn = f, shares: list[float] = shares) -> Callable[[], float]:
+            def call() -> float:
+                with thread_count(threads):
+                    c = timed_call(f, x, y, cfg.device)
+                if threads == 1:
+                    shares.append(c.cpu_s / max(c.wall_s, 1e-9))
+                return c.wall_s
+
+            return call
+
+        load = load_average()
+        calls = {str(t): at(t) for t in SCALING_THREADS}
+        per_round = interleaved_rounds(calls, cfg.target_rounds, cfg.target_calls)
+        one, two = (per_round[str(t)] for t in SCALING_THREADS)
+        rows.append(
+            {
+                "method": m.name,
+                "times_s": per_round,
+                "median_s": {t: statistics.median(v) for t, v in per_round.items()},
+                "scaling": spread([b / a for a, b in zip(one, two, strict=True)]),
+                "cpu_share_1": statistics.median(shares),
+                "load_average": load,
+            }
+        )
+    return {"n": n, "threads": list(SCALING_THREADS), "usable_cores": cores, "rows": rows}
 
 
 def _measure_memory(
@@ -497,17 +665,59 @@ def _why_missing(e: dict[str, Any] | None) -> str:
     return f"{e['status']}: {e.get('reason') or e.get('error')}"
 
 
-def _ratio_checks(results: list[dict[str, Any]], backends: list[str]) -> Iterable[_Check]:
+def _ms(seconds: float) -> str:
+    return f"{1e3 * seconds:.3g} ms"
+
+
+def _ratio_checks(
+    results: list[dict[str, Any]], backends: list[str], rows: list[dict[str, Any]]
+) -> Iterable[_Check]:
+    """Each ratio from the targets rows (median of the per-round ratios, with their
+    min-max), else from the sweep's medians; the detail names the cdist time."""
     n = TARGET_N
+    by_method = {r["method"]: r for r in rows if r.get("n") == n and "ratio" in r}
+    cdist = find_entry(results, "cdist", n)
     for strategy, limit in (("batch_all", 3.0), ("semi_hard", 3.0), ("batch_hard", 1.5)):
         for b in backends:
-            e = find_entry(results, f"{strategy}[{b}]", n)
-            name = f"N={n} {strategy}[{b}] <= {limit:g}x cdist"
-            if _ok(e) and "ratio_to_cdist" in e:
+            method = f"{strategy}[{b}]"
+            e = find_entry(results, method, n)
+            name = f"N={n} {method} <= {limit:g}x cdist"
+            row = by_method.get(method)
+            if row is not None:
+                r = row["ratio"]
+                detail = (
+                    f"{r['median']:.2f}x [{r['min']:.2f}-{r['max']:.2f}] over "
+                    f"{row['rounds']} rounds ({_ms(row['median_s'])}; cdist "
+                    f"{_ms(row['cdist_median_s'])})"
+                )
+                yield _Check(name, r["median"] <= limit, detail, b)
+            elif _ok(e) and _ok(cdist) and "ratio_to_cdist" in e:
                 r = e["ratio_to_cdist"]
-                yield _Check(name, r <= limit, f"{r:.2f}x ({1e3 * e['median_s']:.1f} ms)", b)
+                detail = f"{r:.2f}x ({_ms(e['median_s'])}; cdist {_ms(cdist['median_s'])})"
+                yield _Check(name, r <= limit, detail, b)
             else:
                 yield _Check(name, None, _why_missing(e), b)
+
+
+def _scaling_checks(scaling: dict[str, Any]) -> Iterable[_Check]:
+    """Each numba loss with 2 threads at most :data:`SCALING_LIMIT` of its 1-thread time;
+    N/A where the 1-thread calls did not get :data:`QUIET_CPU_SHARE` of a core."""
+    for row in scaling.get("rows", []):
+        if row["method"] == "cdist":
+            continue
+        lo, hi = SCALING_THREADS
+        name = f"N={scaling['n']} {row['method']} t({hi} threads) / t({lo}) <= {SCALING_LIMIT:g}"
+        r = row["scaling"]
+        detail = (
+            f"{r['median']:.2f} [{r['min']:.2f}-{r['max']:.2f}] "
+            f"({_ms(row['median_s'][str(lo)])} -> {_ms(row['median_s'][str(hi)])})"
+        )
+        share = row["cpu_share_1"]
+        if share < QUIET_CPU_SHARE:
+            detail += f"; machine busy: 1-thread calls got {share:.0%} of a core"
+            yield _Check(name, None, detail, "numba")
+        else:
+            yield _Check(name, r["median"] <= SCALING_LIMIT, detail, "numba")
 
 
 def _peer_checks(results: list[dict[str, Any]], backends: list[str]) -> Iterable[_Check]:
@@ -542,7 +752,9 @@ def _memory_checks(results: list[dict[str, Any]], backends: list[str]) -> Iterab
         base = (floor or {}).get("memory") or {}
         if _ok(e) and _ok(floor) and "extra_peak_bytes" in mem and "extra_peak_bytes" in base:
             ratio = mem["extra_peak_bytes"] / base["extra_peak_bytes"]
-            yield _Check(name, ratio <= 1.5, f"{ratio:.2f}x cdist's", b)
+            mib = (mem["extra_peak_bytes"] / 2**20, base["extra_peak_bytes"] / 2**20)
+            detail = f"{ratio:.2f}x cdist's ({mib[0]:.0f} MiB; cdist {mib[1]:.0f} MiB)"
+            yield _Check(name, ratio <= 1.5, detail, b)
         else:
             yield _Check(name, None, _why_missing(e if not _ok(e) else floor), b)
 
@@ -567,16 +779,22 @@ def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     "backend", "default_backend"}``.
 
     ``passed`` is ``None`` (N/A) when a configuration the target needs was not measured.
-    Speed targets are checked at ``N = 1024`` for both tripletkit backends; the one
-    ``backend="auto"`` picks on the device is flagged ``default_backend``.
+    Speed targets are checked at ``N = 1024`` for both tripletkit backends, from the
+    targets rows (``result["target_rows"]``) when present; the thread-scaling targets from
+    ``result["thread_scaling"]``. The backend ``backend="auto"`` picks on the device is
+    flagged ``default_backend``.
     """
     results = result["results"]
     auto = "numba" if result["config"]["device"] == "cpu" else "torch"
     backends = result["config"]["backends"]
     checks = [
-        check
-        for checks_of in (_ratio_checks, _peer_checks, _memory_checks, _backend_checks)
-        for check in checks_of(results, backends)
+        *_ratio_checks(results, backends, result.get("target_rows") or []),
+        *(
+            check
+            for checks_of in (_peer_checks, _memory_checks, _backend_checks)
+            for check in checks_of(results, backends)
+        ),
+        *_scaling_checks(result.get("thread_scaling") or {}),
     ]
     return [
         {
@@ -588,6 +806,97 @@ def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         }
         for c in checks
     ]
+
+
+def _machine_line(machine: dict[str, Any]) -> str:
+    """Where the figures come from: CPU, cores, versions and load averages."""
+    load = machine.get("load_average_start") or []
+    end = machine.get("load_average_end") or []
+    return (
+        f"Machine: {machine.get('cpu')}, {machine.get('usable_cores')} usable cores; torch "
+        f"{machine.get('torch')}, numba {machine.get('numba')}; load average "
+        f"{'/'.join(map(str, load))} at the start, {'/'.join(map(str, end))} at the end.\n"
+    )
+
+
+def _cdist_line(results: list[dict[str, Any]]) -> str:
+    """The reference every ratio divides by: cdist's median at each ``N``."""
+    times = [
+        f"N={e['n']}{' two classes' if e['labels'] != 'pk' else ''} {_ms(e['median_s'])}"
+        for e in results
+        if e["method"] == "cdist" and e["status"] == "ok"
+    ]
+    return "Every ratio is to torch.cdist forward + backward at the same N: " + (
+        ", ".join(times) if times else "cdist was not timed"
+    )
+
+
+def spread_table(results: list[dict[str, Any]]) -> str:
+    """Markdown table of the spread over repeats of cdist and the tripletkit methods:
+    per ``N`` (P x K labels) and method, ``median [q1-q3] (repeats)`` in ms."""
+    rows = [
+        e for e in results if e["status"] == "ok" and e["labels"] == "pk" and e["family"] != "peer"
+    ]
+    names = list(dict.fromkeys(e["method"] for e in rows))
+    sizes = sorted({e["n"] for e in rows})
+    lines = [
+        "Spread over repeats, ms: median [first-third quartile] (repeats)",
+        "",
+        "| N | " + " | ".join(names) + " |",
+        "| ---: | " + " | ".join("---:" for _ in names) + " |",
+    ]
+    for n in sizes:
+        cells = []
+        for name in names:
+            e = find_entry(rows, name, n)
+            if e is None:
+                cells.append("")
+                continue
+            q1, q3 = e.get("q1_s", e["median_s"]), e.get("q3_s", e["median_s"])
+            cells.append(
+                f"{1e3 * e['median_s']:.3g} [{1e3 * q1:.3g}-{1e3 * q3:.3g}] ({e['repeats']})"
+            )
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def target_rows_text(result: dict[str, Any]) -> str:
+    """The targets rows and the thread-scaling rows, as printed."""
+    lines = []
+    rows = result.get("target_rows") or []
+    if rows:
+        first = rows[0]
+        lines.append(
+            f"Targets rows (N={first.get('n')}: each method alternating with cdist, "
+            f"{first.get('rounds')} rounds x {first.get('calls_per_round')} calls; ratio = "
+            "median of the per-round ratios [min-max]):"
+        )
+        for r in rows:
+            if "error" in r:
+                lines.append(f"  {r['method']}: error {r['error']}")
+                continue
+            q = r["ratio"]
+            lines.append(
+                f"  {r['method']}: {q['median']:.2f}x [{q['min']:.2f}-{q['max']:.2f}] "
+                f"({_ms(r['median_s'])}; cdist {_ms(r['cdist_median_s'])})"
+            )
+    scaling = result.get("thread_scaling") or {}
+    if "skipped" in scaling:
+        lines.append(f"Thread scaling: skipped ({scaling['skipped']})")
+    elif scaling.get("rows"):
+        lo, hi = scaling["threads"]
+        lines.append(
+            f"Thread scaling (N={scaling['n']}, {lo} and {hi} threads alternating): "
+            f"t({hi}) / t({lo}), median [min-max] of the rounds"
+        )
+        for r in scaling["rows"]:
+            q = r["scaling"]
+            lines.append(
+                f"  {r['method']}: {q['median']:.2f} [{q['min']:.2f}-{q['max']:.2f}] "
+                f"({_ms(r['median_s'][str(lo)])} -> {_ms(r['median_s'][str(hi)])}; "
+                f"1-thread calls got {r['cpu_share_1']:.0%} of a core)"
+            )
+    return "\n".join(lines)
 
 
 def _print_targets(targets: list[dict[str, Any]]) -> None:
@@ -730,6 +1039,8 @@ def _run_config(args: argparse.Namespace, device: str, sizes: list[int]) -> RunC
         mem_limit_bytes=limit,
         large_sizes=DEFAULT_LARGE_SIZES if not (args.quick or args.full or args.sizes) else (),
         full=args.full,
+        target_rounds=2 if args.quick else TARGET_ROUNDS,
+        target_calls=1 if args.quick else TARGET_CALLS,
     )
 
 
@@ -754,6 +1065,9 @@ def _config_json(cfg: RunConfig, methods: list[Method], missing: list[str]) -> d
         "memory": cfg.memory,
         "mem_limit_gib": cfg.mem_limit_bytes / GIB,
         "timing": dataclasses.asdict(cfg.policy),
+        "target_n": cfg.target_n,
+        "target_rounds": cfg.target_rounds,
+        "target_calls": cfg.target_calls,
     }
 
 
@@ -785,20 +1099,29 @@ def _run_and_save(
     started: float,
 ) -> dict[str, Any]:
     """Run one device, check the targets, write the JSON (and plot) and print the tables."""
-    results, warm_info = run_device(methods, cfg)
+    load_start = load_average()
+    results, warm_info, extra = run_device(methods, cfg)
     result = new_result(
         "speed",
         config=_config_json(cfg, methods, missing),
         methods=_methods_json(methods, warm_info),
         results=results,
+        **extra,
     )
+    # machine_info() ran at the end: its load_average is the end's
+    result["machine"]["load_average_start"] = load_start
+    result["machine"]["load_average_end"] = result["machine"]["load_average"]
     result["targets"] = check_targets(result)
     png_path = plot_results(result, json_path.with_suffix(".png")) if plot else None
     result["files"] = {"json": str(json_path), "png": str(png_path) if png_path else None}
     result["elapsed_s"] = time.perf_counter() - started
     save_json(json_path, result)
     print(f"\n## Speed on {cfg.device} (forward + backward; median, ratio to torch.cdist)\n")
+    print(_machine_line(result["machine"]))
     print(markdown_table(result))
+    print("\n" + _cdist_line(results))
+    print("\n" + spread_table(results))
+    print("\n" + target_rows_text(result))
     print("\nTargets:")
     _print_targets(result["targets"])
     print(f"\nWrote {json_path}" + (f" and {png_path}" if png_path else ""))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ if _REPO_ROOT not in sys.path:
 
 from benchmarks import registry, speed  # noqa: E402
 from benchmarks.common import RESULTS_DIR, machine_info, save_json  # noqa: E402
+from benchmarks.measure import interleaved_rounds, spread  # noqa: E402
 
 STATUSES = {"ok", "skipped", "error"}
 
@@ -55,7 +57,18 @@ def test_quick_run_writes_json_and_png(quick_run: tuple[dict[str, Any], Path]) -
     assert saved["config"]["quick"] is True
     assert saved["config"]["sizes"] == list(speed.QUICK_SIZES)
     assert saved["files"]["png"] == str(png_path)
-    for key in ("python", "torch", "numpy", "numba", "cpu", "timestamp"):
+    for key in (
+        "python",
+        "torch",
+        "numpy",
+        "numba",
+        "cpu",
+        "usable_cores",
+        "timestamp",
+        "load_average",
+        "load_average_start",
+        "load_average_end",
+    ):
         assert key in saved["machine"], key
     # The JSON holds exactly what main returned.
     assert len(saved["results"]) == len(runs["cpu"]["results"])
@@ -85,6 +98,9 @@ def test_quick_run_every_tripletkit_method_is_timed(
             assert _finite_positive(entry["median_s"])
             assert all(_finite_positive(t) for t in entry["times_s"])
             assert entry["repeats"] == len(entry["times_s"]) >= 1
+            times = sorted(entry["times_s"])
+            assert entry["min_s"] == times[0] and entry["max_s"] == times[-1]
+            assert times[0] <= entry["q1_s"] <= entry["median_s"] <= entry["q3_s"] <= times[-1]
             assert math.isfinite(entry["loss"])
             assert _finite_positive(entry["ratio_to_cdist"])
     for name in tk + ["cdist"]:
@@ -95,6 +111,39 @@ def test_quick_run_every_tripletkit_method_is_timed(
             assert m["compile_s"] is not None and m["compile_s"] >= 0, name
     two = [e for e in result["results"] if e["labels"] == "two_classes"]
     assert {e["method"] for e in two} >= {"cdist", "batch_all[torch]", "batch_all[numba]"}
+
+
+@pytest.mark.slow
+def test_quick_run_targets_rows_and_thread_scaling(
+    quick_run: tuple[dict[str, Any], Path],
+) -> None:
+    result = quick_run[0]["cpu"]
+    n = max(speed.QUICK_SIZES)  # --quick has no N = 1024: the rows run at its largest N
+    rows = {r["method"]: r for r in result["target_rows"]}
+    tk = {name for name, m in result["methods"].items() if m["family"] == "tripletkit"}
+    assert set(rows) == tk
+    for r in rows.values():
+        assert r["n"] == n and r["rounds"] == len(r["times_s"]) == len(r["cdist_times_s"]) == 2
+        ratios = [t / c for t, c in zip(r["times_s"], r["cdist_times_s"], strict=True)]
+        assert r["ratios"] == pytest.approx(ratios)
+        assert r["ratio"]["min"] <= r["ratio"]["median"] <= r["ratio"]["max"]
+    scaling = result["thread_scaling"]
+    if (machine_info()["usable_cores"] or 1) < 2:
+        assert "skipped" in scaling
+        return
+    assert scaling["threads"] == [1, 2] and scaling["n"] == n
+    numba_losses = {name for name in tk if name.endswith("[numba]")}
+    assert {r["method"] for r in scaling["rows"]} == numba_losses | {"cdist"}
+    for r in scaling["rows"]:
+        one, two = (r["times_s"][t] for t in ("1", "2"))
+        assert len(one) == len(two) == 2
+        ratios = [b / a for a, b in zip(one, two, strict=True)]
+        assert r["scaling"]["median"] == pytest.approx(statistics.median(ratios))
+        assert 0 < r["cpu_share_1"]
+    names = {t["name"] for t in result["targets"]}
+    assert {f"N={n} {m} t(2 threads) / t(1) <= 0.85" for m in numba_losses} <= names
+    printed = speed.target_rows_text(result)
+    assert "Targets rows" in printed and "Thread scaling" in printed and "cdist" in printed
 
 
 @pytest.mark.slow
@@ -112,6 +161,9 @@ def test_quick_run_memory_targets_and_table(quick_run: tuple[dict[str, Any], Pat
     assert table.startswith("| N | cdist |")
     for n in speed.QUICK_SIZES:
         assert f"| {n} |" in table
+    spread = speed.spread_table(result["results"])
+    for n in speed.QUICK_SIZES:
+        assert f"| {n} |" in spread
 
 
 def test_failing_configuration_is_recorded_not_raised() -> None:
@@ -137,8 +189,10 @@ def test_failing_configuration_is_recorded_not_raised() -> None:
         policy=speed.TimingPolicy(target_s=0.0, min_repeats=1, max_repeats=1, warmups=1),
         mem_limit_bytes=float(2**40),
     )
-    results, warm = speed.run_device(methods, cfg)
+    results, warm, extra = speed.run_device(methods, cfg)
     assert len(results) == 6
+    # the targets rows at the largest N: the working method alternating with cdist only
+    assert [r["method"] for r in extra["target_rows"]] == ["batch_hard[torch]"]
     by = {(e["method"], e["n"]): e for e in results}
     for n in (16, 32):
         assert by[("broken", n)]["status"] == "error"
@@ -218,6 +272,98 @@ def test_targets_and_table_from_synthetic_results() -> None:
     table = speed.markdown_table(rows)
     assert "| 1024 | 10 ms (1x) | 20 ms (2x) |" in table
     assert "error" in table and "3.00 GiB" in table
+    detail = {t["name"]: t["detail"] for t in speed.check_targets(result)}
+    assert detail["N=1024 batch_all[numba] <= 3x cdist"] == "2.00x (20 ms; cdist 10 ms)"
+
+
+def _target_row(method: str, ratios: list[float], cdist_ms: float = 10.0) -> dict[str, Any]:
+    times = [r * cdist_ms / 1e3 for r in ratios]
+    return {
+        "method": method,
+        "n": 1024,
+        "rounds": len(ratios),
+        "calls_per_round": 3,
+        "times_s": times,
+        "cdist_times_s": [cdist_ms / 1e3] * len(ratios),
+        "median_s": statistics.median(times),
+        "cdist_median_s": cdist_ms / 1e3,
+        "ratios": ratios,
+        "ratio": spread(ratios),
+    }
+
+
+def _scaling_row(method: str, one_ms: float, two_ms: float, share: float) -> dict[str, Any]:
+    return {
+        "method": method,
+        "times_s": {"1": [one_ms / 1e3], "2": [two_ms / 1e3]},
+        "median_s": {"1": one_ms / 1e3, "2": two_ms / 1e3},
+        "scaling": spread([two_ms / one_ms]),
+        "cpu_share_1": share,
+    }
+
+
+def test_targets_read_the_targets_rows_and_the_thread_scaling() -> None:
+    # The sweep says 2.5x (over the limit), the targets rows' median of rounds 2.9x: the
+    # rows decide, and their detail names the spread and the cdist time.
+    sweep = [
+        {"method": "cdist", "family": "baseline", "n": 1024, "labels": "pk", "status": "ok",
+         "median_s": 0.010, "device": "cpu"},
+        {"method": "semi_hard[numba]", "family": "tripletkit", "n": 1024, "labels": "pk",
+         "status": "ok", "median_s": 0.035, "device": "cpu"},
+    ]  # fmt: skip
+    speed._attach_ratios(sweep)
+    result = {
+        "config": {"device": "cpu", "backends": ["numba"]},
+        "results": sweep,
+        "target_rows": [_target_row("semi_hard[numba]", [3.1, 2.9, 2.7])],
+        "thread_scaling": {
+            "n": 1024,
+            "threads": [1, 2],
+            "rows": [
+                _scaling_row("cdist", 10.0, 5.5, 0.99),
+                _scaling_row("semi_hard[numba]", 40.0, 38.0, 0.98),  # scaling lost
+                _scaling_row("batch_hard[numba]", 10.0, 6.0, 0.97),
+                _scaling_row("batch_all[numba]", 20.0, 30.0, 0.5),  # machine busy
+            ],
+        },
+    }
+    targets = {t["name"]: t for t in speed.check_targets(result)}
+    semi = targets["N=1024 semi_hard[numba] <= 3x cdist"]
+    assert semi["passed"] is True
+    assert semi["detail"] == "2.90x [2.70-3.10] over 3 rounds (29 ms; cdist 10 ms)"
+    scaling = {name: t["passed"] for name, t in targets.items() if "threads" in name}
+    assert scaling == {
+        "N=1024 semi_hard[numba] t(2 threads) / t(1) <= 0.85": False,
+        "N=1024 batch_hard[numba] t(2 threads) / t(1) <= 0.85": True,
+        "N=1024 batch_all[numba] t(2 threads) / t(1) <= 0.85": None,
+    }
+    busy = targets["N=1024 batch_all[numba] t(2 threads) / t(1) <= 0.85"]["detail"]
+    assert "machine busy" in busy and "50%" in busy
+    printed = speed.target_rows_text(result)
+    assert "semi_hard[numba]: 2.90x [2.70-3.10] (29 ms; cdist 10 ms)" in printed
+    assert "semi_hard[numba]: 0.95 [0.95-0.95] (40 ms -> 38 ms" in printed
+
+
+def test_spread_and_interleaved_rounds() -> None:
+    assert spread([3.0, 1.0, 2.0, 4.0, 5.0]) == {
+        "median": 3.0, "q1": 2.0, "q3": 4.0, "min": 1.0, "max": 5.0
+    }  # fmt: skip
+    assert spread([2.0]) == {"median": 2.0, "q1": 2.0, "q3": 2.0, "min": 2.0, "max": 2.0}
+    with pytest.raises(ValueError, match="no values"):
+        spread([])
+    order: list[str] = []
+
+    def call(name: str, value: float) -> Any:
+        def f() -> float:
+            order.append(name)
+            return value
+
+        return f
+
+    out = interleaved_rounds({"a": call("a", 1.0), "b": call("b", 2.0)}, rounds=3, per_round=2)
+    assert out == {"a": [1.0] * 3, "b": [2.0] * 3}
+    # each round runs one call's repeats in a row, the order reversed every other round
+    assert order == ["a", "a", "b", "b", "b", "b", "a", "a", "a", "a", "b", "b"]
 
 
 def test_common_helpers(tmp_path: Path) -> None:

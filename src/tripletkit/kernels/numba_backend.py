@@ -382,28 +382,42 @@ def _ranked_kernel(dist, labels, ref_labels, self_index, p_lo, p_hi, n_lo, n_hi,
 @numba.njit(cache=True)
 def _semi_hard_anchor(row, label, ref_labels, own, fill, out_p, out_n):
     """Number of one anchor's semi-hard rows (its positives if it has a negative, else 0);
-    with ``fill`` also writes each positive (columns ascending) and its negative.
+    with ``fill`` also writes each positive (columns ascending) and its negative, into
+    ``out_p`` and ``out_n`` of that length.
 
-    The distances ``d_ap`` are sorted; a negative at ``v`` is farther than the positives
-    with ``d_ap < v``, the first ``r`` of them. Bucket ``r`` keeps the nearest such
-    negative (first column on ties); a running minimum over the buckets from the top gives
-    each positive its nearest farther negative. Without one, the first occurrence of the
-    largest negative distance is taken.
+    Counting is one pass over the labels, without allocating; filling gathers the
+    positives' columns and distances in one pass. The distances ``d_ap`` are then sorted; a
+    negative at ``v`` is farther than the positives with ``d_ap < v``, the first ``r`` of
+    them. Bucket ``r`` keeps the nearest such negative (first column on ties); a running
+    minimum over the buckets from the top gives each positive its nearest farther negative.
+    Without one, the first occurrence of the largest negative distance is taken.
     """
-    pcols = _positives(label, ref_labels, own)
-    npos = pcols.shape[0]
-    if npos == 0 or _count_negatives(label, ref_labels) == 0:
-        return 0
+    m = ref_labels.shape[0]
     if not fill:
-        return npos
+        npos = 0
+        nneg = 0
+        for j in range(m):
+            if ref_labels[j] != label:
+                nneg += 1
+            elif j != own:
+                npos += 1
+        return npos if nneg > 0 else 0
+    npos = out_p.shape[0]
+    if npos == 0:
+        return 0
+    pcols = np.empty(npos, dtype=np.int64)
     dap = np.empty(npos, dtype=row.dtype)
-    for i in range(npos):
-        dap[i] = row[pcols[i]]
+    i = 0
+    for j in range(m):
+        if ref_labels[j] == label and j != own:
+            pcols[i] = j
+            dap[i] = row[j]
+            i += 1
     order = np.argsort(dap, kind="mergesort")
     dsorted = dap[order]
     bucket = np.full(npos + 1, -1, dtype=np.int64)
     largest = -1
-    for j in range(ref_labels.shape[0]):
+    for j in range(m):
         if ref_labels[j] != label:
             v = row[j]
             if largest < 0 or v > row[largest]:

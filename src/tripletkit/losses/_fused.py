@@ -8,10 +8,13 @@ respect to the distance matrix; this module hands them to autograd.
   gradients. No triplet is listed. The cosine metric goes through the distance matrix in the
   graph (:class:`_BatchAllSum`).
 - Batch-hard and semi-hard: a selection kernel picks one negative per anchor (or positive
-  pair) on the detached matrix; the selected distances are then recomputed from the
-  embeddings' rows (O(T D) for T triplets), so the gradient reaches only the rows involved
-  and no ``N x M`` gradient is formed; when the selection spans every column (semi-hard
-  without a width), they are read from the matrix in the graph instead.
+  pair) on the detached matrix. A small selection (``T max(4, 2D) <= N M``: batch-hard) is
+  recomputed from the embeddings' rows (O(T D)), so the gradient reaches only the rows
+  involved. A larger one (semi-hard's ``T = N (K - 1)``) is read from the detached matrix
+  (:class:`_SelectedEuclidean`), whose backward scatters the selected entries' weights into
+  one ``N x M`` matrix for two matrix products: they scale with the threads, where the
+  rows' gathers had a serial scatter on the CPU (0.2's semi-hard slowdown at 2 threads).
+  The values read from the matrix get the difference form's (:func:`_exact_values`).
 
 Counts stay 0-dim tensors and nothing here reads a device value: with the input checks off
 (:func:`~tripletkit.set_input_checks`) and the kernels' widths known, a loss runs without a
