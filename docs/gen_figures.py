@@ -110,11 +110,17 @@ def quality_fragment(data: Mapping[str, Any]) -> str:
     comparison = _try(lambda: _comparison(data["comparison"]))
     if comparison:
         parts.append(comparison)
+    if data.get("comparisons"):  # protocol 2: paired t-tests over seeds, Holm-corrected
+        tests = _try(lambda: report.comparisons_text(data["comparisons"]))
+        if tests:
+            parts.append(tests)
     return "\n\n".join(parts) + "\n"
 
 
 def _comparison(c: Mapping[str, Any]) -> str:
     tk, peer, diff = c["tripletkit"], c["peer"], c["difference"]
+    if "half_width" in tk["at_time"]:  # protocol 2: the benchmark's own wording
+        return report.comparison_text(c)
     if "se" in diff:
         gap = f"{diff['mean']:+.3f} ± {diff['se']:.3f} (standard error)"
     else:
@@ -223,12 +229,12 @@ def headline(full: Mapping[str, Any] | None, speed: Mapping[str, Any] | None) ->
         ranked = _ranked(full)
         best_tk = next((r for r in ranked if r[1].get("family") == "tripletkit"), None)
         best_peer = next((r for r in ranked if r[1].get("family") == "peer"), None)
-        worst = ranked[-1] if ranked else None
+        random = next((r for r in ranked if r[0] == "random"), None)
         cells = []
         for what, row in (
-            ("best tripletkit row", best_tk),
-            ("best pytorch-metric-learning recipe", best_peer),
-            ("random triplets", worst),
+            ("highest tripletkit row", best_tk),
+            ("highest pytorch-metric-learning recipe", best_peer),
+            ("random triplets (no mining)", random),
         ):
             if row:
                 cells.append([what, f"`{row[0]}`", _stat(row[1]["aggregate"]["final"][MAP])])
@@ -241,6 +247,10 @@ def headline(full: Mapping[str, Any] | None, speed: Mapping[str, Any] | None) ->
         comparison = _try(lambda: _comparison(full["comparison"]))
         if comparison:
             lines.append("\n" + comparison)
+        items = (full.get("comparisons") or {}).get("items") or []
+        test = _try(lambda: report.comparisons_text({**full["comparisons"], "items": items[:1]}))
+        if items and test:  # protocol 2: the same pair on the test classes
+            lines.append("\n" + test)
     if speed:
         rows = speed.get("results", [])
         sizes = sorted({e["n"] for e in rows if e.get("labels") == "pk"})
