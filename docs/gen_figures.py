@@ -111,10 +111,15 @@ def quality_fragment(data: Mapping[str, Any]) -> str:
     if comparison:
         parts.append(comparison)
     if data.get("comparisons"):  # protocol 2: paired t-tests over seeds, Holm-corrected
-        tests = _try(lambda: report.comparisons_text(data["comparisons"]))
+        tests = _try(lambda: _list(report.comparisons_text(data["comparisons"])))
         if tests:
             parts.append(tests)
     return "\n\n".join(parts) + "\n"
+
+
+def _list(text: str) -> str:
+    """A heading line and its ``- `` items, with the blank line markdown needs between."""
+    return text.replace("\n", "\n\n", 1)
 
 
 def _comparison(c: Mapping[str, Any]) -> str:
@@ -248,7 +253,9 @@ def headline(full: Mapping[str, Any] | None, speed: Mapping[str, Any] | None) ->
         if comparison:
             lines.append("\n" + comparison)
         items = (full.get("comparisons") or {}).get("items") or []
-        test = _try(lambda: report.comparisons_text({**full["comparisons"], "items": items[:1]}))
+        test = _try(
+            lambda: _list(report.comparisons_text({**full["comparisons"], "items": items[:1]}))
+        )
         if items and test:  # protocol 2: the same pair on the test classes
             lines.append("\n" + test)
     if speed:
