@@ -215,6 +215,34 @@ def precision_fragment(data: Mapping[str, Any]) -> str:
     )
 
 
+def neighbours_fragment(files: list[Mapping[str, Any]]) -> str:
+    rows = []
+    for data in files:
+        for r in data.get("results", []):
+            queries = r.get("queries")
+            search = r.get("backend", "?") + (
+                f", {queries:,} queries" if queries and queries != r.get("n") else ""
+            )
+            extra = r.get("search_cpu_s_extrapolated")
+            cpu = f"{r['search_cpu_s']:,.1f} s" + (
+                f" (→ ~{extra:,.0f} s for all, extrapolated)" if extra and queries != r["n"] else ""
+            )
+            rows.append(
+                [
+                    f"{r['n']:,}",
+                    search,
+                    f"{r['embed_s']:,.0f} s",
+                    cpu,
+                    f"{r['search_s']:,.0f} s",
+                    report.format_bytes(r["search_extra_peak_bytes"]),
+                ]
+            )
+    header = ["N", "search", "embed (wall)", "search CPU", "search wall", "search extra peak"]
+    notes = [d["note"] for d in files if d.get("note")]
+    text = report.md_table(header, rows, "rlrrrr") + "\n"
+    return text + "".join(f"\n*{n}.*\n" for n in notes)
+
+
 def gpu_fragment(data: Mapping[str, Any] | None) -> str:
     if data is None:
         return (
@@ -299,6 +327,9 @@ def generate(out: Path) -> dict[str, str]:
     data = _load("precision.json")
     if data:
         fragments["precision"] = precision_fragment(data)
+    found = [d for d in (_load("neighbours.json"), _load("neighbours_partial.json")) if d]
+    if found:
+        fragments["neighbours"] = neighbours_fragment(found)
     fragments["gpu"] = gpu_fragment(_load("gpu.json"))
     for name, text in fragments.items():
         if text is not None:

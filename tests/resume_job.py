@@ -1,13 +1,15 @@
 """A small training job that checkpoints after every step, for tests/test_resume.py.
 
-``python tests/resume_job.py DIR --sampler pk|hard [--kill-at STEP] [--rank R --world W
+``python tests/resume_job.py DIR --sampler pk|hard|neighbour [--kill-at STEP] [--rank R --world W
 --port P]``: trains 3 epochs of a tiny network with batch-hard mining against the batch and a
 cross-batch memory; after every step it writes ``DIR/ckpt{rank}.pt`` (the checkpoint recipe
 of the README: model, optimizer, sampler, memory, RNG); with ``--kill-at`` it kills itself
 with SIGKILL right after that step's checkpoint (no ``finally``, no flush: a preempted job).
 Started again, it resumes from the checkpoint. At the end it writes ``DIR/final{rank}.pt``.
 With ``--world 2`` the replicas train one DDP model on disjoint batches; the memory and the
-hard-class sampler are fed the gathered batch, so they stay identical on every replica.
+hard-class sampler are fed the gathered batch, so they stay identical on every replica; the
+neighbour sampler is refreshed from the network every 4 steps (each replica embeds its shard,
+one all-gather).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tripletkit.distributed import gather
 from tripletkit.losses import batch_hard_triplet_loss
 from tripletkit.memory import CrossBatchMemory
-from tripletkit.samplers import HardClassPKBatchSampler, PKBatchSampler
+from tripletkit.samplers import HardClassPKBatchSampler, NeighbourPKBatchSampler, PKBatchSampler
 
 EPOCHS = 3
 
@@ -45,7 +47,7 @@ def _save(state: dict, path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("dir", type=Path)
-    p.add_argument("--sampler", choices=["pk", "hard"], required=True)
+    p.add_argument("--sampler", choices=["pk", "hard", "neighbour"], required=True)
     p.add_argument("--kill-at", type=int)
     p.add_argument("--rank", type=int, default=0)
     p.add_argument("--world", type=int, default=1)
@@ -66,7 +68,8 @@ def main() -> None:
     )
     model = torch.nn.parallel.DistributedDataParallel(net) if args.world > 1 else net
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    kind = PKBatchSampler if args.sampler == "pk" else HardClassPKBatchSampler
+    kinds = {"pk": PKBatchSampler, "hard": HardClassPKBatchSampler}
+    kind = kinds.get(args.sampler, NeighbourPKBatchSampler)
     sampler = kind(labels, p=2, k=3, seed=0, num_replicas=args.world, rank=args.rank)
     memory = CrossBatchMemory(size=24, dim=4)
     # A DataLoader draws a seed from the global RNG each time it is iterated: with its own
@@ -87,6 +90,8 @@ def main() -> None:
     for epoch in range(sampler.epoch, EPOCHS):
         sampler.set_epoch(epoch)
         for batch, y in loader:
+            if isinstance(sampler, NeighbourPKBatchSampler) and step % 4 == 0:
+                sampler.refresh(net, TensorDataset(x, labels))  # shards + one gather
             emb = torch.nn.functional.normalize(model(batch))
             loss = batch_hard_triplet_loss(emb, y, backend="torch")
             if len(memory):

@@ -28,6 +28,7 @@ PUBLIC_MODULES = (
     "tripletkit.memory",
     "tripletkit.distances",
     "tripletkit.distributed",
+    "tripletkit.neighbours",
 )
 
 _REFS = "ref_embeddings=None, ref_labels=None, anchor_offset=None"
@@ -254,6 +255,27 @@ SIGNATURES: dict[tuple[str, str], dict[str, str]] = {
         "small_classes='replace'",
         "set_epoch": "epoch",
     },
+    ("tripletkit.samplers", "NeighbourPKBatchSampler"): {
+        "__init__": "labels, p, k, *, num_neighbours=8, hard_fraction=0.5, group_size=2, "
+        "skip_hardest=0, positive_ratio=None, metric='euclidean', backend='torch', "
+        "memory_budget=268435456, seed=0, num_replicas=None, rank=None, "
+        "small_classes='replace'",
+        "set_epoch": "epoch",
+        "refresh": "model=None, data=None, *, embeddings=None, batch_size=256, device=None, "
+        "num_workers=0, progress=False",
+    },
+    ("tripletkit.neighbours", "embed_dataset"): {
+        "": "model, data, *, batch_size=256, device=None, num_workers=0, progress=False, "
+        "distributed=None"
+    },
+    ("tripletkit.neighbours", "nearest_neighbours"): {
+        "": "embeddings, labels, num_negatives, num_positives=0, *, metric='euclidean', "
+        "skip_hardest=0, positive_ratio=None, backend='torch', faiss_index='Flat', "
+        "memory_budget=268435456, queries=None"
+    },
+    ("tripletkit.neighbours", "Neighbours"): {
+        "__new__": "negatives, negative_distances, positives, positive_distances"
+    },
     ("tripletkit.memory", "CrossBatchMemory"): {
         "__init__": "size, dim, *, device=None, dtype=torch.float32",
         "enqueue": "embeddings, labels",
@@ -278,6 +300,9 @@ CONSTANTS = {
     ("tripletkit.losses", "FUSED_REDUCTIONS"): ("mean", "sum", "mean_nonzero"),
     ("tripletkit.samplers", "SMALL_CLASSES"): ("replace", "skip"),
     ("tripletkit.distances", "METRICS"): ("euclidean", "sqeuclidean", "cosine"),
+    ("tripletkit.neighbours", "NEIGHBOUR_METRICS"): ("euclidean", "sqeuclidean", "cosine"),
+    ("tripletkit.neighbours", "BACKENDS"): ("torch", "faiss"),
+    ("tripletkit.neighbours", "DEFAULT_MEMORY_BUDGET"): 268435456,
     ("tripletkit.distributed", "SHARDED_LOSSES"): {
         "batch_all": "mean_nonzero",
         "batch_hard": "mean",
@@ -372,9 +397,8 @@ PACKAGES = {
     ),
 }
 #: Names in a submodule's ``__all__`` that its package deliberately leaves out: the
-#: cutoffs' validator of distance-weighted sampling (the old path
-#: ``tripletkit.sampling_miners.check_cutoffs`` points at ``tripletkit.miners.sampling``) and
-#: the reduction helpers the loss files share (and their dtype decorator).
+#: cutoffs' validator of distance-weighted sampling (importable from
+#: ``tripletkit.miners.sampling``) and the reduction helpers the loss files share (and their dtype decorator).
 NOT_EXPORTED = {
     "tripletkit.miners.sampling": {"check_cutoffs"},
     "tripletkit.losses._reduce": {"in_input_dtype", "keep_in_graph", "reduce_terms"},

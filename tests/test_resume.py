@@ -55,7 +55,7 @@ def _final(out: Path, world: int) -> list[dict]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("world", [1, 2])
-@pytest.mark.parametrize("sampler", ["pk", "hard"])
+@pytest.mark.parametrize("sampler", ["pk", "hard", "neighbour"])
 def test_killed_and_resumed_equals_uninterrupted(tmp_path: Path, sampler: str, world: int) -> None:
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     straight.mkdir()

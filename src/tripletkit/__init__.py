@@ -32,14 +32,18 @@ from . import (
     types,
 )
 from ._checks import input_checks_enabled, set_input_checks
+from ._deprecation import refuse_removed_modules as _refuse_removed_modules
 from .distances import paired_distance, pairwise_distance
+from .kernels import get_memory_budget, set_memory_budget
 from .memory import CrossBatchMemory
 from .metrics import RetrievalMetrics, retrieval_metrics
 from .samplers import PKBatchSampler
 from .stats import triplet_stats
 from .types import Pairs, Triplets, TripletStats
 
-__version__ = "0.2.0"
+__version__ = "0.3.0.dev0"  # the one place: pyproject.toml reads it (tool.setuptools.dynamic)
+
+_refuse_removed_modules()  # importing a module path removed in 0.3 names its new home
 
 __all__ = [
     "CrossBatchMemory",
@@ -49,6 +53,7 @@ __all__ = [
     "TripletStats",
     "Triplets",
     "datasets",
+    "get_memory_budget",
     "input_checks_enabled",
     "distances",
     "distributed",
@@ -63,6 +68,7 @@ __all__ = [
     "retrieval_metrics",
     "samplers",
     "set_input_checks",
+    "set_memory_budget",
     "stats",
     "triplet_stats",
     "types",

@@ -40,7 +40,8 @@ class Batch:
             the same tensor object).
         ref_labels: ``[M]`` int64 reference labels.
         self_index: ``[N]`` int64, each anchor's own column among the references or -1.
-        backend: the kernel backend that runs on these tensors, ``"torch"`` or ``"numba"``.
+        backend: the kernel backend that runs on these tensors, ``"torch"``, ``"numba"`` or
+            ``"streaming"`` (the fused losses stream tiles; other kernels run as numba).
         metric: the metric of :meth:`distances`.
         width: an upper bound on any anchor's number of positives, when known on the host
             (given as ``max_positives``, or read with the checks); else ``None``.
@@ -256,9 +257,10 @@ def prepare(
         max_positives = check_nonnegative_int(max_positives, "max_positives")
     checks = DeviceChecks()
     emb, lab, ref, ref_lab = check_pair(embeddings, labels, ref_embeddings, ref_labels, checks)
-    resolved = resolve_backend(backend, emb.device)
     has_ref = ref is not None and ref_lab is not None
     m = ref.shape[0] if ref is not None else emb.shape[0]
+    matrix_bytes = emb.shape[0] * m * emb.element_size() if matrix else None  # issue 18
+    resolved = resolve_backend(backend, emb.device, matrix_bytes)
     offset = check_anchor_offset(anchor_offset, emb.shape[0], m, has_ref)
     if unit_norm and checks.enabled and not normalize:
         dtypes = [emb.dtype, embeddings.dtype] + ([ref_embeddings.dtype] if has_ref else [])  # type: ignore[union-attr]

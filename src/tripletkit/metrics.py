@@ -17,7 +17,6 @@ import torch
 from torch import Tensor
 
 from ._checks import check_choice, check_pair, check_positive_int
-from ._deprecation import warn
 from .distances import METRICS, _pairwise_distance_unchecked
 
 __all__ = ["RetrievalMetrics", "retrieval_metrics"]
@@ -101,34 +100,24 @@ def _nearest_stable(dist: Tensor, num: int) -> Tensor:
     return chosen.gather(1, order)
 
 
-_OLD_POSITIONAL = ("ref", "ref_labels", "k", "metric", "chunk_size")
-
-
 def _old_call_form(func: Callable[..., RetrievalMetrics]) -> Callable[..., RetrievalMetrics]:
     """tripletkit 0.1 took ``(query, query_labels, ref, ref_labels, k, metric, chunk_size)``
-    positionally and the references as ``ref=``: both still work, with a warning."""
+    positionally and the references as ``ref=``; 0.2 deprecated both and 0.3 removed them:
+    they raise a :class:`TypeError` that says what to write instead."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> RetrievalMetrics:
-        warned = len(args) > 2
-        if warned:
-            warn(
-                "retrieval_metrics(query, query_labels, ref, ...): pass everything after "
-                "query_labels by keyword (ref_embeddings=, ref_labels=, k=, metric=, chunk_size=)"
-            )
-        if len(args) > 2 + len(_OLD_POSITIONAL):
+        if len(args) > 2:
             raise TypeError(
-                f"retrieval_metrics takes at most {2 + len(_OLD_POSITIONAL)} positional arguments "
-                f"in its old form, got {len(args)}"
+                "retrieval_metrics(query, query_labels, ref, ...) was removed in tripletkit "
+                "0.3: pass everything after query_labels by keyword (ref_embeddings=, "
+                "ref_labels=, k=, metric=, chunk_size=)"
             )
-        kwargs.update(zip(_OLD_POSITIONAL, args[2:], strict=False))
-        args = args[:2]
         if "ref" in kwargs:
-            if "ref_embeddings" in kwargs:
-                raise TypeError("retrieval_metrics got both ref= and ref_embeddings=")
-            if not warned:
-                warn("retrieval_metrics(ref=...) is now retrieval_metrics(ref_embeddings=...)")
-            kwargs["ref_embeddings"] = kwargs.pop("ref")
+            raise TypeError(
+                "retrieval_metrics(ref=...) was removed in tripletkit 0.3: write "
+                "retrieval_metrics(ref_embeddings=...)"
+            )
         return func(*args, **kwargs)
 
     return wrapper

@@ -2,7 +2,10 @@
 
 ``backend="auto"`` picks numba for CPU tensors and torch for every other device (and torch
 while ``torch.compile`` traces, since a numba call cannot be captured in a graph);
-``"torch"`` and ``"numba"`` force one (numba only accepts CPU tensors). Both backends expose
+``"torch"`` and ``"numba"`` force one (numba only accepts CPU tensors). ``"streaming"`` (CPU
+only) makes the fused losses mine tile by tile without the ``[N, M]`` matrix
+(:mod:`.streaming`; every other kernel runs it as numba); ``"auto"`` picks it on CPU when the
+matrix would exceed the memory budget (:func:`set_memory_budget`). Both backends expose
 the same kernels with the same results (see :mod:`.torch_backend` for their contract); this
 module converts between tensors and zero-copy numpy views, so callers always get tensors on
 the input's device: counts as 0-dim int64 tensors, selections as a
@@ -28,24 +31,62 @@ __all__ = [
     "batch_all_hinge",
     "batch_all_soft",
     "batch_hard",
+    "get_memory_budget",
     "resolve_backend",
     "semi_hard",
+    "set_memory_budget",
     "triplet_counts",
     "triplet_region",
 ]
 
-BACKENDS = ("auto", "torch", "numba")
+BACKENDS = ("auto", "torch", "numba", "streaming")
+
+# --- streaming switch (issue 18) -------------------------------------------------------------
+
+#: Default of :func:`set_memory_budget`: 1 GiB, a float32 matrix of N = M = 16,384.
+DEFAULT_MEMORY_BUDGET = 1 << 30
+_memory_budget = [DEFAULT_MEMORY_BUDGET]
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
+def set_memory_budget(nbytes: int | None = None) -> None:
+    """Set the largest ``[N, M]`` distance matrix, in bytes, that ``backend="auto"`` builds on
+    CPU: above it the fused losses (batch-all, batch-hard, semi-hard) switch to the
+    ``"streaming"`` backend, which never holds the matrix. ``None`` restores the default,
+    :data:`DEFAULT_MEMORY_BUDGET` (1 GiB). CUDA tensors are not affected.
+
+    Raises:
+        TypeError, ValueError: unless ``nbytes`` is a non-negative int or ``None``.
+    """
+    if nbytes is None:
+        nbytes = DEFAULT_MEMORY_BUDGET
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int):
+        raise TypeError(f"the memory budget must be an int (bytes), got {type(nbytes).__name__}")
+    if nbytes < 0:
+        raise ValueError(f"the memory budget must be >= 0 bytes, got {nbytes}")
+    _memory_budget[0] = nbytes
+
+
+def get_memory_budget() -> int:
+    """The current memory budget of :func:`set_memory_budget`, in bytes."""
+    return _memory_budget[0]
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_backend(backend: str, device: torch.device, matrix_bytes: int | None = None) -> str:
     """Resolve ``"auto"`` to ``"numba"`` on CPU and ``"torch"`` elsewhere (and while
-    ``torch.compile`` traces); validate the rest."""
+    ``torch.compile`` traces), or to ``"streaming"`` on CPU when ``matrix_bytes`` (the size
+    of the ``[N, M]`` matrix a caller would build) exceeds :func:`get_memory_budget`;
+    validate the rest."""
     check_choice("backend", backend, BACKENDS)
     if backend == "auto":
         cpu = device.type == "cpu" and not torch.compiler.is_compiling()
+        if cpu and matrix_bytes is not None and matrix_bytes > _memory_budget[0]:
+            return "streaming"
         return "numba" if cpu else "torch"
-    if backend == "numba" and device.type != "cpu":
-        raise ValueError(f"backend='numba' runs on CPU tensors only, got a tensor on {device}")
+    if backend in ("numba", "streaming") and device.type != "cpu":
+        raise ValueError(f"backend={backend!r} runs on CPU tensors only, got a tensor on {device}")
     return backend
 
 

@@ -35,6 +35,7 @@ from ..distances import _paired_distance_unchecked
 from ..kernels import triplet_region
 from ..miners.sampling import _check_generator, _per_anchor_triplets
 from ..types import Triplets
+from . import _streaming
 from ._base import LossModule
 from ._fused import batch_all_sum, mined_terms, triplet_terms
 from ._reduce import (
@@ -132,7 +133,9 @@ def batch_all_parts(
         backend,
         max_positives,
     )
-    return Parts(*batch_all_sum(b, checked_margin, soft_margin, smooth))
+    streamed = b.backend == "streaming"  # issue 18: no [N, M] matrix
+    fused = _streaming.batch_all_sum if streamed else batch_all_sum
+    return Parts(*fused(b, checked_margin, soft_margin, smooth))
 
 
 @in_input_dtype()
@@ -179,7 +182,9 @@ def batch_all_triplet_loss(
         anchor_offset: when the anchors are rows ``anchor_offset : anchor_offset + N`` of
             the references, the pairs of a sample with itself are excluded.
         normalize: L2-normalise the embeddings first.
-        backend: ``"auto"`` (numba on CPU, torch elsewhere), ``"torch"`` or ``"numba"``.
+        backend: ``"auto"`` (numba on CPU, torch elsewhere), ``"torch"``, ``"numba"`` or
+            ``"streaming"`` (CPU, tile by tile without the ``[N, M]`` matrix: what ``"auto"``
+            picks on CPU above :func:`~tripletkit.set_memory_budget`).
         max_positives: an upper bound on any anchor's number of positives, e.g. ``k - 1`` in
             P x K batches without references (:attr:`~tripletkit.samplers.PKBatchSampler.\
 max_positives`). The torch kernels size their buffers with it instead of reading the
@@ -255,7 +260,9 @@ def _mined(
         max_positives,
         need_width=not hardest,
     )
-    return mined_terms(b, hardest, checked_margin, soft_margin, windows, smooth)
+    streamed = b.backend == "streaming"  # issue 18: no [N, M] matrix
+    mine = _streaming.mined_terms if streamed else mined_terms
+    return mine(b, hardest, checked_margin, soft_margin, windows, smooth)
 
 
 def _mined_parts(terms: Tensor, valid: Tensor | None) -> Parts:

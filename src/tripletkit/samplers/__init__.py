@@ -8,12 +8,15 @@ the Triplet Loss for Person Re-Identification". Two variants choose *which* clas
 - :class:`HardClassPKBatchSampler` puts classes that the model confuses into the same batch
   (class-level hard mining: Suh et al. 2019; Smirnov et al. 2017);
 - :class:`CategoryPKBatchSampler` draws ``c`` super-categories and ``p`` classes from each,
-  so that negatives share a category.
+  so that negatives share a category;
+- :class:`NeighbourPKBatchSampler` puts anchors with their nearest samples of other classes,
+  mined over the whole dataset and refreshed from the training loop (ANCE-style refreshed
+  negatives, Xiong et al. 2020; :mod:`tripletkit.neighbours`).
 
-All three share one drawing procedure (``_draw.py``: each class's indices are shuffled and
+All four share one drawing procedure (``_draw.py``: each class's indices are shuffled and
 cut into groups of ``k``, and groups are dealt to batches so that no batch holds a class
 twice) and one base (``_base.py``: epochs, replicas, an exact ``len``, ``state_dict``). One
-file per sampler family: ``pk.py``, ``hard_class.py``, ``category.py``.
+file per sampler family: ``pk.py``, ``hard_class.py``, ``category.py``, ``neighbour.py``.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ from __future__ import annotations
 from ._draw import SMALL_CLASSES
 from .category import CategoryPKBatchSampler
 from .hard_class import HardClassPKBatchSampler
+from .neighbour import NeighbourPKBatchSampler
 from .pk import PKBatchSampler
 
 __all__ = [
     "SMALL_CLASSES",
     "CategoryPKBatchSampler",
     "HardClassPKBatchSampler",
+    "NeighbourPKBatchSampler",
     "PKBatchSampler",
 ]

@@ -14,7 +14,7 @@ from .._checks import (
     check_labels,
     check_positive_int,
 )
-from ._draw import _cover_groups, _random_groups, _shuffle_within_classes
+from ._draw import _Classes, _cover_groups, _random_groups, _shuffle_within_classes
 from .pk import PKBatchSampler
 
 __all__ = ["HardClassPKBatchSampler"]
@@ -51,6 +51,28 @@ def _nearest_classes(signatures: np.ndarray, num: int) -> np.ndarray:
         best = torch.sort(sim.gather(1, idx), dim=1, descending=True, stable=True).indices
         out[r0 : r0 + r] = idx.gather(1, best)
     return out.numpy()
+
+
+def _class_draw_groups(
+    rng: np.random.Generator, cls: _Classes, shuffled: np.ndarray, draws: np.ndarray, k: int
+) -> np.ndarray:
+    """``[len(draws), k]``: a group of k samples per class draw; a class's j-th draw in
+    the epoch takes its j-th cover group while it has one, else a random group."""
+    cover = _cover_groups(rng, shuffled, cls.counts, cls.starts, cls.groups, k)
+    cover_start = np.cumsum(cls.groups) - cls.groups
+    by_class = np.argsort(draws, kind="stable")
+    sorted_draws = draws[by_class]
+    occurrence = np.empty_like(draws)
+    occurrence[by_class] = np.arange(draws.shape[0]) - np.searchsorted(
+        sorted_draws, sorted_draws, side="left"
+    )
+    from_cover = occurrence < cls.groups[draws]
+    out = np.empty((draws.shape[0], k), dtype=np.int64)
+    out[from_cover] = cover[cover_start[draws[from_cover]] + occurrence[from_cover]]
+    rest = ~from_cover
+    if rest.any():
+        out[rest] = _random_groups(rng, shuffled, cls.counts, cls.starts, draws[rest], k)
+    return out
 
 
 def _check_fraction(value: object, name: str) -> float:
@@ -372,24 +394,8 @@ class HardClassPKBatchSampler(PKBatchSampler):
     def _class_groups(
         self, rng: np.random.Generator, shuffled: np.ndarray, draws: np.ndarray
     ) -> np.ndarray:
-        """``[len(draws), k]``: a group of k samples per class draw; a class's j-th draw in
-        the epoch takes its j-th cover group while it has one, else a random group."""
-        cls = self._classes
-        cover = _cover_groups(rng, shuffled, cls.counts, cls.starts, cls.groups, self.k)
-        cover_start = np.cumsum(cls.groups) - cls.groups
-        by_class = np.argsort(draws, kind="stable")
-        sorted_draws = draws[by_class]
-        occurrence = np.empty_like(draws)
-        occurrence[by_class] = np.arange(draws.shape[0]) - np.searchsorted(
-            sorted_draws, sorted_draws, side="left"
-        )
-        from_cover = occurrence < cls.groups[draws]
-        out = np.empty((draws.shape[0], self.k), dtype=np.int64)
-        out[from_cover] = cover[cover_start[draws[from_cover]] + occurrence[from_cover]]
-        rest = ~from_cover
-        if rest.any():
-            out[rest] = _random_groups(rng, shuffled, cls.counts, cls.starts, draws[rest], self.k)
-        return out
+        """``[len(draws), k]``: see :func:`_class_draw_groups`."""
+        return _class_draw_groups(rng, self._classes, shuffled, draws, self.k)
 
     def __repr__(self) -> str:
         return (
