@@ -1,10 +1,13 @@
 """The documentation site builds without a warning (``mkdocs build --strict``), its API
-reference names every public name of every public module, and every self-contained Python
-example on its pages runs."""
+reference names every public name of every public module, every self-contained Python
+example on its pages runs, and its benchmark figures are those ``docs/gen_figures.py``
+writes from the committed JSON."""
 
 from __future__ import annotations
 
+import filecmp
 import importlib
+import importlib.util
 import os
 import pkgutil
 import re
@@ -91,6 +94,16 @@ def _examples() -> list[tuple[str, int, str]]:
     return found
 
 
+def test_pages_have_runnable_examples() -> None:
+    """The examples that used to live in the README are on the pages, and every Python
+    block of every page is self-contained, so every one runs (below)."""
+    blocks = sum(len(re.findall(r"```python\n", p.read_text())) for p in DOCS.rglob("*.md"))
+    assert blocks == len(_examples()), "a Python block that is not self-contained"
+    pages = {page for page, _, _ in _examples()}
+    assert len(_examples()) >= 10, _examples()
+    assert {"getting-started.md", "guide/fused-losses.md", "guide/checkpoints.md"} <= pages
+
+
 @pytest.mark.parametrize(("page", "index", "code"), _examples(), ids=lambda v: str(v)[:30])
 def test_page_example_runs(page: str, index: int, code: str) -> None:
     block = "import itertools\n" + code.replace(
@@ -101,3 +114,32 @@ def test_page_example_runs(page: str, index: int, code: str) -> None:
     finally:  # an example may leave the input checks off
         tripletkit.set_input_checks(True)
         torch._dynamo.reset()
+
+
+def _gen_figures():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("gen_figures", DOCS / "gen_figures.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_generated_figures_are_up_to_date(tmp_path: Path) -> None:
+    """Regenerate every fragment, plot and the README's headline block from
+    ``benchmarks/results/*.json`` and compare with the committed files: a figure typed by
+    hand, or a JSON changed without ``python docs/gen_figures.py``, fails here."""
+    gen = _gen_figures()
+    blocks = gen.generate(tmp_path)
+    committed = DOCS / "generated"
+    fresh = sorted(p.name for p in tmp_path.iterdir())
+    assert sorted(p.name for p in committed.iterdir()) == fresh, "rerun docs/gen_figures.py"
+    _, mismatch, errors = filecmp.cmpfiles(committed, tmp_path, fresh, shallow=False)
+    assert not mismatch and not errors, f"out of date (rerun docs/gen_figures.py): {mismatch}"
+    readme = (ROOT / "README.md").read_text()
+    assert gen.with_block(readme, blocks["README"]) == readme, "README headline block"
+
+
+def test_benchmark_pages_include_the_generated_fragments() -> None:
+    text = "".join(p.read_text() for p in (DOCS / "benchmarks").glob("*.md"))
+    for name in ("quality_full", "quality", "speed_cpu", "speed_cpu_full", "gpu"):
+        assert f'--8<-- "docs/generated/{name}.md"' in text, name

@@ -348,8 +348,8 @@ def batch_hard_triplet_loss(
     ``negative_ranks=(2, 5)`` to skip the two hardest negatives.
 
     Args:
-        embeddings, labels, margin, metric, soft_margin, ref_embeddings, ref_labels,
-        anchor_offset, normalize, backend, smooth: as in :func:`batch_all_triplet_loss`.
+        embeddings, labels, margin, metric, soft_margin: as in :func:`batch_all_triplet_loss`.
+        ref_embeddings, ref_labels, anchor_offset, normalize, backend, smooth: likewise.
         max_positives: accepted for symmetry with the other fused losses; batch-hard needs
             no bound.
         reduction: ``"mean"`` (over the triplets kept), ``"sum"``, ``"mean_nonzero"``, or
@@ -450,10 +450,10 @@ def semi_hard_triplet_loss(
     positive pairs gives 0, not NaN. O(N M log M) time, O(N M) memory.
 
     Args:
-        embeddings, labels, margin, metric, soft_margin, ref_embeddings, ref_labels,
-        anchor_offset, normalize, backend, max_positives, smooth: as in
-            :func:`batch_all_triplet_loss` (with checks off and no bound, the negatives of
-            each row are sorted instead of bucketed: exact, no host read).
+        embeddings, labels, margin, metric, soft_margin: as in :func:`batch_all_triplet_loss`.
+        ref_embeddings, ref_labels, anchor_offset, normalize, backend, smooth: likewise.
+        max_positives: as in :func:`batch_all_triplet_loss` (with checks off and no bound,
+            the negatives of each row are sorted instead of bucketed: exact, no host read).
         reduction: ``"mean"`` (over those pairs), ``"sum"``, ``"mean_nonzero"``, or
             ``"none"`` (one term per pair, ordered by anchor then positive: ``[P]``; ``P``
             is read on the host, one host read even with the input checks off).

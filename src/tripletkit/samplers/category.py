@@ -129,7 +129,7 @@ class CategoryPKBatchSampler(_EpochBatchSampler):
         - labels, categories: ``[N]``.
         - each batch: a list of ``c * p * k`` ints in ``[0, N)``.
 
-    Example:
+    Examples:
         >>> labels = [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
         >>> categories = {0: "shoe", 1: "shoe", 2: "shoe", 3: "bag", 4: "bag", 5: "bag"}
         >>> sampler = CategoryPKBatchSampler(labels, categories, c=2, p=2, k=2, seed=0)

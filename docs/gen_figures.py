@@ -1,0 +1,361 @@
+"""Write the site's benchmark figures from the committed JSON: nothing is typed by hand.
+
+Run from anywhere as ``python docs/gen_figures.py``. It reads ``benchmarks/results/*.json``
+and writes
+
+- ``docs/generated/<run>.md``: markdown fragments (tables and one-line summaries) that the
+  pages include with ``--8<-- "docs/generated/<run>.md"`` (pymdownx.snippets);
+- ``docs/generated/*.png``: copies of the plots beside the JSON;
+- the block of ``README.md`` between ``<!-- generated:headline -->`` and
+  ``<!-- /generated:headline -->``: the headline figures.
+
+The tables are those the benchmarks print (``benchmarks/report.py``), so the site and a
+benchmark's own output never disagree; the script reads only the fields a file has (the
+formats change between protocol versions) and leaves out what is missing.
+``tests/test_docs.py`` regenerates everything into a temporary folder and compares it with
+the committed files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+OUT = ROOT / "docs" / "generated"
+README = ROOT / "README.md"
+BEGIN, END = "<!-- generated:headline -->", "<!-- /generated:headline -->"
+MAP = "mean_average_precision_at_r"
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import report  # noqa: E402
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _machine(data: Mapping[str, Any]) -> str:
+    m = data.get("machine", {})
+    parts = [
+        f"{m['cpu_count']} CPU cores ({m.get('cpu', '?')})" if "cpu_count" in m else None,
+        f"GPU {m['cuda_device']}" if m.get("cuda_device") else None,
+        f"Python {m['python']}" if "python" in m else None,
+        f"torch {m['torch']}" if "torch" in m else None,
+        f"numba {m['numba']}" if "numba" in m else None,
+        f"commit {m['git_commit'][:7]}" if m.get("git_commit") else None,
+        f"on {m['timestamp'][:10]}" if m.get("timestamp") else None,
+    ]
+    return ", ".join(p for p in parts if p)
+
+
+def _drop_empty_columns(table: str) -> str:
+    """A markdown table without the columns whose cells are all empty (older JSON lacks
+    some fields the current tables show)."""
+    rows = [line.strip().strip("|").split("|") for line in table.splitlines()]
+    keep = [j for j in range(len(rows[0])) if any(r[j].strip() for r in rows[2:])]
+    return "\n".join("|" + "|".join(r[j] for j in keep) + "|" for r in rows)
+
+
+def _try(render: Callable[[], str]) -> str | None:
+    """A renderer's text, or None when the file lacks what it reads."""
+    try:
+        return render()
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
+
+
+def _ranked(data: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """The rows of a quality run, best final MAP@R first."""
+    rows = [
+        (name, entry)
+        for name, entry in data.get("strategies", {}).items()
+        if MAP in entry.get("aggregate", {}).get("final", {})
+    ]
+    return sorted(rows, key=lambda r: -r[1]["aggregate"]["final"][MAP]["mean"])
+
+
+def _stat(stat: Mapping[str, Any]) -> str:
+    if "half_width" in stat:
+        return report.format_interval(stat)
+    return report.format_mean_std(dict(stat))
+
+
+def _pm_label(data: Mapping[str, Any]) -> str:
+    rows = _ranked(data)
+    if rows and "half_width" in rows[0][1]["aggregate"]["final"][MAP]:
+        return report.INTERVAL_LABEL
+    return report.STD_LABEL
+
+
+def quality_fragment(data: Mapping[str, Any]) -> str:
+    cfg = data.get("config", {})
+    steps, seeds = cfg.get("steps"), len(cfg.get("seeds", []))
+    parts = [
+        f"*{len(data.get('strategies', {}))} rows, {steps} steps, {seeds} seeds; "
+        f"{_machine(data)}; ± is the {_pm_label(data)}. Test metrics on the evaluation "
+        "characters; train s: seconds of training per run.*",
+        _drop_empty_columns(report.quality_table(dict(data))),
+    ]
+    comparison = _try(lambda: _comparison(data["comparison"]))
+    if comparison:
+        parts.append(comparison)
+    if data.get("comparisons"):  # protocol 2: paired t-tests over seeds, Holm-corrected
+        tests = _try(lambda: _list(report.comparisons_text(data["comparisons"])))
+        if tests:
+            parts.append(tests)
+    return "\n\n".join(parts) + "\n"
+
+
+def _list(text: str) -> str:
+    """A heading line and its ``- `` items, with the blank line markdown needs between."""
+    return text.replace("\n", "\n\n", 1)
+
+
+def _comparison(c: Mapping[str, Any]) -> str:
+    tk, peer, diff = c["tripletkit"], c["peer"], c["difference"]
+    if "half_width" in tk["at_time"]:  # protocol 2: the benchmark's own wording
+        return report.comparison_text(c)
+    if "se" in diff:
+        gap = f"{diff['mean']:+.3f} ± {diff['se']:.3f} (standard error)"
+    else:
+        gap = f"{diff['mean']:+.3f}"
+    return (
+        f"**At equal training time** ({c['time_s']:.0f} s, MAP@R on {c['classes']} "
+        f"checkpoint classes): `{tk['name']}` {_stat(tk['at_time'])} against "
+        f"`{peer['name']}` {_stat(peer['at_time'])}, a difference of {gap}."
+    )
+
+
+def sensitivity_fragment(data: Mapping[str, Any]) -> str | None:
+    sens = data.get("sensitivity")
+    if not sens:
+        return None
+    table = _try(lambda: report.sensitivity_table(sens))
+    if table is None:
+        return None
+    return (
+        "*Validation MAP@R of every searched setting (one seed each), the chosen one in "
+        "bold; spread: best minus worst.*\n\n" + table + "\n"
+    )
+
+
+def speed_fragment(data: Mapping[str, Any]) -> str:
+    cfg = data.get("config", {})
+    parts = [
+        f"*Forward + backward, N random {cfg.get('dim', '?')}-d {cfg.get('dtype', '')} "
+        f"embeddings, P×K labels with K = {cfg.get('k_per_class', '?')}, median over repeats "
+        f"(ratio to `cdist`); {_machine(data)}.*",
+        report.speed_table(dict(data)),
+    ]
+    targets = data.get("targets") or []
+    if targets:
+        lines = [
+            f"- [{'PASS' if t.get('passed') else 'FAIL'}] {t['name']}: {t.get('detail', '')}"
+            for t in targets
+        ]
+        parts.append("Targets checked by the run:\n\n" + "\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def gradcache_fragment(data: Mapping[str, Any]) -> str:
+    rows = []
+    for r in data.get("results", []):
+        step = "plain `loss.backward()`"
+        if r.get("mode") != "plain":
+            step = f"`cached_backward`, chunk {r.get('chunk_size')}"
+        rows.append(
+            [
+                f"{r['batch']:,}",
+                step,
+                report.format_bytes(r["extra_peak_bytes"]),
+                report.format_bytes(r["peak_bytes"]),
+                f"{r['step_min_s']:.2f} s",
+            ]
+        )
+    table = report.md_table(
+        ["batch", "step", "extra peak RSS", "whole-process peak", "time / step (best)"],
+        rows,
+        "rlrrr",
+    )
+    return f"*{_machine(data)}.*\n\n{table}\n"
+
+
+def precision_fragment(data: Mapping[str, Any]) -> str:
+    rows = [
+        [
+            f"{r['distance']:g}",
+            r["method"],
+            f"{r['median_abs_error']:.2g}",
+            f"{r['max_abs_error']:.2g}",
+            f"{r['max_rel_error']:.2g}",
+            r.get("zeros", ""),
+        ]
+        for r in data.get("rows", [])
+    ]
+    table = report.md_table(
+        ["true distance", "method", "median error", "largest error", "largest relative", "zeros"],
+        rows,
+        "rlrrrr",
+    )
+    return (
+        f"*{data.get('pairs')} pairs of {data.get('dtype')} points of norm {data.get('norm')} "
+        f"in {data.get('dim')} dimensions, errors against float64; zeros: pairs reported "
+        f"exactly 0 apart; {_machine(data)}.*\n\n{table}\n"
+    )
+
+
+def neighbours_fragment(files: list[Mapping[str, Any]]) -> str:
+    rows = []
+    for data in files:
+        for r in data.get("results", []):
+            queries = r.get("queries")
+            search = r.get("backend", "?") + (
+                f", {queries:,} queries" if queries and queries != r.get("n") else ""
+            )
+            extra = r.get("search_cpu_s_extrapolated")
+            cpu = f"{r['search_cpu_s']:,.1f} s" + (
+                f" (→ ~{extra:,.0f} s for all, extrapolated)" if extra and queries != r["n"] else ""
+            )
+            rows.append(
+                [
+                    f"{r['n']:,}",
+                    search,
+                    f"{r['embed_s']:,.0f} s",
+                    cpu,
+                    f"{r['search_s']:,.0f} s",
+                    report.format_bytes(r["search_extra_peak_bytes"]),
+                ]
+            )
+    header = ["N", "search", "embed (wall)", "search CPU", "search wall", "search extra peak"]
+    notes = [d["note"] for d in files if d.get("note")]
+    text = report.md_table(header, rows, "rlrrrr") + "\n"
+    return text + "".join(f"\n*{n}.*\n" for n in notes)
+
+
+def gpu_fragment(data: Mapping[str, Any] | None) -> str:
+    if data is None:
+        return (
+            "*No GPU run is committed yet: `python -m benchmarks.gpu` writes "
+            "`benchmarks/results/gpu.json`, and this page shows it after "
+            "`python docs/gen_figures.py`.*\n"
+        )
+    md = RESULTS / "gpu.md"
+    body = md.read_text().strip() if md.is_file() else "(no gpu.md beside gpu.json)"
+    return f"*{_machine(data)}.*\n\n{body}\n"
+
+
+def headline(full: Mapping[str, Any] | None, speed: Mapping[str, Any] | None) -> str:
+    """The README's headline figures."""
+    lines = []
+    if full:
+        ranked = _ranked(full)
+        best_tk = next((r for r in ranked if r[1].get("family") == "tripletkit"), None)
+        best_peer = next((r for r in ranked if r[1].get("family") == "peer"), None)
+        random = next((r for r in ranked if r[0] == "random"), None)
+        cells = []
+        for what, row in (
+            ("highest tripletkit row", best_tk),
+            ("highest pytorch-metric-learning recipe", best_peer),
+            ("random triplets (no mining)", random),
+        ):
+            if row:
+                cells.append([what, f"`{row[0]}`", _stat(row[1]["aggregate"]["final"][MAP])])
+        steps = full.get("config", {}).get("steps")
+        lines.append(
+            f"Retrieval quality on unseen Omniglot characters (MAP@R, {steps} steps, "
+            f"{_pm_label(full)}; [all rows](docs/benchmarks/quality.md)):\n"
+        )
+        lines.append(report.md_table(["", "row", "MAP@R"], cells, "llr"))
+        comparison = _try(lambda: _comparison(full["comparison"]))
+        if comparison:
+            lines.append("\n" + comparison)
+        items = (full.get("comparisons") or {}).get("items") or []
+        test = _try(
+            lambda: _list(report.comparisons_text({**full["comparisons"], "items": items[:1]}))
+        )
+        if items and test:  # protocol 2: the same pair on the test classes
+            lines.append("\n" + test)
+    if speed:
+        rows = speed.get("results", [])
+        sizes = sorted({e["n"] for e in rows if e.get("labels") == "pk"})
+        n = 1024 if 1024 in sizes else (sizes[-1] if sizes else None)
+        cells = []
+        for name in ("batch_all[numba]", "batch_hard[numba]", "semi_hard[numba]", "pml_all"):
+            e = report.find_entry(rows, name, n) if n else None
+            if e and e.get("status") == "ok" and "ratio_to_cdist" in e:
+                ms = 1e3 * e["median_s"]
+                time = f"{ms:.3g} ms" if ms < 1000 else f"{ms:,.0f} ms"
+                cells.append([f"`{name}`", time, f"{e['ratio_to_cdist']:.3g}×"])
+        if cells:
+            lines.append(
+                f"\nSpeed, forward + backward at N = {n:,} on {_machine(speed).split(',')[0]} "
+                "([all sizes and peers](docs/benchmarks/speed.md)):\n"
+            )
+            lines.append(report.md_table(["loss", "time", "× cdist"], cells, "lrr"))
+    return "\n".join(lines) + "\n"
+
+
+def generate(out: Path) -> dict[str, str]:
+    """Write every fragment and plot into ``out``; return the README block."""
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in [*out.glob("*.md"), *out.glob("*.png")]:  # a result that is gone goes too
+        stale.unlink()
+    fragments: dict[str, str | None] = {}
+    for name in ("quality_full", "quality"):
+        data = _load(f"{name}.json")
+        if data:
+            fragments[name] = quality_fragment(data)
+            fragments[f"{name}_sensitivity"] = sensitivity_fragment(data)
+    for name in ("speed_cpu", "speed_cpu_full"):
+        data = _load(f"{name}.json")
+        if data:
+            fragments[name] = speed_fragment(data)
+    data = _load("gradcache.json")
+    if data:
+        fragments["gradcache"] = gradcache_fragment(data)
+    data = _load("precision.json")
+    if data:
+        fragments["precision"] = precision_fragment(data)
+    found = [d for d in (_load("neighbours.json"), _load("neighbours_partial.json")) if d]
+    if found:
+        fragments["neighbours"] = neighbours_fragment(found)
+    fragments["gpu"] = gpu_fragment(_load("gpu.json"))
+    for name, text in fragments.items():
+        if text is not None:
+            (out / f"{name}.md").write_text(text)
+    for png in sorted(RESULTS.glob("*.png")):
+        shutil.copyfile(png, out / png.name)
+    return {"README": headline(_load("quality_full.json"), _load("speed_cpu.json"))}
+
+
+def with_block(readme: str, block: str) -> str:
+    """``readme`` with its generated block replaced by ``block``."""
+    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
+    if not pattern.search(readme):
+        raise SystemExit(f"error: README.md has no {BEGIN} ... {END} block")
+    return pattern.sub(lambda _: f"{BEGIN}\n{block}{END}", readme)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=OUT, help="folder of the fragments")
+    args = parser.parse_args(argv)
+    blocks = generate(args.out)
+    README.write_text(with_block(README.read_text(), blocks["README"]))
+    print(f"wrote {args.out} and the headline block of {README}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
