@@ -1,23 +1,38 @@
-"""Counting host synchronisations: the operations that make a CUDA device report back to the
-host, stalling the pipeline until it has caught up.
+"""Counting host synchronisations and host<->device transfers: the operations that make a
+CUDA device report back to the host, or wait for the host, stalling the pipeline.
 
-Two counters, used by the sync audit of :mod:`benchmarks.gpu`:
+Three tools, each with what it can and cannot see:
 
 - :class:`SyncCounter`, on any device: a :class:`~torch.utils._python_dispatch.TorchDispatchMode`
   that sees every aten operation and counts those that read device values on the host
   (``.item()``, ``nonzero``, boolean-mask indexing, ``repeat_interleave`` without
   ``output_size``...), plus tripletkit's own host reads (:func:`tripletkit._checks.to_host`,
-  through ``HOST_READ_HOOKS``; ``Tensor.tolist`` is not an aten operation). It is a proxy: on
-  the CPU nothing actually waits, and a copy from the host to the device (which also
-  synchronises, from pageable memory) is not seen.
+  through ``HOST_READ_HOOKS``; ``Tensor.tolist`` is not an aten operation). It is a proxy:
+  on the CPU nothing actually waits, and it does not see copies between the host and the
+  device (on the CPU there are none to see).
+- :class:`TransferCounter`, on any device but the CPU, meant for ``meta`` tensors (no GPU
+  needed): everything :class:`SyncCounter` counts, plus copies of CPU tensors onto the
+  device (``torch.zeros(()).to(device)``), device tensors built from Python data
+  (``torch.tensor(v, device=...)``, ``new_tensor``: they copy from host memory below the
+  dispatcher, so these factories are wrapped while it is active), CPU index tensors mixed
+  into device operations, and copies back to the host. On ``meta`` a read has no value: it
+  is counted and answered with a stand-in so that the run goes on. Why ``meta``: every op
+  tripletkit uses has a meta kernel, nothing is computed (sizes of 16,384 cost nothing), and
+  no value can leak into a Python branch unseen. A ``FakeTensorMode`` with a fake ``"cuda"``
+  device would show ``torch.tensor(v, device="cuda")`` as a dispatched copy too, but on a
+  CPU-only build of torch several ops then fail on the missing CUDA runtime. What it cannot
+  see: what CUDA does by itself (allocator synchronisations, ``cudaMemGetInfo``), the
+  difference between pageable and pinned memory, and code paths taken only for real values
+  (the label layout cannot change which ops run without a read, and any read is counted).
 - :class:`CudaSyncWarnings`, on CUDA only: ``torch.cuda.set_sync_debug_mode("warn")`` makes
-  every synchronising CUDA call emit a ``UserWarning``; the warnings of the block are
-  recorded and counted. This is the ground truth on a GPU.
+  every synchronising CUDA call emit a ``UserWarning`` (host-to-device copies from pageable
+  memory included); the warnings of the block are recorded and counted. This is the ground
+  truth on a GPU, and it sees nothing without one.
 
 :func:`count_syncs` runs a callable under the right counters for its device.
 
-The test suite counts with the same :class:`SyncCounter` (``tests/syncs.py`` imports it;
-the benchmarks never import from the tests).
+The test suite counts with the same classes (``tests/syncs.py`` imports them; the benchmarks
+never import from the tests).
 """
 
 from __future__ import annotations
