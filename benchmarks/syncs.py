@@ -167,8 +167,8 @@ class TransferCounter(SyncCounter):
       another device, e.g. ``torch.zeros(()).to(device)``;
     - ``"tensor from Python data"``: ``torch.tensor``, ``torch.as_tensor``, ``torch.asarray``
       or ``Tensor.new_tensor`` building a tensor on another device from host data (these
-      copy below the dispatcher, so the factories themselves are wrapped while active,
-      in every thread, the autograd engine's included);
+      copy below the dispatcher, so the factories themselves are wrapped while active:
+      process-wide, the autograd engine's threads included; use one counter at a time);
     - ``"CPU tensor operand"``: an operation mixing device tensors with a CPU tensor of at
       least one dimension (indexing a device tensor with CPU indices copies them; a 0-dim
       CPU tensor in arithmetic is a kernel argument, not a copy, and is not counted);
@@ -207,7 +207,8 @@ class TransferCounter(SyncCounter):
     def __enter__(self) -> TransferCounter:
         for owner, name in _FACTORIES:
             original = getattr(owner, name)
-            self._saved.append((owner, name, original))
+            own = name in vars(owner)  # else inherited (Tensor.new_tensor): deleted on exit
+            self._saved.append((owner, name, original if own else None))
             setattr(owner, name, self._wrap(owner, name, original))
         super().__enter__()
         return self
@@ -217,7 +218,10 @@ class TransferCounter(SyncCounter):
             super().__exit__(*exc)
         finally:
             for owner, name, original in reversed(self._saved):
-                setattr(owner, name, original)
+                if original is None:
+                    delattr(owner, name)
+                else:
+                    setattr(owner, name, original)
             self._saved.clear()
 
     def _host_read(self, values: Tensor) -> None:
