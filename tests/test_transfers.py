@@ -26,7 +26,7 @@ from syncs import TransferCounter, count_transfers
 
 import tripletkit
 from benchmarks.syncs import CPU_OPERAND, DEVICE_TO_HOST, FROM_PYTHON, HOST_TO_DEVICE
-from tripletkit import miners
+from tripletkit import losses, miners
 from tripletkit.kernels import torch_backend
 from tripletkit.losses import (
     batch_all_triplet_loss,
@@ -92,6 +92,34 @@ def test_fused_losses_move_nothing_with_checks_off(
         with tripletkit.set_input_checks(True):
             checked = count_transfers(_step(kind, soft, k, refs))
         assert checked.transfers == 0 and checked.reads <= 1, dict(checked.counts)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"metric": "cosine"}, {"metric": "sqeuclidean"}, {"normalize": True}, {"anchor_offset": 8}],
+    ids=["cosine", "sqeuclidean", "normalize", "anchor_offset"],
+)
+@pytest.mark.parametrize("kind", tuple(FUSED))
+def test_every_metric_and_option_moves_nothing(kind: str, options: dict[str, object]) -> None:
+    refs = "anchor_offset" in options  # the anchors are rows 8 .. 8 + N of 4N references
+    with tripletkit.set_input_checks(False):
+        counter = count_transfers(_step(kind, False, 8, refs, **options))
+    assert counter.total == 0, dict(counter.counts)
+
+
+def test_module_forms_and_parts_move_nothing() -> None:
+    x, y = _meta(N, requires_grad=True)
+    calls = [
+        lambda: losses.BatchAllTripletLoss(backend="torch", max_positives=7)(x, y),
+        lambda: losses.BatchHardTripletLoss(backend="torch")(x, y),
+        lambda: losses.SemiHardTripletLoss(backend="torch", max_positives=7)(x, y),
+        lambda: losses.batch_all_parts(x, y, backend="torch", max_positives=7).total,
+        lambda: losses.semi_hard_parts(x, y, backend="torch", max_positives=7).total,
+    ]
+    with tripletkit.set_input_checks(False):
+        for call in calls:
+            counter = count_transfers(lambda call=call: call().backward())
+            assert counter.total == 0, dict(counter.counts)
 
 
 @pytest.mark.parametrize("kind", tuple(FUSED))
