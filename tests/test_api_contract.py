@@ -362,7 +362,7 @@ PACKAGES = {
 #: the reduction helpers the loss files share.
 NOT_EXPORTED = {
     "tripletkit.miners.sampling": {"check_cutoffs"},
-    "tripletkit.losses._reduce": {"keep_in_graph", "reduce_terms"},
+    "tripletkit.losses._reduce": {"keep_in_graph", "listed_terms", "reduce_terms"},
 }
 
 

@@ -281,3 +281,21 @@ def test_the_counter_is_a_sync_counter() -> None:
         tripletkit._checks.to_host(x)
     assert dict(c.counts) == {"_local_scalar_dense": 1, "to_host": 1}
     assert c.reads == 2 and c.transfers == 0
+
+
+def test_check_margin() -> None:
+    from tripletkit._checks import check_margin
+
+    assert check_margin(0.5) == 0.5
+    assert check_margin(torch.tensor([0.25])) == 0.25  # checks on: read, then a float
+    with pytest.raises(ValueError, match="margin must be finite"):
+        check_margin(torch.tensor(float("nan")))
+    with pytest.raises(TypeError, match="margin must be a real number"):
+        check_margin(torch.tensor(0.2, requires_grad=True))
+    with pytest.raises(TypeError, match="margin must be a real number"):
+        check_margin(torch.tensor(True))
+    with tripletkit.set_input_checks(False):
+        kept = check_margin(torch.tensor([0.25], dtype=torch.float64))
+        assert isinstance(kept, torch.Tensor) and kept.shape == () and kept.item() == 0.25
+        with pytest.raises(TypeError, match="margin must be a real number"):
+            check_margin(torch.ones(2))
