@@ -1,23 +1,38 @@
-"""Counting host synchronisations: the operations that make a CUDA device report back to the
-host, stalling the pipeline until it has caught up.
+"""Counting host synchronisations and host<->device transfers: the operations that make a
+CUDA device report back to the host, or wait for the host, stalling the pipeline.
 
-Two counters, used by the sync audit of :mod:`benchmarks.gpu`:
+Three tools, each with what it can and cannot see:
 
 - :class:`SyncCounter`, on any device: a :class:`~torch.utils._python_dispatch.TorchDispatchMode`
   that sees every aten operation and counts those that read device values on the host
   (``.item()``, ``nonzero``, boolean-mask indexing, ``repeat_interleave`` without
   ``output_size``...), plus tripletkit's own host reads (:func:`tripletkit._checks.to_host`,
-  through ``HOST_READ_HOOKS``; ``Tensor.tolist`` is not an aten operation). It is a proxy: on
-  the CPU nothing actually waits, and a copy from the host to the device (which also
-  synchronises, from pageable memory) is not seen.
+  through ``HOST_READ_HOOKS``; ``Tensor.tolist`` is not an aten operation). It is a proxy:
+  on the CPU nothing actually waits, and it does not see copies between the host and the
+  device (on the CPU there are none to see).
+- :class:`TransferCounter`, on any device but the CPU, meant for ``meta`` tensors (no GPU
+  needed): everything :class:`SyncCounter` counts, plus copies of CPU tensors onto the
+  device (``torch.zeros(()).to(device)``), device tensors built from Python data
+  (``torch.tensor(v, device=...)``, ``new_tensor``: they copy from host memory below the
+  dispatcher, so these factories are wrapped while it is active), CPU index tensors mixed
+  into device operations, and copies back to the host. On ``meta`` a read has no value: it
+  is counted and answered with a stand-in so that the run goes on. Why ``meta``: every op
+  tripletkit uses has a meta kernel, nothing is computed (sizes of 16,384 cost nothing), and
+  no value can leak into a Python branch unseen. A ``FakeTensorMode`` with a fake ``"cuda"``
+  device would show ``torch.tensor(v, device="cuda")`` as a dispatched copy too, but on a
+  CPU-only build of torch several ops then fail on the missing CUDA runtime. What it cannot
+  see: what CUDA does by itself (allocator synchronisations, ``cudaMemGetInfo``), the
+  difference between pageable and pinned memory, and code paths taken only for real values
+  (the label layout cannot change which ops run without a read, and any read is counted).
 - :class:`CudaSyncWarnings`, on CUDA only: ``torch.cuda.set_sync_debug_mode("warn")`` makes
-  every synchronising CUDA call emit a ``UserWarning``; the warnings of the block are
-  recorded and counted. This is the ground truth on a GPU.
+  every synchronising CUDA call emit a ``UserWarning`` (host-to-device copies from pageable
+  memory included); the warnings of the block are recorded and counted. This is the ground
+  truth on a GPU, and it sees nothing without one.
 
 :func:`count_syncs` runs a callable under the right counters for its device.
 
-The test suite counts with the same :class:`SyncCounter` (``tests/syncs.py`` imports it;
-the benchmarks never import from the tests).
+The test suite counts with the same classes (``tests/syncs.py`` imports them; the benchmarks
+never import from the tests).
 """
 
 from __future__ import annotations
@@ -152,8 +167,8 @@ class TransferCounter(SyncCounter):
       another device, e.g. ``torch.zeros(()).to(device)``;
     - ``"tensor from Python data"``: ``torch.tensor``, ``torch.as_tensor``, ``torch.asarray``
       or ``Tensor.new_tensor`` building a tensor on another device from host data (these
-      copy below the dispatcher, so the factories themselves are wrapped while active,
-      in every thread, the autograd engine's included);
+      copy below the dispatcher, so the factories themselves are wrapped while active:
+      process-wide, the autograd engine's threads included; use one counter at a time);
     - ``"CPU tensor operand"``: an operation mixing device tensors with a CPU tensor of at
       least one dimension (indexing a device tensor with CPU indices copies them; a 0-dim
       CPU tensor in arithmetic is a kernel argument, not a copy, and is not counted);
@@ -192,7 +207,8 @@ class TransferCounter(SyncCounter):
     def __enter__(self) -> TransferCounter:
         for owner, name in _FACTORIES:
             original = getattr(owner, name)
-            self._saved.append((owner, name, original))
+            own = name in vars(owner)  # else inherited (Tensor.new_tensor): deleted on exit
+            self._saved.append((owner, name, original if own else None))
             setattr(owner, name, self._wrap(owner, name, original))
         super().__enter__()
         return self
@@ -202,7 +218,10 @@ class TransferCounter(SyncCounter):
             super().__exit__(*exc)
         finally:
             for owner, name, original in reversed(self._saved):
-                setattr(owner, name, original)
+                if original is None:
+                    delattr(owner, name)
+                else:
+                    setattr(owner, name, original)
             self._saved.clear()
 
     def _host_read(self, values: Tensor) -> None:

@@ -26,7 +26,7 @@ from syncs import TransferCounter, count_transfers
 
 import tripletkit
 from benchmarks.syncs import CPU_OPERAND, DEVICE_TO_HOST, FROM_PYTHON, HOST_TO_DEVICE
-from tripletkit import miners
+from tripletkit import losses, miners
 from tripletkit.kernels import torch_backend
 from tripletkit.losses import (
     batch_all_triplet_loss,
@@ -94,6 +94,34 @@ def test_fused_losses_move_nothing_with_checks_off(
         assert checked.transfers == 0 and checked.reads <= 1, dict(checked.counts)
 
 
+@pytest.mark.parametrize(
+    "options",
+    [{"metric": "cosine"}, {"metric": "sqeuclidean"}, {"normalize": True}, {"anchor_offset": 8}],
+    ids=["cosine", "sqeuclidean", "normalize", "anchor_offset"],
+)
+@pytest.mark.parametrize("kind", tuple(FUSED))
+def test_every_metric_and_option_moves_nothing(kind: str, options: dict[str, object]) -> None:
+    refs = "anchor_offset" in options  # the anchors are rows 8 .. 8 + N of 4N references
+    with tripletkit.set_input_checks(False):
+        counter = count_transfers(_step(kind, False, 8, refs, **options))
+    assert counter.total == 0, dict(counter.counts)
+
+
+def test_module_forms_and_parts_move_nothing() -> None:
+    x, y = _meta(N, requires_grad=True)
+    calls = [
+        lambda: losses.BatchAllTripletLoss(backend="torch", max_positives=7)(x, y),
+        lambda: losses.BatchHardTripletLoss(backend="torch")(x, y),
+        lambda: losses.SemiHardTripletLoss(backend="torch", max_positives=7)(x, y),
+        lambda: losses.batch_all_parts(x, y, backend="torch", max_positives=7).total,
+        lambda: losses.semi_hard_parts(x, y, backend="torch", max_positives=7).total,
+    ]
+    with tripletkit.set_input_checks(False):
+        for call in calls:
+            counter = count_transfers(lambda call=call: call().backward())
+            assert counter.total == 0, dict(counter.counts)
+
+
 @pytest.mark.parametrize("kind", tuple(FUSED))
 def test_a_tensor_margin_is_never_read_with_checks_off(kind: str) -> None:
     margin = torch.full((), 0.3, device="meta")
@@ -152,6 +180,8 @@ MINERS = {
 @pytest.mark.parametrize("checks", [False, True], ids=["unchecked", "checked"])
 @pytest.mark.parametrize("name", tuple(MINERS))
 def test_miners_at_most_two_copies_or_reads(name: str, checks: bool) -> None:
+    # (the random miners draw on the CPU generator for meta tensors and copy: one copy more
+    # than on CUDA, where they draw from a CUDA generator)
     x, y = _meta(N)
     miner = MINERS[name]()
     with tripletkit.set_input_checks(checks):
@@ -187,7 +217,9 @@ def test_the_detector_sees_each_kind_of_transfer() -> None:
     ]
     for fn in quiet:
         assert count_transfers(fn).total == 0
-    assert not hasattr(torch.tensor, "__wrapped__")  # the factories are restored on exit
+    # the factories are restored on exit
+    assert not hasattr(torch.tensor, "__wrapped__")
+    assert "new_tensor" not in vars(torch.Tensor)
 
 
 def test_the_detector_sees_factories_in_the_backward_pass() -> None:
@@ -249,3 +281,21 @@ def test_the_counter_is_a_sync_counter() -> None:
         tripletkit._checks.to_host(x)
     assert dict(c.counts) == {"_local_scalar_dense": 1, "to_host": 1}
     assert c.reads == 2 and c.transfers == 0
+
+
+def test_check_margin() -> None:
+    from tripletkit._checks import check_margin
+
+    assert check_margin(0.5) == 0.5
+    assert check_margin(torch.tensor([0.25])) == 0.25  # checks on: read, then a float
+    with pytest.raises(ValueError, match="margin must be finite"):
+        check_margin(torch.tensor(float("nan")))
+    with pytest.raises(TypeError, match="margin must be a real number"):
+        check_margin(torch.tensor(0.2, requires_grad=True))
+    with pytest.raises(TypeError, match="margin must be a real number"):
+        check_margin(torch.tensor(True))
+    with tripletkit.set_input_checks(False):
+        kept = check_margin(torch.tensor([0.25], dtype=torch.float64))
+        assert isinstance(kept, torch.Tensor) and kept.shape == () and kept.item() == 0.25
+        with pytest.raises(TypeError, match="margin must be a real number"):
+            check_margin(torch.ones(2))

@@ -50,7 +50,11 @@ def _euclidean_matrix(x: Tensor, y: Tensor, squared: bool) -> Tensor:
     d = torch.addmm(xx, x, y.t(), alpha=-2.0).add_(yy)
     scale = 8 * torch.finfo(d.dtype).eps  # a power of two: scaling each norm is exact
     xs, ys = xx * scale, yy * scale  # so the floor (xx + yy) * scale costs one N x M pass
-    rows = max(1, (1 << 20) // max(d.shape[1], 1))  # bound the temporaries to ~1M entries
+    # Eagerly, blocks of rows bound the temporaries to ~1M entries. Under torch.compile one
+    # block: the compiler fuses the comparison into the fill (no temporary), and a loop whose
+    # trip count grows with N would unroll into a graph that grows with the batch.
+    rows = d.shape[0] if torch.compiler.is_compiling() else (1 << 20) // max(d.shape[1], 1)
+    rows = max(1, rows)
     for r0 in range(0, d.shape[0], rows):
         block = d[r0 : r0 + rows]
         block.masked_fill_(block <= xs[r0 : r0 + rows] + ys, 0.0)
