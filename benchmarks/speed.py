@@ -68,13 +68,21 @@ import statistics
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TypeGuard
 
 import torch
 from torch import Tensor
+
+import tripletkit
+from tripletkit.losses import (
+    batch_all_triplet_loss,
+    batch_hard_triplet_loss,
+    semi_hard_triplet_loss,
+)
 
 from .common import GIB, RESULTS_DIR, load_average, machine_info, new_result, progress, save_json
 from .measure import (
@@ -103,6 +111,10 @@ __all__ = [
     "Method",
     "build_methods",
     "check_targets",
+    "compiled_loss",
+    "compiled_methods",
+    "is_compiled",
+    "recompile_limit",
     "main",
     "measure_target_rows",
     "measure_thread_scaling",
@@ -243,6 +255,93 @@ def _memory_child(spec_json: str) -> int:
 
 def _error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:500]
+
+
+# --------------------------------------------------------------------------------------
+# Compiled forms (torch.compile), shared with the GPU check
+# --------------------------------------------------------------------------------------
+
+#: Name suffix of a compiled method (``"semi_hard[compiled]"``).
+COMPILED = "[compiled]"
+
+
+def compiled_loss(
+    strategy: str, k: int = K_PER_CLASS, backend: str = "inductor"
+) -> Callable[[], LossFn]:
+    """``make()`` of the compiled form of a fused loss: ``torch.compile(fullgraph=True,
+    dynamic=False, backend=backend)`` with ``max_positives=k-1``, called with the input
+    checks off (one graph per ``N``, no host synchronisation). ``strategy`` is one of
+    :data:`~benchmarks.registry.SPEED_STRATEGIES`, with the eager row's margin and
+    reduction."""
+
+    def make() -> LossFn:
+        kw: dict[str, Any] = {"backend": "torch", "max_positives": k - 1}
+        fn: LossFn
+        if strategy == "batch_all":
+            fn = lambda x, y: batch_all_triplet_loss(  # noqa: E731
+                x, y, MARGIN, reduction="mean_nonzero", **kw
+            )
+        elif strategy == "batch_all_soft":
+            fn = lambda x, y: batch_all_triplet_loss(  # noqa: E731
+                x, y, soft_margin=True, reduction="mean", **kw
+            )
+        elif strategy == "batch_hard":
+            fn = lambda x, y: batch_hard_triplet_loss(x, y, MARGIN, **kw)  # noqa: E731
+        elif strategy == "semi_hard":
+            fn = lambda x, y: semi_hard_triplet_loss(x, y, MARGIN, **kw)  # noqa: E731
+        else:
+            raise ValueError(f"unknown strategy {strategy!r}")
+        compiled = torch.compile(fn, fullgraph=True, dynamic=False, backend=backend)
+
+        def f(x: Tensor, y: Tensor) -> Tensor:
+            with tripletkit.set_input_checks(False):
+                return compiled(x, y)
+
+        return f
+
+    return make
+
+
+def compiled_methods(
+    eager: Iterable[Method], backend: str = "inductor", k: int = K_PER_CLASS
+) -> list[Method]:
+    """The compiled form (:func:`compiled_loss`) of each tripletkit method of ``eager``, in
+    its order, named ``<strategy>[compiled]`` (the torch backend: what ``torch.compile``
+    traces)."""
+    return [
+        Method(
+            f"{m.strategy}{COMPILED}",
+            "tripletkit",
+            m.strategy,
+            "torch",
+            f"torch.compile(fullgraph=True, dynamic=False, backend={backend!r}) of the "
+            f"{m.strategy} loss, input checks off, max_positives={k - 1}",
+            compiled_loss(m.strategy, k, backend),
+            time_exponent=m.time_exponent,
+        )
+        for m in dict((m.strategy, m) for m in eager if m.family == "tripletkit").values()
+    ]
+
+
+def is_compiled(method: Method | str) -> bool:
+    """Whether a method (or a method's name) is a compiled form."""
+    return (method if isinstance(method, str) else method.name).endswith(COMPILED)
+
+
+@contextmanager
+def recompile_limit(sizes: int) -> Iterator[None]:
+    """Let dynamo compile each function once per size (``dynamic=False``), then restore."""
+    config = torch._dynamo.config
+    saved = {
+        n: getattr(config, n) for n in ("recompile_limit", "cache_size_limit") if hasattr(config, n)
+    }
+    for name, value in saved.items():
+        setattr(config, name, max(value, sizes + 2))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(config, name, value)
 
 
 # --------------------------------------------------------------------------------------
