@@ -1,7 +1,7 @@
 """The quality benchmark's data: Omniglot (built in) or a user's ``.npz`` file, split by class.
 
 A :class:`Dataset` holds every sample (inputs ``x``, class ids ``y``) and a
-:class:`~benchmarks.protocol.ClassSplit` of its classes into a *training part*, a
+:class:`~benchmarks.splits.ClassSplit` of its classes into a *training part*, a
 *validation part* (drawn from the training classes, for the hyper-parameter search) and the
 *evaluation* classes that no run trains on. :meth:`Dataset.task` cuts it into what one phase
 of the protocol trains and evaluates on:
@@ -14,11 +14,11 @@ of the protocol trains and evaluates on:
 
 Omniglot (:func:`load_omniglot`): the 964 *background* characters are the training
 classes, the 659 *evaluation* characters the evaluation classes; the validation part is a
-set of whole background alphabets (:func:`benchmarks.protocol.omniglot_split`), so that
+set of whole background alphabets (:func:`benchmarks.splits.omniglot_split`), so that
 validation, like evaluation, asks for characters of alphabets never trained on.
 
 A user's file (:func:`load_npz`): arrays ``x`` ``[N, ...]`` and ``y`` ``[N]`` (integer
-class labels); classes are split 60 / 20 / 20 (:func:`benchmarks.protocol.user_split`).
+class labels); classes are split 60 / 20 / 20 (:func:`benchmarks.splits.user_split`).
 ``x`` of two dimensions is a set of vectors (an MLP embeds them, features standardised with
 the training part's mean and standard deviation); three dimensions ``[N, H, W]`` are
 one-channel images, four ``[N, C, H, W]`` images with ``C`` channels (``[N, H, W, C]`` with
@@ -42,7 +42,7 @@ from torch import Tensor
 from tripletkit.datasets import omniglot
 
 from .cli import UsageError
-from .protocol import (
+from .splits import (
     MIN_CLASSES_PER_SPLIT,
     MIN_SAMPLES_PER_CLASS,
     SUBSET_SEED,
@@ -112,7 +112,7 @@ class Dataset:
         name: ``"omniglot"`` or the file's stem.
         x: ``[N, ...]`` float32 inputs.
         y: ``[N]`` int64 class ids.
-        split: the :class:`~benchmarks.protocol.ClassSplit` of the class ids.
+        split: the :class:`~benchmarks.splits.ClassSplit` of the class ids.
         source: how the data was read and prepared (saved in the JSON).
     """
 
@@ -314,7 +314,7 @@ def _prepare_x(x: np.ndarray, train_rows: np.ndarray) -> tuple[Tensor, str]:
 
 def load_npz(path: str | Path) -> Dataset:
     """A user's ``.npz`` file (arrays ``x`` ``[N, ...]`` and ``y`` ``[N]``) as a
-    :class:`Dataset`, classes split 60 / 20 / 20 by :func:`benchmarks.protocol.user_split`.
+    :class:`Dataset`, classes split 60 / 20 / 20 by :func:`benchmarks.splits.user_split`.
 
     Raises:
         ValueError: the file is missing or unreadable, ``x`` or ``y`` is missing, of the

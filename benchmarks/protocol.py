@@ -6,13 +6,13 @@ gets the same search budget on a *validation split of the training classes*, eve
 is made on validation classes, and the evaluation (test) classes are read once, at the end
 of a final run, and only reported:
 
-1. **Split** (:class:`ClassSplit`). The training classes are cut into a training part and a
-   validation part, fixed and recorded. Omniglot (:func:`omniglot_split`): whole background
-   alphabets, drawn in a seeded order until they hold at least 20% of the background
-   characters, form the validation part, so that validation (like evaluation) asks for
-   characters of alphabets never trained on. A user's file (:func:`user_split`): the sorted
-   class ids, shuffled with a fixed seed, are cut 60% training / 20% validation / 20%
-   evaluation.
+1. **Split** (:class:`ClassSplit`; :mod:`benchmarks.splits`, re-exported here). The
+   training classes are cut into a training part and a validation part, fixed and recorded.
+   Omniglot (:func:`omniglot_split`): whole background alphabets, drawn in a seeded order
+   until they hold at least 20% of the background characters, form the validation part, so
+   that validation (like evaluation) asks for characters of alphabets never trained on. A
+   user's file (:func:`user_split`): the sorted class ids, shuffled with a fixed seed, are
+   cut 60% training / 20% validation / 20% evaluation.
 2. **Search** (:func:`run_tuning`, ``python -m benchmarks.quality --tune``). Every setting a
    row declares (:meth:`benchmarks.strategies.Strategy.settings`: at most
    :data:`~benchmarks.strategies.ROW_BUDGET` per row, three values per numeric
@@ -47,15 +47,21 @@ ranks settings before the 0.2 curves flatten at ~1,500 steps: a stated limit).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from .common import load_json, save_json
+from .splits import (
+    MIN_CLASSES_PER_SPLIT,
+    MIN_SAMPLES_PER_CLASS,
+    SPLIT_SEED,
+    SUBSET_SEED,
+    ClassSplit,
+    omniglot_split,
+    user_split,
+)
 from .strategies import STRATEGIES, Strategy, describe_setting, extension, setting_key
 
 if TYPE_CHECKING:
@@ -82,10 +88,6 @@ __all__ = [
     "user_split",
 ]
 
-#: Seed of the class splits (validation alphabets; a user's 60/20/20 split).
-SPLIT_SEED = 0
-#: Seed of the fixed subset of evaluation classes used at the training checkpoints.
-SUBSET_SEED = 1234
 #: Seed of every search run (initialisation, batches, random miners).
 TUNE_SEED = 1000
 #: Version of the protocol; a saved search or run of another version is not reused.
@@ -96,115 +98,6 @@ PROTOCOL_VERSION = 2
 SEARCH_STEPS = 600
 #: The search's time target on the 2-core machine, seconds.
 SEARCH_BUDGET_S = 150 * 60
-#: Share of the training classes held out for validation.
-VALIDATION_FRACTION = 0.2
-#: A user's file: share of the classes in each split (training, validation, evaluation).
-USER_FRACTIONS = (0.6, 0.2, 0.2)
-#: A user's file: fewest classes per split, fewest samples per class.
-MIN_CLASSES_PER_SPLIT = 5
-MIN_SAMPLES_PER_CLASS = 2
-
-
-# --------------------------------------------------------------------------------------
-# Class splits
-# --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ClassSplit:
-    """Disjoint class ids: ``train`` (training part), ``validation`` (validation part,
-    drawn from the training classes), ``evaluation`` (never trained on); ``how`` says how
-    they were drawn, ``extra`` holds what else identifies them (validation alphabets)."""
-
-    train: np.ndarray
-    validation: np.ndarray
-    evaluation: np.ndarray
-    how: str
-    extra: dict[str, Any]
-
-    def __post_init__(self) -> None:
-        parts = (self.train, self.validation, self.evaluation)
-        every = np.concatenate(parts)
-        if len(np.unique(every)) != len(every):
-            raise ValueError("the class splits overlap")
-        if any(len(p) == 0 for p in parts):
-            raise ValueError("every class split needs at least one class")
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "how": self.how,
-            "train_part_classes": [int(c) for c in self.train],
-            "validation_classes": [int(c) for c in self.validation],
-            "evaluation_classes": [int(c) for c in self.evaluation],
-            "counts": {
-                "train_part": len(self.train),
-                "validation": len(self.validation),
-                "evaluation": len(self.evaluation),
-            },
-            **self.extra,
-        }
-
-
-def omniglot_split(
-    alphabets: Sequence[str],
-    characters: Sequence[str],
-    evaluation: np.ndarray,
-    fraction: float = VALIDATION_FRACTION,
-    seed: int = SPLIT_SEED,
-) -> ClassSplit:
-    """Validation part: whole alphabets of the training (background) classes, in a seeded
-    random order, until they hold at least ``fraction`` of the training classes (when one
-    alphabet holds every class, as in tiny smoke runs: its first ``fraction`` of them).
-
-    Args:
-        alphabets: the alphabet of each training class (class id = position).
-        characters: the character name of each training class (recorded).
-        evaluation: the evaluation class ids.
-    """
-    names = np.asarray(alphabets)
-    order = list(dict.fromkeys(names.tolist()))  # alphabets in class order
-    rng = np.random.default_rng(seed)
-    want = math.ceil(fraction * len(names))
-    chosen: list[str] = []
-    for i in rng.permutation(len(order)):
-        if np.isin(names, chosen).sum() >= want:
-            break
-        chosen.append(order[i])
-    is_val = np.isin(names, chosen)
-    ids = np.arange(len(names))
-    if is_val.all():  # tiny smoke runs: one alphabet holds every class; keep its first ones
-        is_val = ids < want
-    return ClassSplit(
-        train=ids[~is_val],
-        validation=ids[is_val],
-        evaluation=np.asarray(evaluation),
-        how=f"whole background alphabets in a random order (seed {seed}) until they hold "
-        f">= {fraction:.0%} of the background characters; class id = background label",
-        extra={
-            "validation_alphabets": sorted(chosen),
-            "validation_characters": [f"{names[c]}/{characters[c]}" for c in ids[is_val]],
-        },
-    )
-
-
-def user_split(
-    classes: np.ndarray, fractions: Sequence[float] = USER_FRACTIONS, seed: int = SPLIT_SEED
-) -> ClassSplit:
-    """The sorted class ids shuffled with ``seed`` and cut into training / validation /
-    evaluation: ``floor(f * C)`` validation and evaluation classes, the rest training."""
-    ids = np.sort(np.asarray(classes))
-    order = np.random.default_rng(seed).permutation(ids)
-    n_val = int(math.floor(fractions[1] * len(ids)))
-    n_eval = int(math.floor(fractions[2] * len(ids)))
-    return ClassSplit(
-        train=np.sort(order[n_val + n_eval :]),
-        validation=np.sort(order[:n_val]),
-        evaluation=np.sort(order[n_val : n_val + n_eval]),
-        how=f"sorted class ids shuffled (numpy default_rng({seed})), cut "
-        f"{fractions[0]:.0%} training / {fractions[1]:.0%} validation / "
-        f"{fractions[2]:.0%} evaluation",
-        extra={},
-    )
 
 
 # --------------------------------------------------------------------------------------

@@ -442,13 +442,15 @@ _PEER_COLORS = ("tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:orange"
 
 def _speed_style(first: dict[str, Any], peer_colors: Iterator[str]) -> dict[str, Any]:
     """Line style of a method: black for cdist, a colour per strategy for tripletkit
-    (dashed for numba), the next peer colour (dotted) for a peer."""
+    (dashed for numba, dash-dotted for a compiled form), the next peer colour (dotted) for a
+    peer."""
     if first["family"] == "baseline":
         style: dict[str, Any] = {"color": "black", "linestyle": "-", "marker": "x"}
     elif first["family"] == "tripletkit":
+        dashes = "-." if first["method"].endswith("[compiled]") else "-"
         style = {
             "color": _STRATEGY_COLORS.get(first["strategy"], "tab:gray"),
-            "linestyle": "--" if first["backend"] == "numba" else "-",
+            "linestyle": "--" if first["backend"] == "numba" else dashes,
             "marker": "o",
         }
     else:

@@ -29,12 +29,25 @@ Plans:
   method, memory runs for every tripletkit method and ``cdist`` at the key sizes;
 - ``--quick``: a CI smoke test, well under 30 s.
 
+**Compiled rows** (``--compile``, on by default except with ``--quick``): each fused loss's
+compiled form (:func:`compiled_loss`: ``torch.compile(fullgraph=True, dynamic=False)``,
+``--compile-backend``, default inductor; input checks off, ``max_positives=k-1``), named
+``<strategy>[compiled]``, timed beside its eager row (``<strategy>[torch]``) at the target
+``N`` (every size with ``--full`` or ``--sizes``). ``dynamic=False`` compiles once per
+``N`` (the pre-warm compiles a trivial function instead, for the backend's start-up): at
+each size a first call pays the compile (its time minus the median is the row's
+``compile_s``, reported apart), then the usual warm-up and repeats give the steady-state
+median, which never includes a compile. The JSON's ``compiled`` block and the printed
+"compiled vs eager" table set each loss's compiled median beside its eager one, with the
+compile time and the difference of the two loss values. No memory run for compiled rows.
+
 Usage::
 
     python -m benchmarks.speed                  # default plan, CPU (and CUDA when present)
     python -m benchmarks.speed --full           # every size up to 8192
     python -m benchmarks.speed --quick          # CI smoke test
     python -m benchmarks.speed --sizes 512 1024 --device cpu --no-peers --threads 2
+    python -m benchmarks.speed --no-compile     # without the compiled rows
 
 Writes ``speed_<device>.json`` (``speed_<device>_full.json`` with ``--full``,
 ``speed_<device>_quick.json`` with ``--quick``) and a log-log plot of the same name
@@ -68,7 +81,8 @@ import statistics
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TypeGuard
@@ -76,6 +90,15 @@ from typing import Any, NamedTuple, TypeGuard
 import torch
 from torch import Tensor
 
+import tripletkit
+from tripletkit.losses import (
+    batch_all_triplet_loss,
+    batch_hard_triplet_loss,
+    semi_hard_triplet_loss,
+)
+
+from .cli import UsageError
+from .cli import run as run_command
 from .common import GIB, RESULTS_DIR, load_average, machine_info, new_result, progress, save_json
 from .measure import (
     TimingPolicy,
@@ -103,6 +126,14 @@ __all__ = [
     "Method",
     "build_methods",
     "check_targets",
+    "with_compiled",
+    "compiled_rows",
+    "compiled_table",
+    "compile_warmup",
+    "compiled_loss",
+    "compiled_methods",
+    "is_compiled",
+    "recompile_limit",
     "main",
     "measure_target_rows",
     "measure_thread_scaling",
@@ -246,6 +277,107 @@ def _error(exc: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------------------
+# Compiled forms (torch.compile), shared with the GPU check
+# --------------------------------------------------------------------------------------
+
+#: Name suffix of a compiled method (``"semi_hard[compiled]"``).
+COMPILED = "[compiled]"
+
+
+def compiled_loss(
+    strategy: str, k: int = K_PER_CLASS, backend: str = "inductor"
+) -> Callable[[], LossFn]:
+    """``make()`` of the compiled form of a fused loss: ``torch.compile(fullgraph=True,
+    dynamic=False, backend=backend)`` with ``max_positives=k-1``, called with the input
+    checks off (one graph per ``N``, no host synchronisation). ``strategy`` is one of
+    :data:`~benchmarks.registry.SPEED_STRATEGIES`, with the eager row's margin and
+    reduction."""
+
+    def make() -> LossFn:
+        kw: dict[str, Any] = {"backend": "torch", "max_positives": k - 1}
+        fn: LossFn
+        if strategy == "batch_all":
+            fn = lambda x, y: batch_all_triplet_loss(  # noqa: E731
+                x, y, MARGIN, reduction="mean_nonzero", **kw
+            )
+        elif strategy == "batch_all_soft":
+            fn = lambda x, y: batch_all_triplet_loss(  # noqa: E731
+                x, y, soft_margin=True, reduction="mean", **kw
+            )
+        elif strategy == "batch_hard":
+            fn = lambda x, y: batch_hard_triplet_loss(x, y, MARGIN, **kw)  # noqa: E731
+        elif strategy == "semi_hard":
+            fn = lambda x, y: semi_hard_triplet_loss(x, y, MARGIN, **kw)  # noqa: E731
+        else:
+            raise ValueError(f"unknown strategy {strategy!r}")
+        compiled = torch.compile(fn, fullgraph=True, dynamic=False, backend=backend)
+
+        def f(x: Tensor, y: Tensor) -> Tensor:
+            with tripletkit.set_input_checks(False):
+                return compiled(x, y)
+
+        return f
+
+    return make
+
+
+def compiled_methods(
+    eager: Iterable[Method], backend: str = "inductor", k: int = K_PER_CLASS
+) -> list[Method]:
+    """The compiled form (:func:`compiled_loss`) of each tripletkit method of ``eager``, in
+    its order, named ``<strategy>[compiled]`` (the torch backend: what ``torch.compile``
+    traces)."""
+    return [
+        Method(
+            f"{m.strategy}{COMPILED}",
+            "tripletkit",
+            m.strategy,
+            "torch",
+            f"torch.compile(fullgraph=True, dynamic=False, backend={backend!r}) of the "
+            f"{m.strategy} loss, input checks off, max_positives={k - 1}",
+            compiled_loss(m.strategy, k, backend),
+            time_exponent=m.time_exponent,
+        )
+        for m in dict((m.strategy, m) for m in eager if m.family == "tripletkit").values()
+    ]
+
+
+def is_compiled(method: Method | str) -> bool:
+    """Whether a method (or a method's name) is a compiled form."""
+    return (method if isinstance(method, str) else method.name).endswith(COMPILED)
+
+
+def compile_warmup(device: str, backend: str = "inductor") -> dict[str, Any]:
+    """Compile and run a trivial function once (a compiled method's pre-warm), so that the
+    backend's one-off start-up (imports, worker pools) is not charged to the first loss's
+    compile. Returns ``{"compile_warmup_s": seconds}``; an error is left to the loss."""
+    t0 = time.perf_counter()
+    try:
+        x = torch.ones(8, device=device, requires_grad=True)
+        g = torch.compile(lambda t: (t * 2).sum(), fullgraph=True, backend=backend)
+        g(x).backward()
+    except Exception:  # noqa: BLE001 - the compiled methods will report the error
+        pass
+    return {"compile_warmup_s": time.perf_counter() - t0}
+
+
+@contextmanager
+def recompile_limit(sizes: int) -> Iterator[None]:
+    """Let dynamo compile each function once per size (``dynamic=False``), then restore."""
+    config = torch._dynamo.config
+    saved = {
+        n: getattr(config, n) for n in ("recompile_limit", "cache_size_limit") if hasattr(config, n)
+    }
+    for name, value in saved.items():
+        setattr(config, name, max(value, sizes + 2))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(config, name, value)
+
+
+# --------------------------------------------------------------------------------------
 # The plan
 # --------------------------------------------------------------------------------------
 
@@ -268,6 +400,8 @@ class RunConfig:
     full: bool = False
     target_rounds: int = TARGET_ROUNDS
     target_calls: int = TARGET_CALLS
+    compile_sizes: tuple[int, ...] = ()  # sizes of the compiled rows (none: not run)
+    compile_backend: str = "inductor"
 
     @property
     def target_n(self) -> int:
@@ -330,19 +464,24 @@ def _skip_reason(
 def _plan(methods: list[Method], cfg: RunConfig) -> list[tuple[Method, int, str]]:
     """Configurations in run order: sizes ascending (cdist first), the large sizes of the
     default plan (cdist and batch-all), then the two-class one."""
-    plan = [(m, n, "pk") for n in sorted(cfg.sizes) for m in methods]
+    plan = [
+        (m, n, "pk")
+        for n in sorted(cfg.sizes)
+        for m in methods
+        if not is_compiled(m) or n in cfg.compile_sizes
+    ]
     for n in sorted(set(cfg.large_sizes) - set(cfg.sizes)):
         plan += [(m, n, "pk") for m in methods if m.name in cfg.large_methods()]
     if cfg.two_class_n:
         for m in methods:
             # Hinge only: the soft margin sums every one of the ~N^3 / 4 terms (minutes).
-            if m.family != "peer" and m.strategy in ("cdist", "batch_all"):
+            if m.family != "peer" and m.strategy in ("cdist", "batch_all") and not is_compiled(m):
                 plan.append((m, cfg.two_class_n, "two_classes"))
     return plan
 
 
 def _memory_wanted(method: Method, n: int, labels_kind: str, cfg: RunConfig) -> bool:
-    if cfg.memory == "none":
+    if cfg.memory == "none" or is_compiled(method):  # a subprocess would compile again
         return False
     if cfg.memory == "all" or cfg.device == "cuda":
         return True
@@ -395,7 +534,12 @@ class _DeviceRun:
             try:
                 fn = method.make()
                 self.made[method.name] = fn
-                self.warm_info[method.name] = prewarm(fn, self.cfg.device, self.cfg.seed)
+                if is_compiled(method):  # no compile at a size it is not timed at
+                    self.warm_info[method.name] = compile_warmup(
+                        self.cfg.device, self.cfg.compile_backend
+                    )
+                else:
+                    self.warm_info[method.name] = prewarm(fn, self.cfg.device, self.cfg.seed)
             except Exception as exc:  # noqa: BLE001
                 self.made[method.name] = exc
                 self.warm_info[method.name] = {
@@ -419,6 +563,9 @@ class _DeviceRun:
             return
         try:
             gc.collect()
+            compile_call_s = (
+                timed_call(f, x, y, self.cfg.device).wall_s if is_compiled(method) else None
+            )
             entry.update(time_method(f, x, y, self.cfg.device, self.cfg.policy))
         except Exception as exc:  # noqa: BLE001 - a failed configuration is a result
             entry.update(
@@ -432,6 +579,9 @@ class _DeviceRun:
                 torch.cuda.empty_cache()
             return
         entry["status"] = "ok"
+        if compile_call_s is not None:  # this N's compile, apart from the steady state
+            entry["compile_call_s"] = compile_call_s
+            entry["compile_s"] = max(compile_call_s - entry["median_s"], 0.0)
         if entry.pop("over_budget"):
             self.over_budget_at[method.name] = (n, entry["median_s"])
             entry["note"] = "over the time budget: a single run, not repeated"
@@ -457,6 +607,13 @@ def run_device(
         :func:`measure_target_rows` and :func:`measure_thread_scaling`; the seconds both
         took).
     """
+    with recompile_limit(len(cfg.compile_sizes)):  # one graph per size
+        return _run_device(methods, cfg)
+
+
+def _run_device(
+    methods: list[Method], cfg: RunConfig
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]], dict[str, Any]]:
     results: list[dict[str, Any]] = []
     state = _DeviceRun(cfg)
     plan = _plan(methods, cfg)
@@ -474,8 +631,80 @@ def run_device(
     state.extra["rows_elapsed_s"] = time.perf_counter() - started
     state.release()
     _attach_ratios(results)
+    if any(is_compiled(m) for m in methods):
+        state.extra["compiled"] = {
+            "backend": cfg.compile_backend,
+            "sizes": list(cfg.compile_sizes),
+            "rows": compiled_rows(results),
+        }
     _measure_memory(methods, plan, results, cfg)
     return results, state.warm_info, state.extra
+
+
+def compiled_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each compiled row beside its eager one (``<strategy>[torch]`` at the same ``N``).
+
+    Returns:
+        Per compiled entry: ``loss`` (the strategy), ``n``, ``compiled`` and ``eager`` (the
+        method names), ``status`` (the compiled entry's), and when both were timed
+        ``compiled_median_s``, ``eager_median_s``, ``speedup`` (eager over compiled
+        median), ``compile_s`` (the compile at this ``N``, not in the medians) and
+        ``loss_abs_diff`` (compiled minus eager loss value, absolute).
+    """
+    rows = []
+    for e in results:
+        if not is_compiled(e["method"]) or e["labels"] != "pk":
+            continue
+        eager_name = f"{e['strategy']}[torch]"
+        row: dict[str, Any] = {
+            "loss": e["strategy"],
+            "n": e["n"],
+            "compiled": e["method"],
+            "eager": eager_name,
+            "status": e["status"],
+        }
+        if e["status"] != "ok":
+            row["reason"] = e.get("reason") or e.get("error")
+        eager = find_entry(results, eager_name, e["n"])
+        if e["status"] == "ok" and eager is not None and eager["status"] == "ok":
+            row.update(
+                compiled_median_s=e["median_s"],
+                eager_median_s=eager["median_s"],
+                speedup=eager["median_s"] / e["median_s"],
+                compile_s=e.get("compile_s"),
+                loss_abs_diff=abs(e["loss"] - eager["loss"]),
+            )
+        rows.append(row)
+    return rows
+
+
+def compiled_table(compiled: dict[str, Any]) -> str:
+    """The printed "compiled vs eager" table of a result's ``compiled`` block: one row per
+    loss and ``N``; the compile time in its own column, outside both medians."""
+    rows = compiled.get("rows") or []
+    header = (
+        f"Compiled (torch.compile, backend {compiled.get('backend')!r}) vs eager (torch "
+        "backend), forward + backward median; compile: the first call at that N minus the "
+        "median, not in it"
+    )
+    lines = [
+        header,
+        "",
+        "| loss | N | eager | compiled | eager / compiled | compile | loss difference |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        if "compiled_median_s" not in r:
+            why = r.get("reason") or "eager row not timed"
+            lines.append(f"| {r['loss']} | {r['n']} | | {r['status']}: {why} | | | |")
+            continue
+        compile_s = r.get("compile_s")
+        lines.append(
+            f"| {r['loss']} | {r['n']} | {_ms(r['eager_median_s'])} | "
+            f"{_ms(r['compiled_median_s'])} | {r['speedup']:.2f}x | "
+            f"{'' if compile_s is None else f'{compile_s:.1f} s'} | {r['loss_abs_diff']:.1e} |"
+        )
+    return "\n".join(lines)
 
 
 def _ok_at(results: list[dict[str, Any]], name: str, n: int) -> bool:
@@ -955,6 +1184,16 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help=f"N of the two-class batch-all configuration (default {TWO_CLASS_N}; 0: none)",
     )
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="time the compiled form of each fused loss beside its eager row (default: on, "
+        "off with --quick)",
+    )
+    p.add_argument(
+        "--compile-backend", default="inductor", help="torch.compile backend (default inductor)"
+    )
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG")
     p.add_argument("--memory-child", help=argparse.SUPPRESS)
     return p
@@ -974,7 +1213,7 @@ def _devices(requested: list[str] | None) -> list[str]:
     return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; returns ``{device: result}`` with each result as saved to JSON.
 
     A result holds ``machine`` (:func:`~benchmarks.common.machine_info`), ``config``,
@@ -984,8 +1223,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ``ratio_to_cdist``, ``first_call_s``, ``memory``...), ``targets`` (see
     :func:`check_targets`), ``files`` and ``elapsed_s``. The torch and numba thread
     counts are restored on return.
+
+    Raises:
+        UsageError: a size below 2 (the command prints one ``error:`` line, exit status 2).
     """
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(None if argv is None else list(argv))
     if args.memory_child:
         _memory_child(args.memory_child)
         return {}
@@ -998,8 +1240,10 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         QUICK_SIZES if args.quick else FULL_SIZES if args.full else DEFAULT_SIZES
     )
     if any(n < 2 for n in sizes):
-        raise SystemExit("every size must be at least 2")
+        raise UsageError(f"every size must be at least 2 (got --sizes {' '.join(map(str, sizes))})")
     methods, missing = build_methods(peers=not args.no_peers)
+    if _compile_wanted(args):
+        methods = with_compiled(methods, args.compile_backend)
     suffix = "_quick" if args.quick else "_full" if args.full else ""
     devices = _devices(args.device)
     runs: dict[str, Any] = {}
@@ -1015,6 +1259,19 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     return runs
 
 
+def _compile_wanted(args: argparse.Namespace) -> bool:
+    """``--compile`` / ``--no-compile``, else on except with ``--quick``."""
+    return bool(args.compile) if args.compile is not None else not args.quick
+
+
+def with_compiled(methods: list[Method], backend: str = "inductor") -> list[Method]:
+    """``methods`` with the compiled forms (:func:`compiled_methods`) right after the last
+    tripletkit method (columns: eager, then compiled, then the peers)."""
+    compiled = compiled_methods(methods, backend)
+    last = max((i for i, m in enumerate(methods) if m.family == "tripletkit"), default=0)
+    return [*methods[: last + 1], *compiled, *methods[last + 1 :]]
+
+
 def _run_config(args: argparse.Namespace, device: str, sizes: list[int]) -> RunConfig:
     """The :class:`RunConfig` the command line asks for on ``device``."""
     if args.two_class_n is not None:
@@ -1027,6 +1284,10 @@ def _run_config(args: argparse.Namespace, device: str, sizes: list[int]) -> RunC
         else TimingPolicy(budget_s=args.budget)
     )
     limit = args.mem_limit_gb * GIB if args.mem_limit_gb else 0.5 * available_bytes(device)
+    target_n = TARGET_N if TARGET_N in sizes else max(sizes)
+    compile_sizes: tuple[int, ...] = ()
+    if _compile_wanted(args):
+        compile_sizes = tuple(sorted(set(sizes))) if args.full or args.sizes else (target_n,)
     return RunConfig(
         device=device,
         sizes=sorted(set(sizes)),
@@ -1041,6 +1302,8 @@ def _run_config(args: argparse.Namespace, device: str, sizes: list[int]) -> RunC
         full=args.full,
         target_rounds=2 if args.quick else TARGET_ROUNDS,
         target_calls=1 if args.quick else TARGET_CALLS,
+        compile_sizes=compile_sizes,
+        compile_backend=args.compile_backend,
     )
 
 
@@ -1068,6 +1331,8 @@ def _config_json(cfg: RunConfig, methods: list[Method], missing: list[str]) -> d
         "target_n": cfg.target_n,
         "target_rounds": cfg.target_rounds,
         "target_calls": cfg.target_calls,
+        "compile_sizes": list(cfg.compile_sizes),
+        "compile_backend": cfg.compile_backend if cfg.compile_sizes else None,
     }
 
 
@@ -1122,6 +1387,8 @@ def _run_and_save(
     print("\n" + _cdist_line(results))
     print("\n" + spread_table(results))
     print("\n" + target_rows_text(result))
+    if result.get("compiled"):
+        print("\n" + compiled_table(result["compiled"]))
     print("\nTargets:")
     _print_targets(result["targets"])
     print(f"\nWrote {json_path}" + (f" and {png_path}" if png_path else ""))
@@ -1130,4 +1397,4 @@ def _run_and_save(
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "python -m benchmarks.speed")

@@ -150,12 +150,37 @@ def sensitivity_fragment(data: Mapping[str, Any]) -> str | None:
     )
 
 
+def _ms(seconds: float) -> str:
+    ms = 1e3 * seconds
+    return f"{ms:.3g} ms" if ms < 1000 else f"{ms:,.0f} ms"
+
+
+def _cdist_reference(data: Mapping[str, Any], n: int = 1024) -> str | None:
+    """``N = 1,024: 6.47 ms``, cdist's median in a speed run (at its largest size when it
+    lacks 1,024), or None."""
+    rows = [
+        e
+        for e in data.get("results", [])
+        if e.get("method") == "cdist" and e.get("labels") == "pk" and e.get("status") == "ok"
+    ]
+    if not rows:
+        return None
+    pick = next((e for e in rows if e["n"] == n), max(rows, key=lambda e: e["n"]))
+    return f"N = {pick['n']:,}: {_ms(pick['median_s'])}"
+
+
 def speed_fragment(data: Mapping[str, Any]) -> str:
     cfg = data.get("config", {})
+    run = []
+    if data.get("elapsed_s"):
+        run.append(f"the run took {data['elapsed_s']:.0f} s")
+    ref = _cdist_reference(data)
+    if ref:
+        run.append(f"every ratio divides by `cdist`'s time at the same N ({ref})")
     parts = [
         f"*Forward + backward, N random {cfg.get('dim', '?')}-d {cfg.get('dtype', '')} "
         f"embeddings, P×K labels with K = {cfg.get('k_per_class', '?')}, median over repeats "
-        f"(ratio to `cdist`); {_machine(data)}.*",
+        f"(ratio to `cdist`); {_machine(data)}" + (f"; {'; '.join(run)}" if run else "") + ".*",
         report.speed_table(dict(data)),
     ]
     targets = data.get("targets") or []
@@ -188,7 +213,8 @@ def gradcache_fragment(data: Mapping[str, Any]) -> str:
         rows,
         "rlrrr",
     )
-    return f"*{_machine(data)}.*\n\n{table}\n"
+    took = f"; the run took {data['wall_s'] / 60:.1f} minutes" if data.get("wall_s") else ""
+    return f"*{_machine(data)}{took}.*\n\n{table}\n"
 
 
 def precision_fragment(data: Mapping[str, Any]) -> str:
@@ -240,7 +266,34 @@ def neighbours_fragment(files: list[Mapping[str, Any]]) -> str:
     header = ["N", "search", "embed (wall)", "search CPU", "search wall", "search extra peak"]
     notes = [d["note"] for d in files if d.get("note")]
     text = report.md_table(header, rows, "rlrrrr") + "\n"
-    return text + "".join(f"\n*{n}.*\n" for n in notes)
+    text += "".join(f"\n*{n}.*\n" for n in notes)
+    summary = _neighbours_summary([r for d in files for r in d.get("results", [])])
+    return text + (f"\n{summary}\n" if summary else "")
+
+
+def _neighbours_summary(results: list[Mapping[str, Any]]) -> str | None:
+    """One line from the rows: the torch search's extra peak at each N, faiss's CPU time
+    against torch's at the same N, and the largest extrapolated search in CPU-hours."""
+    torch_rows = sorted((r for r in results if r.get("backend") == "torch"), key=lambda r: r["n"])
+    if not torch_rows:
+        return None
+    peaks = ", ".join(
+        f"{r['search_extra_peak_bytes'] / 2**20:,.0f} MiB at N = {r['n']:,}" for r in torch_rows
+    )
+    parts = [f"Search extra peak of the torch path: {peaks}"]
+    for r in torch_rows:
+        faiss = next((f for f in results if f.get("backend") == "faiss" and f["n"] == r["n"]), None)
+        if faiss and faiss.get("search_cpu_s") and r.get("queries", r["n"]) == r["n"]:
+            ratio = r["search_cpu_s"] / faiss["search_cpu_s"]
+            parts.append(f"faiss's exact index used {ratio:.1f}× less CPU time at N = {r['n']:,}")
+    extra = [r for r in torch_rows if r.get("search_cpu_s_extrapolated")]
+    if extra:
+        r = extra[-1]
+        parts.append(
+            f"the search over all N = {r['n']:,} queries, extrapolated from "
+            f"{r['queries']:,}, would take {r['search_cpu_s_extrapolated'] / 3600:.1f} CPU-hours"
+        )
+    return "*" + "; ".join(parts) + ".*"
 
 
 def gpu_fragment(data: Mapping[str, Any] | None) -> str:
@@ -253,6 +306,72 @@ def gpu_fragment(data: Mapping[str, Any] | None) -> str:
     md = RESULTS / "gpu.md"
     body = md.read_text().strip() if md.is_file() else "(no gpu.md beside gpu.json)"
     return f"*{_machine(data)}.*\n\n{body}\n"
+
+
+def reference_fragment(
+    quality: Mapping[str, Any] | None,
+    speed: Mapping[str, Any] | None,
+    full: Mapping[str, Any] | None,
+) -> str | None:
+    """The machine of the committed default runs and how long ``python -m benchmarks``
+    (quality, then speed) took there; the full quality run's training time, summed over its
+    runs."""
+    if not quality or not speed:
+        return None
+    q_min = quality.get("wall_s", 0.0) / 60
+    s_min = speed.get("elapsed_s", 0.0) / 60
+    m = speed.get("machine", {})
+    gpu = f"GPU {m['cuda_device']}" if m.get("cuda_device") else "no GPU"
+    text = (
+        f"*Reference machine: {m.get('usable_cores', '?')} CPU cores ({m.get('cpu', '?')}), "
+        f"{gpu}; Python {m.get('python')}, torch {m.get('torch')}, numba {m.get('numba')}. "
+        f"`python -m benchmarks` took {q_min + s_min:.1f} minutes there: the quality "
+        f"benchmark {q_min:.1f}, the speed benchmark {s_min:.1f} "
+        "(`benchmarks/results/quality.json`, `speed_cpu.json`)"
+    )
+    runs = [r for s in (full or {}).get("strategies", {}).values() for r in s.get("runs", [])]
+    if runs and all("wall_s" in r for r in runs):
+        steps = (full or {}).get("config", {}).get("steps")
+        total = sum(r["wall_s"] for r in runs) / 60
+        text += (
+            f". The full quality run ({len(runs)} runs of up to {steps:,} steps) trained and "
+            f"evaluated for {total:.0f} minutes in all (`quality_full.json`)"
+        )
+    return text + ".*\n"
+
+
+def quality_facts_fragment(data: Mapping[str, Any], tuning: Mapping[str, Any] | None) -> str | None:
+    """What a quality run recorded about its split, its search and its time-capped rows."""
+    parts = []
+    split = data.get("protocol", {}).get("split", {})
+    counts = split.get("counts", {})
+    if counts:
+        alphabets = split.get("validation_alphabets") or []
+        parts.append(
+            f"validation part: {counts['validation']:,} characters"
+            + (f" ({len(alphabets)} alphabets)" if alphabets else "")
+            + f", training part {counts['train_part']:,}, evaluation "
+            f"{counts['evaluation']:,}"
+        )
+    results = [r for s in (tuning or {}).get("strategies", {}).values() for r in s["results"]]
+    if results and all("train_s" in r for r in results):
+        minutes = sum(r["train_s"] for r in results) / 60
+        parts.append(
+            f"the search trained {len(results)} configurations for {minutes:.0f} minutes "
+            "(`quality_tuning.json`)"
+        )
+    for name, s in data.get("strategies", {}).items():
+        capped = [r for r in s.get("runs", []) if r.get("capped")]
+        if capped:
+            steps = sorted(r["steps"] for r in capped)
+            parts.append(
+                f"`{name}` reached its time cap after {steps[0]:,}–{steps[-1]:,} of its "
+                f"{capped[0]['planned_steps']:,} steps ({len(capped)} of "
+                f"{len(s['runs'])} runs)"
+            )
+    if not parts:
+        return None
+    return "*Recorded in the JSON: " + "; ".join(parts) + ".*\n"
 
 
 def headline(full: Mapping[str, Any] | None, speed: Mapping[str, Any] | None) -> str:
@@ -331,6 +450,12 @@ def generate(out: Path) -> dict[str, str]:
     if found:
         fragments["neighbours"] = neighbours_fragment(found)
     fragments["gpu"] = gpu_fragment(_load("gpu.json"))
+    fragments["reference"] = reference_fragment(
+        _load("quality.json"), _load("speed_cpu.json"), _load("quality_full.json")
+    )
+    full = _load("quality_full.json")
+    if full:
+        fragments["quality_full_facts"] = quality_facts_fragment(full, _load("quality_tuning.json"))
     for name, text in fragments.items():
         if text is not None:
             (out / f"{name}.md").write_text(text)

@@ -399,3 +399,152 @@ def test_default_plan_keeps_the_targets_rows_and_full_plan_everything() -> None:
         if n in speed.KEY_MEMORY_SIZES and kind == "pk"
     )
     assert speed._json_path(Path("out"), "cpu", "_full", False).name == "speed_cpu_full.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# The compiled rows (torch.compile beside eager)
+
+EAGER_TORCH = ("batch_all[torch]", "batch_all_soft[torch]", "batch_hard[torch]", "semi_hard[torch]")
+COMPILED = tuple(name.replace("[torch]", "[compiled]") for name in EAGER_TORCH)
+
+
+def _plan_of(*argv: str) -> tuple[speed.RunConfig, list[tuple[speed.Method, int, str]]]:
+    args = speed._parser().parse_args(list(argv))
+    sizes = args.sizes or list(
+        speed.QUICK_SIZES if args.quick else speed.FULL_SIZES if args.full else speed.DEFAULT_SIZES
+    )
+    methods, _ = speed.build_methods(peers=True)
+    if speed._compile_wanted(args):
+        methods = speed.with_compiled(methods, args.compile_backend)
+    cfg = speed._run_config(args, "cpu", sizes)
+    return cfg, speed._plan(methods, cfg)
+
+
+def test_compiled_rows_in_the_plan() -> None:
+    # Default plan: the four compiled losses at the target N only, never at the memory
+    # targets' size, in the two-class configuration or in a memory subprocess.
+    cfg, plan = _plan_of()
+    compiled = [(m.name, n, kind) for m, n, kind in plan if speed.is_compiled(m)]
+    assert sorted(compiled) == sorted((name, speed.TARGET_N, "pk") for name in COMPILED)
+    assert cfg.compile_sizes == (speed.TARGET_N,) and cfg.compile_backend == "inductor"
+    assert not any(speed._memory_wanted(m, n, k, cfg) for m, n, k in plan if speed.is_compiled(m))
+    # Every compiled row has its eager row at the same N, and comes after it, before peers.
+    at_target = [m.name for m, n, kind in plan if n == speed.TARGET_N and kind == "pk"]
+    for eager, comp in zip(EAGER_TORCH, COMPILED, strict=True):
+        assert at_target.index(eager) < at_target.index(comp)
+    peers = [i for i, name in enumerate(at_target) if name.startswith(("pml", "otl", "st_"))]
+    assert all(i > at_target.index(c) for c in COMPILED for i in peers)
+    methods = {m.name: m for m, _, _ in plan}
+    for comp in COMPILED:
+        m = methods[comp]
+        assert (m.family, m.backend) == ("tripletkit", "torch")
+        assert "backend='inductor'" in m.description and "max_positives=7" in m.description
+    # --full and --sizes: every size; --quick: none unless asked; --no-compile: none.
+    cfg, plan = _plan_of("--full")
+    assert {n for m, n, _ in plan if m.name == "semi_hard[compiled]"} == set(speed.FULL_SIZES)
+    cfg, plan = _plan_of("--sizes", "64", "96")
+    assert {n for m, n, _ in plan if m.name == "batch_hard[compiled]"} == {64, 96}
+    cfg, plan = _plan_of("--quick")
+    assert cfg.compile_sizes == () and not any(speed.is_compiled(m) for m, _, _ in plan)
+    cfg, plan = _plan_of("--quick", "--compile", "--compile-backend", "aot_eager")
+    assert cfg.compile_sizes == (max(speed.QUICK_SIZES),) and cfg.compile_backend == "aot_eager"
+    assert {m.name for m, _, _ in plan if speed.is_compiled(m)} == set(COMPILED)
+    cfg, plan = _plan_of("--no-compile")
+    assert cfg.compile_sizes == () and not any(speed.is_compiled(m) for m, _, _ in plan)
+
+
+def test_compiled_rows_and_table_from_synthetic_results() -> None:
+    def entry(method: str, n: int, ms: float, loss: float, **extra: Any) -> dict[str, Any]:
+        return {
+            "method": method,
+            "strategy": method.split("[")[0],
+            "n": n,
+            "labels": "pk",
+            "status": "ok",
+            "median_s": ms / 1e3,
+            "loss": loss,
+            **extra,
+        }
+
+    results = [
+        entry("semi_hard[torch]", 1024, 30.0, 0.25),
+        entry("semi_hard[compiled]", 1024, 20.0, 0.25 + 3e-7, compile_s=12.5),
+        entry("batch_hard[torch]", 1024, 10.0, 0.5),
+        {
+            "method": "batch_hard[compiled]",
+            "strategy": "batch_hard",
+            "n": 1024,
+            "labels": "pk",
+            "status": "error",
+            "error": "InductorError: no C++ compiler",
+        },
+    ]
+    rows = speed.compiled_rows(results)
+    assert [r["loss"] for r in rows] == ["semi_hard", "batch_hard"]
+    semi = rows[0]
+    assert semi["eager"] == "semi_hard[torch]" and semi["compiled"] == "semi_hard[compiled]"
+    assert semi["speedup"] == pytest.approx(1.5)
+    assert semi["compile_s"] == 12.5  # apart from both medians
+    assert semi["compiled_median_s"] == pytest.approx(0.02)
+    assert semi["loss_abs_diff"] == pytest.approx(3e-7)
+    assert rows[1]["status"] == "error" and "no C++ compiler" in rows[1]["reason"]
+    assert "speedup" not in rows[1]
+    text = speed.compiled_table({"backend": "inductor", "rows": rows})
+    assert "backend 'inductor'" in text
+    assert "| loss | N | eager | compiled | eager / compiled | compile | loss difference |" in text
+    assert "| semi_hard | 1024 | 30 ms | 20 ms | 1.50x | 12.5 s | 3.0e-07 |" in text
+    assert "| batch_hard | 1024 | | error: InductorError: no C++ compiler | | | |" in text
+
+
+def test_compiled_rows_timed_apart_from_their_compile() -> None:
+    """A tiny run with the compiled rows (backend aot_eager: dynamo traces and recompiles
+    per N as inductor does, without a C++ compiler): each size pays its compile in a first
+    call outside the steady-state repeats, and the compiled loss gives the eager value."""
+    methods, _ = speed.build_methods(peers=False, backends=("torch",))
+    methods = [m for m in methods if m.name in ("cdist", "batch_hard[torch]", "semi_hard[torch]")]
+    methods = speed.with_compiled(methods, "aot_eager")
+    assert [m.name for m in methods] == [
+        "cdist",
+        "batch_hard[torch]",
+        "semi_hard[torch]",
+        "batch_hard[compiled]",
+        "semi_hard[compiled]",
+    ]
+    cfg = speed.RunConfig(
+        device="cpu",
+        sizes=[16, 32],
+        quick=True,
+        peers=False,
+        threads=None,
+        memory="none",
+        two_class_n=None,
+        policy=speed.TimingPolicy(target_s=0.0, min_repeats=2, max_repeats=2, warmups=1),
+        mem_limit_bytes=float(2**40),
+        compile_sizes=(16, 32),
+        compile_backend="aot_eager",
+    )
+    results, _, extra = speed.run_device(methods, cfg)
+    by = {(e["method"], e["n"]): e for e in results}
+    for name in ("batch_hard[compiled]", "semi_hard[compiled]"):
+        for n in (16, 32):
+            e = by[(name, n)]
+            assert e["status"] == "ok", e
+            assert e["repeats"] == len(e["times_s"]) == 2
+            assert e["compile_s"] == pytest.approx(max(e["compile_call_s"] - e["median_s"], 0.0))
+            # the trace is in the first call only: slower than every steady-state repeat
+            assert e["compile_call_s"] > max(e["times_s"])
+            eager = by[(name.replace("[compiled]", "[torch]"), n)]
+            assert e["loss"] == pytest.approx(eager["loss"], rel=1e-5)
+    block = extra["compiled"]
+    assert block["backend"] == "aot_eager" and block["sizes"] == [16, 32]
+    assert [(r["loss"], r["n"]) for r in block["rows"]] == [
+        ("batch_hard", 16),
+        ("semi_hard", 16),
+        ("batch_hard", 32),
+        ("semi_hard", 32),
+    ]
+    assert all(_finite_positive(r["speedup"]) for r in block["rows"])
+    # The targets rows at the largest N include the compiled losses, alternating with cdist.
+    assert {"batch_hard[compiled]", "semi_hard[compiled]"} <= {
+        r["method"] for r in extra["target_rows"]
+    }

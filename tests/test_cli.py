@@ -48,6 +48,12 @@ def test_gpu_check_size_error() -> None:
     _one_error_line(done, "python -m benchmarks.gpu", "every size must be at least")
 
 
+@pytest.mark.parametrize("sizes", [["1"], ["128", "0"]])
+def test_speed_size_error(sizes: list[str]) -> None:
+    done = _command("benchmarks.speed", "--quick", "--no-plot", "--sizes", *sizes)
+    _one_error_line(done, "python -m benchmarks.speed", "every size must be at least 2")
+
+
 def test_usage_error_is_a_value_error() -> None:
     # library callers that caught ValueError from load_npz keep working
     assert issubclass(UsageError, ValueError)

@@ -141,5 +141,6 @@ def test_generated_figures_are_up_to_date(tmp_path: Path) -> None:
 
 def test_benchmark_pages_include_the_generated_fragments() -> None:
     text = "".join(p.read_text() for p in (DOCS / "benchmarks").glob("*.md"))
-    for name in ("quality_full", "quality", "speed_cpu", "speed_cpu_full", "gpu"):
+    names = ("quality_full", "quality", "speed_cpu", "speed_cpu_full", "gpu", "reference")
+    for name in (*names, "quality_full_facts"):
         assert f'--8<-- "docs/generated/{name}.md"' in text, name

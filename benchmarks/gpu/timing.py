@@ -7,8 +7,6 @@ import math
 import statistics
 import time
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +16,7 @@ from torch import Tensor
 from ..common import GIB, progress
 from ..measure import PeakMemory, TimedCall, TimingPolicy
 from ..registry import LossFn
-from ..speed import make_inputs
+from ..speed import compile_warmup, make_inputs, recompile_limit
 from .config import (
     COMPILE_GROWTH,
     COMPILE_SHARE,
@@ -144,41 +142,18 @@ def _memory_limit(device: str) -> float:
     return MEMORY_SHARE["cpu"] * available_bytes("cpu")
 
 
-@contextmanager
-def _recompile_limit(sizes: int) -> Iterator[None]:
-    """Let dynamo compile each function once per size (``dynamic=False``), then restore."""
-    config = torch._dynamo.config
-    saved = {
-        n: getattr(config, n) for n in ("recompile_limit", "cache_size_limit") if hasattr(config, n)
-    }
-    for name, value in saved.items():
-        setattr(config, name, max(value, sizes + 2))
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(config, name, value)
-
-
 def _compile_warmup(cfg: GpuConfig) -> float | None:
-    """Compile and run a trivial function once, so that the compile backend's one-off
-    start-up (imports, worker pool) is not charged to the first loss. Returns its time."""
+    """A fresh dynamo state, then :func:`benchmarks.speed.compile_warmup`: the compile
+    backend's one-off start-up is not charged to the first loss. Returns its time."""
     if not cfg.compile:
         return None
-    t0 = time.perf_counter()
-    try:
-        torch._dynamo.reset()
-        x = torch.ones(8, device=cfg.device, requires_grad=True)
-        g = torch.compile(lambda t: (t * 2).sum(), fullgraph=True, backend=cfg.compile_backend)
-        g(x).backward()
-    except Exception:  # noqa: BLE001 - the compiled methods will report the error
-        pass
-    return time.perf_counter() - t0
+    torch._dynamo.reset()
+    return float(compile_warmup(cfg.device, cfg.compile_backend)["compile_warmup_s"])
 
 
 def run_timing(cfg: GpuConfig, methods: list[GpuMethod]) -> dict[str, Any]:
     """Time every ``(method, N)`` that fits the budget (see the module docstring)."""
-    with _recompile_limit(len(cfg.sizes)):
+    with recompile_limit(len(cfg.sizes)):
         return _run_timing(cfg, methods)
 
 
