@@ -92,9 +92,16 @@ def interpreted() -> bool:
 def _build(interpret: bool) -> SimpleNamespace:  # noqa: C901 - the kernels, defined once
     """The jitted kernels. ``triton.jit`` decides at decoration time whether a kernel is
     compiled or interpreted, so they are built on first use (per mode), never at import."""
-    del interpret  # the cache key: the environment variable is read by triton.jit
     import triton
     import triton.language as tl
+
+    # triton.language's own jitted helpers (tl.zeros...) were decorated when triton was first
+    # imported: the interpreter needs them interpreted too.
+    if interpret and type(tl.zeros).__name__ != "InterpretedFunction":
+        raise RuntimeError(
+            "TRITON_INTERPRET=1 was set after triton was imported: set it before the first "
+            "import of triton (e.g. in the environment of the process)"
+        )
 
     @triton.jit
     def _tile(
@@ -134,7 +141,10 @@ def _build(interpret: bool) -> SimpleNamespace:  # noqa: C901 - the kernels, def
             c = (xx[:, None] - 2.0 * g) + yy[None, :]
             d = tl.where(c <= (xx[:, None] + yy[None, :]) * EPS8, 0.0, c)
             if METRIC == 0:
-                d = tl.sqrt_rn(d)
+                if F64:
+                    d = tl.sqrt(d)
+                else:
+                    d = tl.sqrt_rn(d)  # IEEE-rounded, as torch's sqrt (tl.sqrt: approximate)
         return d, c
 
     @triton.jit

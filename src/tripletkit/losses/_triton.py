@@ -28,6 +28,7 @@ from .._checks import to_host
 from ..distances import _paired_distance_unchecked as paired
 from ..kernels import triton_backend
 from ._fused import triplet_terms
+from ._reduce import keep_in_graph
 from ._streaming import _inputs
 
 __all__ = ["batch_all_sum", "mined_terms"]
@@ -124,8 +125,11 @@ def mined_terms(
         else:
             sel = triton_backend.semi_hard(*args, _width(b))
     assert sel.valid is not None
+    if ref.shape[0] == 0:  # no reference: no triplet, every slot is empty
+        shape = torch.broadcast_shapes(sel.anchor.shape, sel.positive.shape, sel.negative.shape)
+        return keep_in_graph(emb.new_zeros(shape), emb, ref), sel.valid
     metric = str(b.metric)
-    rows = emb.reshape(*sel.anchor.shape, -1)
+    rows = emb.reshape(*sel.anchor.shape, emb.shape[-1])
     d_ap = paired(rows, ref[sel.positive], metric)
     d_an = paired(rows, ref[sel.negative], metric)
     terms = triplet_terms(d_ap, d_an, margin, soft_margin, smooth=smooth)
