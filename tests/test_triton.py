@@ -49,7 +49,10 @@ needs_triton = pytest.mark.skipif(
 
 @pytest.fixture(autouse=True)
 def interpreter(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Triton's interpreter for this test only, and one torch thread (tiny batches)."""
+    """Triton's interpreter (tests/conftest.py sets it before triton's first import) and one
+    torch thread (tiny batches). Blocks keep their default size (64 rows at these ``D``)
+    except where a test sets smaller ones to cross tile boundaries: the interpreter's cost
+    grows with the number of tiles visited."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -102,8 +105,12 @@ REFERENCE_CASES = {
 @needs_triton
 @pytest.mark.parametrize("name", tuple(REFERENCE_CASES))
 @pytest.mark.parametrize("kind", tuple(FUSED))
-def test_matches_reference(name: str, kind: str) -> None:
-    """float64, hinge (``"mean_nonzero"``, ``"sum"``) and soft margin (``"mean"``)."""
+def test_matches_reference(name: str, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """float64, hinge (``"mean_nonzero"``) and soft margin (``"mean"``); the grid (12 rows,
+    exact ties between different pairs) in blocks of 8 rows, so that its ties cross a tile
+    boundary."""
+    if name == "grid":
+        monkeypatch.setattr(triton_backend, "BLOCK", 8)
     c: Case = CASES[name]
     metric = REFERENCE_CASES[name]
     for soft, reduction in [(False, "mean_nonzero"), (True, "mean")]:
@@ -152,18 +159,18 @@ def _batch(layout: str, dtype: torch.dtype, seed: int = 0) -> dict:
         return {
             "x": randn(24, d),
             "labels": torch.randint(0, 8, (24,), generator=g),
-            "ref_embeddings": randn(100, d),
-            "ref_labels": torch.randint(0, 8, (100,), generator=g),
+            "ref_embeddings": randn(72, d),
+            "ref_labels": torch.randint(0, 8, (72,), generator=g),
         }
     if layout == "refs_offset":
-        ref = randn(100, d)
-        ref_labels = torch.randint(0, 8, (100,), generator=g)
+        ref = randn(72, d)
+        ref_labels = torch.randint(0, 8, (72,), generator=g)
         return {
-            "x": ref[40:64].clone(),
-            "labels": ref_labels[40:64].clone(),
+            "x": ref[30:54].clone(),
+            "labels": ref_labels[30:54].clone(),
             "ref_embeddings": ref,
             "ref_labels": ref_labels,
-            "anchor_offset": 40,
+            "anchor_offset": 30,
         }
     raise AssertionError(layout)
 
@@ -194,12 +201,21 @@ NUMBA_RUNS = [
 
 
 @needs_triton
-@pytest.mark.parametrize(("layout", "metric"), NUMBA_RUNS)
+@pytest.mark.parametrize(
+    ("layout", "metric", "dtype"),
+    [(*run, torch.float32) for run in NUMBA_RUNS]
+    + [("irregular", "euclidean", torch.float64), ("refs_offset", "sqeuclidean", torch.float64)],
+    ids=[f"{layout}-f32" for layout, _ in NUMBA_RUNS] + ["irregular-f64", "refs_offset-f64"],
+)
 @pytest.mark.parametrize("kind", tuple(FUSED))
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-def test_matches_numba(layout: str, metric: str, kind: str, dtype: torch.dtype) -> None:
+def test_matches_numba(
+    layout: str, metric: str, kind: str, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The sum of terms, both counts (so every reduction) and the gradients, hinge and soft
-    margin (batch-all) or hinge (the mined losses: the same selection either way)."""
+    margin (batch-all) or hinge (the mined losses: the same selection either way). The
+    P x K batch runs in blocks of 32 rows (2 x 2 tiles)."""
+    if layout == "pk":
+        monkeypatch.setattr(triton_backend, "BLOCK", 32)
     batch = _batch(layout, dtype)
     value_tol, grad_tol = (
         (FLOAT32_VALUE_TOL, FLOAT32_GRAD_TOL) if dtype == torch.float32 else (VALUE_TOL,) * 2
@@ -294,13 +310,13 @@ def test_no_allocation_of_n_by_m(kind: str) -> None:
     under the same recorder, creates ``N x M`` ones. Sizes in bytes of float64 (the
     interpreter's own numpy blocks are one tile, ``BN x BM``, and not torch tensors)."""
     g = torch.Generator().manual_seed(1)
-    n, m, d = 40, 160, 2
-    labels = torch.randint(0, 20, (n,), generator=g)
+    n, m, d = 40, 128, 2
+    labels = torch.randint(0, 32, (n,), generator=g)
     kw: dict = {
         "metric": "euclidean",
         "soft_margin": kind == "batch_all",
         "ref_embeddings": torch.randn(m, d, generator=g, dtype=torch.float64),
-        "ref_labels": torch.randint(0, 20, (m,), generator=g),
+        "ref_labels": torch.randint(0, 32, (m,), generator=g),
     }
     x = torch.randn(n, d, generator=g, dtype=torch.float64, requires_grad=True)
     width = int(

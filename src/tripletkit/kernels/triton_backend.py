@@ -58,6 +58,7 @@ from .torch_backend import Selection, _label_index, _positive_slots
 
 __all__ = [
     "ALLOW_TF32",
+    "BLOCK",
     "available",
     "batch_all_backward",
     "batch_all_forward",
@@ -69,6 +70,10 @@ __all__ = [
 #: Let ``tl.dot`` use TF32 on float32 inputs (faster on Ampere and later, but distances lose
 #: precision and the mined triplets change): off by default.
 ALLOW_TF32 = False
+
+#: Anchors (and references) per block; ``None``: by the embedding size (64 up to ``D = 64``,
+#: 32 up to 256, else 16). The tests set small blocks so that every tile boundary is crossed.
+BLOCK: int | None = None
 
 _METRICS = {"euclidean": 0, "sqeuclidean": 1, "cosine": 2}
 
@@ -358,17 +363,6 @@ def _build(interpret: bool) -> SimpleNamespace:  # noqa: C901 - the kernels, def
         tl.store(out_ptr + rows[:, None].to(tl.int64) * W + slots[None, :], neg, mask=smask)
 
     @triton.jit
-    def _softplus_sigmoid(z):
-        """``(softplus(z), sigmoid(z))``, stable, with ``log1p`` from ``log`` (exact to the
-        dtype where ``1 + e`` rounds)."""
-        e = tl.exp(-tl.abs(z))
-        u = 1.0 + e
-        lp = tl.where(u == 1.0, e, tl.log(u) * (e / tl.where(u == 1.0, 1.0, u - 1.0)))
-        sp = tl.maximum(z, 0.0) + lp
-        sg = tl.where(z >= 0.0, 1.0 / u, e / u)
-        return sp, sg
-
-    @triton.jit
     def batch_all_fwd_kernel(
         x_ptr,
         xx_ptr,
@@ -430,7 +424,14 @@ def _build(interpret: bool) -> SimpleNamespace:  # noqa: C901 - the kernels, def
                 tw = tl.sum(tl.where(sel, thr, 0.0), 1)
                 if SOFT:
                     used = tl.sum(tl.where(sel, pc, 0), 1) >= 0
-                    sp, sg = _softplus_sigmoid(tw[:, None] - d)
+                    # softplus and sigmoid of z, stable; log1p(e) from log (exact where
+                    # 1 + e rounds to 1). Inline: a helper call costs the interpreter much.
+                    z = tw[:, None] - d
+                    e = tl.exp(-tl.abs(z))
+                    u = 1.0 + e
+                    lp = tl.where(u == 1.0, e, tl.log(u) * (e / tl.where(u == 1.0, 1.0, u - 1.0)))
+                    sp = tl.maximum(z, 0.0) + lp
+                    sg = tl.where(z >= 0.0, 1.0 / u, e / u)
                     live = negm & used[:, None]
                     total += tl.sum(tl.where(live, sp, 0.0).to(tl.float64), 1)
                     part = tl.sum(tl.where(live, sg, 0.0).to(tl.float64), 1)
@@ -472,7 +473,9 @@ def _build(interpret: bool) -> SimpleNamespace:  # noqa: C901 - the kernels, def
             pcw = tl.sum(tl.where(sel, pc, 0), 1)
             cw = tl.sum(tl.where(sel, coef, 0.0), 1)
             if SOFT:
-                _sp, sg = _softplus_sigmoid(tw[:, None] - d)
+                z = tw[:, None] - d
+                e = tl.exp(-tl.abs(z))
+                sg = tl.where(z >= 0.0, 1.0 / (1.0 + e), e / (1.0 + e))  # sigmoid(z)
                 g -= tl.where(negm & (pcw >= 0)[:, None], sg, 0.0)
             else:
                 g -= tl.where(negm & (d < tw[:, None]), 1.0, 0.0)
@@ -628,7 +631,6 @@ def _build(interpret: bool) -> SimpleNamespace:  # noqa: C901 - the kernels, def
         _tile=_tile,
         _anchors=_anchors,
         _positive_distances=_positive_distances,
-        _softplus_sigmoid=_softplus_sigmoid,
         _weights=_weights,
     )
     return SimpleNamespace(
@@ -684,7 +686,7 @@ class _Problem:
         self.ref_labels = ref_labels.to(torch.int64).contiguous()
         self.own = self_index.to(torch.int64).contiguous()
         bd = max(16, 1 << max(0, self.d - 1).bit_length())
-        block = 64 if bd <= 64 else 32 if bd <= 256 else 16
+        block = BLOCK or (64 if bd <= 64 else 32 if bd <= 256 else 16)
         self.consts: dict[str, Any] = {
             "METRIC": _METRICS[metric],
             "EPS8": 8 * torch.finfo(self.dtype).eps,
