@@ -151,10 +151,6 @@ def batch_all_sum(
     0-dim int64 tensors), terms as in :func:`triplet_terms`. The soft margin and the smooth
     hinge need :attr:`Batch.width` on the torch backend: without it (checks off and no
     ``max_positives``) it is read here, one host read."""
-    if b.backend == "triton":  # issue 18: the Triton kernels, no [N, M] matrix
-        from . import _triton
-
-        return _triton.batch_all_sum(b, margin, soft_margin, smooth)
     if smooth:  # softplus(d_ap - d_an + margin)
         soft_margin = True
     elif soft_margin:  # softplus(d_ap - d_an)
@@ -261,10 +257,6 @@ def mined_terms(
         ``(terms, valid)`` of the selection's shape: ``[N]``, ``[N, P, Q]``, ``[N, width]``
         or ``[N, M]`` (torch layouts) or ``[T]`` (a listed selection).
     """
-    if b.backend == "triton":  # issue 18: the Triton kernels, no [N, M] matrix
-        from . import _triton
-
-        return _triton.mined_terms(b, hardest, margin, soft_margin, windows, smooth)
     dist = b.distances(grad=False)
     args = (dist, b.labels, b.ref_labels, b.self_index, b.backend)
     sel: Selection = batch_hard(*args, *windows) if hardest else semi_hard(*args, b.width)
