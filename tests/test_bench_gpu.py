@@ -25,6 +25,8 @@ if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
 from benchmarks import gpu, registry  # noqa: E402
+from benchmarks.gpu import profile as gpu_profile  # noqa: E402
+from benchmarks.gpu import timing as gpu_timing  # noqa: E402
 from benchmarks.measure import TimingPolicy  # noqa: E402
 from benchmarks.syncs import SyncCounter, count_syncs  # noqa: E402
 
@@ -298,9 +300,9 @@ def test_predictions_and_skip_reasons() -> None:
     policy = TimingPolicy(target_s=0.5, min_repeats=3, max_repeats=20, budget_s=20.0)
     labels = torch.arange(4096) // 8
     cubic = _method("cubic", 3.0)
-    fresh = gpu.predict(cubic, 2048, labels, gpu._History(), policy)
+    fresh = gpu.predict(cubic, 2048, labels, gpu_timing._History(), policy)
     assert fresh == {"call_s": None, "run_s": None, "compile_s": None, "memory_bytes": None}
-    hist = gpu._History(n=1024, median_s=2.0, peak_bytes=float(2**30), compile_s=10.0)
+    hist = gpu_timing._History(n=1024, median_s=2.0, peak_bytes=float(2**30), compile_s=10.0)
     guess = gpu.predict(cubic, 2048, labels, hist, policy)
     assert guess["call_s"] == pytest.approx(16.0)
     assert guess["run_s"] == pytest.approx(16.0 * (1 + 3))  # one warm-up, three repeats
@@ -308,10 +310,10 @@ def test_predictions_and_skip_reasons() -> None:
     assert guess["compile_s"] == pytest.approx(10.0 * gpu.COMPILE_GROWTH)
     far = time.perf_counter() + 1e6
 
-    def reason(g: dict, h: gpu._History = hist, **kw: float) -> str | None:
+    def reason(g: dict, h: gpu_timing._History = hist, **kw: float) -> str | None:
         args = {"allot_s": 1e6, "deadline": far, "mem_limit": 2.0**50}
         args.update(kw)
-        return gpu._skip_reason(cubic, g, h, **args)
+        return gpu_timing._skip_reason(cubic, g, h, **args)
 
     assert reason(guess) is None
     assert "time budget" in str(reason(guess, allot_s=30.0))
@@ -322,13 +324,13 @@ def test_predictions_and_skip_reasons() -> None:
     assert "deadline" in str(reason(guess, deadline=time.perf_counter() + 10.0))
     slow = gpu.predict(cubic, 4096, labels, hist, policy)
     assert "one call predicted" in str(reason(slow))
-    stopped = gpu._History(n=1024, median_s=0.1, stopped="stopped after an error at N=1024")
+    stopped = gpu_timing._History(n=1024, median_s=0.1, stopped="stopped after an error at N=1024")
     assert reason(gpu.predict(cubic, 2048, labels, stopped, policy), stopped) == stopped.stopped
     # The registry's estimate counts before any measurement (PML all-triplets).
     pml = registry.Method(
         "pml_all", "peer", "batch_all", None, "", lambda: None, 3.0, registry.pml_all_memory
     )  # type: ignore[arg-type,return-value]
-    first = gpu.predict(gpu.GpuMethod(pml, "peer"), 4096, labels, gpu._History(), policy)
+    first = gpu.predict(gpu.GpuMethod(pml, "peer"), 4096, labels, gpu_timing._History(), policy)
     assert first["memory_bytes"] == registry.pml_all_memory(4096, labels)
 
 
@@ -402,7 +404,7 @@ def test_cuda_kernel_times_read_device_events() -> None:
             event("Memset (Device)", DeviceType.CUDA, 2.0),
         ]
     )
-    times = gpu._kernel_times(prof, "cuda")
+    times = gpu_profile._kernel_times(prof, "cuda")
     assert times == [("nvjet_tst_128x128", 30.0), ("Memset (Device)", 2.0)]
     fams = gpu.breakdown(times)["families"]
     assert fams["GEMM"]["ms"] == pytest.approx(0.03) and fams["copy"]["count"] == 1

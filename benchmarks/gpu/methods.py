@@ -1,0 +1,107 @@
+"""What the timing part (and the profile) measures: cdist, the eager fused losses, their
+compiled forms, and the peers, each with its variant (which sets its share of the budget)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+import tripletkit
+from tripletkit.losses import (
+    batch_all_triplet_loss,
+    batch_hard_triplet_loss,
+    semi_hard_triplet_loss,
+)
+
+from ..registry import MARGIN, LossFn, Method, build_methods
+from ..speed import K_PER_CLASS
+from .config import WEIGHTS
+
+
+@dataclass(frozen=True)
+class GpuMethod:
+    """A timed method: a :class:`~benchmarks.registry.Method` and its variant
+    (``"baseline"``, ``"eager"``, ``"compiled"`` or ``"peer"``, which sets its share of the
+    time: :data:`WEIGHTS`; compiled methods have none, they share what is left)."""
+
+    method: Method
+    variant: str
+
+    @property
+    def name(self) -> str:
+        return self.method.name
+
+    @property
+    def weight(self) -> float:
+        return WEIGHTS.get(self.variant, 0.0)
+
+
+def _compiled(strategy: str, k: int, backend: str) -> Callable[[], LossFn]:
+    """``torch.compile(fullgraph=True, dynamic=False)`` of a fused loss with
+    ``max_positives=k-1``, called with the input checks off."""
+
+    def make() -> LossFn:
+        kw: dict[str, Any] = {"backend": "torch", "max_positives": k - 1}
+        fn: LossFn
+        if strategy == "batch_all":
+            fn = lambda x, y: batch_all_triplet_loss(  # noqa: E731
+                x, y, MARGIN, reduction="mean_nonzero", **kw
+            )
+        elif strategy == "batch_all_soft":
+            fn = lambda x, y: batch_all_triplet_loss(  # noqa: E731
+                x, y, soft_margin=True, reduction="mean", **kw
+            )
+        elif strategy == "batch_hard":
+            fn = lambda x, y: batch_hard_triplet_loss(x, y, MARGIN, **kw)  # noqa: E731
+        elif strategy == "semi_hard":
+            fn = lambda x, y: semi_hard_triplet_loss(x, y, MARGIN, **kw)  # noqa: E731
+        else:
+            raise ValueError(f"unknown strategy {strategy!r}")
+        compiled = torch.compile(fn, fullgraph=True, dynamic=False, backend=backend)
+
+        def f(x: Tensor, y: Tensor) -> Tensor:
+            with tripletkit.set_input_checks(False):
+                return compiled(x, y)
+
+        return f
+
+    return make
+
+
+#: The registry's peers that the GPU check times.
+GPU_PEERS = ("pml_all", "st_batch_all", "st_batch_hard", "st_batch_hard_soft", "st_semi_hard")
+
+
+def gpu_methods(
+    peers: bool = True,
+    compile: bool = True,
+    compile_backend: str = "inductor",
+    k: int = K_PER_CLASS,
+) -> tuple[list[GpuMethod], list[str]]:
+    """The timed methods, in run order at each size: cdist, the eager fused losses, their
+    compiled forms, then the peers (:data:`GPU_PEERS`, those installed); and the missing
+    peers' distribution names."""
+    methods, missing = build_methods(peers=peers, backends=("torch",))
+    out = [GpuMethod(m, "baseline") for m in methods if m.family == "baseline"]
+    eager = [m for m in methods if m.family == "tripletkit"]
+    out += [GpuMethod(m, "eager") for m in eager]
+    if compile:
+        for m in eager:
+            compiled = Method(
+                f"{m.strategy}[compiled]",
+                "tripletkit",
+                m.strategy,
+                "torch",
+                f"torch.compile(fullgraph=True, dynamic=False, backend={compile_backend!r}) of "
+                f"the {m.strategy} loss, input checks off, max_positives={k - 1}",
+                _compiled(m.strategy, k, compile_backend),
+                time_exponent=m.time_exponent,
+            )
+            out.append(GpuMethod(compiled, "compiled"))
+    out += [GpuMethod(m, "peer") for m in methods if m.name in GPU_PEERS]
+    missing = [d for d in missing if d != "online-triplet-loss"]  # not timed here
+    return out, missing
