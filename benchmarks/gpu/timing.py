@@ -29,7 +29,7 @@ from .config import (
     free_device_memory,
     timer_for,
 )
-from .methods import GpuMethod
+from .methods import TRITON_DRY_REASON, GpuMethod
 
 
 @dataclass
@@ -263,6 +263,8 @@ class _TimingRun:
             guess["compile_s"] = self._compile_guess(gm)
         row["predicted"] = guess
         reason = _skip_reason(gm, guess, h, allot, deadline, self.mem_limit)
+        if gm.variant == "triton" and self.cfg.device != "cuda":
+            reason = TRITON_DRY_REASON
         if reason is not None:
             row.update(status="skipped", reason=reason)
             return
