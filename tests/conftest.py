@@ -4,7 +4,14 @@ brute-force reference (values and gradients)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+
+# Triton's interpreter (tests/test_triton.py runs the kernels on CPU tensors): triton reads
+# TRITON_INTERPRET when it is first imported, so it is set here, before any test module can
+# import it. Nothing else in the suite uses triton.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from collections.abc import Iterator  # noqa: E402
 from dataclasses import dataclass
 
 import pytest

@@ -32,6 +32,7 @@ from benchmarks.syncs import SyncCounter, count_syncs  # noqa: E402
 
 EAGER = ("batch_all[torch]", "batch_all_soft[torch]", "batch_hard[torch]", "semi_hard[torch]")
 COMPILED = tuple(name.replace("[torch]", "[compiled]") for name in EAGER)
+TRITON = tuple(name.replace("[torch]", "[triton]") for name in EAGER)  # issue 18
 ST = ("st_batch_all", "st_batch_hard", "st_batch_hard_soft", "st_semi_hard")
 
 
@@ -122,7 +123,10 @@ def test_dry_run_timing(dry_run: tuple[dict[str, Any], Path]) -> None:
         assert "sentence-transformers" in missing
     if registry.installed("pytorch_metric_learning"):
         assert "pml_all" in methods
-    for row in rows:
+    triton = [r for r in rows if r["variant"] == "triton"]  # issue 18: CUDA only
+    assert {r["method"] for r in triton} == set(TRITON)
+    assert all(r["status"] == "skipped" and "CUDA" in r["reason"] for r in triton)
+    for row in (r for r in rows if r["variant"] != "triton"):
         assert row["status"] == "ok", row  # tiny sizes: nothing is skipped or fails
         assert _finite_positive(row["median_s"]) and row["repeats"] == len(row["times_s"])
         assert _finite_positive(row["ratio_to_cdist"])
@@ -339,12 +343,13 @@ def test_predictions_and_skip_reasons() -> None:
 def test_methods_of_the_gpu_check() -> None:
     methods, missing = gpu.gpu_methods(compile_backend="aot_eager")
     names = [m.name for m in methods]
-    assert names[: 1 + len(EAGER) + len(COMPILED)] == ["cdist", *EAGER, *COMPILED]
-    assert set(names) - {"cdist", *EAGER, *COMPILED} <= set(gpu.GPU_PEERS)
+    assert names[: 1 + 2 * len(EAGER) + len(COMPILED)] == ["cdist", *EAGER, *TRITON, *COMPILED]
+    assert set(names) - {"cdist", *EAGER, *TRITON, *COMPILED} <= set(gpu.GPU_PEERS)
     assert "online-triplet-loss" not in missing
     variants = {m.name: m.variant for m in methods}
     assert variants["cdist"] == "baseline" and variants["semi_hard[compiled]"] == "compiled"
-    bare, _ = gpu.gpu_methods(peers=False, compile=False)
+    assert variants["semi_hard[triton]"] == "triton"
+    bare, _ = gpu.gpu_methods(peers=False, compile=False, triton=False)
     assert [m.name for m in bare] == ["cdist", *EAGER]
 
 

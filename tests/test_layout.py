@@ -17,7 +17,13 @@ FLOORS: list[list[str]] = [
     ["_checks", "types", "_module", "_deprecation"],
     ["_masks", "_world"],
     ["distances"],
-    ["kernels.torch_backend", "kernels.numba_backend", "kernels", "kernels.streaming"],
+    [
+        "kernels.torch_backend",
+        "kernels.numba_backend",
+        "kernels.triton_backend",
+        "kernels",
+        "kernels.streaming",
+    ],
     ["_batch"],
     [
         "miners._base",
@@ -32,6 +38,7 @@ FLOORS: list[list[str]] = [
         "losses._base",
         "losses._fused",
         "losses._streaming",
+        "losses._triton",
         "losses.triplet",
         "losses.pairwise",
         "losses.margin",

@@ -31,7 +31,9 @@ Three parts, run in this order, each recorded in the JSON and the markdown table
    (:func:`kernel_family`).
 3. **Time and memory** of forward + backward, for ``N = 1024 ... 65536`` (``D = 128``,
    P x K labels with ``K = 8``, float32): ``torch.cdist(x, x).sum()``, each fused loss
-   eager (``backend="torch"``, default checks) and compiled (``torch.compile(fullgraph=True,
+   eager (``backend="torch"``, default checks), on ``backend="triton"`` (issue 18: no
+   ``[N, M]`` matrix, ``max_positives=k-1``; the dry run records these rows as skipped) and
+   compiled (``torch.compile(fullgraph=True,
    dynamic=False)``, inductor, input checks off and ``max_positives=k-1``: one graph without
    a host synchronisation), pytorch-metric-learning's ``TripletMarginMiner("all")`` +
    ``TripletMarginLoss`` and sentence-transformers' four batch triplet losses (when

@@ -33,7 +33,7 @@ COMPILE_SHARE = 0.4
 MAX_CALL_S = 20.0
 #: Shares of the rest of the timing budget per method, by variant (normalised over the
 #: methods run).
-WEIGHTS = {"baseline": 1.0, "eager": 2.0, "peer": 1.0}
+WEIGHTS = {"baseline": 1.0, "eager": 2.0, "peer": 1.0, "triton": 2.0}
 #: Memory a configuration may be predicted to need: this share of the device's (CUDA) or
 #: of the available memory (CPU, dry run: half).
 MEMORY_SHARE = {"cuda": 0.9, "cpu": 0.5}

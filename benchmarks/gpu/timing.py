@@ -27,7 +27,7 @@ from .config import (
     free_device_memory,
     timer_for,
 )
-from .methods import GpuMethod
+from .methods import TRITON_DRY_REASON, GpuMethod
 
 
 @dataclass
@@ -164,7 +164,8 @@ def _run_timing(cfg: GpuConfig, methods: list[GpuMethod]) -> dict[str, Any]:
     first = [m for m in methods if m.variant != "compiled"]
     compiled = [m for m in methods if m.variant == "compiled"]
     reserve = COMPILE_SHARE * budget if compiled else 0.0
-    total_weight = sum(m.weight for m in first) or 1.0
+    # the triton rows run on CUDA only (issue 18): elsewhere they take no share
+    total_weight = sum(m.weight for m in first if _timed_here(m, cfg.device)) or 1.0
     allot = {m.name: (budget - reserve) * m.weight / total_weight for m in first}
     run = _TimingRun(cfg, {m.name: _History() for m in methods}, _memory_limit(cfg.device))
     bar = progress(total=len(methods) * len(cfg.sizes), desc="timing", leave=False)
@@ -193,6 +194,11 @@ def _run_timing(cfg: GpuConfig, methods: list[GpuMethod]) -> dict[str, Any]:
         "rows": run.rows,
         "elapsed_s": time.perf_counter() - started,
     }
+
+
+def _timed_here(gm: GpuMethod, device: str) -> bool:
+    """Whether ``gm`` is measured on ``device`` (the triton rows need CUDA)."""
+    return gm.variant != "triton" or device == "cuda"
 
 
 @dataclass
@@ -238,6 +244,8 @@ class _TimingRun:
             guess["compile_s"] = self._compile_guess(gm)
         row["predicted"] = guess
         reason = _skip_reason(gm, guess, h, allot, deadline, self.mem_limit)
+        if reason is None and gm.variant == "triton" and self.cfg.device != "cuda":
+            reason = TRITON_DRY_REASON
         if reason is not None:
             row.update(status="skipped", reason=reason)
             return

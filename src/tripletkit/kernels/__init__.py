@@ -5,7 +5,10 @@ while ``torch.compile`` traces, since a numba call cannot be captured in a graph
 ``"torch"`` and ``"numba"`` force one (numba only accepts CPU tensors). ``"streaming"`` (CPU
 only) makes the fused losses mine tile by tile without the ``[N, M]`` matrix
 (:mod:`.streaming`; every other kernel runs it as numba); ``"auto"`` picks it on CPU when the
-matrix would exceed the memory budget (:func:`set_memory_budget`). Both backends expose
+matrix would exceed the memory budget (:func:`set_memory_budget`). ``"triton"`` (CUDA, or CPU
+under ``TRITON_INTERPRET=1``) makes the fused losses run the Triton kernels of
+:mod:`.triton_backend`, also without the matrix (every other kernel runs it as torch);
+``"auto"`` never picks it (no GPU has timed it yet). Both backends expose
 the same kernels with the same results (see :mod:`.torch_backend` for their contract); this
 module converts between tensors and zero-copy numpy views, so callers always get tensors on
 the input's device: counts as 0-dim int64 tensors, selections as a
@@ -39,7 +42,7 @@ __all__ = [
     "triplet_region",
 ]
 
-BACKENDS = ("auto", "torch", "numba", "streaming")
+BACKENDS = ("auto", "torch", "numba", "streaming", "triton")
 
 # --- streaming switch (issue 18) -------------------------------------------------------------
 
@@ -87,7 +90,27 @@ def resolve_backend(backend: str, device: torch.device, matrix_bytes: int | None
         return "numba" if cpu else "torch"
     if backend in ("numba", "streaming") and device.type != "cpu":
         raise ValueError(f"backend={backend!r} runs on CPU tensors only, got a tensor on {device}")
+    if backend == "triton":  # issue 18: CUDA, or CPU under Triton's interpreter
+        _check_triton(device)
     return backend
+
+
+def _check_triton(device: torch.device) -> None:
+    from .triton_backend import available, interpreted
+
+    if not (device.type == "cuda" or (device.type == "cpu" and interpreted())):
+        raise ValueError(
+            f"backend='triton' runs on CUDA tensors (or on CPU tensors with the environment "
+            f"variable TRITON_INTERPRET=1: Triton's interpreter), got a tensor on {device}"
+        )
+    if not available():
+        raise ValueError("backend='triton' needs triton: pip install 'tripletkit[gpu]'")
+
+
+def _torch_path(backend: str, device: torch.device) -> bool:
+    """Whether a matrix kernel runs in torch: the torch backend, and the triton backend's
+    kernels other than the fused losses' (which never reach this module's matrix kernels)."""
+    return resolve_backend(backend, device) in ("torch", "triton")
 
 
 def _numba(kernel: str, *args: Any) -> Any:
@@ -142,7 +165,7 @@ def batch_all_hinge(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """See :func:`.torch_backend.batch_all_hinge` (``width`` only matters to torch)."""
     args = _prepare(dist, labels, ref_labels, self_index)
-    if resolve_backend(backend, dist.device) == "torch":
+    if _torch_path(backend, dist.device):
         return torch_backend.batch_all_hinge(*args, margin, width)
     total, n_valid, n_active, grad = _numba("batch_all_hinge", *map(_np, args), float(margin))
     return (
@@ -166,7 +189,7 @@ def batch_all_soft(
     torch backend needs ``width`` (an upper bound on any anchor's number of positives), the
     numba backend ignores it."""
     args = _prepare(dist, labels, ref_labels, self_index)
-    if resolve_backend(backend, dist.device) == "torch":
+    if _torch_path(backend, dist.device):
         if width is None:
             raise ValueError("the torch soft-margin batch-all kernel needs a width")
         return torch_backend.batch_all_soft(*args, width, margin)
@@ -190,7 +213,7 @@ def batch_hard(
 ) -> Selection:
     """See :func:`.torch_backend.batch_hard` (numba: the valid rows, listed)."""
     args = _prepare(dist, labels, ref_labels, self_index)
-    if resolve_backend(backend, dist.device) == "torch":
+    if _torch_path(backend, dist.device):
         return torch_backend.batch_hard(*args, positive_ranks, negative_ranks)
     arrays = map(_np, args)
     return _listed(_numba("batch_hard", *arrays, positive_ranks, negative_ranks), dist)
@@ -206,7 +229,7 @@ def semi_hard(
 ) -> Selection:
     """See :func:`.torch_backend.semi_hard` (numba: the valid rows, listed)."""
     args = _prepare(dist, labels, ref_labels, self_index)
-    if resolve_backend(backend, dist.device) == "torch":
+    if _torch_path(backend, dist.device):
         return torch_backend.semi_hard(*args, width)
     return _listed(_numba("semi_hard", *map(_np, args)), dist)
 
@@ -223,7 +246,7 @@ def triplet_region(
     """See :func:`.torch_backend.triplet_region`."""
     check_choice("region", region, REGIONS)
     args = _prepare(dist, labels, ref_labels, self_index)
-    if resolve_backend(backend, dist.device) == "torch":
+    if _torch_path(backend, dist.device):
         return torch_backend.triplet_region(*args, margin, region)
     a, p, n, _ = _listed(_numba("triplet_region", *map(_np, args), float(margin), region), dist)
     return a, p, n
@@ -239,7 +262,7 @@ def triplet_counts(
 ) -> Tensor:
     """See :func:`.torch_backend.triplet_counts`: ``[valid, easy, semi_hard, hard]``."""
     args = _prepare(dist, labels, ref_labels, self_index)
-    if resolve_backend(backend, dist.device) == "torch":
+    if _torch_path(backend, dist.device):
         return torch_backend.triplet_counts(*args, margin)
     counts = _numba("triplet_counts", *map(_np, args), float(margin))
     return torch.tensor(counts, dtype=torch.int64, device=dist.device)

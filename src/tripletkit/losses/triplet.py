@@ -35,7 +35,7 @@ from ..distances import _paired_distance_unchecked
 from ..kernels import triplet_region
 from ..miners.sampling import _check_generator, _per_anchor_triplets
 from ..types import Triplets
-from . import _streaming
+from . import _streaming, _triton
 from ._base import LossModule
 from ._fused import batch_all_sum, mined_terms, triplet_terms
 from ._reduce import (
@@ -135,6 +135,8 @@ def batch_all_parts(
     )
     streamed = b.backend == "streaming"  # issue 18: no [N, M] matrix
     fused = _streaming.batch_all_sum if streamed else batch_all_sum
+    if b.backend == "triton":  # issue 18: the Triton kernels, no [N, M] matrix either
+        fused = _triton.batch_all_sum
     return Parts(*fused(b, checked_margin, soft_margin, smooth))
 
 
@@ -262,6 +264,8 @@ def _mined(
     )
     streamed = b.backend == "streaming"  # issue 18: no [N, M] matrix
     mine = _streaming.mined_terms if streamed else mined_terms
+    if b.backend == "triton":  # issue 18: the Triton kernels, no [N, M] matrix either
+        mine = _triton.mined_terms  # type: ignore[assignment]
     return mine(b, hardest, checked_margin, soft_margin, windows, smooth)
 
 

@@ -1,0 +1,863 @@
+"""Triton kernels of the fused losses (``backend="triton"``): exact mining on CUDA tensors
+without the ``[N, M]`` distance matrix (issue 18).
+
+Each program owns a block of ``BN`` anchors and streams the references past them in tiles of
+``BM`` columns. A tile of distances is computed in registers from the embeddings
+(``tl.dot`` of the anchors' block and the tile's rows, full IEEE float32 by default: TF32
+changes which triplet is mined, so it is an opt-in, :data:`ALLOW_TF32`), used, and dropped:
+no distance is ever written to global memory. Per-anchor mining state stays on chip:
+
+- **Batch-hard** (:func:`batch_hard`): a running farthest positive and nearest negative (ties
+  to the lowest column). Rank windows take one sweep per rank: sweep ``r`` finds each
+  anchor's lexicographically smallest ``(key, column)`` above the one of sweep ``r - 1``.
+- **Semi-hard** (:func:`semi_hard`, FaceNet / TF-Addons semantics): a first sweep reads each
+  anchor's positive distances into ``W`` slots (``W``: an upper bound on the positives);
+  a second keeps per slot the nearest negative farther than the positive, and the largest
+  negative for the positives that have none.
+- **Batch-all** (:func:`batch_all_forward`, hinge and soft margin): the same two sweeps; the
+  second accumulates per anchor the terms of every ``(positive slot, negative)`` pair (in
+  float64 across tiles), the active count, and per slot the positive's gradient
+  coefficient. :func:`batch_all_backward` is a second streaming pass, as in flash
+  attention's backward: tiles are recomputed, their gradient ``g = d(total) / d(dist)``
+  rebuilt from the per-anchor state, and the embeddings' gradients accumulated as weights x
+  embeddings (``dx``: one kernel over anchor blocks; ``dy``: one over reference blocks, no
+  atomics, deterministic).
+
+The selections are those of :mod:`.numba_backend` (same ties, same no-positive and
+no-negative rules), in the layouts of :mod:`.torch_backend` (:class:`~.torch_backend.\
+Selection` with a ``valid`` mask): shapes never depend on values, and nothing reads a device
+value on the host. Values then come from the selected pairs (``O(N K D)``,
+:mod:`tripletkit.losses._triton`). Extra memory is ``O(N (D + W))``.
+
+Distances follow the in-memory matrix's formulas (:func:`tripletkit.distances.\
+_euclidean_matrix`: ``|x|^2 - 2 x.y + |y|^2`` with its clean-up floor; cosine ``1 - x.y`` on
+unit rows, clamped, noise below ``8 eps`` set to 0); they equal its entries up to the
+rounding of the matrix product, so a selection can differ from the numba backend's only
+between distances less than an ulp apart. Float32 and float64 embeddings compute in their
+dtype; float16 / bfloat16 are loaded and computed in float32.
+
+Triton is imported only when a kernel is first used (``pip install tripletkit[gpu]``). The
+kernels also run on CPU tensors under Triton's interpreter (``TRITON_INTERPRET=1`` set
+before the first use), which is how the test suite proves them without a GPU. They are
+proven exact there only: no GPU has timed them yet, so ``backend="auto"`` keeps the torch
+kernels on CUDA.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .torch_backend import Selection, _label_index, _positive_slots
+
+__all__ = [
+    "ALLOW_TF32",
+    "BLOCK",
+    "available",
+    "batch_all_backward",
+    "batch_all_forward",
+    "batch_hard",
+    "interpreted",
+    "semi_hard",
+]
+
+#: Let ``tl.dot`` use TF32 on float32 inputs (faster on Ampere and later, but distances lose
+#: precision and the mined triplets change): off by default.
+ALLOW_TF32 = False
+
+#: Anchors (and references) per block; ``None``: by the embedding size (64 up to ``D = 64``,
+#: 32 up to 256, else 16). The tests set small blocks so that every tile boundary is crossed.
+BLOCK: int | None = None
+
+_METRICS = {"euclidean": 0, "sqeuclidean": 1, "cosine": 2}
+
+
+def available() -> bool:
+    """Whether Triton can be imported."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def interpreted() -> bool:
+    """Whether Triton's interpreter is on (``TRITON_INTERPRET=1``): kernels then run on CPU
+    tensors, slowly, in numpy."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.cache
+def _build(interpret: bool) -> SimpleNamespace:  # noqa: C901 - the kernels, defined once
+    """The jitted kernels. ``triton.jit`` decides at decoration time whether a kernel is
+    compiled or interpreted, so they are built on first use (per mode), never at import."""
+    import triton
+    import triton.language as tl
+
+    # triton.language's own jitted helpers (tl.zeros...) were decorated when triton was first
+    # imported: the interpreter needs them interpreted too.
+    if interpret and type(tl.zeros).__name__ != "InterpretedFunction":
+        raise RuntimeError(
+            "TRITON_INTERPRET=1 was set after triton was imported: set it before the first "
+            "import of triton (e.g. in the environment of the process)"
+        )
+
+    @triton.jit
+    def _tile(
+        xb,
+        xx,
+        y_ptr,
+        yy_ptr,
+        cols,
+        rd,
+        M,
+        D,
+        METRIC: tl.constexpr,
+        EPS8: tl.constexpr,
+        PREC: tl.constexpr,
+        F64: tl.constexpr,
+    ):
+        """Distances ``[BN, BM]`` of the anchors ``xb`` to the references ``cols`` (rows of
+        ``y``), and for the cosine metric ``1 - x.y`` before the clamp."""
+        cmask = cols < M
+        yb = tl.load(
+            y_ptr + cols[:, None].to(tl.int64) * D + rd[None, :],
+            mask=cmask[:, None] & (rd[None, :] < D),
+            other=0.0,
+        )
+        if F64:
+            yb = yb.to(tl.float64)
+            g = tl.dot(xb, tl.trans(yb), input_precision=PREC, out_dtype=tl.float64)
+        else:
+            yb = yb.to(tl.float32)
+            g = tl.dot(xb, tl.trans(yb), input_precision=PREC, out_dtype=tl.float32)
+        if METRIC == 2:
+            c = 1.0 - g
+            d = tl.minimum(tl.maximum(c, 0.0), 2.0)
+            d = tl.where(d > EPS8, d, 0.0)
+        else:
+            yy = tl.load(yy_ptr + cols, mask=cmask, other=0.0)
+            c = (xx[:, None] - 2.0 * g) + yy[None, :]
+            d = tl.where(c <= (xx[:, None] + yy[None, :]) * EPS8, 0.0, c)
+            if METRIC == 0:
+                if F64:
+                    d = tl.sqrt(d)
+                else:
+                    d = tl.sqrt_rn(d)  # IEEE-rounded, as torch's sqrt (tl.sqrt: approximate)
+        return d, c
+
+    @triton.jit
+    def _anchors(x_ptr, xx_ptr, lab_ptr, own_ptr, rows, rd, N, D, F64: tl.constexpr):
+        """The block's anchors ``[BN, BD]`` (compute dtype), squared norms, labels, own
+        columns."""
+        rmask = rows < N
+        xb = tl.load(
+            x_ptr + rows[:, None].to(tl.int64) * D + rd[None, :],
+            mask=rmask[:, None] & (rd[None, :] < D),
+            other=0.0,
+        )
+        if F64:
+            xb = xb.to(tl.float64)
+        else:
+            xb = xb.to(tl.float32)
+        xx = tl.load(xx_ptr + rows, mask=rmask, other=0.0)
+        lab = tl.load(lab_ptr + rows, mask=rmask, other=0)
+        own = tl.load(own_ptr + rows, mask=rmask, other=-1)
+        return xb, xx, lab, own
+
+    @triton.jit
+    def _positive_distances(
+        xb,
+        xx,
+        y_ptr,
+        yy_ptr,
+        pc,
+        slots,
+        rd,
+        M,
+        D,
+        W,
+        METRIC: tl.constexpr,
+        EPS8: tl.constexpr,
+        PREC: tl.constexpr,
+        F64: tl.constexpr,
+        BM: tl.constexpr,
+    ):
+        """First sweep: the distance of each positive slot ``pc [BN, WP]`` (column, -1 when
+        unused) read off the tiles, ``+inf`` in unused slots."""
+        dap = tl.zeros(pc.shape, dtype=xx.dtype) + float("inf")
+        for m0 in range(0, M, BM):
+            cols = m0 + tl.arange(0, BM)
+            d, _c = _tile(xb, xx, y_ptr, yy_ptr, cols, rd, M, D, METRIC, EPS8, PREC, F64)
+            for w in range(W):
+                sel = slots[None, :] == w
+                pcw = tl.sum(tl.where(sel, pc, 0), 1)
+                hit = cols[None, :] == pcw[:, None]
+                val = tl.sum(tl.where(hit, d, 0.0), 1)
+                has = tl.max(hit.to(tl.int32), 1) > 0
+                dap = tl.where(sel & has[:, None], val[:, None], dap)
+        return dap
+
+    @triton.jit
+    def ranked_kernel(
+        x_ptr,
+        xx_ptr,
+        y_ptr,
+        yy_ptr,
+        lab_ptr,
+        rlab_ptr,
+        own_ptr,
+        outp_ptr,
+        outn_ptr,
+        N,
+        M,
+        D,
+        P_LO,
+        P_HI,
+        N_LO,
+        N_HI,
+        R_HI,
+        METRIC: tl.constexpr,
+        EPS8: tl.constexpr,
+        PREC: tl.constexpr,
+        F64: tl.constexpr,
+        BN: tl.constexpr,
+        BM: tl.constexpr,
+        BD: tl.constexpr,
+    ):
+        """Batch-hard with rank windows: sweep ``r`` finds each anchor's positive ranked
+        ``r`` (key ``-d``: farthest first) and negative ranked ``r`` (key ``d``), ties to the
+        lower column; ranks in the windows are written (column, -1 for none)."""
+        rows = tl.program_id(0) * BN + tl.arange(0, BN)
+        rmask = rows < N
+        rd = tl.arange(0, BD)
+        xb, xx, lab, own = _anchors(x_ptr, xx_ptr, lab_ptr, own_ptr, rows, rd, N, D, F64)
+        inf = float("inf")
+        pk = tl.zeros([BN], dtype=xx.dtype) - inf
+        nk = tl.zeros([BN], dtype=xx.dtype) - inf
+        pcol = tl.zeros([BN], dtype=tl.int32) - 1
+        ncol = tl.zeros([BN], dtype=tl.int32) - 1
+        for r in range(0, R_HI):
+            bp = tl.zeros([BN], dtype=xx.dtype) + inf
+            bn = tl.zeros([BN], dtype=xx.dtype) + inf
+            bpc = tl.zeros([BN], dtype=tl.int32) + M
+            bnc = tl.zeros([BN], dtype=tl.int32) + M
+            for m0 in range(0, M, BM):
+                cols = m0 + tl.arange(0, BM)
+                cmask = cols < M
+                d, _c = _tile(xb, xx, y_ptr, yy_ptr, cols, rd, M, D, METRIC, EPS8, PREC, F64)
+                rl = tl.load(rlab_ptr + cols, mask=cmask, other=0)
+                same = lab[:, None] == rl[None, :]
+                posm = same & (cols[None, :] != own[:, None]) & cmask[None, :]
+                negm = (~same) & cmask[None, :]
+                c2 = cols[None, :]
+                # positives: key -d, after (pk, pcol)
+                key = -d
+                cand = posm & ((key > pk[:, None]) | ((key == pk[:, None]) & (c2 > pcol[:, None])))
+                kv = tl.where(cand, key, inf)
+                tmin = tl.min(kv, 1)
+                tcol = tl.min(tl.where(cand & (kv == tmin[:, None]), c2, M), 1)
+                better = tmin < bp
+                bp = tl.where(better, tmin, bp)
+                bpc = tl.where(better, tcol, bpc)
+                # negatives: key d, after (nk, ncol)
+                cand = negm & ((d > nk[:, None]) | ((d == nk[:, None]) & (c2 > ncol[:, None])))
+                kv = tl.where(cand, d, inf)
+                tmin = tl.min(kv, 1)
+                tcol = tl.min(tl.where(cand & (kv == tmin[:, None]), c2, M), 1)
+                better = tmin < bn
+                bn = tl.where(better, tmin, bn)
+                bnc = tl.where(better, tcol, bnc)
+            pk, nk, pcol, ncol = bp, bn, bpc, bnc
+            out_p = tl.where(pcol < M, pcol, -1).to(tl.int64)
+            out_n = tl.where(ncol < M, ncol, -1).to(tl.int64)
+            wp = P_HI - P_LO
+            wq = N_HI - N_LO
+            rr = tl.zeros([BN], dtype=tl.int32) + r
+            tl.store(
+                outp_ptr + rows.to(tl.int64) * wp + (r - P_LO),
+                out_p,
+                mask=rmask & (rr >= P_LO) & (rr < P_HI),
+            )
+            tl.store(
+                outn_ptr + rows.to(tl.int64) * wq + (r - N_LO),
+                out_n,
+                mask=rmask & (rr >= N_LO) & (rr < N_HI),
+            )
+
+    @triton.jit
+    def semi_hard_kernel(
+        x_ptr,
+        xx_ptr,
+        y_ptr,
+        yy_ptr,
+        lab_ptr,
+        rlab_ptr,
+        own_ptr,
+        pcol_ptr,
+        out_ptr,
+        N,
+        M,
+        D,
+        W,
+        METRIC: tl.constexpr,
+        EPS8: tl.constexpr,
+        PREC: tl.constexpr,
+        F64: tl.constexpr,
+        BN: tl.constexpr,
+        BM: tl.constexpr,
+        BD: tl.constexpr,
+        WP: tl.constexpr,
+    ):
+        """Semi-hard: per positive slot, the nearest negative with ``d_an > d_ap`` (lowest
+        column on ties), else the anchor's largest negative (first occurrence); -1 when the
+        anchor has no negative."""
+        rows = tl.program_id(0) * BN + tl.arange(0, BN)
+        rmask = rows < N
+        rd = tl.arange(0, BD)
+        slots = tl.arange(0, WP)
+        xb, xx, lab, own = _anchors(x_ptr, xx_ptr, lab_ptr, own_ptr, rows, rd, N, D, F64)
+        smask = rmask[:, None] & (slots[None, :] < W)
+        pc = tl.load(
+            pcol_ptr + rows[:, None].to(tl.int64) * W + slots[None, :], mask=smask, other=-1
+        )
+        dap = _positive_distances(
+            xb, xx, y_ptr, yy_ptr, pc, slots, rd, M, D, W, METRIC, EPS8, PREC, F64, BM
+        )
+        inf = float("inf")
+        best = tl.zeros([BN, WP], dtype=xx.dtype) + inf
+        best_c = tl.zeros([BN, WP], dtype=tl.int32) + M
+        big = tl.zeros([BN], dtype=xx.dtype) - inf
+        big_c = tl.zeros([BN], dtype=tl.int32) + M
+        for m0 in range(0, M, BM):
+            cols = m0 + tl.arange(0, BM)
+            cmask = cols < M
+            d, _c = _tile(xb, xx, y_ptr, yy_ptr, cols, rd, M, D, METRIC, EPS8, PREC, F64)
+            rl = tl.load(rlab_ptr + cols, mask=cmask, other=0)
+            negm = (lab[:, None] != rl[None, :]) & cmask[None, :]
+            c2 = cols[None, :]
+            v = tl.where(negm, d, -inf)
+            tmax = tl.max(v, 1)
+            tcol = tl.min(tl.where(negm & (v == tmax[:, None]), c2, M), 1)
+            better = tmax > big
+            big = tl.where(better, tmax, big)
+            big_c = tl.where(better, tcol, big_c)
+            for w in range(W):
+                sel = slots[None, :] == w
+                dw = tl.sum(tl.where(sel, dap, 0.0), 1)
+                cand = negm & (d > dw[:, None])
+                kv = tl.where(cand, d, inf)
+                tmin = tl.min(kv, 1)
+                tcol = tl.min(tl.where(cand & (kv == tmin[:, None]), c2, M), 1)
+                better = sel & (tmin[:, None] < best)
+                best = tl.where(better, tmin[:, None], best)
+                best_c = tl.where(better, tcol[:, None], best_c)
+        neg = tl.where(best_c < M, best_c, big_c[:, None])
+        neg = tl.where(neg < M, neg, -1).to(tl.int64)
+        tl.store(out_ptr + rows[:, None].to(tl.int64) * W + slots[None, :], neg, mask=smask)
+
+    @triton.jit
+    def batch_all_fwd_kernel(
+        x_ptr,
+        xx_ptr,
+        y_ptr,
+        yy_ptr,
+        lab_ptr,
+        rlab_ptr,
+        own_ptr,
+        pcol_ptr,
+        margin_ptr,
+        thr_ptr,
+        coef_ptr,
+        total_ptr,
+        active_ptr,
+        N,
+        M,
+        D,
+        W,
+        SOFT: tl.constexpr,
+        METRIC: tl.constexpr,
+        EPS8: tl.constexpr,
+        PREC: tl.constexpr,
+        F64: tl.constexpr,
+        BN: tl.constexpr,
+        BM: tl.constexpr,
+        BD: tl.constexpr,
+        WP: tl.constexpr,
+    ):
+        """Batch-all forward: per anchor the float64 sum of its terms (hinge
+        ``max(0, t - d_an)`` or ``softplus(t - d_an)``, ``t = d_ap + margin``) and, hinge,
+        its active count; per slot the threshold ``t`` (``-inf`` unused) and the positive's
+        gradient coefficient (hinge: its number of active negatives; soft: the sum of its
+        sigmoids)."""
+        rows = tl.program_id(0) * BN + tl.arange(0, BN)
+        rmask = rows < N
+        rd = tl.arange(0, BD)
+        slots = tl.arange(0, WP)
+        xb, xx, lab, own = _anchors(x_ptr, xx_ptr, lab_ptr, own_ptr, rows, rd, N, D, F64)
+        smask = rmask[:, None] & (slots[None, :] < W)
+        pc = tl.load(
+            pcol_ptr + rows[:, None].to(tl.int64) * W + slots[None, :], mask=smask, other=-1
+        )
+        dap = _positive_distances(
+            xb, xx, y_ptr, yy_ptr, pc, slots, rd, M, D, W, METRIC, EPS8, PREC, F64, BM
+        )
+        margin = tl.load(margin_ptr)
+        thr = tl.where(pc >= 0, dap + margin, -float("inf"))
+        total = tl.zeros([BN], dtype=tl.float64)
+        active = tl.zeros([BN], dtype=tl.int64)
+        coef = tl.zeros([BN, WP], dtype=tl.float64)
+        for m0 in range(0, M, BM):
+            cols = m0 + tl.arange(0, BM)
+            cmask = cols < M
+            d, _c = _tile(xb, xx, y_ptr, yy_ptr, cols, rd, M, D, METRIC, EPS8, PREC, F64)
+            rl = tl.load(rlab_ptr + cols, mask=cmask, other=0)
+            negm = (lab[:, None] != rl[None, :]) & cmask[None, :]
+            for w in range(W):
+                sel = slots[None, :] == w
+                tw = tl.sum(tl.where(sel, thr, 0.0), 1)
+                if SOFT:
+                    used = tl.sum(tl.where(sel, pc, 0), 1) >= 0
+                    # softplus and sigmoid of z, stable; log1p(e) from log (exact where
+                    # 1 + e rounds to 1). Inline: a helper call costs the interpreter much.
+                    z = tw[:, None] - d
+                    e = tl.exp(-tl.abs(z))
+                    u = 1.0 + e
+                    lp = tl.where(u == 1.0, e, tl.log(u) * (e / tl.where(u == 1.0, 1.0, u - 1.0)))
+                    sp = tl.maximum(z, 0.0) + lp
+                    sg = tl.where(z >= 0.0, 1.0 / u, e / u)
+                    live = negm & used[:, None]
+                    total += tl.sum(tl.where(live, sp, 0.0).to(tl.float64), 1)
+                    part = tl.sum(tl.where(live, sg, 0.0).to(tl.float64), 1)
+                else:
+                    act = negm & (d < tw[:, None])
+                    total += tl.sum(tl.where(act, tw[:, None] - d, 0.0).to(tl.float64), 1)
+                    cnt = tl.sum(act.to(tl.int32), 1)
+                    active += cnt.to(tl.int64)
+                    part = cnt.to(tl.float64)
+                coef += tl.where(sel, part[:, None], 0.0)
+        offs = rows[:, None].to(tl.int64) * W + slots[None, :]
+        tl.store(thr_ptr + offs, thr, mask=smask)
+        tl.store(coef_ptr + offs, coef.to(xx.dtype), mask=smask)
+        tl.store(total_ptr + rows, total, mask=rmask)
+        tl.store(active_ptr + rows, active, mask=rmask)
+
+    @triton.jit
+    def _weights(
+        d,
+        c,
+        negm,
+        cols,
+        pc,
+        thr,
+        coef,
+        slots,
+        W,
+        SOFT: tl.constexpr,
+        METRIC: tl.constexpr,
+        EPS8: tl.constexpr,
+    ):
+        """The tile's ``g = d(total) / d(dist)`` rebuilt from the forward's per-slot state,
+        turned into the weights of the embeddings' gradient (squared: ``2 g``; Euclidean:
+        ``g / d``, 0 at ``d = 0``; cosine: ``-g`` where the distance is differentiable)."""
+        g = tl.zeros(d.shape, dtype=d.dtype)
+        for w in range(W):
+            sel = slots[None, :] == w
+            tw = tl.sum(tl.where(sel, thr, 0.0), 1)
+            pcw = tl.sum(tl.where(sel, pc, 0), 1)
+            cw = tl.sum(tl.where(sel, coef, 0.0), 1)
+            if SOFT:
+                z = tw[:, None] - d
+                e = tl.exp(-tl.abs(z))
+                sg = tl.where(z >= 0.0, 1.0 / (1.0 + e), e / (1.0 + e))  # sigmoid(z)
+                g -= tl.where(negm & (pcw >= 0)[:, None], sg, 0.0)
+            else:
+                g -= tl.where(negm & (d < tw[:, None]), 1.0, 0.0)
+            g += tl.where(cols[None, :] == pcw[:, None], cw[:, None], 0.0)
+        if METRIC == 1:
+            wt = 2.0 * g
+        elif METRIC == 0:
+            wt = tl.where(d > 0.0, g / tl.where(d > 0.0, d, 1.0), 0.0)
+        else:
+            wt = tl.where((c > EPS8) & (c <= 2.0), -g, 0.0)
+        return wt
+
+    @triton.jit
+    def batch_all_dx_kernel(
+        x_ptr,
+        xx_ptr,
+        y_ptr,
+        yy_ptr,
+        lab_ptr,
+        rlab_ptr,
+        own_ptr,
+        pcol_ptr,
+        thr_ptr,
+        coef_ptr,
+        gx_ptr,
+        N,
+        M,
+        D,
+        W,
+        SOFT: tl.constexpr,
+        METRIC: tl.constexpr,
+        EPS8: tl.constexpr,
+        PREC: tl.constexpr,
+        F64: tl.constexpr,
+        BN: tl.constexpr,
+        BM: tl.constexpr,
+        BD: tl.constexpr,
+        WP: tl.constexpr,
+    ):
+        """Batch-all backward, anchors: ``dx = x w.sum(1) - w y`` (cosine ``w y``) over the
+        recomputed tiles of a block of anchors."""
+        rows = tl.program_id(0) * BN + tl.arange(0, BN)
+        rmask = rows < N
+        rd = tl.arange(0, BD)
+        slots = tl.arange(0, WP)
+        xb, xx, lab, own = _anchors(x_ptr, xx_ptr, lab_ptr, own_ptr, rows, rd, N, D, F64)
+        smask = rmask[:, None] & (slots[None, :] < W)
+        offs = rows[:, None].to(tl.int64) * W + slots[None, :]
+        pc = tl.load(pcol_ptr + offs, mask=smask, other=-1)
+        thr = tl.load(thr_ptr + offs, mask=smask, other=-float("inf"))
+        coef = tl.load(coef_ptr + offs, mask=smask, other=0.0)
+        acc = tl.zeros([BN, BD], dtype=xx.dtype)
+        wsum = tl.zeros([BN], dtype=xx.dtype)
+        for m0 in range(0, M, BM):
+            cols = m0 + tl.arange(0, BM)
+            cmask = cols < M
+            d, c = _tile(xb, xx, y_ptr, yy_ptr, cols, rd, M, D, METRIC, EPS8, PREC, F64)
+            rl = tl.load(rlab_ptr + cols, mask=cmask, other=0)
+            negm = (lab[:, None] != rl[None, :]) & cmask[None, :]
+            wt = _weights(d, c, negm, cols, pc, thr, coef, slots, W, SOFT, METRIC, EPS8)
+            wt = tl.where(rmask[:, None] & cmask[None, :], wt, 0.0)
+            yb = tl.load(
+                y_ptr + cols[:, None].to(tl.int64) * D + rd[None, :],
+                mask=cmask[:, None] & (rd[None, :] < D),
+                other=0.0,
+            ).to(xx.dtype)
+            acc += tl.dot(wt, yb, input_precision=PREC, out_dtype=xx.dtype)
+            wsum += tl.sum(wt, 1)
+        if METRIC == 2:
+            gx = acc
+        else:
+            gx = xb * wsum[:, None] - acc
+        tl.store(
+            gx_ptr + rows[:, None].to(tl.int64) * D + rd[None, :],
+            gx,
+            mask=rmask[:, None] & (rd[None, :] < D),
+        )
+
+    @triton.jit
+    def batch_all_dy_kernel(
+        x_ptr,
+        xx_ptr,
+        y_ptr,
+        yy_ptr,
+        lab_ptr,
+        rlab_ptr,
+        own_ptr,
+        pcol_ptr,
+        thr_ptr,
+        coef_ptr,
+        gy_ptr,
+        N,
+        M,
+        D,
+        W,
+        SOFT: tl.constexpr,
+        METRIC: tl.constexpr,
+        EPS8: tl.constexpr,
+        PREC: tl.constexpr,
+        F64: tl.constexpr,
+        BN: tl.constexpr,
+        BM: tl.constexpr,
+        BD: tl.constexpr,
+        WP: tl.constexpr,
+    ):
+        """Batch-all backward, references: ``dy = y w.sum(0) - w^T x`` (cosine ``w^T x``)
+        for a block of references, over the recomputed tiles of every anchor block (the
+        same tiles as the forward's: same blocks, same bits)."""
+        cols = tl.program_id(0) * BM + tl.arange(0, BM)
+        cmask = cols < M
+        rd = tl.arange(0, BD)
+        slots = tl.arange(0, WP)
+        rl = tl.load(rlab_ptr + cols, mask=cmask, other=0)
+        acc = tl.zeros([BM, BD], dtype=tl.float32)
+        wsum = tl.zeros([BM], dtype=tl.float32)
+        if F64:
+            acc = acc.to(tl.float64)
+            wsum = wsum.to(tl.float64)
+        for n0 in range(0, N, BN):
+            rows = n0 + tl.arange(0, BN)
+            rmask = rows < N
+            xb, xx, lab, own = _anchors(x_ptr, xx_ptr, lab_ptr, own_ptr, rows, rd, N, D, F64)
+            smask = rmask[:, None] & (slots[None, :] < W)
+            offs = rows[:, None].to(tl.int64) * W + slots[None, :]
+            pc = tl.load(pcol_ptr + offs, mask=smask, other=-1)
+            thr = tl.load(thr_ptr + offs, mask=smask, other=-float("inf"))
+            coef = tl.load(coef_ptr + offs, mask=smask, other=0.0)
+            d, c = _tile(xb, xx, y_ptr, yy_ptr, cols, rd, M, D, METRIC, EPS8, PREC, F64)
+            negm = (lab[:, None] != rl[None, :]) & cmask[None, :]
+            wt = _weights(d, c, negm, cols, pc, thr, coef, slots, W, SOFT, METRIC, EPS8)
+            wt = tl.where(rmask[:, None] & cmask[None, :], wt, 0.0)
+            acc += tl.dot(tl.trans(wt), xb, input_precision=PREC, out_dtype=xx.dtype)
+            wsum += tl.sum(wt, 0)
+        yb = tl.load(
+            y_ptr + cols[:, None].to(tl.int64) * D + rd[None, :],
+            mask=cmask[:, None] & (rd[None, :] < D),
+            other=0.0,
+        ).to(acc.dtype)
+        if METRIC == 2:
+            gy = acc
+        else:
+            gy = yb * wsum[:, None] - acc
+        tl.store(
+            gy_ptr + cols[:, None].to(tl.int64) * D + rd[None, :],
+            gy,
+            mask=cmask[:, None] & (rd[None, :] < D),
+        )
+
+    # Triton's interpreter resolves the names a kernel calls in its module's globals, not in
+    # this closure: the helpers (and ``tl``) are published there too.
+    globals().update(
+        tl=tl,
+        _tile=_tile,
+        _anchors=_anchors,
+        _positive_distances=_positive_distances,
+        _weights=_weights,
+    )
+    return SimpleNamespace(
+        triton=triton,
+        ranked=ranked_kernel,
+        semi_hard=semi_hard_kernel,
+        batch_all_fwd=batch_all_fwd_kernel,
+        batch_all_dx=batch_all_dx_kernel,
+        batch_all_dy=batch_all_dy_kernel,
+    )
+
+
+# --------------------------------------------------------------------------- host side
+
+
+def _kernels() -> SimpleNamespace:
+    return _build(interpreted())
+
+
+def _check_device(*tensors: Tensor) -> None:
+    for t in tensors:
+        if t.device.type != "cuda" and not (t.device.type == "cpu" and interpreted()):
+            raise ValueError(
+                "the triton kernels run on CUDA tensors (or on CPU tensors under "
+                f"TRITON_INTERPRET=1), got a tensor on {t.device}"
+            )
+
+
+class _Problem:
+    """The kernels' common arguments: contiguous embeddings in their storage dtype (half
+    inputs are loaded as such and computed in float32), squared norms in the compute dtype,
+    int64 labels, block sizes."""
+
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        labels: Tensor,
+        ref_labels: Tensor,
+        self_index: Tensor,
+        metric: str,
+    ) -> None:
+        _check_device(x, y)
+        if metric not in _METRICS:
+            raise ValueError(f"unknown metric {metric!r}")
+        self.x, self.y = x.detach().contiguous(), y.detach().contiguous()
+        self.f64 = x.dtype == torch.float64
+        self.dtype = torch.float64 if self.f64 else torch.float32
+        self.n, self.m, self.d = x.shape[0], y.shape[0], x.shape[1]
+        self.xx = (self.x.to(self.dtype) ** 2).sum(dim=1)
+        self.yy = (self.y.to(self.dtype) ** 2).sum(dim=1)
+        self.labels = labels.to(torch.int64).contiguous()
+        self.ref_labels = ref_labels.to(torch.int64).contiguous()
+        self.own = self_index.to(torch.int64).contiguous()
+        bd = max(16, 1 << max(0, self.d - 1).bit_length())
+        block = BLOCK or (64 if bd <= 64 else 32 if bd <= 256 else 16)
+        self.consts: dict[str, Any] = {
+            "METRIC": _METRICS[metric],
+            "EPS8": 8 * torch.finfo(self.dtype).eps,
+            "PREC": "tf32" if ALLOW_TF32 and not self.f64 else "ieee",
+            "F64": self.f64,
+            "BN": block,
+            "BM": block,
+            "BD": bd,
+        }
+
+    def grid_rows(self) -> tuple[int]:
+        return (math.ceil(self.n / self.consts["BN"]),)
+
+    def head(self) -> tuple[Tensor, ...]:
+        return (self.x, self.xx, self.y, self.yy, self.labels, self.ref_labels, self.own)
+
+    def slots(self, width: int) -> tuple[Tensor, Tensor, Tensor, int]:
+        """Positive columns ``[N, W]`` (ascending, -1 in unused slots; int32), which are
+        used, each anchor's number of negatives, and the slots' padded width ``WP``."""
+        w = min(width, self.m)
+        index = _label_index(self.ref_labels)
+        cols, used, n_neg = _positive_slots(index, self.labels, self.own, w)
+        pcol = torch.where(used, cols, -1).to(torch.int32).contiguous()
+        return pcol, used, n_neg, max(1, 1 << max(0, w - 1).bit_length())
+
+
+def _empty_selection(n: int, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    return torch.zeros((n, *shape), dtype=torch.int64, device=like.device)
+
+
+def batch_hard(
+    x: Tensor,
+    y: Tensor,
+    labels: Tensor,
+    ref_labels: Tensor,
+    self_index: Tensor,
+    metric: str,
+    positive_ranks: tuple[int, int] = (0, 1),
+    negative_ranks: tuple[int, int] = (0, 1),
+) -> Selection:
+    """Batch-hard triplets from the embeddings (``x [N, D]`` anchors, ``y [M, D]``
+    references; cosine: already unit-norm), in :func:`.torch_backend.batch_hard`'s layout:
+    ``[N]`` with the default windows, else ``[N, 1, 1]``, ``[N, P, 1]``, ``[N, 1, Q]`` and
+    ``valid [N, P, Q]``."""
+    p = _Problem(x, y, labels, ref_labels, self_index, metric)
+    (p_lo, p_hi), (n_lo, n_hi) = positive_ranks, negative_ranks
+    out_p = _empty_selection(p.n, (p_hi - p_lo,), x)
+    out_n = _empty_selection(p.n, (n_hi - n_lo,), x)
+    if p.n and p.m:
+        k = _kernels()
+        k.ranked[p.grid_rows()](
+            *p.head(),
+            out_p,
+            out_n,
+            p.n,
+            p.m,
+            p.d,
+            p_lo,
+            p_hi,
+            n_lo,
+            n_hi,
+            max(p_hi, n_hi),
+            **p.consts,
+        )
+    else:
+        out_p.fill_(-1)
+        out_n.fill_(-1)
+    ok = (out_p >= 0)[:, :, None] & (out_n >= 0)[:, None, :]
+    positive, negative = out_p.clamp_min(0), out_n.clamp_min(0)
+    anchor = torch.arange(p.n, device=x.device)
+    if positive_ranks == (0, 1) and negative_ranks == (0, 1):
+        return Selection(anchor, positive[:, 0], negative[:, 0], ok[:, 0, 0])
+    return Selection(anchor[:, None, None], positive[:, :, None], negative[:, None, :], ok)
+
+
+def semi_hard(
+    x: Tensor,
+    y: Tensor,
+    labels: Tensor,
+    ref_labels: Tensor,
+    self_index: Tensor,
+    metric: str,
+    width: int,
+) -> Selection:
+    """Semi-hard triplets (TF-Addons' rule, :func:`.numba_backend.semi_hard`) from the
+    embeddings, in :func:`.torch_backend.semi_hard`'s layout: ``anchor [N, 1]``,
+    ``positive``, ``negative``, ``valid`` ``[N, W]`` with ``W = min(width, M)`` slots of
+    positives in ascending column order. ``width`` must bound every anchor's number of
+    positives (:attr:`tripletkit._batch.Batch.width`)."""
+    p = _Problem(x, y, labels, ref_labels, self_index, metric)
+    anchor = torch.arange(p.n, device=x.device)[:, None]
+    if p.m == 0:
+        empty = _empty_selection(p.n, (0,), x)
+        return Selection(anchor, empty, empty, empty.bool())
+    pcol, used, n_neg, wp = p.slots(width)
+    w = pcol.shape[1]
+    negative = torch.full((p.n, w), -1, dtype=torch.int64, device=x.device)
+    if p.n and w:
+        _kernels().semi_hard[p.grid_rows()](
+            *p.head(), pcol, negative, p.n, p.m, p.d, w, **p.consts, WP=wp
+        )
+    valid = used & (n_neg > 0)[:, None]
+    positive = torch.where(used, pcol.to(torch.int64), 0)
+    return Selection(anchor, positive, negative.clamp_min(0), valid)
+
+
+class BatchAllState:
+    """What :func:`batch_all_forward` keeps for :func:`batch_all_backward`: ``O(N W)``."""
+
+    def __init__(self, problem: _Problem, pcol: Tensor, thr: Tensor, coef: Tensor, wp: int):
+        self.problem, self.pcol, self.thr, self.coef, self.wp = problem, pcol, thr, coef, wp
+
+
+def batch_all_forward(
+    x: Tensor,
+    y: Tensor,
+    labels: Tensor,
+    ref_labels: Tensor,
+    self_index: Tensor,
+    metric: str,
+    margin: float | Tensor,
+    soft: bool,
+    width: int,
+) -> tuple[Tensor, Tensor, Tensor, BatchAllState]:
+    """``(total, n_valid, n_active, state)`` of the batch-all loss (hinge with ``margin``, or
+    with ``soft`` the terms ``softplus(d_ap - d_an + margin)``) from the embeddings (cosine:
+    unit-norm): the total a float64 0-dim tensor, the counts 0-dim int64 (``n_active =
+    n_valid`` when ``soft``), all on the input's device, with no host read. ``width`` must
+    bound every anchor's number of positives."""
+    p = _Problem(x, y, labels, ref_labels, self_index, metric)
+    dev = x.device
+    zero = torch.zeros((), dtype=torch.float64, device=dev)
+    izero = torch.zeros((), dtype=torch.int64, device=dev)
+    if p.n == 0 or p.m == 0:
+        empty = torch.zeros(p.n, 0, device=dev)
+        return zero, izero, izero.clone(), BatchAllState(p, empty.int(), empty, empty, 1)
+    pcol, used, n_neg, wp = p.slots(width)
+    w = pcol.shape[1]
+    n_valid = (used.sum(dim=1) * n_neg).sum()
+    thr = torch.empty(p.n, w, dtype=p.dtype, device=dev)
+    coef = torch.empty(p.n, w, dtype=p.dtype, device=dev)
+    totals = torch.zeros(p.n, dtype=torch.float64, device=dev)
+    active = torch.zeros(p.n, dtype=torch.int64, device=dev)
+    state = BatchAllState(p, pcol, thr, coef, wp)
+    if w == 0:
+        return zero, n_valid, izero.clone() if not soft else n_valid, state
+    m = torch.as_tensor(margin, dtype=p.dtype, device=dev).reshape(1)
+    _kernels().batch_all_fwd[p.grid_rows()](
+        *p.head(), pcol, m, thr, coef, totals, active, p.n, p.m, p.d, w,
+        SOFT=soft, **p.consts, WP=wp,
+    )  # fmt: skip
+    return totals.sum(), n_valid, n_valid if soft else active.sum(), state
+
+
+def batch_all_backward(
+    state: BatchAllState, soft: bool, y_is_x: bool
+) -> tuple[Tensor, Tensor | None]:
+    """Gradients ``(d total / dx, d total / dy)`` of :func:`batch_all_forward`'s total (in
+    the compute dtype), by recomputing the tiles; with ``y_is_x`` both land on ``x`` and the
+    second is ``None``. For the cosine metric they are with respect to the unit rows."""
+    p = state.problem
+    gx = torch.zeros(p.n, p.d, dtype=p.dtype, device=p.x.device)
+    gy = torch.zeros(p.m, p.d, dtype=p.dtype, device=p.x.device)
+    w = state.pcol.shape[1]
+    if p.n and p.m and w:
+        k = _kernels()
+        args = (*p.head(), state.pcol, state.thr, state.coef)
+        sizes = (p.n, p.m, p.d, w)
+        consts = {"SOFT": soft, **p.consts, "WP": state.wp}
+        k.batch_all_dx[p.grid_rows()](*args, gx, *sizes, **consts)
+        k.batch_all_dy[(math.ceil(p.m / p.consts["BM"]),)](*args, gy, *sizes, **consts)
+    if y_is_x:
+        return gx.add_(gy), None
+    return gx, gy
