@@ -44,3 +44,27 @@ def test_plans() -> None:
     assert refs <= set(default["memory"])
     large = streaming._plan(quick=False, full=False, large_only=True)
     assert large["time_n"] is None and set(large["memory"]) == big
+
+
+def _row(kind: str, n: int, mib: float, backend: str = "streaming") -> dict:
+    return {"kind": kind, "n": n, "m": None, "backend": backend, "extra_peak_bytes": mib * 2**20}
+
+
+def test_merge_keeps_every_other_row_and_recomputes_the_targets(tmp_path: Path) -> None:
+    path = tmp_path / "streaming_cpu.json"
+    kept = [_row("batch_hard", 8192, 50.0), _row("batch_hard", 8192, 300.0, "numba")]
+    old = _row("batch_all", 65536, 999.0)
+    path.write_text(json.dumps({"time": [], "memory": [*kept, old], "targets": {}}))
+    new = [_row("batch_all", 65536, 200.0), {**_row("semi_hard", 65536, 1.0), "error": "x"}]
+    data = streaming.merge_rows(path, new, "a run", {"git_commit": "abc"})
+    saved = json.loads(path.read_text())
+    assert saved == json.loads(json.dumps(data))
+    rows = {(r["kind"], r["n"], r["backend"]): r for r in saved["memory"]}
+    assert len(rows) == 3  # the old batch-all row replaced, the failed row not merged
+    assert rows["batch_all", 65536, "streaming"]["extra_peak_bytes"] == 200.0 * 2**20
+    assert rows["batch_all", 65536, "streaming"]["source"] == "a run"
+    assert rows["batch_all", 65536, "streaming"]["git_commit"] == "abc"
+    assert all(rows[k[0], k[1], k[3]] == r for r in kept for k in [streaming._row_key(r)])
+    assert saved["targets"]["memory_batch_all_65536"] == {"extra_peak_mib": 200.0, "passed": True}
+    assert saved["targets"]["memory_semi_hard_65536"] == "N/A"
+    assert saved["merges"][0]["rows"] == [["batch_all", 65536, None, "streaming"]]
