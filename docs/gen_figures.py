@@ -461,6 +461,59 @@ def neighbours_bound_fragment(data: Mapping[str, Any] | None) -> str | None:
     )
 
 
+# ----------------------------------------------------------------------------------------
+# The quality benchmark's declared rows and their searches (benchmarks/strategies.py)
+
+
+def _values(settings: list[dict[str, Any]], key: str) -> str:
+    values = sorted({s[key] for s in settings if key in s}, key=lambda v: (str(type(v)), v))
+    if all(isinstance(v, bool) for v in values):
+        return "/".join("L2" if v else "raw" for v in values)
+    return " / ".join(f"{v:g}" for v in values)
+
+
+def rows_fragment() -> str:
+    """Every row the quality benchmark declares (:data:`benchmarks.strategies.STRATEGIES`),
+    with how it trains and what its search covers: generated from the declarations, so the
+    protocol page lists exactly the rows the code searches."""
+    from benchmarks import strategies
+
+    base_choice = {"lr": None}
+    table = []
+    for name, row in strategies.STRATEGIES.items():
+        if row.tuned:
+            settings = row.settings()
+            keys = [k for k in settings[0] if k not in ("lr", "normalize")]
+            groups = [(None, settings)]
+            if "normalize" in settings[0]:  # the other values depend on the normalisation
+                groups = [
+                    (n, [x for x in settings if x["normalize"] == n])
+                    for n in (True, False)
+                    if any(x["normalize"] == n for x in settings)
+                ]
+            space = "; ".join(
+                ("" if n is None else ("L2" if n else "raw") + (": " if keys else ""))
+                + ", ".join(f"{k} {_values(group, k)}" for k in keys)
+                for n, group in groups
+            )
+            search = f"{len(settings)} of {len(row.grid())}: lr {_values(settings, 'lr')}"
+            search += f"; {space}" if space else ""
+        else:
+            settings = row.settings_from(base_choice)
+            extra = [k for k in settings[0] if k != "lr"]
+            search = f"{len(settings)} from `{row.base}`'s choice: lr {_values(settings, 'lr')}"
+            search += "".join(f" × {k} {_values(settings, k)}" for k in extra)
+        table.append([f"`{name}`", row.family, row.training.kind.replace("_", " "), search])
+    text = report.md_table(["row", "family", "training", "searched settings"], table, "llll")
+    return (
+        f"*{len(strategies.STRATEGIES)} rows declared in `benchmarks/strategies.py`; a row's "
+        "search is at most "
+        f"{strategies.ROW_BUDGET} settings (a seeded subset holding every value of a larger "
+        "grid); an add-on row starts from its base row's choice; a choice at an edge of its "
+        "values gets one extension step.*\n\n" + text + "\n"
+    )
+
+
 def gpu_fragment(data: Mapping[str, Any] | None) -> str:
     if data is None:
         return (
@@ -564,6 +617,7 @@ def generate(out: Path) -> dict[str, str]:
     data = _load("streaming_cpu.json")
     if data:
         fragments["streaming_cpu"] = streaming_fragment(data)
+    fragments["quality_rows"] = rows_fragment()
     fragments["gpu"] = gpu_fragment(_load("gpu.json"))
     for name, text in fragments.items():
         if text is not None:
