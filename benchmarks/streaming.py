@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | int:
     if args.merge is not None:
         saved = json.loads(args.merge.read_text())
         rows = saved.get("memory") or saved.get("rows") or []
-        extra = {"note": saved["note"]} if saved.get("note") else {}
+        extra = {k: saved[k] for k in ("note", "git_commit") if saved.get(k)}
         data = merge_rows(main_file, rows, f"{args.merge.name}", extra)
         print(f"merged {len(rows)} row(s) of {args.merge} into {main_file}")
         return data
