@@ -319,6 +319,8 @@ def merge_rows(
         if "error" in row:
             continue
         row = {**row, "source": source, **(extra or {})}
+        if "load_average_1m" in row:  # the machine's load when the call ended (times only)
+            row.setdefault("load_average", row["load_average_1m"])
         memory = [r for r in memory if _row_key(r) != _row_key(row)]
         memory.append(row)
         merged.append(_row_key(row))
