@@ -449,7 +449,7 @@ def neighbours_bound_fragment(data: Mapping[str, Any] | None) -> str | None:
         f"torch path keeps only the `[Q, k]` results across query chunks (everything a chunk "
         f"allocates is released before the next), so its extra peak is a constant working "
         f"memory plus the results: measured with {points[0]['queries']:,} and "
-        f"{points[1]['queries']:,} queries, the peak grew by "
+        f"{points[1]['queries']:,} queries, the peak changed by "
         f"{entry['growth_measured_bytes'] / 2**20:+.1f} MiB (their results and query "
         f"indices: {entry['growth_outputs_bytes'] / 2**20:+.2f} MiB). The bound for all "
         f"{n:,} queries is the larger measured peak + the results at {n:,} queries counted "
