@@ -346,7 +346,7 @@ def streaming_fragment(data: Mapping[str, Any]) -> str:
         time_table,
         "Targets of issue 18 checked from these rows:\n\n" + "\n".join(targets),
     ]
-    parts += [f"*Rows merged from an earlier run: {n}*" for n in notes]
+    parts += [f"*Merged rows: {n.rstrip('.')}.*" for n in notes]
     return "\n\n".join(parts) + "\n"
 
 
