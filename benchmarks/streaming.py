@@ -348,6 +348,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | int:
         saved = json.loads(args.merge.read_text())
         rows = saved.get("memory") or saved.get("rows") or []
         extra = {k: saved[k] for k in ("note", "git_commit") if saved.get(k)}
+        if "git_commit" not in extra and saved.get("machine", {}).get("git_commit"):
+            extra["git_commit"] = saved["machine"]["git_commit"]  # a benchmark's own file
         data = merge_rows(main_file, rows, f"{args.merge.name}", extra)
         print(f"merged {len(rows)} row(s) of {args.merge} into {main_file}")
         return data
