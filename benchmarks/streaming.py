@@ -309,7 +309,8 @@ def merge_rows(
     path: Path, rows: list[dict[str, Any]], source: str, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Merge memory ``rows`` into the results file ``path``: a row with the same loss, N, M
-    and backend is replaced, every other row is kept; each merged row gets ``source`` and
+    and backend is replaced (the old row moves to ``superseded``), every other row is kept;
+    each merged row gets ``source`` and
     ``extra`` (commit, load...); the targets are recomputed from every row. Rows with an
     error are not merged. Returns the saved dict."""
     data = json.loads(path.read_text())
@@ -321,6 +322,8 @@ def merge_rows(
         row = {**row, "source": source, **(extra or {})}
         if "load_average_1m" in row:  # the machine's load when the call ended (times only)
             row.setdefault("load_average", row["load_average_1m"])
+        replaced = [r for r in memory if _row_key(r) == _row_key(row)]
+        data.setdefault("superseded", []).extend(replaced)  # kept, not shown
         memory = [r for r in memory if _row_key(r) != _row_key(row)]
         memory.append(row)
         merged.append(_row_key(row))

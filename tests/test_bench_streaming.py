@@ -65,6 +65,7 @@ def test_merge_keeps_every_other_row_and_recomputes_the_targets(tmp_path: Path) 
     assert rows["batch_all", 65536, "streaming"]["extra_peak_bytes"] == 200.0 * 2**20
     assert rows["batch_all", 65536, "streaming"]["source"] == "a run"
     assert rows["batch_all", 65536, "streaming"]["git_commit"] == "abc"
+    assert saved["superseded"] == [old]
     assert all(rows[k[0], k[1], k[3]] == r for r in kept for k in [streaming._row_key(r)])
     assert saved["targets"]["memory_batch_all_65536"] == {"extra_peak_mib": 200.0, "passed": True}
     assert saved["targets"]["memory_semi_hard_65536"] == "N/A"
