@@ -25,8 +25,24 @@ the extra peak memory is then the full search's working memory (blocks of the sa
 plus ``[Q, 8]`` results instead of ``[N, 8]`` (96 MiB more at ``N = 1M``: int64 indices and
 float32 distances), and the search time is extrapolated by ``N / Q``.
 
+``--steady-state`` bounds the extra peak memory of the full torch search of ``N = 1M``
+queries against ``1M`` references (issue 20's target: at most 1 GiB; the full search takes
+~24,000 CPU-s on one core) by measuring its steady state: the search with all ``N``
+references and ``c`` then ``2c`` full query chunks (``--chunks c``, default 4; a chunk is
+the query rows of one block, :func:`tripletkit.neighbours._chunk_sizes`). Reading
+``_stream``: everything allocated for a query chunk (its rows, the distance block, the masks
+and the merge's candidates) is released before the next chunk starts, and what persists
+across chunks is the ``[Q, k]`` outputs only. So the extra peak of a search of ``Q`` queries
+is a constant working memory plus ``Q`` times the outputs' bytes per query, and the two
+measured points check it (their difference must be the outputs' difference, within the
+resolution of the peak RSS). The bound reported for ``Q = N`` is the larger measured peak
+plus the exact bytes of the outputs at ``Q = N``, counted twice (``nearest_neighbours``
+clones its results before returning: both copies are alive for a moment) plus the ``[N]``
+int64 query indices: a bound, labelled as such, not a measurement of the full search.
+
 Writes ``benchmarks/results/neighbours.json`` (``neighbours_quick.json`` with ``--quick``,
-``neighbours_partial.json`` with ``--queries``).
+``neighbours_partial.json`` with ``--queries``); ``--steady-state`` writes only the
+``steady_state`` entry of ``neighbours.json`` and keeps its other keys.
 """
 
 from __future__ import annotations
@@ -39,7 +55,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .cli import run
-from .common import RESULTS_DIR, new_result, save_json
+from .common import RESULTS_DIR, machine_info, new_result, save_json
 
 DIM = 128
 NUM_NEGATIVES = 8
@@ -59,6 +75,13 @@ def _parser() -> argparse.ArgumentParser:
         help="search only the first Q samples' neighbours (among all N): the working memory "
         "of a full search, and its time extrapolated by N / Q",
     )
+    parser.add_argument(
+        "--steady-state",
+        action="store_true",
+        help="bound the extra peak of the full N x N torch search (N = first --sizes, "
+        "default 1M) from two measured points of c and 2c full query chunks",
+    )
+    parser.add_argument("--chunks", type=int, default=4, help="c of --steady-state (4)")
     parser.add_argument("--quick", action="store_true", help="5k vectors (smoke run)")
     parser.add_argument("--out", default=None, help="results file name (in benchmarks/results)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -122,10 +145,86 @@ def _child(spec_json: str) -> int:
     return 0
 
 
+def output_bytes_per_query(num_negatives: int, num_positives: int = 0, itemsize: int = 4) -> int:
+    """Bytes per query of what a torch search keeps across query chunks: the ``[Q, k]``
+    indices (int64) and distances (``itemsize``) of the negatives and of the positives."""
+    return (num_negatives + num_positives) * (8 + itemsize)
+
+
+def steady_state_bound(points: list[dict[str, Any]], n: int) -> dict[str, Any]:
+    """The bound on the extra peak of the search of all ``n`` queries, from measured rows
+    of the same search on fewer (full chunks of) queries: the largest measured extra peak,
+    plus the outputs' bytes at ``Q = n`` counted twice (results and their clones), plus the
+    ``[n]`` int64 query indices. Also the check of the model: the growth between the two
+    points against the growth of their outputs."""
+    per_query = output_bytes_per_query(NUM_NEGATIVES)
+    ok = [p for p in points if "error" not in p]
+    if len(ok) < 2:
+        return {"error": "fewer than two measured points", "points": points}
+    a, b = sorted(ok, key=lambda p: p["queries"])[:2]
+    measured = max(p["search_extra_peak_bytes"] for p in ok)
+    outputs = n * per_query
+    bound = measured + 2 * outputs + 8 * n
+    return {
+        "what": "bound, not a measurement: measured steady-state peak + exact output bytes",
+        "n": n,
+        "queries_total": n,
+        "points": ok,
+        "growth_measured_bytes": b["search_extra_peak_bytes"] - a["search_extra_peak_bytes"],
+        "growth_outputs_bytes": (b["queries"] - a["queries"]) * (per_query + 8),
+        "measured_steady_peak_bytes": measured,
+        "output_bytes_per_query": per_query,
+        "outputs_bytes_all_queries": outputs,
+        "query_index_bytes": 8 * n,
+        "bound_extra_peak_bytes": bound,
+        "target_bytes": 1 << 30,
+        "passed": bound <= 1 << 30,
+        "full_matrix_bytes": n * n * 4,
+    }
+
+
+def _steady_state(args: argparse.Namespace) -> int:
+    from tripletkit.neighbours import DEFAULT_MEMORY_BUDGET, _chunk_sizes
+
+    from .measure import run_json_child
+
+    n = args.sizes[0] if args.sizes != [100_000] else 1_000_000
+    rows_per_chunk, cols = _chunk_sizes(n, 4, DEFAULT_MEMORY_BUDGET)
+    points = []
+    for chunks in (args.chunks, 2 * args.chunks):
+        q = chunks * rows_per_chunk
+        spec = {"n": n, "backend": "torch", "threads": args.threads, "queries": q}
+        row = run_json_child(
+            "benchmarks.neighbours", ["--child", json.dumps(spec)], args.timeout, "refresh"
+        )
+        row = {**spec, **row, "query_chunks": chunks, "chunk_rows": rows_per_chunk}
+        row["chunk_cols"] = cols
+        points.append(row)
+        print(json.dumps(row), flush=True)
+    entry = {**steady_state_bound(points, n), "machine": machine_info()}
+    path = RESULTS_DIR / (args.out or "neighbours.json")
+    data = json.loads(path.read_text()) if path.is_file() else new_result("neighbours")
+    data["steady_state"] = entry
+    save_json(path, data)
+    if "error" not in entry:
+        print(
+            f"n={n:,}: measured extra peak {entry['measured_steady_peak_bytes'] / 2**20:.0f} MiB"
+            f" ({args.chunks} and {2 * args.chunks} chunks of {rows_per_chunk} queries; growth "
+            f"{entry['growth_measured_bytes'] / 2**20:+.1f} MiB measured, "
+            f"{entry['growth_outputs_bytes'] / 2**20:+.2f} MiB of outputs); bound for all "
+            f"{n:,} queries {entry['bound_extra_peak_bytes'] / 2**20:.0f} MiB "
+            f"({'PASS' if entry['passed'] else 'FAIL'}: target 1 GiB)"
+        )
+    print(f"wrote {path}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.child:
         return _child(args.child)
+    if args.steady_state:
+        return _steady_state(args)
     from .measure import run_json_child
 
     sizes = [5_000] if args.quick else args.sizes

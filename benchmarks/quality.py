@@ -194,6 +194,9 @@ DATA_QUICK_ROWS = ("batch_hard", "pml_batch_hard")
 #: Relative cost of a step, by kind of row (for the printed plan only); peer memory rows
 #: are costlier (0.11 s vs 0.031 s per step in 0.2's full run).
 KIND_COST = {"plain": 1.0, "hard_class": 1.05, "memory": 1.1, "large_batch": 1.4}
+#: A neighbour-sampler row: one refresh (~8 s on 2 cores; 14.4-16.0 CPU-s on one thread)
+#: every 200 steps (the middle period) on top of a 0.032 s plain step.
+KIND_COST["neighbour"] = 2.3
 PEER_MEMORY_COST = 3.6
 
 

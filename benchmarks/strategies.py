@@ -45,7 +45,7 @@ bound of :data:`BOUNDS`), recorded in the search's JSON.
 **Rows** (:data:`STRATEGIES`, in table order):
 
 - tripletkit: the fused batch-all (mean over non-zero terms, and over all), batch-hard
-  (hinge and soft margin), semi-hard, distance-weighted sampling + margin loss, contrastive
+  (hinge, soft and smooth margin), semi-hard, distance-weighted sampling + margin loss, contrastive
   loss over mined pairs, random triplets, multi-similarity miner + loss, SupCon and circle
   (fused, cosine);
 - peers (``family="peer"``, when pytorch-metric-learning is installed):
@@ -58,17 +58,26 @@ bound of :data:`BOUNDS`), recorded in the search's JSON.
   and multi-similarity; **no row is time-capped**: each memory row's measured cost per step
   is in the results' ``calibration``), a 4x batch trained with the chunked backward of
   :mod:`tripletkit.gradcache` at the same number of training images, and the
-  :class:`~tripletkit.samplers.HardClassPKBatchSampler`. An add-on row takes its base row's
+  :class:`~tripletkit.samplers.HardClassPKBatchSampler`; and, for tripletkit only, the
+  :class:`~tripletkit.samplers.NeighbourPKBatchSampler` (below). An add-on row takes its base row's
   chosen setting and searches the learning rate again (:meth:`Strategy.settings_from`):
   it is validated like every row.
 
-**Hooks for rows to come** (one function each, appended to :func:`_all_rows`): the
-neighbour sampler (issue 20: a ``Training`` kind ``"neighbour"`` whose batches come from
-the sampler, refreshed inside the step, so its refresh time is in the step time; rows
-``neighbour_batch_hard`` / ``neighbour_semi_hard`` with ``requires`` the sampler's module)
-and the smooth-margin triplet loss (issue 19: a row like ``batch_hard`` whose build passes
-the new flag, with ``TRIPLET_VARIANTS``); :func:`missing_requirement` skips a row whose
-module is not there yet.
+**Dataset-level hard negatives** (issue 20): ``neighbour_batch_hard`` and
+``neighbour_semi_hard`` draw their batches from a
+:class:`~tripletkit.samplers.NeighbourPKBatchSampler` (``hard_fraction`` 0.5, groups of
+two classes: an anchor's and the class of its nearest mined negative), refreshed every
+``refresh_every`` steps from inside the training step (:mod:`benchmarks.training`), so the
+refresh (embedding the training part and the exact search) is counted in the row's training
+time and in its calibrated step time. They are add-on rows of ``batch_hard`` and
+``semi_hard``: they start from the base's choice and search the learning rate crossed with
+the refresh period (:data:`NEIGHBOUR_REFRESH`, three values; an edge extends like any
+other hyper-parameter). pytorch-metric-learning has no such sampler: no peer row.
+
+**Smooth margin** (issue 19): ``batch_hard_smooth`` is ``batch_hard`` with ``smooth=True``
+(``softplus(d_ap - d_an + m)``, pytorch-metric-learning's ``smooth_loss=True``), searched
+over :data:`TRIPLET_VARIANTS` like ``batch_hard``. A row whose module is missing is skipped
+(:func:`missing_requirement`).
 """
 
 from __future__ import annotations
@@ -171,6 +180,15 @@ MEMORY_WARMUP = 0.2
 #: Large-batch rows: batch multiplier and rows per forward pass of the chunked backward.
 LARGE_BATCH_FACTOR = 4
 CHUNK_SIZE = 128
+#: Refresh periods (steps between two refreshes) searched by the neighbour-sampler rows,
+#: and the period used when no search is saved (the middle one). A refresh of Omniglot's
+#: training part (15,100 images, 64-d) took 14.4-16.0 CPU-s on one thread (measured on the
+#: loaded 2-core machine): every 200 steps it adds ~1.3 plain steps' time per step; shorter
+#: periods would not fit the search and ``--full`` budgets (6, 3 and 1 refreshes in a
+#: 600-step search run).
+NEIGHBOUR_REFRESH = (100, 200, 400)
+#: Share of a neighbour-sampler batch's classes that come from mined groups.
+NEIGHBOUR_HARD_FRACTION = 0.5
 #: The peer library's import name.
 PML = "pytorch_metric_learning"
 
@@ -248,6 +266,13 @@ class Training:
                 f"{self.batch_factor}x larger P x K batches (P x {self.batch_factor}), "
                 f"{self.batch_factor}x fewer steps (same training images), "
                 f"tripletkit.gradcache.cached_backward with chunk_size={self.chunk_size}{cap}"
+            )
+        if self.kind == "neighbour":
+            return (
+                f"NeighbourPKBatchSampler(hard_fraction={self.hard_fraction}), refreshed "
+                f"(training part re-embedded, exact nearest other-class neighbours) every "
+                f"refresh_every steps inside the training step (default {self.refresh_steps}): "
+                f"the refresh time is training time{cap}"
             )
         if self.kind == "hard_class":
             return (
@@ -379,6 +404,8 @@ class Strategy:
             the learning rate only, :meth:`settings_from`).
         margin_key: the setting's distance margin, used for the difficulty fractions
             (None: :data:`STATS_MARGIN`).
+        addon_variants: for an add-on row, hyper-parameters of the add-on searched with the
+            learning rate (each a dict; ``()``: the learning rate only).
     """
 
     name: str
@@ -394,6 +421,7 @@ class Strategy:
     base: str | None = None
     margin_key: str | None = "margin"
     notes: tuple[str, ...] = field(default=())
+    addon_variants: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def tuned(self) -> bool:
@@ -417,8 +445,10 @@ class Strategy:
     def settings_from(self, chosen: Setting, grid: str = "full") -> list[dict[str, Any]]:
         """An add-on row's search: its base row's ``chosen`` setting at every learning
         rate of :data:`LRS` (the add-on changes the gradient's scale and the number of
-        steps; the rest is the base's choice); ``grid="tiny"``: the first two."""
-        every = [{**dict(chosen), "lr": lr} for lr in LRS]
+        steps; the rest is the base's choice), crossed with the row's ``addon_variants``
+        when it has some; ``grid="tiny"``: the first two."""
+        extra = self.addon_variants or ({},)
+        every = [{**dict(chosen), "lr": lr, **v} for lr in LRS for v in extra]
         return every[:2] if grid == "tiny" else every
 
     def default_setting(self) -> dict[str, Any]:
@@ -585,6 +615,15 @@ def _tripletkit_rows() -> list[Strategy]:
             lambda s, seed: FusedCriterion(batch_hard_triplet_loss, soft_margin=True),
             SOFT_VARIANTS,
             margin_key=None,
+        ),
+        Strategy(
+            "batch_hard_smooth",
+            "batch-hard smooth",
+            "hardest positive and negative per anchor (fused)",
+            "smooth hinge softplus(d_ap - d_an + margin) (smooth=True; pytorch-metric-learning's "
+            "smooth_loss), mean over anchors",
+            _fused(batch_hard_triplet_loss, smooth=True),
+            TRIPLET_VARIANTS,
         ),
         Strategy(
             "semi_hard",
@@ -805,11 +844,37 @@ def _hard_class_row(base: Strategy) -> Strategy:
     )
 
 
+def _neighbour_row(base: Strategy) -> Strategy:
+    training = Training(
+        "neighbour",
+        hard_fraction=NEIGHBOUR_HARD_FRACTION,
+        refresh_steps=NEIGHBOUR_REFRESH[len(NEIGHBOUR_REFRESH) // 2],
+    )
+    return Strategy(
+        f"neighbour_{base.name}",
+        f"{base.label}, mined neighbours",
+        f"{base.miner}, in batches around mined nearest other-class neighbours",
+        base.loss,
+        base.build,
+        family=base.family,
+        requires=base.requires,
+        training=training,
+        base=base.name,
+        margin_key=base.margin_key,
+        addon_variants=tuple({"refresh_every": r} for r in NEIGHBOUR_REFRESH),
+        notes=(
+            "the sampler's refresh (embedding the training part, exact search) runs inside "
+            "the training step: counted in train_s and in the calibrated step time",
+        ),
+    )
+
+
 #: Bases of the add-on rows, tripletkit's and the peer's.
 MEMORY_BASES = ("semi_hard", "batch_hard")
 PEER_MEMORY_BASES = ("pml_semihard", "pml_batch_hard", "pml_multi_similarity")
 LARGE_BATCH_BASES = ("batch_hard", "pml_batch_hard", "pml_multi_similarity")
 HARD_CLASS_BASES = ("batch_hard", "semi_hard", "pml_batch_hard", "pml_multi_similarity")
+NEIGHBOUR_BASES = ("batch_hard", "semi_hard")
 #: Matched (tripletkit row, peer row) pairs: the same miner and loss, or the same add-on on
 #: them; the results test each pair's difference (paired over seeds).
 COUNTERPARTS = (
@@ -829,6 +894,7 @@ def _derived_rows(by_name: Mapping[str, Strategy]) -> list[Strategy]:
         *(_peer_memory_row(by_name[b]) for b in PEER_MEMORY_BASES),
         *(_large_batch_row(by_name[b]) for b in LARGE_BATCH_BASES),
         *(_hard_class_row(by_name[b]) for b in HARD_CLASS_BASES),
+        *(_neighbour_row(by_name[b]) for b in NEIGHBOUR_BASES),
     ]
 
 

@@ -29,8 +29,16 @@ Usage::
     python -m benchmarks.streaming --full      # + N = 65,536
     python -m benchmarks.streaming --quick     # smoke test
     python -m benchmarks.streaming --large-only  # only the N = 65,536 rows of --full
+    python -m benchmarks.streaming --large-only --kinds batch_all   # one of them
 
-Writes ``benchmarks/results/streaming_cpu.json`` (``_full`` / ``_quick`` / ``_large``) with
+``--large-only`` merges its rows into ``benchmarks/results/streaming_cpu.json`` (the default
+run's file: a row with the same loss, N, M and backend is replaced, every other row is kept,
+and the targets are recomputed from all of them; each merged row records its commit, machine
+load and a ``source``); ``--merge FILE`` merges the rows of a saved JSON (``memory`` or
+``rows``) the same way. The README's "memory at N = 65,536" column and the docs' streaming
+table are generated from that file (``docs/gen_figures.py``).
+
+Writes ``benchmarks/results/streaming_cpu.json`` (``_full`` / ``_quick``) with
 :func:`~benchmarks.common.machine_info` (load averages included: wall times on a shared
 machine are inflated by the other processes; CPU times are recorded beside them), saved
 after every row (``"complete": false`` until the last one).
@@ -93,6 +101,15 @@ def _parser() -> argparse.ArgumentParser:
         "--large-only", action="store_true", help="only the N = 65,536 rows of --full"
     )
     p.add_argument("--repeats", type=int, default=None, help="timed calls per backend (3)")
+    p.add_argument(
+        "--kinds", nargs="+", choices=KINDS, default=None, help="only these losses (all)"
+    )
+    p.add_argument(
+        "--merge",
+        type=Path,
+        default=None,
+        help="merge the memory rows of this JSON into streaming_cpu.json, then stop",
+    )
     p.add_argument("--out", type=Path, default=RESULTS_DIR)
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p
@@ -284,17 +301,70 @@ def _print_summary(out: dict[str, Any], path: Path) -> None:
     print(f"wrote {path} in {out['wall_s']:.0f} s")
 
 
+def _row_key(row: dict[str, Any]) -> tuple:
+    return (row.get("kind"), row.get("n"), row.get("m"), row.get("backend"))
+
+
+def merge_rows(
+    path: Path, rows: list[dict[str, Any]], source: str, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Merge memory ``rows`` into the results file ``path``: a row with the same loss, N, M
+    and backend is replaced (the old row moves to ``superseded``), every other row is kept;
+    each merged row gets ``source`` and
+    ``extra`` (commit, load...); the targets are recomputed from every row. Rows with an
+    error are not merged. Returns the saved dict."""
+    data = json.loads(path.read_text())
+    memory = list(data.get("memory", []))
+    merged = []
+    for row in rows:
+        if "error" in row:
+            continue
+        row = {**row, "source": source, **(extra or {})}
+        if "load_average_1m" in row:  # the machine's load when the call ended (times only)
+            row.setdefault("load_average", row["load_average_1m"])
+        replaced = [r for r in memory if _row_key(r) == _row_key(row)]
+        data.setdefault("superseded", []).extend(replaced)  # kept, not shown
+        memory = [r for r in memory if _row_key(r) != _row_key(row)]
+        memory.append(row)
+        merged.append(_row_key(row))
+    order = {k: i for i, k in enumerate(KINDS)}
+    memory.sort(key=lambda r: (r.get("m") is not None, r.get("n"), order.get(r.get("kind"), 9)))
+    data["memory"] = memory
+    data["targets"] = _targets(data.get("time", []), memory)
+    data.setdefault("merges", []).append(
+        {"source": source, "rows": [list(k) for k in merged], **(extra or {})}
+    )
+    save_json(path, data)
+    return data
+
+
+def _provenance(machine: dict[str, Any]) -> dict[str, Any]:
+    return {"git_commit": machine.get("git_commit"), "merged_at": machine.get("timestamp")}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any] | int:
     args = _parser().parse_args(argv)
     if args.child:
         return _child(args.child)
+    main_file = args.out / "streaming_cpu.json"
+    if args.merge is not None:
+        saved = json.loads(args.merge.read_text())
+        rows = saved.get("memory") or saved.get("rows") or []
+        extra = {k: saved[k] for k in ("note", "git_commit") if saved.get(k)}
+        if "git_commit" not in extra and saved.get("machine", {}).get("git_commit"):
+            extra["git_commit"] = saved["machine"]["git_commit"]  # a benchmark's own file
+        data = merge_rows(main_file, rows, f"{args.merge.name}", extra)
+        print(f"merged {len(rows)} row(s) of {args.merge} into {main_file}")
+        return data
     plan = _plan(args.quick, args.full, args.large_only)
+    if args.kinds:
+        plan["memory"] = [spec for spec in plan["memory"] if spec[0] in args.kinds]
     if args.repeats is None:
         args.repeats = 1 if args.quick else 3
     start = time.perf_counter()
     specs: list[dict[str, Any]] = [
         {"what": "time", "kind": kind, "n": plan["time_n"], "repeats": args.repeats}
-        for kind in (KINDS if plan["time_n"] else ())
+        for kind in ((args.kinds or KINDS) if plan["time_n"] else ())
     ]
     specs += [
         {"what": "memory", "kind": kind, "n": n, "m": m, "backend": backend}
@@ -311,6 +381,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | int:
         "quick": args.quick,
         "full": args.full,
         "large_only": args.large_only,
+        "kinds": args.kinds,
         "tile_bytes": _tile_bytes(),
     }
     results: list[dict[str, Any]] = []
@@ -333,6 +404,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | int:
         }
         save_json(path, out)
     _print_summary(out, path)
+    if args.large_only and main_file.is_file():
+        machine = out["machine"]
+        merge_rows(
+            main_file,
+            out["memory"],
+            "python -m benchmarks.streaming --large-only",
+            {**_provenance(machine), "load_average": machine.get("load_average")},
+        )
+        print(f"merged the rows into {main_file}")
     return out
 
 

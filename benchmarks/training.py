@@ -13,10 +13,15 @@ criterion and how a step runs (:class:`benchmarks.strategies.Training`):
   :func:`tripletkit.gradcache.cached_backward` in chunks;
 - ``hard_class``: batches from a :class:`~tripletkit.samplers.HardClassPKBatchSampler`
   updated with every batch's embeddings, redrawn every ``refresh_steps`` steps (its batches
-  are drawn when an epoch starts, so the updates shape the next draw).
+  are drawn when an epoch starts, so the updates shape the next draw);
+- ``neighbour``: batches from a :class:`~tripletkit.samplers.NeighbourPKBatchSampler`,
+  refreshed (the training part re-embedded, every sample's nearest other-class neighbours
+  searched exactly) inside the training step after every ``refresh_every`` optimiser steps
+  of the setting: the refresh time is training time (``train_s``) and, amortised over the
+  period, part of the calibrated step time.
 
 **Time.** ``train_s`` counts the training steps only (fetching the batch, forward, loss,
-backward, optimiser step, sampler update), never the evaluations: at each checkpoint the
+backward, optimiser step, sampler update or refresh), never the evaluations: at each checkpoint the
 curve records the training seconds so far, which makes MAP@R against seconds a
 time-to-quality curve. A row with a time cap stops after the step at which its training
 time passes the cap, and is evaluated there.
@@ -53,10 +58,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import TensorDataset
 
 from tripletkit.gradcache import cached_backward
 from tripletkit.metrics import retrieval_metrics
-from tripletkit.samplers import HardClassPKBatchSampler, PKBatchSampler
+from tripletkit.samplers import HardClassPKBatchSampler, NeighbourPKBatchSampler, PKBatchSampler
 from tripletkit.stats import triplet_stats
 
 from .common import load_average
@@ -224,6 +230,11 @@ def make_batches(
             labels, p, k, hard_fraction=training.hard_fraction, seed=seed
         )
         batches = _epochs(sampler, training.refresh_steps)
+    elif training.kind == "neighbour":
+        sampler = NeighbourPKBatchSampler(
+            labels, p, k, hard_fraction=training.hard_fraction, seed=seed
+        )
+        batches = _epochs(sampler, None)  # a refresh redraws the rest of the epoch in place
     else:
         sampler = PKBatchSampler(labels, p, k, seed=seed)
         batches = _epochs(sampler, None)
@@ -239,8 +250,11 @@ def make_step(
     criterion: nn.Module,
     optimizer: torch.optim.Optimizer,
     sampler: Any,
+    refresh: Callable[[], None] | None = None,
+    refresh_every: int | None = None,
 ) -> StepFn:
-    """``step(images, labels) -> detached loss``: one optimiser step of the row."""
+    """``step(images, labels) -> detached loss``: one optimiser step of the row; with
+    ``refresh``, followed by ``refresh()`` after every ``refresh_every`` steps."""
     if training.kind == "large_batch":
 
         def large(images: Tensor, labels: Tensor) -> Tensor:
@@ -251,6 +265,7 @@ def make_step(
 
         return large
     update = sampler.update if training.kind == "hard_class" else None
+    done = [0]
 
     def plain(images: Tensor, labels: Tensor) -> Tensor:
         embeddings = model(images)
@@ -260,6 +275,9 @@ def make_step(
         optimizer.step()
         if update is not None:
             update(embeddings.detach(), labels)
+        done[0] += 1
+        if refresh is not None and refresh_every and done[0] % refresh_every == 0:
+            refresh()
         return loss.detach()
 
     return plain
@@ -311,8 +329,9 @@ def _loss_series(losses: list[float]) -> tuple[list[float], int]:
 
 @dataclass
 class RunSetup:
-    """A run ready to train: network, criterion, ``step(images, labels)``, batches, and
-    the run's steps and batch size."""
+    """A run ready to train: network, criterion, ``step(images, labels)``, batches, the
+    run's steps and batch size, its sampler, and a neighbour-sampler row's ``refresh()``
+    (which ``step`` calls every ``refresh_every`` steps)."""
 
     model: nn.Module
     criterion: nn.Module
@@ -320,6 +339,10 @@ class RunSetup:
     batches: Iterator[Tensor]
     steps: int
     batch_size: int
+    optimizer: torch.optim.Optimizer | None = None
+    sampler: Any = None
+    refresh: Callable[[], None] | None = None
+    refresh_every: int | None = None
 
 
 def setup_run(
@@ -336,9 +359,38 @@ def setup_run(
     params = [*model.parameters(), *criterion.parameters()]
     optimizer = torch.optim.Adam(params, lr=float(setting["lr"]))
     sampler, batches = make_batches(strategy.training, task.train_y, p, plan.k, seed)
-    step = make_step(strategy.training, model, criterion, optimizer, sampler)
+    refresh: Callable[[], None] | None = None
+    every = None
+    if strategy.training.kind == "neighbour":
+        every = refresh_period(strategy, setting)
+        train_set = TensorDataset(task.train_x, task.train_y)
+
+        def refresh_sampler() -> None:
+            sampler.refresh(model, train_set, batch_size=1024)
+            model.train()
+
+        refresh = refresh_sampler
+
+    step = make_step(strategy.training, model, criterion, optimizer, sampler, refresh, every)
     model.train()
-    return RunSetup(model, criterion, step, batches, steps, min(p, task.train_classes) * plan.k)
+    return RunSetup(
+        model,
+        criterion,
+        step,
+        batches,
+        steps,
+        min(p, task.train_classes) * plan.k,
+        optimizer,
+        sampler,
+        refresh,
+        every,
+    )
+
+
+def refresh_period(strategy: Strategy, setting: Setting) -> int:
+    """Steps between two refreshes of a neighbour-sampler row: the setting's
+    ``refresh_every``, else the row's default (:attr:`Training.refresh_steps`)."""
+    return max(1, round(float(setting.get("refresh_every", strategy.training.refresh_steps))))
 
 
 def train_run(
@@ -469,10 +521,14 @@ def calibrate(
     fetch, forward, loss, backward, optimiser step, sampler update), after one untimed
     step, and for a memory row after as many untimed steps as fill its memory, at most the
     run's steps (with the memory in use from the first step). Touches no other run (every run reseeds).
+    A neighbour-sampler row also times one refresh (after the warm steps, so that the timed
+    steps draw mined batches) and adds its share ``refresh_s / refresh_every`` to every timed
+    step: its step time is the amortised cost of training with refreshes.
 
     Returns:
         ``step_s`` (every timed step), ``median_s``, ``q1_s``, ``q3_s``, ``min_s``,
-        ``max_s``, ``warm_steps`` and ``repeats``.
+        ``max_s``, ``warm_steps`` and ``repeats``; a neighbour-sampler row adds
+        ``refresh_s``, ``refresh_every`` and ``step_s_without_refresh``.
     """
     with deterministic():
         run = setup_run(strategy, setting, seed, task, plan)
@@ -483,12 +539,25 @@ def calibrate(
             fill = -(-strategy.training.memory_size // max(1, run.batch_size))
             warm += min(fill, run.steps)
         times = []
+        extra: dict[str, Any] = {}
+        step = run.step
+        if run.refresh is not None and run.refresh_every:
+            # the same step without its own refreshes: the refresh is timed once, below
+            step = make_step(strategy.training, run.model, run.criterion, run.optimizer, None)
         for i in range(warm + repeats):
+            if i == warm and run.refresh is not None and run.refresh_every:
+                t0 = time.perf_counter()
+                run.refresh()
+                extra["refresh_s"] = time.perf_counter() - t0
+                extra["refresh_every"] = run.refresh_every
             t0 = time.perf_counter()
             idx = next(run.batches)
-            run.step(task.train_x[idx], task.train_y[idx])
+            step(task.train_x[idx], task.train_y[idx])
             if i >= warm:
                 times.append(time.perf_counter() - t0)
+    if extra:
+        extra["step_s_without_refresh"] = times
+        times = [t + extra["refresh_s"] / extra["refresh_every"] for t in times]
     q = torch.tensor(times, dtype=torch.float64).quantile(
         torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)
     )
@@ -501,6 +570,7 @@ def calibrate(
         "max_s": max(times),
         "warm_steps": warm,
         "repeats": repeats,
+        **extra,
     }
 
 

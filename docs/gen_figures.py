@@ -296,6 +296,277 @@ def _neighbours_summary(results: list[Mapping[str, Any]]) -> str | None:
     return "*" + "; ".join(parts) + ".*"
 
 
+# ----------------------------------------------------------------------------------------
+# Streaming losses (issue 18): the docs' table and the README's "memory at N = 65,536"
+# column; the 1M x 1M neighbour-search bound (issue 20).
+
+STREAMING_N = 65536
+STREAMING_K = 8
+#: The README speed table's rows that are tripletkit losses, by the streaming row's kind.
+STREAMING_KIND = {
+    "batch_all[numba]": "batch_all",
+    "batch_hard[numba]": "batch_hard",
+    "semi_hard[numba]": "semi_hard",
+}
+
+
+def _streaming_row(
+    data: Mapping[str, Any], kind: str, n: int, backend: str
+) -> Mapping[str, Any] | None:
+    for r in data.get("memory", []):
+        if (r.get("kind"), r.get("n"), r.get("m"), r.get("backend")) == (kind, n, None, backend):
+            return None if "error" in r else r
+    return None
+
+
+def streaming_fragment(data: Mapping[str, Any]) -> str:
+    """The streaming benchmark's memory table (every row of the file) and time table."""
+    cfg = data.get("config", {})
+    rows = []
+    for r in data.get("memory", []):
+        if "error" in r:
+            continue
+        m = r.get("m")
+        commit = str(r["git_commit"])[:7] if r.get("git_commit") else ""
+        rows.append(
+            [
+                r["kind"].replace("_", "-"),
+                f"{r['n']:,}",
+                f"{m:,}" if m else "",
+                r["backend"],
+                report.format_bytes(r["extra_peak_bytes"]),
+                report.format_bytes(r["n"] * (m or r["n"]) * 4),
+                f"{r['cpu_s']:,.1f} s" if "cpu_s" in r else "",
+                f"{r['load_average_1m']:.1f}" if "load_average_1m" in r else "",
+                commit or ("see note" if r.get("note") else "default run"),
+            ]
+        )
+    memory = report.md_table(
+        [
+            "loss",
+            "N",
+            "M (references)",
+            "backend",
+            "extra peak",
+            "N × M float32",
+            "CPU time",
+            "load (1 min)",
+            "commit",
+        ],
+        rows,
+        "lrrlrrrrl",
+    )
+    times = []
+    for r in data.get("time", []):
+        if "error" in r:
+            continue
+        times.append(
+            [
+                r["kind"].replace("_", "-"),
+                f"{r['n']:,}",
+                f"{r['numba']['cpu_median_s']:.2f} s",
+                f"{r['streaming']['cpu_median_s']:.2f} s",
+                f"×{r['cpu_ratio']:.2f}",
+                f"×{r['ratio']:.2f}",
+            ]
+        )
+    time_table = report.md_table(
+        ["loss", "N", "in-memory CPU", "streaming CPU", "CPU ratio", "wall ratio"],
+        times,
+        "lrrrrr",
+    )
+    targets = []
+    for name, t in data.get("targets", {}).items():
+        if t == "N/A":
+            targets.append(f"- [not measured] {name}")
+        elif isinstance(t, Mapping):
+            verdict = "PASS" if t.get("passed") else "FAIL"
+            value = (
+                f"extra peak {t['extra_peak_mib']:.0f} MiB (target ≤ 256 MiB)"
+                if "extra_peak_mib" in t
+                else f"streaming / in-memory median {t.get('ratio', 0):.2f} (target ≤ 2)"
+            )
+            targets.append(f"- [{verdict}] {name}: {value}")
+    notes = sorted({r["note"] for r in data.get("memory", []) if r.get("note")})
+    parts = [
+        f"*Forward + backward, {cfg.get('d', '?')}-d {cfg.get('dtype', '')} embeddings, "
+        f"P×K labels with K = {cfg.get('k', '?')}; extra peak: peak RSS during the call minus "
+        f"the RSS before it (inputs resident, `x.grad` counted); {_machine(data)}. Memory "
+        "does not depend on the machine's load; times do (a shared 2-core machine): compare "
+        "CPU times, and read the wall ratio as indicative.*",
+        memory,
+        "Time at the target's size (median of alternating calls, same inputs):",
+        time_table,
+        "Targets of issue 18 checked from these rows:\n\n" + "\n".join(targets),
+    ]
+    parts += [f"*Merged rows: {n.rstrip('.')}.*" for n in notes]
+    return "\n\n".join(parts) + "\n"
+
+
+def streaming_memory_cells(
+    names: list[str], streaming: Mapping[str, Any] | None, n: int = STREAMING_N
+) -> tuple[list[str], list[str]]:
+    """The README speed table's "memory at N = 65,536" cell of each row in ``names``, and
+    the footnotes they cite. tripletkit's losses: the streaming path's measured extra peak
+    (the CPU default switches to it above the memory budget) and, computed, what the
+    in-memory numba path would need (its extra peak per N × N matrix measured at the
+    largest N it ran, times the N × N float32 matrix at ``n``); the peer: its memory
+    estimate (:func:`benchmarks.registry.pml_all_memory`), computed."""
+    import torch
+
+    from benchmarks import registry
+
+    cells, notes, measured_at = [], [], set()
+    matrix = n * n * 4
+    for name in names:
+        kind = STREAMING_KIND.get(name)
+        if kind is not None and streaming is not None:
+            row = _streaming_row(streaming, kind, n, "streaming")
+            measured = (
+                f"{report.format_bytes(row['extra_peak_bytes'])} streaming (measured)"
+                if row
+                else "streaming: not measured yet"
+            )
+            sizes = sorted(
+                r["n"]
+                for r in streaming.get("memory", [])
+                if (r.get("kind"), r.get("m"), r.get("backend")) == (kind, None, "numba")
+                and "error" not in r
+            )
+            in_memory = ""
+            if sizes:
+                ref = _streaming_row(streaming, kind, sizes[-1], "numba")
+                assert ref is not None
+                ratio = ref["extra_peak_bytes"] / (sizes[-1] ** 2 * 4)
+                measured_at.add(f"{sizes[-1]:,}")
+                in_memory = f"; in memory ~{report.format_bytes(ratio * matrix)} (computed¹)"
+            cells.append(measured + in_memory)
+        elif name == "pml_all":
+            labels = torch.arange(n // STREAMING_K).repeat_interleave(STREAMING_K)
+            need = registry.pml_all_memory(n, labels)
+            cells.append(f"~{need / 2**40:,.0f} TiB (computed²)")
+        else:
+            cells.append("—")
+    if any("¹" in c for c in cells):
+        notes.append(
+            f"¹ Computed, not run: the in-memory path's extra peak per {n:,} × {n:,} float32 "
+            f"matrix ({report.format_bytes(matrix)}) as measured at N = "
+            f"{' / '.join(sorted(measured_at))}; above the "
+            "memory budget (`tripletkit.set_memory_budget`) the CPU default switches to the "
+            "streaming path, which was measured."
+        )
+    if any("²" in c for c in cells):
+        notes.append(
+            "² Computed, not run: pytorch-metric-learning lists every valid triplet "
+            "(~120 bytes each, `benchmarks.registry.pml_all_memory`): "
+            f"{n:,} × 7 × {n - STREAMING_K:,} triplets at K = {STREAMING_K}."
+        )
+    return cells, notes
+
+
+def neighbours_bound_fragment(data: Mapping[str, Any] | None) -> str | None:
+    """The 1M x 1M bound of ``neighbours.json``'s ``steady_state`` entry, as a table row
+    and its explanation (a bound from measured points, labelled as such)."""
+    entry = (data or {}).get("steady_state")
+    if not entry or "error" in entry:
+        return None
+    points = entry["points"]
+    rows = [
+        [
+            f"{p['n']:,}",
+            f"torch, {p['queries']:,} queries ({p['query_chunks']} chunks of {p['chunk_rows']})",
+            f"{p['search_cpu_s']:,.1f} s",
+            report.format_bytes(p["search_extra_peak_bytes"]),
+            "measured",
+        ]
+        for p in points
+    ]
+    n = entry["n"]
+    rows.append(
+        [
+            f"{n:,}",
+            f"torch, all {n:,} queries",
+            "",
+            f"≤ {report.format_bytes(entry['bound_extra_peak_bytes'])}",
+            "bound: measured steady-state peak + exact output bytes",
+        ]
+    )
+    table = report.md_table(
+        ["N (references)", "search", "search CPU", "search extra peak", "figure"], rows, "llrrl"
+    )
+    verdict = "within" if entry["passed"] else "above"
+    return (
+        table
+        + "\n\n"
+        + f"*The full {n:,} × {n:,} search was not run (~24,000 CPU-s on one core). The "
+        f"torch path keeps only the `[Q, k]` results across query chunks (everything a chunk "
+        f"allocates is released before the next), so its extra peak is a constant working "
+        f"memory plus the results: measured with {points[0]['queries']:,} and "
+        f"{points[1]['queries']:,} queries, the peak changed by "
+        f"{entry['growth_measured_bytes'] / 2**20:+.1f} MiB (their results and query "
+        f"indices: {entry['growth_outputs_bytes'] / 2**20:+.2f} MiB). The bound for all "
+        f"{n:,} queries is the larger measured peak + the results at {n:,} queries counted "
+        f"twice ({entry['output_bytes_per_query']} bytes per query; returned results are "
+        f"clones) + the int64 query indices: "
+        f"{report.format_bytes(entry['bound_extra_peak_bytes'])}, {verdict} the 1 GiB "
+        f"target (the full distance matrix would be "
+        f"{entry['full_matrix_bytes'] / 10**12:.0f} TB).*\n"
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# The quality benchmark's declared rows and their searches (benchmarks/strategies.py)
+
+
+def _values(settings: list[dict[str, Any]], key: str) -> str:
+    values = sorted({s[key] for s in settings if key in s}, key=lambda v: (str(type(v)), v))
+    if all(isinstance(v, bool) for v in values):
+        return "/".join("L2" if v else "raw" for v in values)
+    return " / ".join(f"{v:g}" for v in values)
+
+
+def rows_fragment() -> str:
+    """Every row the quality benchmark declares (:data:`benchmarks.strategies.STRATEGIES`),
+    with how it trains and what its search covers: generated from the declarations, so the
+    protocol page lists exactly the rows the code searches."""
+    from benchmarks import strategies
+
+    base_choice = {"lr": None}
+    table = []
+    for name, row in strategies.STRATEGIES.items():
+        if row.tuned:
+            settings = row.settings()
+            keys = [k for k in settings[0] if k not in ("lr", "normalize")]
+            groups = [(None, settings)]
+            if "normalize" in settings[0]:  # the other values depend on the normalisation
+                groups = [
+                    (n, [x for x in settings if x["normalize"] == n])
+                    for n in (True, False)
+                    if any(x["normalize"] == n for x in settings)
+                ]
+            space = "; ".join(
+                ("" if n is None else ("L2" if n else "raw") + (": " if keys else ""))
+                + ", ".join(f"{k} {_values(group, k)}" for k in keys)
+                for n, group in groups
+            )
+            search = f"{len(settings)} of {len(row.grid())}: lr {_values(settings, 'lr')}"
+            search += f"; {space}" if space else ""
+        else:
+            settings = row.settings_from(base_choice)
+            extra = [k for k in settings[0] if k != "lr"]
+            search = f"{len(settings)} from `{row.base}`'s choice: lr {_values(settings, 'lr')}"
+            search += "".join(f" × {k} {_values(settings, k)}" for k in extra)
+        table.append([f"`{name}`", row.family, row.training.kind.replace("_", " "), search])
+    text = report.md_table(["row", "family", "training", "searched settings"], table, "llll")
+    return (
+        f"*{len(strategies.STRATEGIES)} rows declared in `benchmarks/strategies.py`; a row's "
+        "search is at most "
+        f"{strategies.ROW_BUDGET} settings (a seeded subset holding every value of a larger "
+        "grid); an add-on row starts from its base row's choice; a choice at an edge of its "
+        "values gets one extension step.*\n\n" + text + "\n"
+    )
+
+
 def gpu_fragment(data: Mapping[str, Any] | None) -> str:
     if data is None:
         return (
@@ -374,7 +645,11 @@ def quality_facts_fragment(data: Mapping[str, Any], tuning: Mapping[str, Any] | 
     return "*Recorded in the JSON: " + "; ".join(parts) + ".*\n"
 
 
-def headline(full: Mapping[str, Any] | None, speed: Mapping[str, Any] | None) -> str:
+def headline(
+    full: Mapping[str, Any] | None,
+    speed: Mapping[str, Any] | None,
+    streaming: Mapping[str, Any] | None = None,
+) -> str:
     """The README's headline figures."""
     lines = []
     if full:
@@ -416,12 +691,18 @@ def headline(full: Mapping[str, Any] | None, speed: Mapping[str, Any] | None) ->
                 ms = 1e3 * e["median_s"]
                 time = f"{ms:.3g} ms" if ms < 1000 else f"{ms:,.0f} ms"
                 cells.append([f"`{name}`", time, f"{e['ratio_to_cdist']:.3g}×"])
+        header, notes = ["loss", "time", "× cdist"], []
+        if cells and streaming:  # issue 18's column, from streaming_cpu.json
+            memory, notes = streaming_memory_cells([c[0].strip("`") for c in cells], streaming)
+            cells = [[*c, m] for c, m in zip(cells, memory, strict=True)]
+            header.append(f"memory at N = {STREAMING_N:,}")
         if cells:
             lines.append(
                 f"\nSpeed, forward + backward at N = {n:,} on {_machine(speed).split(',')[0]} "
                 "([all sizes and peers](docs/benchmarks/speed.md)):\n"
             )
-            lines.append(report.md_table(["loss", "time", "× cdist"], cells, "lrr"))
+            lines.append(report.md_table(header, cells, "lrrl"[: len(header)]))
+            lines += ["\n" + note for note in notes]
     return "\n".join(lines) + "\n"
 
 
@@ -449,6 +730,13 @@ def generate(out: Path) -> dict[str, str]:
     found = [d for d in (_load("neighbours.json"), _load("neighbours_partial.json")) if d]
     if found:
         fragments["neighbours"] = neighbours_fragment(found)
+        bound = neighbours_bound_fragment(found[0])
+        if bound:
+            fragments["neighbours"] = f"{fragments['neighbours']}\n{bound}"
+    data = _load("streaming_cpu.json")
+    if data:
+        fragments["streaming_cpu"] = streaming_fragment(data)
+    fragments["quality_rows"] = rows_fragment()
     fragments["gpu"] = gpu_fragment(_load("gpu.json"))
     fragments["reference"] = reference_fragment(
         _load("quality.json"), _load("speed_cpu.json"), _load("quality_full.json")
@@ -461,7 +749,11 @@ def generate(out: Path) -> dict[str, str]:
             (out / f"{name}.md").write_text(text)
     for png in sorted(RESULTS.glob("*.png")):
         shutil.copyfile(png, out / png.name)
-    return {"README": headline(_load("quality_full.json"), _load("speed_cpu.json"))}
+    return {
+        "README": headline(
+            _load("quality_full.json"), _load("speed_cpu.json"), _load("streaming_cpu.json")
+        )
+    }
 
 
 def with_block(readme: str, block: str) -> str:

@@ -589,3 +589,27 @@ def test_training_resumed_after_one_and_a_half_epochs_is_bit_identical() -> None
     # the run did change the parameters, and refreshes did change the batches
     untrained, _ = _train(0)
     assert not torch.equal(untrained["weight"], full["weight"])
+
+
+# ----------------------------------------------------------------------------------------
+# The 1M x 1M bound of benchmarks/neighbours.py --steady-state (issue 20)
+
+
+def test_steady_state_bound_adds_the_outputs_to_the_measured_peak() -> None:
+    from benchmarks import neighbours as bench
+
+    per_query = bench.output_bytes_per_query(bench.NUM_NEGATIVES)
+    assert per_query == 8 * (8 + 4)  # int64 indices + float32 distances, 8 negatives
+    points = [
+        {"queries": 2000, "search_extra_peak_bytes": 300 << 20},
+        {"queries": 4000, "search_extra_peak_bytes": 301 << 20},
+    ]
+    entry = bench.steady_state_bound(points, 10**6)
+    outputs = 10**6 * per_query
+    assert entry["bound_extra_peak_bytes"] == (301 << 20) + 2 * outputs + 8 * 10**6
+    assert entry["growth_measured_bytes"] == 1 << 20
+    assert entry["growth_outputs_bytes"] == 2000 * (per_query + 8)
+    assert entry["passed"] and "bound" in entry["what"]
+    assert "error" in bench.steady_state_bound(points[:1], 10**6)
+    big = [{**p, "search_extra_peak_bytes": 1 << 30} for p in points]
+    assert not bench.steady_state_bound(big, 10**6)["passed"]
