@@ -3,8 +3,10 @@
 Same functions, same contract and same results as :mod:`tripletkit.kernels.torch_backend`
 (read its docstring first), on zero-copy numpy views instead of tensors: ``dist`` is a
 C-contiguous float32 or float64 ``[N, M]`` array, ``labels``, ``ref_labels`` and
-``self_index`` are int64. The dispatcher in :mod:`tripletkit.kernels` converts to and from
-tensors.
+``self_index`` are int64 (or, for a mask relation, ``labels`` and ``ref_labels`` are the
+positive and negative bool masks ``[N, M]``: each anchor then reads its two mask rows where
+it would compare labels, see :func:`_relation`). The dispatcher in :mod:`tripletkit.kernels`
+converts to and from tensors.
 
 Layout of this module: thin Python wrappers (input checks, dtype handling, empty inputs,
 region names) at the bottom call module-level ``@numba.njit`` kernels. Every parallel kernel
@@ -33,7 +35,8 @@ import math
 
 import numba
 import numpy as np
-from numba import prange
+from numba import prange, types
+from numba.extending import overload
 
 from .torch_backend import REGIONS
 
@@ -59,18 +62,36 @@ _VALID, _ACTIVE, _ALL, _HARD, _SEMIHARD, _EASY = (REGIONS.index(r) for r in _KER
 _SEMI_HARD_ROWS = len(REGIONS)
 
 # Explicit signatures of the parallel kernels, for the float32 and float64 distance matrices
-# the wrappers hand them (C-contiguous; labels and indices int64): both are compiled, or
-# loaded from numba's on-disk cache, when this module is first imported, so no call pays a
-# compilation for its dtype.
+# the wrappers hand them (C-contiguous; labels and indices int64) and for both kinds of
+# relation (class labels, or the positive and negative masks of a mask relation): all are
+# compiled, or loaded from numba's on-disk cache, when this module is first imported, so no
+# call pays a compilation for its dtype.
 _INDEX = numba.int64[::1]
 _FLOATS = (numba.float32, numba.float64)
+_MASK = numba.boolean[:, ::1]
+#: The types of ``labels`` and ``ref_labels``: class labels ``[N]``, ``[M]`` or masks ``[N, M]``.
+_RELATIONS = ((_INDEX, _INDEX), (_MASK, _MASK))
 
 
 def _signatures(*args: object) -> list:
-    """One ``void(...)`` signature per float type; ``"f"`` stands for the float scalar and
-    ``"F"`` for the C-contiguous float matrix."""
+    """One ``void(...)`` signature per float type and kind of relation; ``"f"`` stands for
+    the float scalar, ``"F"`` for the C-contiguous float matrix, ``"L"`` and ``"R"`` for
+    the relation (``labels`` and ``ref_labels``)."""
+    kinds = {"L": 0, "R": 1}
     return [
-        numba.void(*(f if a == "f" else f[:, ::1] if a == "F" else a for a in args))
+        numba.void(
+            *(
+                f
+                if a == "f"
+                else f[:, ::1]
+                if a == "F"
+                else rel[kinds[a]]
+                if isinstance(a, str) and a in kinds
+                else a
+                for a in args
+            )
+        )
+        for rel in _RELATIONS
         for f in _FLOATS
     ]
 
@@ -79,6 +100,50 @@ _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 # Up to this many sorted values, _rank counts instead of bisecting.
 _LINEAR_RANK_MAX = 16
+
+
+# ---------------------------------------------------------------------------------------------
+# The relation of one anchor: ``(label, ref_labels)`` is the anchor's label and the
+# references' labels, or the anchor's rows of the positive and negative masks. The helpers
+# below are chosen when a kernel is compiled (numba overloads), so the class-label path runs
+# exactly the comparisons it always did.
+# ---------------------------------------------------------------------------------------------
+
+
+def _relation(labels, ref_labels, a):  # pragma: no cover - replaced by the overload in numba
+    raise NotImplementedError
+
+
+def _is_pos(label, ref_labels, j):  # pragma: no cover - replaced by the overload in numba
+    raise NotImplementedError
+
+
+def _is_neg(label, ref_labels, j):  # pragma: no cover - replaced by the overload in numba
+    raise NotImplementedError
+
+
+@overload(_relation, jit_options={"cache": True})
+def _relation_impl(labels, ref_labels, a):
+    """Anchor ``a``'s relation: ``(labels[a], ref_labels)`` or its two mask rows."""
+    if ref_labels.ndim == 2:
+        return lambda labels, ref_labels, a: (labels[a], ref_labels[a])
+    return lambda labels, ref_labels, a: (labels[a], ref_labels)
+
+
+@overload(_is_pos, jit_options={"cache": True})
+def _is_pos_impl(label, ref_labels, j):
+    """Whether reference ``j`` shares the anchor's label (own column not excluded)."""
+    if isinstance(label, types.Array):
+        return lambda label, ref_labels, j: label[j]
+    return lambda label, ref_labels, j: ref_labels[j] == label
+
+
+@overload(_is_neg, jit_options={"cache": True})
+def _is_neg_impl(label, ref_labels, j):
+    """Whether reference ``j`` is a negative of the anchor."""
+    if isinstance(label, types.Array):
+        return lambda label, ref_labels, j: ref_labels[j]
+    return lambda label, ref_labels, j: ref_labels[j] != label
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,12 +157,12 @@ def _positives(label, ref_labels, own):
     m = ref_labels.shape[0]
     count = 0
     for j in range(m):
-        if ref_labels[j] == label and j != own:
+        if _is_pos(label, ref_labels, j) and j != own:
             count += 1
     cols = np.empty(count, dtype=np.int64)
     count = 0
     for j in range(m):
-        if ref_labels[j] == label and j != own:
+        if _is_pos(label, ref_labels, j) and j != own:
             cols[count] = j
             count += 1
     return cols
@@ -108,7 +173,7 @@ def _count_negatives(label, ref_labels):
     """Number of references whose label differs from ``label``."""
     k = 0
     for j in range(ref_labels.shape[0]):
-        if ref_labels[j] != label:
+        if _is_neg(label, ref_labels, j):
             k += 1
     return k
 
@@ -145,7 +210,7 @@ def _sorted_negatives(row, label, ref_labels):
     vals = np.empty(k, dtype=row.dtype)
     k = 0
     for j in range(m):
-        if ref_labels[j] != label:
+        if _is_neg(label, ref_labels, j):
             cols[k] = j
             vals[k] = row[j]
             k += 1
@@ -204,7 +269,7 @@ def _hinge_anchor(row, label, ref_labels, own, margin, g):
     k = 0
     active = 0
     for j in range(ref_labels.shape[0]):
-        if ref_labels[j] != label:
+        if _is_neg(label, ref_labels, j):
             v = row[j]
             r = _rank(tsorted, v, True)
             k += 1
@@ -249,7 +314,7 @@ def _soft_anchor(row, label, ref_labels, own, margin, g):
     total = 0.0
     k = 0
     for j in range(ref_labels.shape[0]):
-        if ref_labels[j] != label:
+        if _is_neg(label, ref_labels, j):
             v = np.float64(row[j])
             k += 1
             gneg = 0.0
@@ -267,8 +332,8 @@ def _soft_anchor(row, label, ref_labels, own, margin, g):
 @numba.njit(
     _signatures(
         "F",
-        _INDEX,
-        _INDEX,
+        "L",
+        "R",
         _INDEX,
         "f",
         numba.boolean,
@@ -284,14 +349,13 @@ def _batch_all_kernel(dist, labels, ref_labels, self_index, margin, soft, grad, 
     into ``totals[a]``, its numbers of valid and active triplets into ``counts[a]`` (active:
     hinge only) and its gradient into row ``a`` of ``grad`` (zero on entry)."""
     for a in prange(dist.shape[0]):
+        label, refs = _relation(labels, ref_labels, a)
         if soft:
-            total, valid = _soft_anchor(
-                dist[a], labels[a], ref_labels, self_index[a], margin, grad[a]
-            )
+            total, valid = _soft_anchor(dist[a], label, refs, self_index[a], margin, grad[a])
             active = 0
         else:
             total, valid, active = _hinge_anchor(
-                dist[a], labels[a], ref_labels, self_index[a], margin, grad[a]
+                dist[a], label, refs, self_index[a], margin, grad[a]
             )
         totals[a] = total
         counts[a, 0] = valid
@@ -311,21 +375,28 @@ def _hard_anchor(row, label, ref_labels, own):
     best_n = -1
     for j in range(ref_labels.shape[0]):
         v = row[j]
-        if ref_labels[j] == label:
+        if _is_pos(label, ref_labels, j):
             if j != own and (best_p < 0 or v > row[best_p]):
                 best_p = j
-        elif best_n < 0 or v < row[best_n]:
+        elif _is_neg(label, ref_labels, j) and (best_n < 0 or v < row[best_n]):
             best_n = j
     return best_p, best_n
 
 
-@numba.njit(_signatures("F", _INDEX, _INDEX, _INDEX, _INDEX, _INDEX), cache=True, parallel=True)
+@numba.njit(_signatures("F", "L", "R", _INDEX, _INDEX, _INDEX), cache=True, parallel=True)
 def _hard_kernel(dist, labels, ref_labels, self_index, hardest_p, hardest_n):
     """:func:`_hard_anchor` for every anchor."""
     for a in prange(dist.shape[0]):
-        p, n = _hard_anchor(dist[a], labels[a], ref_labels, self_index[a])
+        label, refs = _relation(labels, ref_labels, a)
+        p, n = _hard_anchor(dist[a], label, refs, self_index[a])
         hardest_p[a] = p
         hardest_n[a] = n
+
+
+@numba.njit(cache=True)
+def _member(label, ref_labels, j, positive):
+    """Whether reference ``j`` is a positive (``positive``) or a negative of the anchor."""
+    return _is_pos(label, ref_labels, j) if positive else _is_neg(label, ref_labels, j)
 
 
 @numba.njit(cache=True)
@@ -336,13 +407,13 @@ def _ranked_anchor(row, label, ref_labels, own, positive, lo, hi, out):
     m = ref_labels.shape[0]
     count = 0
     for j in range(m):
-        if (ref_labels[j] == label) == positive and j != own:
+        if _member(label, ref_labels, j, positive) and j != own:
             count += 1
     cols = np.empty(count, dtype=np.int64)
     keys = np.empty(count, dtype=row.dtype)
     count = 0
     for j in range(m):
-        if (ref_labels[j] == label) == positive and j != own:
+        if _member(label, ref_labels, j, positive) and j != own:
             cols[count] = j
             keys[count] = -row[j] if positive else row[j]
             count += 1
@@ -352,21 +423,18 @@ def _ranked_anchor(row, label, ref_labels, own, positive, lo, hi, out):
 
 
 @numba.njit(
-    [
-        numba.void(
-            f[:, ::1],
-            _INDEX,
-            _INDEX,
-            _INDEX,
-            numba.int64,
-            numba.int64,
-            numba.int64,
-            numba.int64,
-            numba.int64[:, ::1],
-            numba.int64[:, ::1],
-        )
-        for f in _FLOATS
-    ],
+    _signatures(
+        "F",
+        "L",
+        "R",
+        _INDEX,
+        numba.int64,
+        numba.int64,
+        numba.int64,
+        numba.int64,
+        numba.int64[:, ::1],
+        numba.int64[:, ::1],
+    ),
     cache=True,
     parallel=True,
 )
@@ -374,9 +442,10 @@ def _ranked_kernel(dist, labels, ref_labels, self_index, p_lo, p_hi, n_lo, n_hi,
     """:func:`_ranked_anchor` for every anchor, its positives and its negatives."""
     for a in prange(dist.shape[0]):
         own = self_index[a]
-        _ranked_anchor(dist[a], labels[a], ref_labels, own, True, p_lo, p_hi, out_p[a])
+        label, refs = _relation(labels, ref_labels, a)
+        _ranked_anchor(dist[a], label, refs, own, True, p_lo, p_hi, out_p[a])
         # a negative is never the anchor's own column (same label); -2 matches no column
-        _ranked_anchor(dist[a], labels[a], ref_labels, -2, False, n_lo, n_hi, out_n[a])
+        _ranked_anchor(dist[a], label, refs, -2, False, n_lo, n_hi, out_n[a])
 
 
 @numba.njit(cache=True)
@@ -397,9 +466,9 @@ def _semi_hard_anchor(row, label, ref_labels, own, fill, out_p, out_n):
         npos = 0
         nneg = 0
         for j in range(m):
-            if ref_labels[j] != label:
+            if _is_neg(label, ref_labels, j):
                 nneg += 1
-            elif j != own:
+            elif j != own and _is_pos(label, ref_labels, j):
                 npos += 1
         return npos if nneg > 0 else 0
     npos = out_p.shape[0]
@@ -409,7 +478,7 @@ def _semi_hard_anchor(row, label, ref_labels, own, fill, out_p, out_n):
     dap = np.empty(npos, dtype=row.dtype)
     i = 0
     for j in range(m):
-        if ref_labels[j] == label and j != own:
+        if _is_pos(label, ref_labels, j) and j != own:
             pcols[i] = j
             dap[i] = row[j]
             i += 1
@@ -418,7 +487,7 @@ def _semi_hard_anchor(row, label, ref_labels, own, fill, out_p, out_n):
     bucket = np.full(npos + 1, -1, dtype=np.int64)
     largest = -1
     for j in range(m):
-        if ref_labels[j] != label:
+        if _is_neg(label, ref_labels, j):
             v = row[j]
             if largest < 0 or v > row[largest]:
                 largest = j
@@ -465,8 +534,8 @@ def _region_anchor(row, label, ref_labels, own, margin, region, fill, out_p, out
 @numba.njit(
     _signatures(
         "F",
-        _INDEX,
-        _INDEX,
+        "L",
+        "R",
         _INDEX,
         "f",
         numba.int64,
@@ -494,14 +563,14 @@ def _rows_kernel(
             if stop == start:
                 continue
         row = dist[a]
-        label = labels[a]
+        label, refs = _relation(labels, ref_labels, a)
         own = self_index[a]
         p = out_p[start:stop]
         n = out_n[start:stop]
         if mode == _SEMI_HARD_ROWS:
-            count = _semi_hard_anchor(row, label, ref_labels, own, fill, p, n)
+            count = _semi_hard_anchor(row, label, refs, own, fill, p, n)
         else:
-            count = _region_anchor(row, label, ref_labels, own, margin, mode, fill, p, n)
+            count = _region_anchor(row, label, refs, own, margin, mode, fill, p, n)
         if fill:
             for i in range(start, stop):
                 out_a[i] = a
@@ -538,7 +607,7 @@ def _counts_anchor(row, label, ref_labels, own, margin):
     hard = 0
     not_easy = 0
     for j in range(ref_labels.shape[0]):
-        if ref_labels[j] != label:
+        if _is_neg(label, ref_labels, j):
             v = row[j]
             k += 1
             hard += npos - _rank(lower, v, False)
@@ -546,13 +615,12 @@ def _counts_anchor(row, label, ref_labels, own, margin):
     return npos * k, npos * k - not_easy, hard
 
 
-@numba.njit(
-    _signatures("F", _INDEX, _INDEX, _INDEX, "f", numba.int64[:, ::1]), cache=True, parallel=True
-)
+@numba.njit(_signatures("F", "L", "R", _INDEX, "f", numba.int64[:, ::1]), cache=True, parallel=True)
 def _counts_kernel(dist, labels, ref_labels, self_index, margin, counts):
     """:func:`_counts_anchor` for every anchor, into ``counts[a]``."""
     for a in prange(dist.shape[0]):
-        valid, easy, hard = _counts_anchor(dist[a], labels[a], ref_labels, self_index[a], margin)
+        label, refs = _relation(labels, ref_labels, a)
+        valid, easy, hard = _counts_anchor(dist[a], label, refs, self_index[a], margin)
         counts[a, 0] = valid
         counts[a, 1] = easy
         counts[a, 2] = hard
@@ -573,9 +641,18 @@ def _inputs(
     if dist.ndim != 2:
         raise ValueError(f"dist must be 2-D [N, M], got shape {dist.shape}")
     n, m = dist.shape
+    self_index = np.ascontiguousarray(self_index, dtype=np.int64)
+    if np.ndim(labels) == 2:  # a mask relation: the positive and negative masks [N, M]
+        labels = np.ascontiguousarray(labels, dtype=np.bool_)
+        ref_labels = np.ascontiguousarray(ref_labels, dtype=np.bool_)
+        if labels.shape != (n, m) or ref_labels.shape != (n, m) or self_index.shape != (n,):
+            raise ValueError(
+                f"dist is {n} x {m} but the masks and self_index have shapes "
+                f"{labels.shape}, {ref_labels.shape} and {self_index.shape}"
+            )
+        return np.ascontiguousarray(dist), labels, ref_labels, self_index
     labels = np.ascontiguousarray(labels, dtype=np.int64)
     ref_labels = np.ascontiguousarray(ref_labels, dtype=np.int64)
-    self_index = np.ascontiguousarray(self_index, dtype=np.int64)
     if labels.shape != (n,) or self_index.shape != (n,) or ref_labels.shape != (m,):
         raise ValueError(
             f"dist is {n} x {m} but labels, ref_labels and self_index have shapes "
