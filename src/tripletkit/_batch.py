@@ -236,7 +236,7 @@ def _remembered_width(b: Batch, memory: WidthMemory) -> int | None:
 
 def prepare(
     embeddings: Tensor,
-    labels: Tensor | None,
+    labels: Tensor | _masks.GivenMasks | None,
     *,
     ref_embeddings: Tensor | None = None,
     ref_labels: Tensor | None = None,
@@ -279,6 +279,9 @@ def prepare(
     elif max_positives is not None and memory is None:
         max_positives = check_nonnegative_int(max_positives, "max_positives")
     checks = DeviceChecks()
+    if isinstance(labels, _masks.GivenMasks):
+        positive_mask, negative_mask = labels  # type: ignore[assignment]
+        labels = None
     given_masks = positive_mask is not None or negative_mask is not None
     if given_masks:
         if labels is not None or ref_labels is not None:

@@ -25,18 +25,43 @@ is built by broadcasting or one matrix product, without a host synchronisation.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "GivenMasks",
     "check_masks",
     "drop_own",
+    "given_masks",
     "is_mask_relation",
     "multi_hot_masks",
     "pair_masks",
     "self_index",
 ]
+
+
+class GivenMasks(NamedTuple):
+    """A function form's ``positive_mask`` / ``negative_mask``, carried in the place of its
+    ``labels`` down to :func:`~tripletkit._batch.prepare` (see :func:`given_masks`)."""
+
+    positive: object
+    negative: object
+
+
+def given_masks(labels: object, positive_mask: object, negative_mask: object) -> object:
+    """``labels``, or the masks a function form was given instead (a :class:`GivenMasks`):
+    the first line of every function form that takes ``positive_mask`` /
+    ``negative_mask``. Raises a ValueError when both labels and masks are given."""
+    if positive_mask is None and negative_mask is None:
+        return labels
+    if labels is not None:
+        raise ValueError(
+            "give labels or positive_mask/negative_mask, not both: with masks pass "
+            "labels=None (and no ref_labels)"
+        )
+    return GivenMasks(positive_mask, negative_mask)
 
 
 def self_index(n: int, device: torch.device, offset: int | None = 0) -> Tensor:

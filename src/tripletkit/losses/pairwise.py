@@ -30,6 +30,7 @@ from .._checks import (
     check_positive_real,
     check_reduction,
 )
+from .._masks import given_masks
 from ..distances import _paired_distance_unchecked
 from ..types import Pairs, Triplets
 from ._base import LossModule
@@ -69,6 +70,8 @@ def contrastive_parts(
     ref_labels: Tensor | None = None,
     anchor_offset: int | None = None,
     normalize: bool = False,
+    positive_mask: Tensor | None = None,
+    negative_mask: Tensor | None = None,
 ) -> Parts:
     """The un-reduced contrastive loss over every pair: see :func:`contrastive_loss`.
 
@@ -85,6 +88,7 @@ def contrastive_parts(
         >>> total.item(), int(n_valid), int(n_active)
         (1.0, 6, 2)
     """
+    labels = given_masks(labels, positive_mask, negative_mask)
     pos_margin = check_finite_real(pos_margin, "pos_margin")
     neg_margin = check_finite_real(neg_margin, "neg_margin")
     b = prepare(
@@ -119,6 +123,8 @@ def contrastive_loss(
     ref_labels: Tensor | None = None,
     anchor_offset: int | None = None,
     normalize: bool = False,
+    positive_mask: Tensor | None = None,
+    negative_mask: Tensor | None = None,
 ) -> Tensor:
     """Contrastive loss (Hadsell, Chopra & LeCun 2006), with a positive margin.
 
@@ -141,6 +147,14 @@ def contrastive_loss(
             ``anchor_offset : anchor_offset + N`` of the references, so the pairs of a sample
             with itself are excluded (see :func:`~tripletkit.distributed.sharded_loss`).
         normalize: L2-normalise the embeddings first.
+        positive_mask: ``[N, M]`` bool, an explicit relation given instead of labels (pass
+            ``labels=None`` and no ``ref_labels``): ``True`` marks the positives of each
+            anchor (rows) among the references (columns; the anchors themselves without a
+            reference set). Pairs in neither mask are ignored; a pair in both is a
+            ValueError (input checks on); an anchor's pair with its own sample is never
+            used. Without ``negative_mask`` the negatives are the other pairs.
+        negative_mask: ``[N, M]`` bool, the negatives (without ``positive_mask``: the
+            positives are the other pairs). See the multi-label guide.
 
     Returns:
         0-dim loss, or ``[P + Q]`` with ``reduction="none"``.
@@ -151,6 +165,7 @@ def contrastive_loss(
         >>> contrastive_loss(x, torch.tensor([0, 0, 1, 1]), reduction="sum")  # 2 x (0.5 + 4.4 + 0.9 + 0.4)
         tensor(12.4000)
     """
+    labels = given_masks(labels, positive_mask, negative_mask)
     check_reduction(reduction, REDUCTIONS)
     pos_margin = check_finite_real(pos_margin, "pos_margin")
     neg_margin = check_finite_real(neg_margin, "neg_margin")
@@ -363,6 +378,8 @@ def multi_similarity_parts(
     ref_embeddings: Tensor | None = None,
     ref_labels: Tensor | None = None,
     anchor_offset: int | None = None,
+    positive_mask: Tensor | None = None,
+    negative_mask: Tensor | None = None,
 ) -> Parts:
     """The un-reduced multi-similarity loss: see :func:`multi_similarity_loss`.
 
@@ -378,6 +395,7 @@ def multi_similarity_parts(
         >>> round(total.item(), 4), int(n_valid), int(n_active)
         (0.6378, 3, 3)
     """
+    labels = given_masks(labels, positive_mask, negative_mask)
     terms, counted = _ms_terms(
         embeddings, labels, pairs, alpha, beta, base, ref_embeddings, ref_labels, anchor_offset
     )
@@ -397,6 +415,8 @@ def multi_similarity_loss(
     ref_embeddings: Tensor | None = None,
     ref_labels: Tensor | None = None,
     anchor_offset: int | None = None,
+    positive_mask: Tensor | None = None,
+    negative_mask: Tensor | None = None,
 ) -> Tensor:
     """Multi-similarity loss (Wang, Han, Huang, Dong & Scott, CVPR 2019, "Multi-Similarity
     Loss with General Pair Weighting for Deep Metric Learning"), fused over the ``N x M``
@@ -436,6 +456,14 @@ def multi_similarity_loss(
         anchor_offset: with ``pairs=None`` and references given: the anchors are rows
             ``anchor_offset : anchor_offset + N`` of the references (their own pairs are
             excluded).
+        positive_mask: ``[N, M]`` bool, an explicit relation given instead of labels (pass
+            ``labels=None`` and no ``ref_labels``): ``True`` marks the positives of each
+            anchor (rows) among the references (columns; the anchors themselves without a
+            reference set). Pairs in neither mask are ignored; a pair in both is a
+            ValueError (input checks on); an anchor's pair with its own sample is never
+            used. Without ``negative_mask`` the negatives are the other pairs.
+        negative_mask: ``[N, M]`` bool, the negatives (without ``positive_mask``: the
+            positives are the other pairs). See the multi-label guide.
 
     Returns:
         0-dim loss, or ``[N]`` with ``reduction="none"``. Exactly 0, with a zero gradient,
@@ -452,6 +480,7 @@ def multi_similarity_loss(
         >>> multi_similarity_loss(x, torch.tensor([0, 0, 1]), reduction="none")
         tensor([0.2187, 0.3189, 0.1001])
     """
+    labels = given_masks(labels, positive_mask, negative_mask)
     check_reduction(reduction, REDUCTIONS)
     terms, counted = _ms_terms(
         embeddings, labels, pairs, alpha, beta, base, ref_embeddings, ref_labels, anchor_offset
@@ -495,6 +524,8 @@ def circle_parts(
     ref_embeddings: Tensor | None = None,
     ref_labels: Tensor | None = None,
     anchor_offset: int | None = None,
+    positive_mask: Tensor | None = None,
+    negative_mask: Tensor | None = None,
 ) -> Parts:
     """The un-reduced circle loss: see :func:`circle_loss`.
 
@@ -510,6 +541,7 @@ def circle_parts(
         >>> round(total.item(), 3), int(n_valid), int(n_active)
         (115.459, 4, 4)
     """
+    labels = given_masks(labels, positive_mask, negative_mask)
     terms, counted = _circle_terms(
         embeddings, labels, pairs, m, gamma, ref_embeddings, ref_labels, anchor_offset
     )
@@ -528,6 +560,8 @@ def circle_loss(
     ref_embeddings: Tensor | None = None,
     ref_labels: Tensor | None = None,
     anchor_offset: int | None = None,
+    positive_mask: Tensor | None = None,
+    negative_mask: Tensor | None = None,
 ) -> Tensor:
     """Circle loss with pair-wise labels (Sun, Cheng, Zhang, Zhang, Zheng, Wang & Wei, CVPR
     2020, "Circle Loss: A Unified Perspective of Pair Similarity Optimization"), fused over
@@ -561,6 +595,14 @@ def circle_loss(
         reduction: ``"mean"`` (over counted anchors), ``"sum"``, ``"mean_nonzero"``, or
             ``"none"`` (the ``[A]`` terms of the counted anchors, ascending).
         ref_embeddings, ref_labels, anchor_offset: as in :func:`multi_similarity_loss`.
+        positive_mask: ``[N, M]`` bool, an explicit relation given instead of labels (pass
+            ``labels=None`` and no ``ref_labels``): ``True`` marks the positives of each
+            anchor (rows) among the references (columns; the anchors themselves without a
+            reference set). Pairs in neither mask are ignored; a pair in both is a
+            ValueError (input checks on); an anchor's pair with its own sample is never
+            used. Without ``negative_mask`` the negatives are the other pairs.
+        negative_mask: ``[N, M]`` bool, the negatives (without ``positive_mask``: the
+            positives are the other pairs). See the multi-label guide.
 
     Returns:
         0-dim loss, or ``[A]`` with ``reduction="none"``. Exactly 0, with a zero gradient,
@@ -577,6 +619,7 @@ def circle_loss(
         >>> circle_loss(x, torch.tensor([0, 0, 1, 1]), gamma=1.0, reduction="none")
         tensor([1.0435, 1.3820, 1.0435, 1.3820])
     """
+    labels = given_masks(labels, positive_mask, negative_mask)
     check_reduction(reduction, REDUCTIONS)
     terms, counted = _circle_terms(
         embeddings, labels, pairs, m, gamma, ref_embeddings, ref_labels, anchor_offset
@@ -615,6 +658,8 @@ def supcon_parts(
     ref_embeddings: Tensor | None = None,
     ref_labels: Tensor | None = None,
     anchor_offset: int | None = None,
+    positive_mask: Tensor | None = None,
+    negative_mask: Tensor | None = None,
 ) -> Parts:
     """The un-reduced supervised contrastive loss: see :func:`supcon_loss`.
 
@@ -630,6 +675,7 @@ def supcon_parts(
         >>> round(total.item(), 4), int(n_valid), int(n_active)
         (0.9692, 2, 2)
     """
+    labels = given_masks(labels, positive_mask, negative_mask)
     terms, counted = _supcon_terms(
         embeddings, labels, pairs, temperature, ref_embeddings, ref_labels, anchor_offset
     )
@@ -647,6 +693,8 @@ def supcon_loss(
     ref_embeddings: Tensor | None = None,
     ref_labels: Tensor | None = None,
     anchor_offset: int | None = None,
+    positive_mask: Tensor | None = None,
+    negative_mask: Tensor | None = None,
 ) -> Tensor:
     """Supervised contrastive loss (Khosla, Teterwak, Wang, Sarna, Tian, Isola, Maschinot,
     Liu & Krishnan, NeurIPS 2020, "Supervised Contrastive Learning"; their L_out), fused
@@ -680,6 +728,14 @@ def supcon_loss(
         reduction: ``"mean"`` (over anchors with a positive), ``"sum"``, ``"mean_nonzero"``,
             or ``"none"`` (the ``[A]`` terms of those anchors, ascending).
         ref_embeddings, ref_labels, anchor_offset: as in :func:`multi_similarity_loss`.
+        positive_mask: ``[N, M]`` bool, an explicit relation given instead of labels (pass
+            ``labels=None`` and no ``ref_labels``): ``True`` marks the positives of each
+            anchor (rows) among the references (columns; the anchors themselves without a
+            reference set). Pairs in neither mask are ignored; a pair in both is a
+            ValueError (input checks on); an anchor's pair with its own sample is never
+            used. Without ``negative_mask`` the negatives are the other pairs.
+        negative_mask: ``[N, M]`` bool, the negatives (without ``positive_mask``: the
+            positives are the other pairs). See the multi-label guide.
 
     Returns:
         0-dim loss, or ``[A]`` with ``reduction="none"``. Exactly 0, with a zero gradient,
@@ -696,6 +752,7 @@ def supcon_loss(
         >>> supcon_loss(x, torch.tensor([0, 0, 1]), temperature=1.0, reduction="none")
         tensor([0.3711, 0.5981])
     """
+    labels = given_masks(labels, positive_mask, negative_mask)
     check_reduction(reduction, REDUCTIONS)
     terms, counted = _supcon_terms(
         embeddings, labels, pairs, temperature, ref_embeddings, ref_labels, anchor_offset

@@ -31,6 +31,7 @@ from .._checks import (
     check_rank_window,
     check_reduction,
 )
+from .._masks import given_masks
 from ..distances import _paired_distance_unchecked
 from ..kernels import triplet_region
 from ..miners.sampling import _check_generator, _per_anchor_triplets
@@ -118,8 +119,11 @@ def batch_all_parts(
     backend: str = "auto",
     max_positives: int | None = None,
     smooth: bool = False,
+    positive_mask: Tensor | None = None,
+    negative_mask: Tensor | None = None,
 ) -> Parts:
     """The un-reduced batch-all loss: see :func:`batch_all_triplet_loss`."""
+    labels = given_masks(labels, positive_mask, negative_mask)
     checked_margin = check_margin(margin)
     _, soft_margin, smooth = _check_terms(0.0, soft_margin, smooth)
     b = _batch(
@@ -154,6 +158,8 @@ def batch_all_triplet_loss(
     backend: str = "auto",
     max_positives: int | None = None,
     smooth: bool = False,
+    positive_mask: Tensor | None = None,
+    negative_mask: Tensor | None = None,
 ) -> Tensor:
     """Batch-all triplet loss over every valid triplet, without listing them.
 
@@ -195,6 +201,14 @@ max_positives`). The torch kernels size their buffers with it instead of reading
         smooth: use the smooth hinge ``softplus(d_ap - d_an + m)`` instead of the hinge
             (pytorch-metric-learning's ``smooth_loss=True``); not with ``soft_margin``.
             Every term is positive, so ``"mean_nonzero"`` is ``"mean"`` for it.
+        positive_mask: ``[N, M]`` bool, an explicit relation given instead of labels (pass
+            ``labels=None`` and no ``ref_labels``): ``True`` marks the positives of each
+            anchor (rows) among the references (columns; the anchors themselves without a
+            reference set). Pairs in neither mask are ignored; a pair in both is a
+            ValueError (input checks on); an anchor's pair with its own sample is never
+            used. Without ``negative_mask`` the negatives are the other pairs.
+        negative_mask: ``[N, M]`` bool, the negatives (without ``positive_mask``: the
+            positives are the other pairs). See the multi-label guide.
 
     Returns:
         0-dim loss tensor.
@@ -206,6 +220,7 @@ max_positives`). The torch kernels size their buffers with it instead of reading
         >>> round(loss.item(), 4)  # (0, 1, 2): 0.5 - 0.6 + 0.2 ; (1, 0, 2): 0.5 - 0.1 + 0.2
         0.7
     """
+    labels = given_masks(labels, positive_mask, negative_mask)
     check_reduction(reduction, FUSED_REDUCTIONS)
     parts = batch_all_parts(
         embeddings,
@@ -295,9 +310,12 @@ def batch_hard_parts(
     backend: str = "auto",
     max_positives: int | None = None,
     smooth: bool = False,
+    positive_mask: Tensor | None = None,
+    negative_mask: Tensor | None = None,
 ) -> Parts:
     """The un-reduced batch-hard loss (with its rank windows): see
     :func:`batch_hard_triplet_loss`."""
+    labels = given_masks(labels, positive_mask, negative_mask)
     return _mined_parts(
         *_mined(
             True,
@@ -337,6 +355,8 @@ def batch_hard_triplet_loss(
     backend: str = "auto",
     max_positives: int | None = None,
     smooth: bool = False,
+    positive_mask: Tensor | None = None,
+    negative_mask: Tensor | None = None,
 ) -> Tensor:
     """Batch-hard triplet loss (Hermans, Beyer & Leibe 2017), in O(N M).
 
@@ -358,6 +378,14 @@ def batch_hard_triplet_loss(
             data, so ``"none"`` reads it on the host: one host read, even with the input
             checks off (:func:`~tripletkit.losses._reduce.listed_terms`).
         positive_ranks, negative_ranks: hardness-rank windows ``(lo, hi)`` (0 = hardest).
+        positive_mask: ``[N, M]`` bool, an explicit relation given instead of labels (pass
+            ``labels=None`` and no ``ref_labels``): ``True`` marks the positives of each
+            anchor (rows) among the references (columns; the anchors themselves without a
+            reference set). Pairs in neither mask are ignored; a pair in both is a
+            ValueError (input checks on); an anchor's pair with its own sample is never
+            used. Without ``negative_mask`` the negatives are the other pairs.
+        negative_mask: ``[N, M]`` bool, the negatives (without ``positive_mask``: the
+            positives are the other pairs). See the multi-label guide.
 
     Returns:
         0-dim loss, or ``[T]`` with ``reduction="none"``.
@@ -368,6 +396,7 @@ def batch_hard_triplet_loss(
         >>> batch_hard_triplet_loss(x, torch.tensor([0, 0, 1, 1]), reduction="none")
         tensor([0.1000, 0.6000, 4.5000, 0.1000])
     """
+    labels = given_masks(labels, positive_mask, negative_mask)
     check_reduction(reduction, REDUCTIONS)
     terms, valid = _mined(
         True,
@@ -403,8 +432,11 @@ def semi_hard_parts(
     backend: str = "auto",
     max_positives: int | None = None,
     smooth: bool = False,
+    positive_mask: Tensor | None = None,
+    negative_mask: Tensor | None = None,
 ) -> Parts:
     """The un-reduced semi-hard loss: see :func:`semi_hard_triplet_loss`."""
+    labels = given_masks(labels, positive_mask, negative_mask)
     return _mined_parts(
         *_mined(
             False,
@@ -440,6 +472,8 @@ def semi_hard_triplet_loss(
     backend: str = "auto",
     max_positives: int | None = None,
     smooth: bool = False,
+    positive_mask: Tensor | None = None,
+    negative_mask: Tensor | None = None,
 ) -> Tensor:
     """Semi-hard triplet loss (Schroff, Kalenichenko & Philbin 2015, "FaceNet"), with the
     negative selection of TensorFlow-Addons' ``triplet_semihard_loss``.
@@ -457,6 +491,14 @@ def semi_hard_triplet_loss(
         reduction: ``"mean"`` (over those pairs), ``"sum"``, ``"mean_nonzero"``, or
             ``"none"`` (one term per pair, ordered by anchor then positive: ``[P]``; ``P``
             is read on the host, one host read even with the input checks off).
+        positive_mask: ``[N, M]`` bool, an explicit relation given instead of labels (pass
+            ``labels=None`` and no ``ref_labels``): ``True`` marks the positives of each
+            anchor (rows) among the references (columns; the anchors themselves without a
+            reference set). Pairs in neither mask are ignored; a pair in both is a
+            ValueError (input checks on); an anchor's pair with its own sample is never
+            used. Without ``negative_mask`` the negatives are the other pairs.
+        negative_mask: ``[N, M]`` bool, the negatives (without ``positive_mask``: the
+            positives are the other pairs). See the multi-label guide.
 
     Returns:
         0-dim loss, or ``[P]`` with ``reduction="none"``.
@@ -467,6 +509,7 @@ def semi_hard_triplet_loss(
         >>> semi_hard_triplet_loss(x, torch.tensor([0, 0, 1, 1]), reduction="none")
         tensor([0.1000, 0.0000, 4.0000, 0.1000])
     """
+    labels = given_masks(labels, positive_mask, negative_mask)
     check_reduction(reduction, REDUCTIONS)
     terms, valid = _mined(
         False,
@@ -517,6 +560,8 @@ def triplet_margin_loss(
     swap: bool = False,
     triplets_per_anchor: str | int = "all",
     generator: torch.Generator | None = None,
+    positive_mask: Tensor | None = None,
+    negative_mask: Tensor | None = None,
 ) -> Tensor:
     """Triplet margin loss over given triplets (Weinberger & Saul 2009; Schroff et al. 2015).
 
@@ -559,6 +604,14 @@ def triplet_margin_loss(
         generator: the random source of ``triplets_per_anchor=k``; torch's default generator
             of the embeddings' device when ``None`` (what the module form uses, as the peer
             and ``torch.nn.Dropout`` do: seed it with ``torch.manual_seed``).
+        positive_mask: ``[N, M]`` bool, an explicit relation given instead of labels (pass
+            ``labels=None`` and no ``ref_labels``): ``True`` marks the positives of each
+            anchor (rows) among the references (columns; the anchors themselves without a
+            reference set). Pairs in neither mask are ignored; a pair in both is a
+            ValueError (input checks on); an anchor's pair with its own sample is never
+            used. Without ``negative_mask`` the negatives are the other pairs.
+        negative_mask: ``[N, M]`` bool, the negatives (without ``positive_mask``: the
+            positives are the other pairs). See the multi-label guide.
 
     Returns:
         0-dim loss, or ``[T]`` with ``reduction="none"``.
@@ -572,6 +625,7 @@ def triplet_margin_loss(
         >>> triplet_margin_loss(x, y, batch_hard_triplets(x, y), reduction="none", swap=True)
         tensor([0.6000, 0.6000, 4.5000, 4.5000])
     """
+    labels = given_masks(labels, positive_mask, negative_mask)
     check_reduction(reduction, REDUCTIONS)
     margin, soft_margin, smooth = _check_terms(margin, soft_margin, smooth)
     swap = check_bool(swap, "swap")
