@@ -300,7 +300,7 @@ def random_triplets(
         matrix=False,
     )
     device = b.labels.device
-    n, m = b.labels.shape[0], b.ref_labels.shape[0]
+    n, m = b.embeddings.shape[0], b.ref_embeddings.shape[0]
     if n == 0 or m == 0:
         return Triplets.empty(device)
     pos, neg = b.masks()
