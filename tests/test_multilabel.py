@@ -11,7 +11,7 @@ import dataclasses
 import pytest
 import reference
 import torch
-from conftest import CASES, Case, check_loss, leaves_of, value_and_grads
+from conftest import CASES, VALUE_TOL, Case, check_loss, leaves_of, value_and_grads
 from torch import Tensor
 
 import tripletkit
@@ -570,3 +570,68 @@ def test_cross_batch_memory_stores_multi_hot_labels() -> None:
     restored = CrossBatchMemory(6, 3, dtype=torch.float64)
     restored.load_state_dict(memory.state_dict())
     assert torch.equal(restored.get()[1], mem_y)
+
+
+def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    from tripletkit.distributed import gather, rank_offset
+
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    try:
+        x, y = _ddp_data()
+        rows = slice(0, 3) if rank == 0 else slice(3, 8)  # unequal shards
+        leaf = x[rows].clone().requires_grad_()
+        all_x, all_y = gather(leaf, y[rows].bool())
+        loss = losses.batch_all_triplet_loss(
+            leaf,
+            y[rows],
+            reduction="sum",
+            backend="numba",
+            ref_embeddings=all_x,
+            ref_labels=all_y,
+            anchor_offset=rank_offset(3 if rank == 0 else 5),
+        )
+        loss.backward()
+        try:
+            gather(leaf.detach(), y[rows] if rank == 0 else y[rows, 0])
+            mismatch = ""
+        except ValueError as error:
+            mismatch = str(error)
+        torch.save(
+            {"y": all_y, "loss": loss.detach(), "grad": leaf.grad, "mismatch": mismatch},
+            f"{out_dir}/rank{rank}.pt",
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def _ddp_data() -> tuple[Tensor, Tensor]:
+    g = torch.Generator().manual_seed(7)
+    return torch.randn(8, 3, generator=g, dtype=torch.float64), _multi_hot(g, 8, 3, 0.4)
+
+
+@pytest.mark.slow
+def test_distributed_gather_multi_hot(tmp_path) -> None:
+    """Two gloo processes gather multi-hot labels; each replica's batch-all loss against the
+    gathered batch, summed over replicas, has the single-process value and gradient (the
+    reference), and replicas mixing class and multi-hot labels all raise."""
+    from ddp import spawn_ranks
+
+    x, y = _ddp_data()
+    losses.batch_all_triplet_loss(x, y, backend="numba")  # compile here, not in the workers
+    results = spawn_ranks(_ddp_worker, 2, tmp_path, timeout=120.0)
+    for r in results:
+        assert r["y"].dtype == torch.int64 and torch.equal(r["y"], y)
+        assert "labels' shape" in r["mismatch"]
+    leaf = x.clone().requires_grad_()
+    expected = reference.fused_loss("batch_all", leaf, y, margin=0.2, reduction="sum")
+    expected.backward()
+    total = results[0]["loss"] + results[1]["loss"]
+    torch.testing.assert_close(total, expected.detach(), **VALUE_TOL)
+    # gather's backward sums every replica's gradient into the rows' owner: the full gradient
+    grad = torch.cat([results[0]["grad"], results[1]["grad"]])
+    torch.testing.assert_close(grad, leaf.grad, **VALUE_TOL)
