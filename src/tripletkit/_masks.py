@@ -25,7 +25,7 @@ is built by broadcasting or one matrix product, without a host synchronisation.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -50,7 +50,7 @@ class GivenMasks(NamedTuple):
     negative: object
 
 
-def given_masks(labels: object, positive_mask: object, negative_mask: object) -> object:
+def given_masks(labels: object, positive_mask: object, negative_mask: object) -> Any:
     """``labels``, or the masks a function form was given instead (a :class:`GivenMasks`):
     the first line of every function form that takes ``positive_mask`` /
     ``negative_mask``. Raises a ValueError when both labels and masks are given."""
@@ -133,7 +133,7 @@ def check_masks(
     :meth:`~tripletkit._checks.DeviceChecks.require`, or ``None`` with the input checks
     off) receives the check that no pair is in both. Returns both masks, own pairs not yet
     dropped."""
-    masks = []
+    masks: list[Tensor | None] = []
     for name, mask in (("positive_mask", positive_mask), ("negative_mask", negative_mask)):
         if mask is None:
             masks.append(None)
@@ -154,7 +154,8 @@ def check_masks(
     if pos is None and neg is None:
         raise ValueError("give positive_mask, negative_mask or both")
     if pos is None:
-        return ~neg, neg  # type: ignore[operator]
+        assert neg is not None
+        return ~neg, neg
     if neg is None:
         return pos, ~pos
     if require is not None and pos.numel():

@@ -122,7 +122,7 @@ def _is_neg(label, ref_labels, j):  # pragma: no cover - replaced by the overloa
     raise NotImplementedError
 
 
-@overload(_relation, jit_options={"cache": True})
+@overload(_relation)
 def _relation_impl(labels, ref_labels, a):
     """Anchor ``a``'s relation: ``(labels[a], ref_labels)`` or its two mask rows."""
     if ref_labels.ndim == 2:
@@ -130,7 +130,7 @@ def _relation_impl(labels, ref_labels, a):
     return lambda labels, ref_labels, a: (labels[a], ref_labels)
 
 
-@overload(_is_pos, jit_options={"cache": True})
+@overload(_is_pos)
 def _is_pos_impl(label, ref_labels, j):
     """Whether reference ``j`` shares the anchor's label (own column not excluded)."""
     if isinstance(label, types.Array):
@@ -138,7 +138,7 @@ def _is_pos_impl(label, ref_labels, j):
     return lambda label, ref_labels, j: ref_labels[j] == label
 
 
-@overload(_is_neg, jit_options={"cache": True})
+@overload(_is_neg)
 def _is_neg_impl(label, ref_labels, j):
     """Whether reference ``j`` is a negative of the anchor."""
     if isinstance(label, types.Array):
