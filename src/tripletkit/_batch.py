@@ -296,7 +296,9 @@ def prepare(
         raise TypeError(
             "labels must be a torch.Tensor (None only with positive_mask/negative_mask)"
         )
-    emb, lab, ref, ref_lab = check_pair(embeddings, labels, ref_embeddings, ref_labels, checks)
+    emb, lab, ref, ref_lab = check_pair(
+        embeddings, labels, ref_embeddings, ref_labels, checks, multi_hot=True
+    )
     has_ref = ref is not None and ref_lab is not None
     m = ref.shape[0] if ref is not None else emb.shape[0]
     matrix_bytes = emb.shape[0] * m * emb.element_size() if matrix else None  # issue 18

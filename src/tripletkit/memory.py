@@ -136,7 +136,7 @@ class CrossBatchMemory:
             raise ValueError(
                 f"embeddings have {emb.shape[1]} features but the memory has dim={self.dim}"
             )
-        lab = check_labels(labels, emb.shape[0], emb.device)
+        lab = check_labels(labels, emb.shape[0], emb.device, multi_hot=True)
         self._fit_labels(lab)
         emb = emb.detach().to(self.dtype)
         n = emb.shape[0]
