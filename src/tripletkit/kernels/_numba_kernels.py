@@ -75,16 +75,27 @@ _LINEAR_RANK_MAX = 16
 # ---------------------------------------------------------------------------------------------
 
 
-def _relation(labels, ref_labels, a):  # pragma: no cover - replaced by the overload in numba
-    raise NotImplementedError
+def _relation(labels, ref_labels, a):
+    """Anchor ``a``'s relation: ``(labels[a], ref_labels)``, or its two mask rows. This
+    Python body runs without the JIT (``NUMBA_DISABLE_JIT``); compiled code uses the
+    overload below."""
+    if ref_labels.ndim == 2:
+        return labels[a], ref_labels[a]
+    return labels[a], ref_labels
 
 
-def _is_pos(label, ref_labels, j):  # pragma: no cover - replaced by the overload in numba
-    raise NotImplementedError
+def _is_pos(label, ref_labels, j):
+    """Whether reference ``j`` shares the anchor's label (own column not excluded)."""
+    if isinstance(label, np.ndarray):
+        return label[j]
+    return ref_labels[j] == label
 
 
-def _is_neg(label, ref_labels, j):  # pragma: no cover - replaced by the overload in numba
-    raise NotImplementedError
+def _is_neg(label, ref_labels, j):
+    """Whether reference ``j`` is a negative of the anchor."""
+    if isinstance(label, np.ndarray):
+        return ref_labels[j]
+    return ref_labels[j] != label
 
 
 @overload(_relation)
