@@ -165,7 +165,7 @@ BAD_INPUTS = [
     ("emb_3d", _bad(embeddings=torch.randn(4, 3, 1)), ValueError, ["embeddings", "2-D"]),
     ("emb_int", _bad(embeddings=torch.ones(4, 3, dtype=torch.int64)), TypeError, ["floating"]),
     ("emb_list", _bad(embeddings=[[0.0]] * 4), TypeError, ["embeddings"]),
-    ("labels_2d", _bad(labels=Y[:, None]), ValueError, ["labels", "1-D"]),
+    ("labels_2d", _bad(labels=Y[:, None, None]), ValueError, ["labels", "1-D"]),  # 2-D: multi-hot
     ("labels_float", _bad(labels=Y.float() + 0.5), ValueError, ["labels", "integer"]),
     ("labels_bool", _bad(labels=Y.bool()), TypeError, ["labels", "integer"]),
     ("length", _bad(labels=Y[:3]), ValueError, ["labels", "3", "4"]),

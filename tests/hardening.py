@@ -254,7 +254,7 @@ def build(spec: Spec, requires_grad: bool) -> Inputs:
     elif fault == "no_features":
         x = x[:, :0]
     elif fault == "labels_2d":
-        y = y[:, None]
+        y = y[:, None, None]  # 2-D labels are multi-hot (issue 19): 3-D is the fault
     elif fault == "labels_float":  # integral float labels are accepted: these are not
         y = y.to(torch.float32) + 0.5
     elif fault == "labels_bool":

@@ -12,7 +12,10 @@ Specification, as implemented below:
 - positive of anchor ``a``: a reference ``j`` with the anchor's label and ``j`` not the
   anchor's own row (only when the anchors are among the references: no reference set, or
   ``anchor_offset``); negative: a reference with a different label; valid triplet: ``(a, p,
-  n)`` with ``p`` a positive and ``n`` a negative of ``a``.
+  n)`` with ``p`` a positive and ``n`` a negative of ``a``. Generalised to a relation
+  (:func:`relation`): multi-hot labels ``[N, L]`` (positive: shares a label; negative:
+  shares none; a sample without labels shares nothing) or explicit masks ``[N, M]`` (pairs
+  in neither ignored); the own row is never a positive nor a negative.
 - hinge ``max(0, d_ap - d_an + m)``; soft margin ``softplus(d_ap - d_an)``; smooth hinge
   ``softplus(d_ap - d_an + m)``; with the swap (Balntas et al. 2016) ``d_an`` is
   ``min(d(a, n), d(p, n))``, ``d(p, n)`` between the two references.
@@ -108,33 +111,77 @@ def self_index(n: int, has_ref: bool, anchor_offset: int | None) -> list[int]:
     return [anchor_offset + i for i in range(n)]
 
 
+def label_values(labels: Tensor) -> list:
+    """Class labels ``[N]`` as ints; multi-hot labels ``[N, L]`` as the sets of their labels."""
+    if labels.dim() == 2:
+        return [frozenset(i for i, v in enumerate(row) if v) for row in labels.tolist()]
+    return [int(v) for v in labels.tolist()]
+
+
+def shares(u: object, v: object) -> bool:
+    """Two class labels are equal; two sets of labels have one in common."""
+    if isinstance(u, frozenset):
+        assert isinstance(v, frozenset)
+        return bool(u & v)
+    return u == v
+
+
+def relation(
+    labels: Tensor | None,
+    ref_labels: Tensor | None,
+    own: list[int],
+    m: int,
+    positive_mask: Tensor | None = None,
+    negative_mask: Tensor | None = None,
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Per anchor: its positives and its negatives among the ``m`` references, ascending, by
+    explicit loops over the pairs, from labels (class or multi-hot) or from masks (a missing
+    mask is the complement of the other). The own row (``own``) is in neither."""
+    n = len(own)
+    if positive_mask is not None or negative_mask is not None:
+        pm = positive_mask.tolist() if positive_mask is not None else None
+        nm = negative_mask.tolist() if negative_mask is not None else None
+        is_pos = [[pm[a][j] if pm else not nm[a][j] for j in range(m)] for a in range(n)]  # type: ignore[index]
+        is_neg = [[nm[a][j] if nm else not pm[a][j] for j in range(m)] for a in range(n)]  # type: ignore[index]
+    else:
+        assert labels is not None
+        lab = label_values(labels)
+        rlab = lab if ref_labels is None else label_values(ref_labels)
+        is_pos = [[shares(lab[a], rlab[j]) for j in range(m)] for a in range(n)]
+        is_neg = [[not shares(lab[a], rlab[j]) for j in range(m)] for a in range(n)]
+    pos = [[j for j in range(m) if is_pos[a][j] and j != own[a]] for a in range(n)]
+    neg = [[j for j in range(m) if is_neg[a][j] and j != own[a]] for a in range(n)]
+    return pos, neg
+
+
 class Problem:
     """Labels and the selection matrix of a mining problem, as plain Python values."""
 
     def __init__(
         self,
         dist: Tensor,
-        labels: Tensor,
+        labels: Tensor | None,
         ref_labels: Tensor | None = None,
         anchor_offset: int | None = None,
+        *,
+        has_ref: bool | None = None,
+        positive_mask: Tensor | None = None,
+        negative_mask: Tensor | None = None,
     ) -> None:
         self.d: list[list[float]] = dist.detach().double().tolist()
-        self.labels: list[int] = [int(v) for v in labels.tolist()]
-        has_ref = ref_labels is not None
-        self.ref_labels: list[int] = (
-            [int(v) for v in ref_labels.tolist()] if has_ref else list(self.labels)
+        self.n, self.m = dist.shape
+        if has_ref is None:
+            has_ref = ref_labels is not None
+        self.own = self_index(self.n, has_ref, anchor_offset)
+        self._pos, self._neg = relation(
+            labels, ref_labels, self.own, self.m, positive_mask, negative_mask
         )
-        self.own = self_index(len(self.labels), has_ref, anchor_offset)
-        self.n = len(self.labels)
-        self.m = len(self.ref_labels)
 
     def positives(self, a: int) -> list[int]:
-        return [
-            j for j in range(self.m) if self.ref_labels[j] == self.labels[a] and j != self.own[a]
-        ]
+        return self._pos[a]
 
     def negatives(self, a: int) -> list[int]:
-        return [j for j in range(self.m) if self.ref_labels[j] != self.labels[a]]
+        return self._neg[a]
 
     def valid(self) -> list[Triplet]:
         """Every valid triplet, ordered by anchor, positive, negative index."""
@@ -152,6 +199,8 @@ def problem(
     metric: str = "euclidean",
     normalize: bool = False,
     anchor_offset: int | None = None,
+    positive_mask: Tensor | None = None,
+    negative_mask: Tensor | None = None,
 ) -> Problem:
     """The :class:`Problem` of ``x`` (and a reference set), with the library's matrix."""
     x = x.detach()
@@ -159,7 +208,15 @@ def problem(
     if normalize:
         x = normalize_rows(x)
         ref = None if ref is None else normalize_rows(ref)
-    return Problem(pairwise_distance(x, ref, metric), labels, ref_labels, anchor_offset)
+    return Problem(
+        pairwise_distance(x, ref, metric),
+        labels,
+        ref_labels,
+        anchor_offset,
+        has_ref=ref is not None,
+        positive_mask=positive_mask,
+        negative_mask=negative_mask,
+    )
 
 
 # --------------------------------------------------------------------------- selection
@@ -361,10 +418,20 @@ def fused_terms(
     normalize: bool = False,
     anchor_offset: int | None = None,
     smooth: bool = False,
+    positive_mask: Tensor | None = None,
+    negative_mask: Tensor | None = None,
 ) -> tuple[list[Tensor], Tensor]:
     """The loss terms of a fused loss (in selection order) and a graph-connected zero."""
     pb = problem(
-        x, labels, ref, ref_labels, metric=metric, normalize=normalize, anchor_offset=anchor_offset
+        x,
+        labels,
+        ref,
+        ref_labels,
+        metric=metric,
+        normalize=normalize,
+        anchor_offset=anchor_offset,
+        positive_mask=positive_mask,
+        negative_mask=negative_mask,
     )
     xs, rs = _inputs(x, ref, normalize)
     d = LazyDistances(xs, rs, metric)
@@ -420,6 +487,8 @@ def contrastive_loss(
     reduction: str = "mean",
     normalize: bool = False,
     anchor_offset: int | None = None,
+    positive_mask: Tensor | None = None,
+    negative_mask: Tensor | None = None,
 ) -> Tensor:
     """Contrastive loss: ``max(0, d - pos_margin)`` for same-label pairs and
     ``max(0, neg_margin - d)`` otherwise, over ordered pairs ``i != j`` (every
@@ -434,16 +503,14 @@ def contrastive_loss(
 
     terms = []
     if pairs is None:
-        lab = [int(v) for v in labels.tolist()]
-        rlab = lab if ref_labels is None else [int(v) for v in ref_labels.tolist()]
-        own = self_index(len(lab), ref is not None, anchor_offset)
-        for i in range(len(lab)):
-            for j in range(len(rlab)):
-                if j == own[i]:
-                    continue
-                if lab[i] == rlab[j]:
+        n, m = x.shape[0], (x if ref is None else ref).shape[0]
+        own = self_index(n, ref is not None, anchor_offset)
+        pos, neg = relation(labels, ref_labels, own, m, positive_mask, negative_mask)
+        for i in range(n):
+            for j in range(m):
+                if j in pos[i]:
                     terms.append(relu(d(i, j) - pos_margin))
-                else:
+                elif j in neg[i]:
                     terms.append(relu(neg_margin - d(i, j)))
     else:
         positive, negative = pairs
@@ -525,12 +592,8 @@ def random_problem(
 
 def roles(p: SamplingProblem) -> tuple[list[list[int]], list[list[int]]]:
     """Per anchor: its positives and its negatives among the references, by explicit loops."""
-    _, ref_labels = p.refs
-    own = p.self_index()
-    lab, rl = p.labels.tolist(), ref_labels.tolist()
-    pos = [[j for j in range(len(rl)) if rl[j] == lab[a] and j != own[a]] for a in range(len(lab))]
-    neg = [[j for j in range(len(rl)) if rl[j] != lab[a]] for a in range(len(lab))]
-    return pos, neg
+    ref, ref_labels = p.refs
+    return relation(p.labels, ref_labels, p.self_index(), ref.shape[0])
 
 
 def dw_probs_loop(
@@ -691,25 +754,23 @@ def anchor_pairs(
     *,
     pairs: tuple[Sequence[tuple[int, int]], Sequence[tuple[int, int]]] | None = None,
     anchor_offset: int | None = None,
+    positive_mask: Tensor | None = None,
+    negative_mask: Tensor | None = None,
+    has_ref: bool | None = None,
 ) -> list[tuple[list[int], list[int]]]:
     """Per anchor: (positives, negatives) as sorted lists of reference indices."""
-    lab = [int(v) for v in labels.tolist()]
-    n = len(lab)
+    mask = positive_mask if positive_mask is not None else negative_mask
+    n = labels.shape[0] if labels is not None else mask.shape[0]  # type: ignore[union-attr]
+    has_ref = ref_labels is not None if has_ref is None else has_ref
     if pairs is not None:
         positive, negative = pairs
         return [
             (sorted({j for i, j in positive if i == a}), sorted({j for i, j in negative if i == a}))
             for a in range(n)
         ]
-    rlab = lab if ref_labels is None else [int(v) for v in ref_labels.tolist()]
-    own = self_index(n, ref_labels is not None, anchor_offset)
-    return [
-        (
-            [j for j in range(m) if rlab[j] == lab[a] and j != own[a]],
-            [j for j in range(m) if rlab[j] != lab[a]],
-        )
-        for a in range(n)
-    ]
+    own = self_index(n, has_ref, anchor_offset)
+    pos, neg = relation(labels, ref_labels, own, m, positive_mask, negative_mask)
+    return list(zip(pos, neg, strict=True))
 
 
 def similarity_loss_terms(
@@ -727,6 +788,8 @@ def similarity_loss_terms(
     m: float = 0.4,
     gamma: float = 80.0,
     temperature: float = 0.1,
+    positive_mask: Tensor | None = None,
+    negative_mask: Tensor | None = None,
 ) -> tuple[list[Tensor], list[bool]]:
     """Per-anchor terms of ``kind`` (``"multi_similarity"``, ``"circle"``, ``"supcon"``) and
     whether each anchor is counted.
@@ -741,7 +804,14 @@ def similarity_loss_terms(
     """
     refs = x if ref is None else ref
     per_anchor = anchor_pairs(
-        labels, ref_labels, refs.shape[0], pairs=pairs, anchor_offset=anchor_offset
+        labels,
+        ref_labels,
+        refs.shape[0],
+        pairs=pairs,
+        anchor_offset=anchor_offset,
+        positive_mask=positive_mask,
+        negative_mask=negative_mask,
+        has_ref=ref is not None,
     )
     sims: dict[tuple[int, int], Tensor] = {}
 

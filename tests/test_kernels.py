@@ -428,8 +428,9 @@ PARALLEL_KERNELS = ("_batch_all_kernel", "_hard_kernel", "_rows_kernel", "_count
 
 @pytest.mark.parametrize("name", PARALLEL_KERNELS)
 def test_parallel_kernels_have_explicit_float32_and_float64_signatures(name: str) -> None:
-    """Each parallel kernel has exactly two signatures, one per float dtype of a C-contiguous
-    distance matrix, and running every kernel in both dtypes compiles nothing more."""
+    """Each parallel kernel has exactly four signatures, one per float dtype of a C-contiguous
+    distance matrix and kind of relation (class labels, or the masks of multi-hot labels /
+    explicit masks), and running every kernel in both dtypes compiles nothing more."""
     from tripletkit.kernels import numba_backend
 
     kernel = getattr(numba_backend, name)
@@ -440,7 +441,7 @@ def test_parallel_kernels_have_explicit_float32_and_float64_signatures(name: str
 
     before = list(kernel.signatures)
     assert sorted(map(str, matrices())) == sorted(
-        map(str, [(numba.float32, 2, "C"), (numba.float64, 2, "C")])
+        map(str, [(numba.float32, 2, "C"), (numba.float64, 2, "C")] * 2)
     )
     for case_name in ("pk_float32", "pk_float64", "reference_set"):
         case = CASES[case_name]()
@@ -452,11 +453,12 @@ def test_parallel_kernels_have_explicit_float32_and_float64_signatures(name: str
 def test_numba_backend_runs_as_plain_python(monkeypatch: pytest.MonkeyPatch) -> None:
     """What ``NUMBA_DISABLE_JIT=1`` does, in-process: every kernel replaced by its Python
     function (``prange`` is ``range`` outside numba) gives the same results."""
-    from tripletkit.kernels import numba_backend
+    from tripletkit.kernels import _numba_kernels, numba_backend
 
-    for name, obj in vars(numba_backend).copy().items():
-        if isinstance(obj, Dispatcher):
-            monkeypatch.setattr(numba_backend, name, obj.py_func)
+    for module in (numba_backend, _numba_kernels):
+        for name, obj in vars(module).copy().items():
+            if isinstance(obj, Dispatcher):
+                monkeypatch.setattr(module, name, obj.py_func)
     for case_name in ("grid_float32", "reference_set", "offset_anchors"):
         case = CASES[case_name]()
         for kernel, region in KERNELS:

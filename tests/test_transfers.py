@@ -265,7 +265,7 @@ def test_the_detector_fails_when_a_copy_is_put_back(monkeypatch: pytest.MonkeyPa
 
 
 def test_a_tensor_margin_read_with_item_is_seen(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tripletkit.losses import triplet
+    from tripletkit.losses import _triplet_functions as triplet  # where check_margin is read
 
     step = _step("batch_hard", False, None, False, margin=torch.full((), 0.3, device="meta"))
     with tripletkit.set_input_checks(False):

@@ -328,3 +328,21 @@ def test_no_allocation_of_n_by_m(kind: str) -> None:
     assert streamed <= 8 * max(n * width * d, m * d, n * width), (streamed, n * m * 8)
     assert streamed < n * m * 8 // 4
     assert _largest(FUSED[kind], "numba", x, labels, **kw) >= n * m * 8
+
+
+@needs_triton
+@pytest.mark.parametrize("relation", ["multi_hot", "masks"])
+def test_triton_refuses_multi_label(relation: str) -> None:
+    """The Triton kernels compare class labels inside each tile: multi-hot labels and
+    explicit masks are refused by name, never mined as if they were class labels."""
+    x = torch.randn(8, 4)
+    hot = torch.eye(4, dtype=torch.bool)[torch.arange(8) % 4]
+    if relation == "multi_hot":
+        call = lambda: batch_all_triplet_loss(x, hot, backend="triton")  # noqa: E731
+    else:
+        pos = hot.float() @ hot.float().T > 0
+        call = lambda: batch_all_triplet_loss(  # noqa: E731
+            x, None, backend="triton", positive_mask=pos, negative_mask=~pos
+        )
+    with pytest.raises(ValueError, match="backend='triton' does not take multi-hot"):
+        call()

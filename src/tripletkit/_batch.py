@@ -35,10 +35,11 @@ class Batch:
 
     Attributes:
         embeddings: ``[N, D]`` anchors as used (cast to the compute dtype, normalised if asked).
-        labels: ``[N]`` int64 anchor labels.
+        labels: ``[N]`` int64 anchor labels; for multi-hot labels or explicit masks, the
+            positive mask ``[N, M]`` (bool, own pairs removed: see :mod:`tripletkit._masks`).
         ref_embeddings: ``[M, D]`` references as used (the anchors themselves by default:
             the same tensor object).
-        ref_labels: ``[M]`` int64 reference labels.
+        ref_labels: ``[M]`` int64 reference labels; or the negative mask ``[N, M]``.
         self_index: ``[N]`` int64, each anchor's own column among the references or -1.
         backend: the kernel backend that runs on these tensors, ``"torch"``, ``"numba"`` or
             ``"streaming"`` (the fused losses stream tiles; other kernels run as numba).
@@ -62,13 +63,20 @@ class Batch:
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
             return _pairwise_distance_unchecked(self.embeddings, self.ref_embeddings, self.metric)
 
+    @property
+    def masked(self) -> bool:
+        """Whether the relation is a pair of masks (multi-hot labels or explicit masks)."""
+        return _masks.is_mask_relation(self.labels)
+
     def masks(self) -> tuple[Tensor, Tensor]:
         """Positive and negative masks ``[N, M]`` (see :func:`tripletkit._masks.pair_masks`)."""
         return _masks.pair_masks(self.labels, self.ref_labels, self.self_index)
 
     def positive_counts(self) -> Tensor:
         """``[N]`` int64: each anchor's number of positives, from the label histogram of the
-        references (O(M log M), no ``N x M`` pass)."""
+        references (O(M log M), no ``N x M`` pass; a mask relation counts its rows)."""
+        if self.masked:
+            return self.labels.sum(dim=1)
         ref_sorted = self.ref_labels.sort().values
         labels = self.labels.contiguous()  # searchsorted copies (and warns about) strided input
         same = torch.searchsorted(ref_sorted, labels, right=True) - torch.searchsorted(
@@ -79,6 +87,13 @@ class Batch:
             return same
         own_is_same = (self.self_index >= 0) & (self.ref_labels[own] == self.labels)
         return same - own_is_same.to(torch.int64)
+
+
+def _placeholder(x: object, name: str) -> Tensor:
+    """Labels for the checks of ``x`` when explicit masks give the relation."""
+    if not isinstance(x, Tensor) or x.dim() != 2:
+        raise ValueError(f"{name} must be a 2-D tensor [N, D]")
+    return torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
 
 
 def check_anchor_offset(anchor_offset: object, n: int, m: int, has_ref: bool) -> int | None:
@@ -221,7 +236,7 @@ def _remembered_width(b: Batch, memory: WidthMemory) -> int | None:
 
 def prepare(
     embeddings: Tensor,
-    labels: Tensor,
+    labels: Tensor | _masks.GivenMasks | None,
     *,
     ref_embeddings: Tensor | None = None,
     ref_labels: Tensor | None = None,
@@ -233,6 +248,8 @@ def prepare(
     max_positives: int | WidthMemory | None = None,
     need_width: bool = False,
     unit_norm: str | None = None,
+    positive_mask: Tensor | None = None,
+    negative_mask: Tensor | None = None,
 ) -> Batch:
     """Validate the inputs: the first step of every miner, loss, statistic and distributed
     path. The distance matrix is then :meth:`Batch.distances`; ``matrix=False`` says none will
@@ -248,6 +265,12 @@ def prepare(
     batch's largest number of positives (:attr:`Batch.width`), read in that same host read
     when checks are on (``None`` when they are off and no ``max_positives`` is given). A
     loss module passes its :class:`WidthMemory` as ``max_positives`` instead of a bound.
+
+    Multi-hot labels ``[N, L]`` / ``[M, L]``, or explicit ``positive_mask`` /
+    ``negative_mask`` ``[N, M]`` (then ``labels`` and ``ref_labels`` are ``None``), give a
+    mask relation (:mod:`tripletkit._masks`): the batch carries the two masks in its label
+    slots. The streaming backend does not take one (the masks are ``[N, M]`` already):
+    ``"auto"`` then runs numba.
     """
     check_options(normalize=normalize, metric=metric)
     memory = max_positives if isinstance(max_positives, WidthMemory) else None
@@ -256,7 +279,26 @@ def prepare(
     elif max_positives is not None and memory is None:
         max_positives = check_nonnegative_int(max_positives, "max_positives")
     checks = DeviceChecks()
-    emb, lab, ref, ref_lab = check_pair(embeddings, labels, ref_embeddings, ref_labels, checks)
+    if isinstance(labels, _masks.GivenMasks):
+        positive_mask, negative_mask = labels  # type: ignore[assignment]
+        labels = None
+    given_masks = positive_mask is not None or negative_mask is not None
+    if given_masks:
+        if labels is not None or ref_labels is not None:
+            raise ValueError(
+                "give labels or positive_mask/negative_mask, not both (pass labels=None and "
+                "no ref_labels with the masks)"
+            )
+        labels = _placeholder(embeddings, "embeddings")
+        if ref_embeddings is not None:
+            ref_labels = _placeholder(ref_embeddings, "ref_embeddings")
+    elif labels is None:
+        raise TypeError(
+            "labels must be a torch.Tensor (None only with positive_mask/negative_mask)"
+        )
+    emb, lab, ref, ref_lab = check_pair(
+        embeddings, labels, ref_embeddings, ref_labels, checks, multi_hot=True
+    )
     has_ref = ref is not None and ref_lab is not None
     m = ref.shape[0] if ref is not None else emb.shape[0]
     matrix_bytes = emb.shape[0] * m * emb.element_size() if matrix else None  # issue 18
@@ -276,6 +318,27 @@ def prepare(
     if matrix and metric != "cosine" and checks.enabled and emb.numel() and ref.numel():
         checks.require(_overflow_free(emb, ref), _overflow_error)
     own = _masks.self_index(emb.shape[0], emb.device, offset)
+    if given_masks:
+        require = checks.require if checks.enabled else None
+        masks = _masks.check_masks(
+            positive_mask, negative_mask, emb.shape[0], m, emb.device, require
+        )
+        lab, ref_lab = _masks.drop_own(*masks, own)
+    elif lab.dim() == 2:
+        lab, ref_lab = _masks.multi_hot_masks(lab, ref_lab, own)
+    if lab.dim() == 2 and resolved == "triton":
+        raise ValueError(
+            "backend='triton' does not take multi-hot labels or positive_mask/negative_mask "
+            "(its kernels compare class labels inside each tile): use backend='torch'"
+        )
+    if lab.dim() == 2 and resolved == "streaming":
+        if backend == "streaming":
+            raise ValueError(
+                "backend='streaming' does not take multi-hot labels or positive_mask/"
+                "negative_mask (their [N, M] masks are what streaming avoids): use "
+                "backend='numba' or 'torch'"
+            )
+        resolved = "numba"
     b = Batch(emb, lab, ref, ref_lab, own, resolved, metric)
     width: Tensor | int | None
     if memory is not None and not checks.enabled:

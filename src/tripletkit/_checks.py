@@ -306,6 +306,7 @@ def check_labels(
     device: torch.device,
     name: str = "labels",
     checks: DeviceChecks | None = None,
+    multi_hot: bool = False,
 ) -> Tensor:
     """Check a 1-D label vector of length ``n``; returns it as int64 on ``device``.
 
@@ -324,12 +325,19 @@ def check_labels(
     - labels on another device than the embeddings are copied there (one copy, what PML
       does); on CUDA a copy from host memory waits for the device, so keep labels where the
       embeddings are in a pipeline that must not synchronise. Labels or embeddings on the
-      ``meta`` device are refused (there are no values to copy).
+      ``meta`` device are refused (there are no values to copy);
+    - with ``multi_hot`` (the miners, losses, statistics and the memory), a 2-D ``[N, L]``
+      tensor is **multi-hot** labels (bool, or integer/floating 0/1 values,
+      checked with the device checks): returned as bool ``[N, L]`` (see
+      :mod:`tripletkit._masks` for who is then a positive of whom).
     """
     if not isinstance(labels, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.dim() == 2 and multi_hot:
+        return _check_multi_hot(labels, n, device, name, checks)
     if labels.dim() != 1:
-        raise ValueError(f"{name} must be 1-D [N], got shape {tuple(labels.shape)}")
+        also = " (class labels) or 2-D [N, L] (multi-hot)" if multi_hot else ""
+        raise ValueError(f"{name} must be 1-D [N]{also}, got shape {tuple(labels.shape)}")
     if labels.dtype == torch.bool or labels.dtype.is_complex:
         raise TypeError(
             f"{name} must be an integer tensor (or floating with integral values), got "
@@ -364,12 +372,45 @@ def check_labels(
     return labels.to(torch.int64)
 
 
+def _check_multi_hot(
+    labels: Tensor, n: int, device: torch.device, name: str, checks: DeviceChecks | None
+) -> Tensor:
+    """Multi-hot labels ``[N, L]``: bool, or integer/floating 0/1 values; returned as bool."""
+    if labels.dtype.is_complex:
+        raise TypeError(f"multi-hot {name} must be bool, integer or floating 0/1, got complex")
+    if labels.shape[0] != n:
+        raise ValueError(f"{name} has {labels.shape[0]} rows but the embeddings have {n} rows")
+    if labels.device != device:
+        if "meta" in (labels.device.type, device.type):
+            raise ValueError(f"{name} is on {labels.device} but the embeddings are on {device}")
+        labels = labels.to(device)  # the one documented copy
+    if labels.dtype != torch.bool:
+        now = checks is None
+        checks = DeviceChecks() if checks is None else checks
+        if checks.enabled and labels.numel():
+            values = labels
+
+            def error() -> ValueError:
+                bad = ~((values == 0) | (values == 1))
+                a, j = (int(v) for v in bad.nonzero()[0])
+                return ValueError(
+                    f"multi-hot {name} [N, L] must hold 0 or 1, but entry ({a}, {j}) is "
+                    f"{values[a, j].item()}"
+                )
+
+            checks.require((labels == 0) | (labels == 1), error)
+        if now:
+            checks.run()
+    return labels != 0
+
+
 def check_pair(
     embeddings: object,
     labels: object,
     ref_embeddings: object = None,
     ref_labels: object = None,
     checks: DeviceChecks | None = None,
+    multi_hot: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """Validate ``(embeddings, labels)`` and the optional reference set.
 
@@ -382,7 +423,7 @@ def check_pair(
     now = checks is None
     checks = DeviceChecks() if checks is None else checks
     emb = check_embeddings(embeddings, checks=checks)
-    lab = check_labels(labels, emb.shape[0], emb.device, checks=checks)
+    lab = check_labels(labels, emb.shape[0], emb.device, checks=checks, multi_hot=multi_hot)
     if (ref_embeddings is None) != (ref_labels is None):
         raise ValueError("ref_embeddings and ref_labels must be given together")
     if ref_embeddings is None:
@@ -391,7 +432,12 @@ def check_pair(
         return emb, lab, None, None
     ref = check_embeddings(ref_embeddings, "ref_embeddings", checks=checks)
     emb, ref = check_same_space(emb, ref, "embeddings", "ref_embeddings")
-    ref_lab = check_labels(ref_labels, ref.shape[0], ref.device, "ref_labels", checks)
+    ref_lab = check_labels(ref_labels, ref.shape[0], ref.device, "ref_labels", checks, multi_hot)
+    if lab.dim() != ref_lab.dim() or lab.shape[1:] != ref_lab.shape[1:]:
+        raise ValueError(
+            f"labels {tuple(lab.shape)} and ref_labels {tuple(ref_lab.shape)} must be both "
+            "class labels [N] and [M], or both multi-hot [N, L] and [M, L] with the same L"
+        )
     if now:
         checks.run()
     return emb, lab, ref, ref_lab

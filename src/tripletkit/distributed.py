@@ -168,18 +168,32 @@ def _check_local(embeddings: Tensor, labels: Tensor) -> None:
 def _gather(embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, int]:
     """:func:`gather` plus this replica's row offset, for a world size above 1."""
     world_size, rank = world()
-    meta = [embeddings.shape[0], embeddings.shape[1], _DTYPES.index(embeddings.dtype)]
+    label_width = labels.shape[1] if labels.dim() == 2 else -1  # -1: class labels [N]
+    meta = [
+        embeddings.shape[0],
+        embeddings.shape[1],
+        _DTYPES.index(embeddings.dtype),
+        label_width,
+    ]
     table = _all_gather_sizes(meta, embeddings.device)
     widths = {row[1] for row in table}
     dtypes = {_DTYPES[row[2]] for row in table}
+    label_widths = {row[3] for row in table}
     if len(widths) > 1 or len(dtypes) > 1:  # every replica sees the same table: all raise
         raise ValueError(
             "gather: replicas disagree on the embeddings' width or dtype: "
             f"widths {sorted(widths)}, dtypes {sorted(map(str, dtypes))}"
         )
+    if len(label_widths) > 1:
+        kinds = sorted("[N]" if w < 0 else f"[N, {w}]" for w in label_widths)
+        raise ValueError(
+            f"gather: replicas disagree on the labels' shape (class labels [N] or multi-hot "
+            f"[N, L]): {', '.join(kinds)}"
+        )
     sizes = [row[0] for row in table]
     gathered = _GatherRows.apply(embeddings, sizes, rank)
-    # Labels travel as int64, so that replicas agree on the dtype whatever each one passed.
+    # Labels travel as int64 (multi-hot ones as int64 0/1 [N, L]), so that replicas agree on
+    # the dtype whatever each one passed.
     gathered_labels = _all_gather_rows(labels.detach().to(torch.int64), sizes)
     return gathered, gathered_labels, sum(sizes[:rank])
 
@@ -201,14 +215,16 @@ def gather(embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     Args:
         embeddings: ``[N_r, D]`` floating embeddings of this replica; ``D`` and the dtype
             must agree across replicas.
-        labels: ``[N_r]`` integer labels on the same device.
+        labels: ``[N_r]`` integer labels on the same device, or multi-hot ``[N_r, L]``
+            (the same ``L`` on every replica).
 
     Returns:
-        ``(embeddings [sum_r N_r, D], labels [sum_r N_r] int64)``; this replica's rows start
-        at :func:`rank_offset`.
+        ``(embeddings [sum_r N_r, D], labels [sum_r N_r] int64)`` (multi-hot: ``[sum_r
+        N_r, L]`` int64 0/1); this replica's rows start at :func:`rank_offset`.
 
     Raises:
-        ValueError: on every replica, if the replicas' embedding widths or dtypes differ.
+        ValueError: on every replica, if the replicas' embedding widths or dtypes, or their
+            labels' shapes (class or multi-hot, ``L``), differ.
 
     Example:
         >>> import torch

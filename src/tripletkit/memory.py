@@ -61,8 +61,9 @@ class CrossBatchMemory:
         dtype: floating dtype of the stored embeddings.
 
     Shape:
-        - enqueue: embeddings ``[B, D]``, labels ``[B]`` (integer).
-        - get: embeddings ``[L, D]`` in ``dtype``, labels ``[L]`` int64, oldest row first,
+        - enqueue: embeddings ``[B, D]``, labels ``[B]`` (integer) or multi-hot ``[B, C]``.
+        - get: embeddings ``[L, D]`` in ``dtype``, labels ``[L]`` int64 (or bool
+          ``[L, C]``), oldest row first,
           with ``L = len(memory) <= size``.
 
     Example:
@@ -121,7 +122,9 @@ class CrossBatchMemory:
 
         Args:
             embeddings: ``[B, D]`` floating tensor.
-            labels: ``[B]`` integer tensor on the same device.
+            labels: ``[B]`` integer tensor on the same device, or multi-hot ``[B, L]``
+                (stored as bool ``[size, L]``; an empty memory takes the kind of its first
+                batch).
         """
         if isinstance(embeddings, Tensor) and embeddings.device != self.device:
             raise ValueError(
@@ -133,7 +136,8 @@ class CrossBatchMemory:
             raise ValueError(
                 f"embeddings have {emb.shape[1]} features but the memory has dim={self.dim}"
             )
-        lab = check_labels(labels, emb.shape[0], emb.device)
+        lab = check_labels(labels, emb.shape[0], emb.device, multi_hot=True)
+        self._fit_labels(lab)
         emb = emb.detach().to(self.dtype)
         n = emb.shape[0]
         if n == 0:
@@ -154,6 +158,18 @@ class CrossBatchMemory:
             self._labels[:rest].copy_(lab[first:])
         self._next = (self._next + n) % self.size
         self._filled = min(self.size, self._filled + n)
+
+    def _fit_labels(self, lab: Tensor) -> None:
+        """Class labels ``[B]`` or multi-hot ``[B, L]``: an empty memory takes the kind of
+        its first batch; a filled one refuses the other kind."""
+        if lab.shape[1:] == self._labels.shape[1:]:
+            return
+        if self._filled:
+            raise ValueError(
+                f"the memory holds labels of shape [*, {', '.join(map(str, self._labels.shape[1:]))}] "
+                f"(class labels: [*]) but the batch's are {tuple(lab.shape)}; reset() it first"
+            )
+        self._labels = torch.zeros((self.size, *lab.shape[1:]), dtype=lab.dtype, device=self.device)
 
     def get(self) -> tuple[Tensor, Tensor]:
         """The stored rows, oldest first: ``(embeddings [L, D], labels [L])``.
@@ -193,14 +209,16 @@ class CrossBatchMemory:
                 f"this one has size={self.size}, dim={self.dim}"
             )
         emb = torch.as_tensor(state["embeddings"]).to(self.device, self.dtype)
-        lab = torch.as_tensor(state["labels"]).to(self.device, torch.int64)
+        lab = torch.as_tensor(state["labels"])
+        lab = lab.to(self.device, torch.bool if lab.dim() == 2 else torch.int64)
         filled = emb.shape[0]
-        if emb.shape != (filled, self.dim) or lab.shape != (filled,) or filled > self.size:
+        if emb.shape != (filled, self.dim) or lab.shape[:1] != (filled,) or filled > self.size:
             raise ValueError(
                 f"the state's embeddings {tuple(emb.shape)} and labels {tuple(lab.shape)} do "
                 f"not fit a memory of size={self.size}, dim={self.dim}"
             )
         self.reset()
+        self._fit_labels(lab)
         self._embeddings[:filled].copy_(emb)
         self._labels[:filled].copy_(lab)
         self._filled = filled

@@ -6,6 +6,7 @@ from torch import Tensor
 
 from ._batch import prepare
 from ._checks import check_nonnegative_real, to_host
+from ._masks import given_masks
 from .kernels import triplet_counts
 from .types import TripletStats
 
@@ -23,6 +24,8 @@ def triplet_stats(
     anchor_offset: int | None = None,
     normalize: bool = False,
     backend: str = "auto",
+    positive_mask: Tensor | None = None,
+    negative_mask: Tensor | None = None,
 ) -> TripletStats:
     """Count the valid triplets of a batch by difficulty, without listing them.
 
@@ -37,6 +40,14 @@ def triplet_stats(
         metric: ``"euclidean"``, ``"sqeuclidean"`` or ``"cosine"``.
         ref_embeddings, ref_labels, anchor_offset, normalize, backend: as in
             :func:`~tripletkit.losses.batch_all_triplet_loss`.
+        positive_mask: ``[N, M]`` bool, an explicit relation given instead of labels (pass
+            ``labels=None`` and no ``ref_labels``): ``True`` marks the positives of each
+            anchor (rows) among the references (columns; the anchors themselves without a
+            reference set). Pairs in neither mask are ignored; a pair in both is a
+            ValueError (input checks on); an anchor's pair with its own sample is never
+            used. Without ``negative_mask`` the negatives are the other pairs.
+        negative_mask: ``[N, M]`` bool, the negatives (without ``positive_mask``: the
+            positives are the other pairs). See the multi-label guide.
 
     Returns:
         :class:`~tripletkit.types.TripletStats` ``(valid, easy, semi_hard, hard)``.
@@ -47,6 +58,7 @@ def triplet_stats(
         >>> triplet_stats(x, torch.tensor([0, 0, 1, 1]), margin=0.2)
         TripletStats(valid=8, easy=3, semi_hard=3, hard=2)
     """
+    labels = given_masks(labels, positive_mask, negative_mask)
     margin = check_nonnegative_real(margin, "margin")
     b = prepare(
         embeddings,

@@ -3,11 +3,13 @@
 Same functions, same contract and same results as :mod:`tripletkit.kernels.torch_backend`
 (read its docstring first), on zero-copy numpy views instead of tensors: ``dist`` is a
 C-contiguous float32 or float64 ``[N, M]`` array, ``labels``, ``ref_labels`` and
-``self_index`` are int64. The dispatcher in :mod:`tripletkit.kernels` converts to and from
-tensors.
+``self_index`` are int64 (or, for a mask relation, ``labels`` and ``ref_labels`` are the
+positive and negative bool masks ``[N, M]``: each anchor then reads its two mask rows where
+it would compare labels, see :func:`._numba_kernels._relation`). The dispatcher in :mod:`tripletkit.kernels`
+converts to and from tensors.
 
-Layout of this module: thin Python wrappers (input checks, dtype handling, empty inputs,
-region names) at the bottom call module-level ``@numba.njit`` kernels. Every parallel kernel
+Layout: thin Python wrappers here (input checks, dtype handling, empty inputs, region
+names) call the ``@numba.njit`` kernels of :mod:`._numba_kernels`. Every parallel kernel
 runs ``prange`` over anchors only, and each anchor owns its row of every per-anchor output,
 so results do not depend on the number of threads. Variable-length outputs are written in
 two passes (length per anchor, prefix offsets, fill), which keeps the output order that of
@@ -23,19 +25,24 @@ Numeric rules that make the results *identical* to the torch backend:
 
 Most kernels avoid sorting an anchor's ``M`` negatives: they sort the anchor's ``P``
 thresholds instead (one per positive; ``P`` is usually much smaller than ``M``) and rank each
-negative among them (:func:`_rank`), which is O(N M log P). Only :func:`triplet_region`,
+negative among them (:func:`._numba_kernels._rank`), which is O(N M log P). Only :func:`triplet_region`,
 whose output is ordered by ``d_an``, sorts the negatives.
 """
 
 from __future__ import annotations
 
-import math
-
-import numba
 import numpy as np
-from numba import prange
 
-from .torch_backend import REGIONS
+from ._numba_kernels import (
+    _FLOAT_DTYPES,
+    _SEMI_HARD_ROWS,
+    REGIONS,
+    _batch_all_kernel,
+    _counts_kernel,
+    _hard_kernel,
+    _ranked_kernel,
+    _rows_kernel,
+)
 
 __all__ = [
     "REGIONS",
@@ -46,516 +53,6 @@ __all__ = [
     "triplet_counts",
     "triplet_region",
 ]
-
-# Region codes handed to the kernels (a region's index in REGIONS), and the code that asks
-# the row-writing kernel for semi-hard rows instead.
-_KERNEL_REGIONS = ("valid", "active", "all", "hard", "semihard", "easy")
-if set(REGIONS) != set(_KERNEL_REGIONS):  # a region added to the torch backend only
-    raise ImportError(
-        f"the numba kernels implement the regions {_KERNEL_REGIONS}, but the torch backend "
-        f"defines {REGIONS}: add the missing ones to both backends"
-    )
-_VALID, _ACTIVE, _ALL, _HARD, _SEMIHARD, _EASY = (REGIONS.index(r) for r in _KERNEL_REGIONS)
-_SEMI_HARD_ROWS = len(REGIONS)
-
-# Explicit signatures of the parallel kernels, for the float32 and float64 distance matrices
-# the wrappers hand them (C-contiguous; labels and indices int64): both are compiled, or
-# loaded from numba's on-disk cache, when this module is first imported, so no call pays a
-# compilation for its dtype.
-_INDEX = numba.int64[::1]
-_FLOATS = (numba.float32, numba.float64)
-
-
-def _signatures(*args: object) -> list:
-    """One ``void(...)`` signature per float type; ``"f"`` stands for the float scalar and
-    ``"F"`` for the C-contiguous float matrix."""
-    return [
-        numba.void(*(f if a == "f" else f[:, ::1] if a == "F" else a for a in args))
-        for f in _FLOATS
-    ]
-
-
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-# Up to this many sorted values, _rank counts instead of bisecting.
-_LINEAR_RANK_MAX = 16
-
-
-# ---------------------------------------------------------------------------------------------
-# Per-anchor helpers (called from inside the parallel loops)
-# ---------------------------------------------------------------------------------------------
-
-
-@numba.njit(cache=True)
-def _positives(label, ref_labels, own):
-    """Columns of the anchor's positives (same label, not its own column), ascending."""
-    m = ref_labels.shape[0]
-    count = 0
-    for j in range(m):
-        if ref_labels[j] == label and j != own:
-            count += 1
-    cols = np.empty(count, dtype=np.int64)
-    count = 0
-    for j in range(m):
-        if ref_labels[j] == label and j != own:
-            cols[count] = j
-            count += 1
-    return cols
-
-
-@numba.njit(cache=True)
-def _count_negatives(label, ref_labels):
-    """Number of references whose label differs from ``label``."""
-    k = 0
-    for j in range(ref_labels.shape[0]):
-        if ref_labels[j] != label:
-            k += 1
-    return k
-
-
-@numba.njit(cache=True)
-def _rank(sorted_values, v, inclusive):
-    """Number of ``sorted_values`` below ``v`` (``inclusive``: at most ``v``).
-
-    A binary search, except for the few values of a typical anchor's positives, where a
-    branch-free count is several times faster than mispredicted binary-search branches.
-    """
-    n = sorted_values.shape[0]
-    if n > _LINEAR_RANK_MAX:
-        if inclusive:
-            return np.searchsorted(sorted_values, v, side="right")
-        return np.searchsorted(sorted_values, v, side="left")
-    r = 0
-    if inclusive:
-        for i in range(n):
-            r += sorted_values[i] <= v
-    else:
-        for i in range(n):
-            r += sorted_values[i] < v
-    return r
-
-
-@numba.njit(cache=True)
-def _sorted_negatives(row, label, ref_labels):
-    """The anchor's negative distances sorted ascending and their columns; the sort is
-    stable, so equal distances keep column order."""
-    m = ref_labels.shape[0]
-    k = _count_negatives(label, ref_labels)
-    cols = np.empty(k, dtype=np.int64)
-    vals = np.empty(k, dtype=row.dtype)
-    k = 0
-    for j in range(m):
-        if ref_labels[j] != label:
-            cols[k] = j
-            vals[k] = row[j]
-            k += 1
-    order = np.argsort(vals, kind="mergesort")
-    return vals[order], cols[order]
-
-
-@numba.njit(cache=True)
-def _region_bounds(svals, dap, t, region):
-    """Slots ``[lo, hi)`` of the sorted negatives ``svals`` in ``region`` for one positive
-    at distance ``dap`` with threshold ``t = dap + margin``; ``hi >= lo``."""
-    k = svals.shape[0]
-    if region == _VALID:
-        return 0, k
-    if region == _ACTIVE:
-        return 0, np.searchsorted(svals, t, side="left")  # d_an < t
-    le_margin = np.searchsorted(svals, t, side="right")  # d_an <= t
-    if region == _ALL:
-        return 0, le_margin
-    le_ap = np.searchsorted(svals, dap, side="right")  # d_an <= d_ap
-    if region == _HARD:
-        return 0, min(le_margin, le_ap)  # d_an <= d_ap and d_an <= t
-    if region == _SEMIHARD:
-        return le_ap, max(le_margin, le_ap)
-    return le_margin, k  # _EASY
-
-
-# ---------------------------------------------------------------------------------------------
-# Batch-all losses
-# ---------------------------------------------------------------------------------------------
-
-
-@numba.njit(cache=True)
-def _hinge_anchor(row, label, ref_labels, own, margin, g):
-    """Hinge batch-all terms of one anchor: writes its gradient row ``g`` (zero on entry)
-    and returns ``(total, n_valid, n_active)``.
-
-    The thresholds ``t_p = d_ap + margin`` are sorted; a negative at ``v`` is active for
-    the positives with ``t_p > v``, the last ``P - r`` of them where ``r = #{t_p <= v}``.
-    Per bucket ``r`` the negatives' number and float64 sum are kept, and running sums over
-    the sorted thresholds give each positive its count ``c_p`` and total ``S_p`` of active
-    negatives, hence its term ``c_p * t_p - S_p`` and gradient ``c_p``; a negative's
-    gradient is ``-(P - r)``.
-    """
-    pcols = _positives(label, ref_labels, own)
-    npos = pcols.shape[0]
-    if npos == 0:
-        return 0.0, 0, 0
-    thresholds = np.empty(npos, dtype=row.dtype)
-    for i in range(npos):
-        thresholds[i] = row[pcols[i]] + margin
-    order = np.argsort(thresholds, kind="mergesort")
-    tsorted = thresholds[order]
-    bucket_count = np.zeros(npos + 1, dtype=np.int64)
-    bucket_sum = np.zeros(npos + 1, dtype=np.float64)
-    k = 0
-    active = 0
-    for j in range(ref_labels.shape[0]):
-        if ref_labels[j] != label:
-            v = row[j]
-            r = _rank(tsorted, v, True)
-            k += 1
-            active += npos - r
-            g[j] = -(npos - r)
-            bucket_count[r] += 1
-            bucket_sum[r] += v
-    c = 0
-    s = 0.0
-    total = 0.0
-    for i in range(npos):
-        c += bucket_count[i]
-        s += bucket_sum[i]
-        g[pcols[order[i]]] = c
-        total += c * np.float64(tsorted[i]) - s
-    return total, npos * k, active
-
-
-@numba.njit(cache=True)
-def _softplus_sigmoid(x):
-    """``(softplus(x), sigmoid(x))`` for a float64 ``x``, both numerically stable."""
-    e = math.exp(-abs(x))
-    softplus = max(x, 0.0) + math.log1p(e)
-    if x >= 0.0:
-        return softplus, 1.0 / (1.0 + e)
-    return softplus, e / (1.0 + e)
-
-
-@numba.njit(cache=True)
-def _soft_anchor(row, label, ref_labels, own, margin, g):
-    """Soft-margin batch-all terms ``softplus(d_ap - d_an + margin)`` of one anchor in
-    O(P M), in float64: writes its gradient row ``g`` (zero on entry) and returns
-    ``(total, n_valid)``."""
-    pcols = _positives(label, ref_labels, own)
-    npos = pcols.shape[0]
-    if npos == 0:
-        return 0.0, 0
-    dap = np.empty(npos, dtype=np.float64)
-    for i in range(npos):
-        dap[i] = row[pcols[i]] + margin
-    gpos = np.zeros(npos, dtype=np.float64)
-    total = 0.0
-    k = 0
-    for j in range(ref_labels.shape[0]):
-        if ref_labels[j] != label:
-            v = np.float64(row[j])
-            k += 1
-            gneg = 0.0
-            for i in range(npos):
-                softplus, sigmoid = _softplus_sigmoid(dap[i] - v)
-                total += softplus
-                gpos[i] += sigmoid
-                gneg += sigmoid
-            g[j] = -gneg
-    for i in range(npos):
-        g[pcols[i]] = gpos[i]
-    return total, npos * k
-
-
-@numba.njit(
-    _signatures(
-        "F",
-        _INDEX,
-        _INDEX,
-        _INDEX,
-        "f",
-        numba.boolean,
-        "F",
-        numba.float64[::1],
-        numba.int64[:, ::1],
-    ),
-    cache=True,
-    parallel=True,
-)
-def _batch_all_kernel(dist, labels, ref_labels, self_index, margin, soft, grad, totals, counts):
-    """:func:`_soft_anchor` (``soft``) or :func:`_hinge_anchor` for every anchor: its total
-    into ``totals[a]``, its numbers of valid and active triplets into ``counts[a]`` (active:
-    hinge only) and its gradient into row ``a`` of ``grad`` (zero on entry)."""
-    for a in prange(dist.shape[0]):
-        if soft:
-            total, valid = _soft_anchor(
-                dist[a], labels[a], ref_labels, self_index[a], margin, grad[a]
-            )
-            active = 0
-        else:
-            total, valid, active = _hinge_anchor(
-                dist[a], labels[a], ref_labels, self_index[a], margin, grad[a]
-            )
-        totals[a] = total
-        counts[a, 0] = valid
-        counts[a, 1] = active
-
-
-# ---------------------------------------------------------------------------------------------
-# Mined triplets: one per anchor (batch-hard), per positive pair (semi-hard), per region
-# ---------------------------------------------------------------------------------------------
-
-
-@numba.njit(cache=True)
-def _hard_anchor(row, label, ref_labels, own):
-    """Farthest positive and nearest negative of one anchor (first column on ties), -1
-    for none."""
-    best_p = -1
-    best_n = -1
-    for j in range(ref_labels.shape[0]):
-        v = row[j]
-        if ref_labels[j] == label:
-            if j != own and (best_p < 0 or v > row[best_p]):
-                best_p = j
-        elif best_n < 0 or v < row[best_n]:
-            best_n = j
-    return best_p, best_n
-
-
-@numba.njit(_signatures("F", _INDEX, _INDEX, _INDEX, _INDEX, _INDEX), cache=True, parallel=True)
-def _hard_kernel(dist, labels, ref_labels, self_index, hardest_p, hardest_n):
-    """:func:`_hard_anchor` for every anchor."""
-    for a in prange(dist.shape[0]):
-        p, n = _hard_anchor(dist[a], labels[a], ref_labels, self_index[a])
-        hardest_p[a] = p
-        hardest_n[a] = n
-
-
-@numba.njit(cache=True)
-def _ranked_anchor(row, label, ref_labels, own, positive, lo, hi, out):
-    """One anchor's positives (``positive``: hardness rank 0 = farthest) or negatives (rank
-    0 = nearest) ranked ``lo .. hi - 1``, ties to the lower column, into ``out`` (-1 where
-    the anchor has fewer)."""
-    m = ref_labels.shape[0]
-    count = 0
-    for j in range(m):
-        if (ref_labels[j] == label) == positive and j != own:
-            count += 1
-    cols = np.empty(count, dtype=np.int64)
-    keys = np.empty(count, dtype=row.dtype)
-    count = 0
-    for j in range(m):
-        if (ref_labels[j] == label) == positive and j != own:
-            cols[count] = j
-            keys[count] = -row[j] if positive else row[j]
-            count += 1
-    order = np.argsort(keys, kind="mergesort")  # stable: equal distances keep column order
-    for r in range(lo, hi):
-        out[r - lo] = cols[order[r]] if r < count else -1
-
-
-@numba.njit(
-    [
-        numba.void(
-            f[:, ::1],
-            _INDEX,
-            _INDEX,
-            _INDEX,
-            numba.int64,
-            numba.int64,
-            numba.int64,
-            numba.int64,
-            numba.int64[:, ::1],
-            numba.int64[:, ::1],
-        )
-        for f in _FLOATS
-    ],
-    cache=True,
-    parallel=True,
-)
-def _ranked_kernel(dist, labels, ref_labels, self_index, p_lo, p_hi, n_lo, n_hi, out_p, out_n):
-    """:func:`_ranked_anchor` for every anchor, its positives and its negatives."""
-    for a in prange(dist.shape[0]):
-        own = self_index[a]
-        _ranked_anchor(dist[a], labels[a], ref_labels, own, True, p_lo, p_hi, out_p[a])
-        # a negative is never the anchor's own column (same label); -2 matches no column
-        _ranked_anchor(dist[a], labels[a], ref_labels, -2, False, n_lo, n_hi, out_n[a])
-
-
-@numba.njit(cache=True)
-def _semi_hard_anchor(row, label, ref_labels, own, fill, out_p, out_n):
-    """Number of one anchor's semi-hard rows (its positives if it has a negative, else 0);
-    with ``fill`` also writes each positive (columns ascending) and its negative, into
-    ``out_p`` and ``out_n`` of that length.
-
-    Counting is one pass over the labels, without allocating; filling gathers the
-    positives' columns and distances in one pass. The distances ``d_ap`` are then sorted; a
-    negative at ``v`` is farther than the positives with ``d_ap < v``, the first ``r`` of
-    them. Bucket ``r`` keeps the nearest such negative (first column on ties); a running
-    minimum over the buckets from the top gives each positive its nearest farther negative.
-    Without one, the first occurrence of the largest negative distance is taken.
-    """
-    m = ref_labels.shape[0]
-    if not fill:
-        npos = 0
-        nneg = 0
-        for j in range(m):
-            if ref_labels[j] != label:
-                nneg += 1
-            elif j != own:
-                npos += 1
-        return npos if nneg > 0 else 0
-    npos = out_p.shape[0]
-    if npos == 0:
-        return 0
-    pcols = np.empty(npos, dtype=np.int64)
-    dap = np.empty(npos, dtype=row.dtype)
-    i = 0
-    for j in range(m):
-        if ref_labels[j] == label and j != own:
-            pcols[i] = j
-            dap[i] = row[j]
-            i += 1
-    order = np.argsort(dap, kind="mergesort")
-    dsorted = dap[order]
-    bucket = np.full(npos + 1, -1, dtype=np.int64)
-    largest = -1
-    for j in range(m):
-        if ref_labels[j] != label:
-            v = row[j]
-            if largest < 0 or v > row[largest]:
-                largest = j
-            r = _rank(dsorted, v, False)
-            if r > 0 and (bucket[r] < 0 or v < row[bucket[r]]):
-                bucket[r] = j
-    best = -1
-    for i in range(npos - 1, -1, -1):
-        cand = bucket[i + 1]
-        if cand >= 0 and (
-            best < 0 or row[cand] < row[best] or (row[cand] == row[best] and cand < best)
-        ):
-            best = cand
-        q = order[i]
-        out_p[q] = pcols[q]
-        out_n[q] = best if best >= 0 else largest
-    return npos
-
-
-@numba.njit(cache=True)
-def _region_anchor(row, label, ref_labels, own, margin, region, fill, out_p, out_n):
-    """Number of one anchor's triplets in ``region``; with ``fill`` also writes their
-    positives and negatives, by positive, then by increasing ``d_an`` (first column on
-    ties). Counting and filling take the runs from the same sorted negatives."""
-    pcols = _positives(label, ref_labels, own)
-    if pcols.shape[0] == 0:
-        return 0
-    svals, scols = _sorted_negatives(row, label, ref_labels)
-    w = 0
-    for i in range(pcols.shape[0]):
-        p = pcols[i]
-        dap = row[p]
-        lo, hi = _region_bounds(svals, dap, dap + margin, region)
-        if fill:
-            for s in range(lo, hi):
-                out_p[w] = p
-                out_n[w] = scols[s]
-                w += 1
-        else:
-            w += hi - lo
-    return w
-
-
-@numba.njit(
-    _signatures(
-        "F",
-        _INDEX,
-        _INDEX,
-        _INDEX,
-        "f",
-        numba.int64,
-        numba.boolean,
-        _INDEX,
-        _INDEX,
-        _INDEX,
-        _INDEX,
-    ),
-    cache=True,
-    parallel=True,
-)
-def _rows_kernel(
-    dist, labels, ref_labels, self_index, margin, mode, fill, offsets, out_a, out_p, out_n
-):
-    """Mined rows of every anchor, semi-hard (``mode == _SEMI_HARD_ROWS``) or in the region
-    ``mode``, in two calls. ``fill=False``: ``offsets[a + 1]`` = number of anchor ``a``'s
-    rows. ``fill=True``, ``offsets`` now cumulative: writes them from ``offsets[a]`` on."""
-    for a in prange(dist.shape[0]):
-        start = 0
-        stop = 0
-        if fill:
-            start = offsets[a]
-            stop = offsets[a + 1]
-            if stop == start:
-                continue
-        row = dist[a]
-        label = labels[a]
-        own = self_index[a]
-        p = out_p[start:stop]
-        n = out_n[start:stop]
-        if mode == _SEMI_HARD_ROWS:
-            count = _semi_hard_anchor(row, label, ref_labels, own, fill, p, n)
-        else:
-            count = _region_anchor(row, label, ref_labels, own, margin, mode, fill, p, n)
-        if fill:
-            for i in range(start, stop):
-                out_a[i] = a
-        else:
-            offsets[a + 1] = count
-
-
-# ---------------------------------------------------------------------------------------------
-# Triplet counts
-# ---------------------------------------------------------------------------------------------
-
-
-@numba.njit(cache=True)
-def _counts_anchor(row, label, ref_labels, own, margin):
-    """``(valid, easy, hard)`` triplet counts of one anchor.
-
-    With ``l_p = min(d_ap + margin, d_ap)``, a negative at ``v`` is hard for the positives
-    with ``l_p >= v`` and not easy for those with ``d_ap + margin >= v``; both numbers are
-    ranks of ``v`` among the sorted ``l_p`` and ``d_ap + margin``.
-    """
-    pcols = _positives(label, ref_labels, own)
-    npos = pcols.shape[0]
-    if npos == 0:
-        return 0, 0, 0
-    lower = np.empty(npos, dtype=row.dtype)
-    upper = np.empty(npos, dtype=row.dtype)
-    for i in range(npos):
-        d = row[pcols[i]]
-        upper[i] = d + margin
-        lower[i] = min(upper[i], d)
-    lower = lower[np.argsort(lower, kind="mergesort")]
-    upper = upper[np.argsort(upper, kind="mergesort")]
-    k = 0
-    hard = 0
-    not_easy = 0
-    for j in range(ref_labels.shape[0]):
-        if ref_labels[j] != label:
-            v = row[j]
-            k += 1
-            hard += npos - _rank(lower, v, False)
-            not_easy += npos - _rank(upper, v, False)
-    return npos * k, npos * k - not_easy, hard
-
-
-@numba.njit(
-    _signatures("F", _INDEX, _INDEX, _INDEX, "f", numba.int64[:, ::1]), cache=True, parallel=True
-)
-def _counts_kernel(dist, labels, ref_labels, self_index, margin, counts):
-    """:func:`_counts_anchor` for every anchor, into ``counts[a]``."""
-    for a in prange(dist.shape[0]):
-        valid, easy, hard = _counts_anchor(dist[a], labels[a], ref_labels, self_index[a], margin)
-        counts[a, 0] = valid
-        counts[a, 1] = easy
-        counts[a, 2] = hard
 
 
 # ---------------------------------------------------------------------------------------------
@@ -573,9 +70,18 @@ def _inputs(
     if dist.ndim != 2:
         raise ValueError(f"dist must be 2-D [N, M], got shape {dist.shape}")
     n, m = dist.shape
+    self_index = np.ascontiguousarray(self_index, dtype=np.int64)
+    if np.ndim(labels) == 2:  # a mask relation: the positive and negative masks [N, M]
+        labels = np.ascontiguousarray(labels, dtype=np.bool_)
+        ref_labels = np.ascontiguousarray(ref_labels, dtype=np.bool_)
+        if labels.shape != (n, m) or ref_labels.shape != (n, m) or self_index.shape != (n,):
+            raise ValueError(
+                f"dist is {n} x {m} but the masks and self_index have shapes "
+                f"{labels.shape}, {ref_labels.shape} and {self_index.shape}"
+            )
+        return np.ascontiguousarray(dist), labels, ref_labels, self_index
     labels = np.ascontiguousarray(labels, dtype=np.int64)
     ref_labels = np.ascontiguousarray(ref_labels, dtype=np.int64)
-    self_index = np.ascontiguousarray(self_index, dtype=np.int64)
     if labels.shape != (n,) or self_index.shape != (n,) or ref_labels.shape != (m,):
         raise ValueError(
             f"dist is {n} x {m} but labels, ref_labels and self_index have shapes "

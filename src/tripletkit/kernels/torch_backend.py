@@ -5,6 +5,9 @@ the anchor labels ``labels [N]``, the reference labels ``ref_labels [M]`` and ``
 [N]``: the column of each anchor's own sample among the references, or -1 when the anchor is
 not among them. A positive of anchor ``a`` is a reference ``j != self_index[a]`` with the
 same label; a negative is a reference with a different label (see :mod:`tripletkit._masks`).
+For multi-hot labels and explicit masks, ``labels`` and ``ref_labels`` are the positive and
+negative masks ``[N, M]`` instead (a *mask relation*, own pairs already removed): the label
+runs (``width`` slots read off sorted labels) then become a stable sort of each mask row.
 
 Kernels never take part in autograd: they return selected indices, counts, or the gradient
 of a sum of loss terms with respect to ``dist``. The autograd glue lives in
@@ -40,7 +43,7 @@ import torch
 from torch import Tensor
 
 from .._checks import to_host
-from .._masks import pair_masks
+from .._masks import is_mask_relation, pair_masks
 
 __all__ = [
     "REGIONS",
@@ -120,7 +123,24 @@ def _masks(
     labels: Tensor, ref_labels: Tensor, self_index: Tensor, start: int, stop: int
 ) -> tuple[Tensor, Tensor]:
     """Positive and negative masks ``[stop - start, M]`` for a chunk of anchors."""
+    if is_mask_relation(labels):
+        return labels[start:stop], ref_labels[start:stop]
     return pair_masks(labels[start:stop], ref_labels, self_index[start:stop])
+
+
+def _not_negative(labels: Tensor, ref_labels: Tensor, start: int, stop: int) -> Tensor:
+    """``[stop - start, M]``: the references that are not negatives of a chunk's anchors
+    (class labels: the same label, own column included)."""
+    if is_mask_relation(labels):
+        return ~ref_labels[start:stop]
+    return labels[start:stop, None] == ref_labels[None, :]
+
+
+def _negative(labels: Tensor, ref_labels: Tensor, start: int, stop: int) -> Tensor:
+    """``[stop - start, M]``: the negatives of a chunk's anchors."""
+    if is_mask_relation(labels):
+        return ref_labels[start:stop]
+    return labels[start:stop, None] != ref_labels[None, :]
 
 
 class _LabelIndex(NamedTuple):
@@ -135,6 +155,30 @@ class _LabelIndex(NamedTuple):
 def _label_index(ref_labels: Tensor) -> _LabelIndex:
     sorted_labels, order = torch.sort(ref_labels, stable=True)
     return _LabelIndex(sorted_labels, order, torch.argsort(order))
+
+
+def _index(labels: Tensor, ref_labels: Tensor) -> _LabelIndex | None:
+    """The label index of class labels; ``None`` for a mask relation (no label runs)."""
+    return None if is_mask_relation(labels) else _label_index(ref_labels)
+
+
+def _slots(
+    index: _LabelIndex | None,
+    labels: Tensor,
+    ref_labels: Tensor,
+    self_index: Tensor,
+    start: int,
+    stop: int,
+    width: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`_positive_slots` of a chunk of anchors; for a mask relation (``index`` None)
+    the positives' columns are read off the mask with a stable sort of each row."""
+    if index is not None:
+        return _positive_slots(index, labels[start:stop], self_index[start:stop], width)
+    pos, neg = labels[start:stop], ref_labels[start:stop]
+    cols = torch.sort((~pos).to(torch.uint8), dim=1, stable=True).indices[:, :width]
+    used = torch.arange(width, device=pos.device) < pos.sum(dim=1, keepdim=True)
+    return torch.where(used, cols, 0), used, neg.sum(dim=1)
 
 
 def _positive_slots(
@@ -229,13 +273,13 @@ def batch_all_hinge(
     n_active = torch.zeros_like(n_valid)
     if m == 0:
         return total.to(dist.dtype), n_valid, n_active, grad
-    index = _label_index(ref_labels)
+    index = _index(labels, ref_labels)
     # one element, not 0-dim: a dimensioned operand promotes torch.where's result to float64
     inf64 = torch.full((1,), math.inf, dtype=torch.float64, device=dist.device)
     for start, stop in _chunks(n, 4 * m, dist.device):
         d = dist[start:stop]
-        same = labels[start:stop, None] == ref_labels[None, :]
-        cols, used, n_neg = _positive_slots(index, labels[start:stop], self_index[start:stop], w)
+        same = _not_negative(labels, ref_labels, start, stop)
+        cols, used, n_neg = _slots(index, labels, ref_labels, self_index, start, stop, w)
         n_pos = used.sum(dim=1)
         thresholds = torch.where(used, d.gather(1, cols) + margin, math.inf)
         t_sorted, order = thresholds.sort(dim=1)
@@ -290,11 +334,11 @@ def batch_all_soft(
     total, n_valid = _zero(dist.device)
     if m == 0:
         return total.to(dist.dtype), n_valid, grad
-    index = _label_index(ref_labels)
+    index = _index(labels, ref_labels)
     for start, stop in _chunks(n, 2 * m, dist.device):
         d = dist[start:stop]
-        neg = labels[start:stop, None] != ref_labels[None, :]
-        cols, used, n_neg = _positive_slots(index, labels[start:stop], self_index[start:stop], w)
+        neg = _negative(labels, ref_labels, start, stop)
+        cols, used, n_neg = _slots(index, labels, ref_labels, self_index, start, stop, w)
         n_valid += (used.sum(dim=1) * n_neg).sum()
         g = torch.zeros_like(d)
         pos_grad = torch.zeros(d.shape[0], w, dtype=d.dtype, device=d.device)
@@ -395,20 +439,25 @@ def batch_hard(
     default = positive_ranks == (0, 1) and negative_ranks == (0, 1)
     wp, wq = positive_ranks[1] - positive_ranks[0], negative_ranks[1] - negative_ranks[0]
     hardest_p, hardest_n, valid = [], [], []
-    index = _label_index(ref_labels) if m else None
+    index = _index(labels, ref_labels) if m else None
     for start, stop in _chunks(n, m, dist.device):
         d = dist[start:stop]
-        if index is None:  # no references: argmax of an empty row is undefined
+        if m == 0:  # no references: argmax of an empty row is undefined
             none = torch.zeros(stop - start, wp, wq, dtype=torch.int64, device=d.device)
             hardest_p.append(none[:, :, 0])
             hardest_n.append(none[:, 0, :])
             valid.append(none.bool())
             continue
         own = self_index[start:stop]
-        same = labels[start:stop, None] == ref_labels[None, :]
-        n_pos, n_neg = _label_counts(index, labels[start:stop], own)
+        if index is None:  # a mask relation: positives and non-negatives differ
+            pos, neg = labels[start:stop], ref_labels[start:stop]
+            same, not_neg = pos, ~neg
+            n_pos, n_neg = pos.sum(dim=1), neg.sum(dim=1)
+        else:
+            same = not_neg = labels[start:stop, None] == ref_labels[None, :]
+            n_pos, n_neg = _label_counts(index, labels[start:stop], own)
         p_cols, p_ok = _ranked(d, same, own, n_pos, *positive_ranks, farthest=True)
-        n_cols, n_ok = _ranked(d, same, own, n_neg, *negative_ranks, farthest=False)
+        n_cols, n_ok = _ranked(d, not_neg, own, n_neg, *negative_ranks, farthest=False)
         hardest_p.append(p_cols)
         hardest_n.append(n_cols)
         valid.append(p_ok[:, :, None] & n_ok[:, None, :])
@@ -512,15 +561,15 @@ def semi_hard(
     buckets = width is not None and width <= SEMI_HARD_BUCKETS_MAX
     w = min(width, m) if buckets and width is not None else m
     parts: list[tuple[Tensor, ...]] = []
-    index = _label_index(ref_labels) if buckets and m else None
+    index = _index(labels, ref_labels) if buckets and m else None
     for start, stop in _chunks(n, 4 * m if buckets else m, dist.device):
         d = dist[start:stop]
         if m == 0:
             empty = torch.zeros(stop - start, 0, dtype=torch.int64, device=d.device)
             parts.append((empty, empty, empty.bool()))
-        elif index is not None:
-            same = labels[start:stop, None] == ref_labels[None, :]
-            slots = _positive_slots(index, labels[start:stop], self_index[start:stop], w)
+        elif buckets:
+            same = _not_negative(labels, ref_labels, start, stop)
+            slots = _slots(index, labels, ref_labels, self_index, start, stop, w)
             parts.append(_semi_hard_buckets(d, same, *slots, w))
         else:
             parts.append(_semi_hard_sorted(d, *_masks(labels, ref_labels, self_index, start, stop)))
@@ -633,11 +682,11 @@ def triplet_counts(
     counts = torch.zeros(3, dtype=torch.int64, device=dist.device)  # valid, not easy, hard
     if m == 0:
         return torch.zeros(4, dtype=torch.int64, device=dist.device)
-    index = _label_index(ref_labels)
+    index = _index(labels, ref_labels)
     for start, stop in _chunks(n, 2 * m, dist.device):
         d = dist[start:stop]
-        neg = labels[start:stop, None] != ref_labels[None, :]
-        cols, used, n_neg = _positive_slots(index, labels[start:stop], self_index[start:stop], m)
+        neg = _negative(labels, ref_labels, start, stop)
+        cols, used, n_neg = _slots(index, labels, ref_labels, self_index, start, stop, m)
         d_ap = d.gather(1, cols)
         n_pos = used.sum(dim=1)
         lower = torch.where(used, torch.minimum(d_ap + margin, d_ap), math.inf)

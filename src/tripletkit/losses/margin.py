@@ -154,6 +154,10 @@ def margin_loss(
     beta = beta.to(device=emb.device, dtype=emb.dtype)
     if beta.shape[0] == 1:
         beta_pos, beta_neg = beta.expand(ap.shape[0]), beta.expand(an.shape[0])
+    elif b.masked:
+        raise ValueError(
+            "a per-class beta needs class labels [N]; with multi-hot labels give one beta"
+        )
     else:
         beta_pos, beta_neg = _per_class(beta, lab[ap], lab[an])
     hinge = torch.cat(

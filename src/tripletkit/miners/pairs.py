@@ -19,6 +19,7 @@ from torch import Tensor
 from .._batch import check_options, prepare
 from .._checks import check_finite_real, to_host
 from .._deprecation import refs_keyword_only
+from .._masks import given_masks
 from ..types import Pairs
 from ._base import Miner
 
@@ -71,6 +72,8 @@ def multi_similarity_pairs(
     ref_labels: Tensor | None = None,
     anchor_offset: int | None = None,
     normalize: bool = False,
+    positive_mask: Tensor | None = None,
+    negative_mask: Tensor | None = None,
 ) -> Pairs:
     """The pair mining of the multi-similarity loss (Wang, Han, Huang, Dong & Scott 2019,
     "Multi-Similarity Loss with General Pair Weighting for Deep Metric Learning").
@@ -93,6 +96,14 @@ def multi_similarity_pairs(
         normalize: L2-normalise the embeddings first (implied by ``"cosine"``).
         anchor_offset: the anchors are rows ``anchor_offset : anchor_offset + N`` of the
             references (their own rows are then not positives).
+        positive_mask: ``[N, M]`` bool, an explicit relation given instead of labels (pass
+            ``labels=None`` and no ``ref_labels``): ``True`` marks the positives of each
+            anchor (rows) among the references (columns; the anchors themselves without a
+            reference set). Pairs in neither mask are ignored; a pair in both is a
+            ValueError (input checks on); an anchor's pair with its own sample is never
+            used. Without ``negative_mask`` the negatives are the other pairs.
+        negative_mask: ``[N, M]`` bool, the negatives (without ``positive_mask``: the
+            positives are the other pairs). See the multi-label guide.
 
     Returns:
         :class:`~tripletkit.types.Pairs`; positive and negative pairs each ordered row-major
@@ -108,6 +119,7 @@ def multi_similarity_pairs(
         >>> multi_similarity_pairs(x, torch.tensor([0, 0, 1, 1]), epsilon=0.1)
         Pairs(anchor_pos=tensor([0, 1, 2, 3]), positive=tensor([1, 0, 3, 2]), anchor_neg=tensor([0, 1, 1, 2, 2, 3]), negative=tensor([2, 2, 3, 0, 1, 1]))
     """
+    labels = given_masks(labels, positive_mask, negative_mask)
     epsilon = check_finite_real(epsilon, "epsilon")
     d, pos, neg = _pair_batch(
         embeddings, labels, metric, ref_embeddings, ref_labels, anchor_offset, normalize
@@ -132,6 +144,8 @@ def pair_margin_pairs(
     ref_labels: Tensor | None = None,
     anchor_offset: int | None = None,
     normalize: bool = False,
+    positive_mask: Tensor | None = None,
+    negative_mask: Tensor | None = None,
 ) -> Pairs:
     """The pairs with a non-zero contrastive loss: positive pairs with ``d > pos_margin`` and
     negative pairs with ``d < neg_margin`` (the terms of
@@ -146,6 +160,14 @@ def pair_margin_pairs(
         normalize: L2-normalise the embeddings first.
         anchor_offset: the anchors are rows ``anchor_offset : anchor_offset + N`` of the
             references (their own rows are then not positives).
+        positive_mask: ``[N, M]`` bool, an explicit relation given instead of labels (pass
+            ``labels=None`` and no ``ref_labels``): ``True`` marks the positives of each
+            anchor (rows) among the references (columns; the anchors themselves without a
+            reference set). Pairs in neither mask are ignored; a pair in both is a
+            ValueError (input checks on); an anchor's pair with its own sample is never
+            used. Without ``negative_mask`` the negatives are the other pairs.
+        negative_mask: ``[N, M]`` bool, the negatives (without ``positive_mask``: the
+            positives are the other pairs). See the multi-label guide.
 
     Returns:
         :class:`~tripletkit.types.Pairs`; positive and negative pairs each ordered row-major.
@@ -160,6 +182,7 @@ def pair_margin_pairs(
         >>> pair_margin_pairs(x, torch.tensor([0, 0, 1, 1]), pos_margin=0.1, neg_margin=1.0)
         Pairs(anchor_pos=tensor([0, 1, 2, 3]), positive=tensor([1, 0, 3, 2]), anchor_neg=tensor([0, 1, 2, 2]), negative=tensor([2, 2, 0, 1]))
     """
+    labels = given_masks(labels, positive_mask, negative_mask)
     pos_margin = check_finite_real(pos_margin, "pos_margin")
     neg_margin = check_finite_real(neg_margin, "neg_margin")
     d, pos, neg = _pair_batch(

@@ -26,6 +26,7 @@ from torch import Tensor
 from .._batch import check_options, prepare
 from .._checks import check_finite_real, check_positive_int, check_positive_real, to_host
 from .._deprecation import refs_keyword_only
+from .._masks import given_masks
 from ..types import Triplets
 from ._base import SeededMiner
 
@@ -147,6 +148,8 @@ def distance_weighted_triplets(
     anchor_offset: int | None = None,
     normalize: bool = False,
     generator: torch.Generator | None = None,
+    positive_mask: Tensor | None = None,
+    negative_mask: Tensor | None = None,
 ) -> Triplets:
     """Distance-weighted sampling (Wu, Manmatha, Smola & Krähenbühl 2017, "Sampling Matters
     in Deep Embedding Learning").
@@ -177,6 +180,14 @@ def distance_weighted_triplets(
         normalize: L2-normalise the embeddings (and references) first.
         generator: the random source; torch's default generator of the embeddings' device
             when ``None``.
+        positive_mask: ``[N, M]`` bool, an explicit relation given instead of labels (pass
+            ``labels=None`` and no ``ref_labels``): ``True`` marks the positives of each
+            anchor (rows) among the references (columns; the anchors themselves without a
+            reference set). Pairs in neither mask are ignored; a pair in both is a
+            ValueError (input checks on); an anchor's pair with its own sample is never
+            used. Without ``negative_mask`` the negatives are the other pairs.
+        negative_mask: ``[N, M]`` bool, the negatives (without ``positive_mask``: the
+            positives are the other pairs). See the multi-label guide.
 
     Returns:
         :class:`~tripletkit.types.Triplets`, one row per positive pair whose anchor has a
@@ -197,6 +208,7 @@ def distance_weighted_triplets(
         >>> bool((labels[t.anchor] == labels[t.positive]).all() and (labels[t.anchor] != labels[t.negative]).all())
         True
     """
+    labels = given_masks(labels, positive_mask, negative_mask)
     cutoff, nonzero_loss_cutoff = check_cutoffs(cutoff, nonzero_loss_cutoff)
     generator = _check_generator(generator)
     b = prepare(
@@ -231,6 +243,8 @@ def random_triplets(
     ref_labels: Tensor | None = None,
     anchor_offset: int | None = None,
     generator: torch.Generator | None = None,
+    positive_mask: Tensor | None = None,
+    negative_mask: Tensor | None = None,
 ) -> Triplets:
     """Uniformly random triplets: the baseline that every informed sampler is measured against.
 
@@ -249,6 +263,14 @@ def random_triplets(
         anchor_offset: as in :func:`distance_weighted_triplets`.
         generator: the random source; torch's default generator of the embeddings' device
             when ``None``.
+        positive_mask: ``[N, M]`` bool, an explicit relation given instead of labels (pass
+            ``labels=None`` and no ``ref_labels``): ``True`` marks the positives of each
+            anchor (rows) among the references (columns; the anchors themselves without a
+            reference set). Pairs in neither mask are ignored; a pair in both is a
+            ValueError (input checks on); an anchor's pair with its own sample is never
+            used. Without ``negative_mask`` the negatives are the other pairs.
+        negative_mask: ``[N, M]`` bool, the negatives (without ``positive_mask``: the
+            positives are the other pairs). See the multi-label guide.
 
     Returns:
         :class:`~tripletkit.types.Triplets` (empty when there is no valid triplet).
@@ -265,6 +287,7 @@ def random_triplets(
         >>> random_triplets(x, labels, num_triplets=10).num_triplets
         10
     """
+    labels = given_masks(labels, positive_mask, negative_mask)
     if num_triplets is not None:
         num_triplets = check_positive_int(num_triplets, "num_triplets")
     generator = _check_generator(generator)
@@ -277,7 +300,7 @@ def random_triplets(
         matrix=False,
     )
     device = b.labels.device
-    n, m = b.labels.shape[0], b.ref_labels.shape[0]
+    n, m = b.embeddings.shape[0], b.ref_embeddings.shape[0]
     if n == 0 or m == 0:
         return Triplets.empty(device)
     pos, neg = b.masks()

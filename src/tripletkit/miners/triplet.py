@@ -29,6 +29,7 @@ from .._checks import (
     check_rank_window,
 )
 from .._deprecation import refs_keyword_only
+from .._masks import given_masks
 from ..kernels import Selection, batch_hard, semi_hard, triplet_region
 from ..types import Triplets
 from ._base import Miner
@@ -101,6 +102,8 @@ def batch_all_triplets(
     anchor_offset: int | None = None,
     normalize: bool = False,
     backend: str = "auto",
+    positive_mask: Tensor | None = None,
+    negative_mask: Tensor | None = None,
 ) -> Triplets:
     """Every valid triplet, or with ``active_only`` those with ``d_ap - d_an + m > 0``
     (the non-zero terms of Hermans et al.'s batch-all loss, "BA≠0").
@@ -118,6 +121,7 @@ def batch_all_triplets(
         >>> batch_all_triplets(x, torch.tensor([0, 0, 1]), margin=0.2, active_only=False)
         Triplets(anchor=tensor([0, 1]), positive=tensor([1, 0]), negative=tensor([2, 2]))
     """
+    labels = given_masks(labels, positive_mask, negative_mask)
     margin = check_finite_real(margin, "margin")
     region = "active" if check_bool(active_only, "active_only") else "valid"
     b, dist = _mined_batch(
@@ -141,6 +145,8 @@ def batch_hard_triplets(
     anchor_offset: int | None = None,
     normalize: bool = False,
     backend: str = "auto",
+    positive_mask: Tensor | None = None,
+    negative_mask: Tensor | None = None,
 ) -> Triplets:
     """Batch-hard triplets (Hermans, Beyer & Leibe 2017, "In Defense of the Triplet Loss").
 
@@ -167,6 +173,7 @@ def batch_hard_triplets(
         >>> batch_hard_triplets(x, torch.tensor([0, 0, 0, 1, 2]))
         Triplets(anchor=tensor([0, 1, 2]), positive=tensor([2, 2, 0]), negative=tensor([3, 3, 3]))
     """
+    labels = given_masks(labels, positive_mask, negative_mask)
     windows = _windows(positive_ranks, negative_ranks)
     b, dist = _mined_batch(
         embeddings, labels, metric, ref_embeddings, ref_labels, anchor_offset, normalize, backend
@@ -197,6 +204,8 @@ def semi_hard_triplets(
     normalize: bool = False,
     backend: str = "auto",
     max_positives: int | None = None,
+    positive_mask: Tensor | None = None,
+    negative_mask: Tensor | None = None,
 ) -> Triplets:
     """Semi-hard triplets as FaceNet (Schroff et al. 2015) and TensorFlow-Addons mine them.
 
@@ -220,6 +229,7 @@ def semi_hard_triplets(
         >>> semi_hard_triplets(x, torch.tensor([0, 0, 1, 1]))
         Triplets(anchor=tensor([0, 1, 2, 3]), positive=tensor([1, 0, 3, 2]), negative=tensor([2, 3, 0, 1]))
     """
+    labels = given_masks(labels, positive_mask, negative_mask)
     margin = check_finite_real(margin, "margin")
     active_only = check_bool(active_only, "active_only")
     b, dist = _mined_batch(
@@ -254,6 +264,8 @@ def triplet_margin_triplets(
     anchor_offset: int | None = None,
     normalize: bool = False,
     backend: str = "auto",
+    positive_mask: Tensor | None = None,
+    negative_mask: Tensor | None = None,
 ) -> Triplets:
     """Valid triplets by region of ``t = d_an - d_ap``, with pytorch-metric-learning's
     ``TripletMarginMiner`` regions: ``"all"`` ``t <= m``; ``"hard"`` ``t <= m`` and
@@ -274,6 +286,7 @@ def triplet_margin_triplets(
         >>> triplet_margin_triplets(x, torch.tensor([0, 0, 1, 1]), type_of_triplets="hard")
         Triplets(anchor=tensor([1, 2, 2]), positive=tensor([0, 3, 3]), negative=tensor([2, 1, 0]))
     """
+    labels = given_masks(labels, positive_mask, negative_mask)
     margin = check_finite_real(margin, "margin")
     check_choice("type_of_triplets", type_of_triplets, TYPES_OF_TRIPLETS)
     b, dist = _mined_batch(

@@ -53,6 +53,10 @@ class PKBatchSampler(_EpochBatchSampler):
     its own ``B`` of them, so replicas get disjoint batches, the same number each, and
     together cover every sample.
 
+    Multi-label data (multi-hot labels, see the multi-label guide): sample by one label per
+    sample, e.g. its first or rarest label (``tags.float().argmax(dim=1)``), and hand the
+    multi-hot labels to the loss; every anchor then has at least ``k - 1`` positives.
+
     Args:
         labels: class label of each dataset item, ``[N]``: an integer tensor, numpy array or
             sequence of ints. Any integer values (they need not be contiguous).
