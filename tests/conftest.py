@@ -4,18 +4,48 @@ brute-force reference (values and gradients)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import itertools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import pytest
 import torch
-from reference import problem
+from reference import fused_terms, problem, reduce
 from torch import Tensor
+
+from tripletkit.losses import (
+    BatchAllTripletLoss,
+    BatchHardTripletLoss,
+    SemiHardTripletLoss,
+    batch_all_triplet_loss,
+    batch_hard_triplet_loss,
+    semi_hard_triplet_loss,
+)
 
 BACKENDS = ("torch", "numba")
 METRICS = ("euclidean", "sqeuclidean", "cosine")
 #: The triplet margin of the brute-force comparisons (miners, losses, statistics).
 MARGIN = 0.3
+
+#: The fused triplet losses (function form), by kind.
+FUSED = {
+    "batch_all": batch_all_triplet_loss,
+    "batch_hard": batch_hard_triplet_loss,
+    "semi_hard": semi_hard_triplet_loss,
+}
+#: The module form of each fused loss.
+MODULES = {
+    "batch_all": BatchAllTripletLoss,
+    "batch_hard": BatchHardTripletLoss,
+    "semi_hard": SemiHardTripletLoss,
+}
+#: The reductions each fused loss takes (batch-all lists no terms: no ``"none"``).
+FUSED_REDUCTIONS = {
+    "batch_all": ("mean", "sum", "mean_nonzero"),
+    "batch_hard": ("mean", "sum", "mean_nonzero", "none"),
+    "semi_hard": ("mean", "sum", "mean_nonzero", "none"),
+}
 
 
 @dataclass(frozen=True)
@@ -254,6 +284,37 @@ def leaves_of(*tensors: Tensor | None) -> list[Tensor]:
     return [t for t in tensors if t is not None]
 
 
+@functools.cache
+def expected_fused(
+    name: str,
+    kind: str,
+    soft_margin: bool,
+    metric: str,
+    normalize: bool,
+    reduction: str,
+    smooth: bool = False,
+) -> tuple[Tensor, list[Tensor]]:
+    """The brute-force value and gradients of a fused loss on ``CASES[name]`` (float64,
+    margin :data:`MARGIN`), computed once per argument set and shared by every backend's
+    test (in-memory, streaming)."""
+    c = CASES[name]
+    x, ref = c.leaves()
+    terms, zero = fused_terms(
+        kind,
+        x,
+        c.labels,
+        ref,
+        c.ref_labels,
+        margin=MARGIN,
+        metric=metric,
+        soft_margin=soft_margin,
+        normalize=normalize,
+        anchor_offset=c.anchor_offset,
+        smooth=smooth,
+    )
+    return value_and_grads(reduce(terms, reduction, zero), leaves_of(x, ref))
+
+
 def assert_zero_in_graph(out: Tensor, x: Tensor, ref: Tensor | None, reduction: str) -> None:
     """A loss with no term: 0 (or empty with ``"none"``), in the graph, zero gradients."""
     assert out.dtype == torch.float64
@@ -313,6 +374,63 @@ def some_triplets(c: Case) -> list[tuple[int, int, int]]:
     q = torch.randint(0, m, (SOME_ROWS,), generator=g).tolist()
     rows = list(zip(a, p, q, strict=True))
     return rows + rows[:2] + [(0, 0, m - 1)]
+
+
+# ------------------------------------------------------------------ pairwise grids
+
+
+def pairwise(*axes: Sequence[object]) -> list[tuple[object, ...]]:
+    """Rows that hold every pair of values of every two axes at least once (a covering
+    array of strength 2), instead of the full product of the axes.
+
+    The first two axes are crossed in full (put the ones whose combinations matter there,
+    e.g. the awkward case and the loss); each further axis is then added value by value
+    where it covers the most pairs not yet seen (IPO: horizontal growth), and the pairs
+    still missing get rows of their own (vertical growth). Deterministic: the same axes
+    always give the same rows, so test ids are stable. For 13 cases x 3 losses x 2 margins
+    x 3 metrics x 3 tilings that is 41 rows instead of 702.
+    """
+    if len(axes) < 2:
+        return [(v,) for v in (axes[0] if axes else ())]
+    free = object()  # a slot that any value fills
+    rows: list[list[object]] = [[a, b] for a in axes[0] for b in axes[1]]
+    for k in range(2, len(axes)):
+        seen = [list(axis) for axis in axes[: k + 1]]
+        # the pairs (axis j < k, its value i, value v of axis k) that no row holds yet
+        missing = {
+            (j, i, v) for j in range(k) for i in range(len(seen[j])) for v in range(len(seen[k]))
+        }
+        for r, row in enumerate(rows):
+            held = [(j, seen[j].index(row[j])) for j in range(k) if row[j] is not free]
+            # the value that covers the most missing pairs; ties: the next one in turn
+            order = [(r + t) % len(seen[k]) for t in range(len(seen[k]))]
+            v = max(order, key=lambda v, held=held: sum((j, i, v) in missing for j, i in held))
+            missing -= {(j, i, v) for j, i in held}
+            row.append(seen[k][v])
+        extra: list[list[object]] = []
+        for j, i, v in sorted(missing):
+            for row in extra:
+                if row[k] == seen[k][v] and row[j] is free:
+                    row[j] = seen[j][i]
+                    break
+            else:
+                row = [free] * k + [seen[k][v]]
+                row[j] = seen[j][i]
+                extra.append(row)
+        rows += extra
+    # free slots take the first value of their axis
+    return [
+        tuple(axes[j][0] if value is free else value for j, value in enumerate(row)) for row in rows
+    ]
+
+
+def covers_every_pair(rows: Sequence[Sequence[object]], *axes: Sequence[object]) -> bool:
+    """Whether ``rows`` hold every pair of values of every two of ``axes``."""
+    for a, b in itertools.combinations(range(len(axes)), 2):
+        seen = {(row[a], row[b]) for row in rows}
+        if any((u, v) not in seen for u in axes[a] for v in axes[b]):
+            return False
+    return True
 
 
 # ------------------------------------------------------------------ fixtures

@@ -14,8 +14,11 @@ from conftest import (
     CASES,
     DATA_ERRORS,
     DEGENERATE,
+    FUSED,
+    FUSED_REDUCTIONS,
     MARGIN,
     METRICS,
+    MODULES,
     NO_OFFSET,
     VALUE_TOL,
     Case,
@@ -24,6 +27,7 @@ from conftest import (
     assert_listed,
     assert_zero_in_graph,
     check_loss,
+    expected_fused,
     leaves_of,
     separated,
     some_triplets,
@@ -60,27 +64,11 @@ from tripletkit.losses import (
 from tripletkit.miners import BatchAllMiner, BatchHardMiner, SemiHardMiner
 from tripletkit.types import Triplets
 
-FUSED = {
-    "batch_all": batch_all_triplet_loss,
-    "batch_hard": batch_hard_triplet_loss,
-    "semi_hard": semi_hard_triplet_loss,
-}
-#: The module form of each fused loss.
-MODULES = {
-    "batch_all": BatchAllTripletLoss,
-    "batch_hard": BatchHardTripletLoss,
-    "semi_hard": SemiHardTripletLoss,
-}
 #: The un-reduced form of each fused loss.
 PARTS = {
     "batch_all": batch_all_parts,
     "batch_hard": batch_hard_parts,
     "semi_hard": semi_hard_parts,
-}
-FUSED_REDUCTIONS = {
-    "batch_all": ("mean", "sum", "mean_nonzero"),
-    "batch_hard": ("mean", "sum", "mean_nonzero", "none"),
-    "semi_hard": ("mean", "sum", "mean_nonzero", "none"),
 }
 ALL_REDUCTIONS = ("mean", "sum", "mean_nonzero", "none")
 #: Tolerances of half and single precision against float64: a value and a gradient.
@@ -88,35 +76,6 @@ FLOAT32_VALUE_TOL = {"rtol": 1e-4, "atol": 1e-5}
 FLOAT32_GRAD_TOL = {"rtol": 1e-3, "atol": 1e-4}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@functools.cache
-def _expected_fused(
-    name: str,
-    kind: str,
-    soft_margin: bool,
-    metric: str,
-    normalize: bool,
-    reduction: str,
-    smooth: bool = False,
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    c = CASES[name]
-    x, ref = c.leaves()
-    terms, zero = fused_terms(
-        kind,
-        x,
-        c.labels,
-        ref,
-        c.ref_labels,
-        margin=MARGIN,
-        metric=metric,
-        soft_margin=soft_margin,
-        normalize=normalize,
-        anchor_offset=c.anchor_offset,
-        smooth=smooth,
-    )
-    out = reduce(terms, reduction, zero)
-    return value_and_grads(out, leaves_of(x, ref))
 
 
 def _fused(kind: str, c: Case, reduction: str, **kw: object) -> tuple[torch.Tensor, list]:
@@ -135,7 +94,7 @@ def test_fused_loss(case: Case, kind: str, soft_margin: bool, metric: str, backe
         out, leaves = _fused(
             kind, case, reduction, metric=metric, soft_margin=soft_margin, backend=backend
         )
-        expected = _expected_fused(case.name, kind, soft_margin, metric, False, reduction)
+        expected = expected_fused(case.name, kind, soft_margin, metric, False, reduction)
         check_loss(out, leaves, expected)
 
 
@@ -156,7 +115,7 @@ def test_fused_loss_normalize(
             normalize=True,
             backend=backend,
         )
-        check_loss(out, leaves, _expected_fused(name, kind, soft_margin, metric, True, reduction))
+        check_loss(out, leaves, expected_fused(name, kind, soft_margin, metric, True, reduction))
 
 
 @pytest.mark.parametrize("margin", [0.0, 1.0])
@@ -180,7 +139,7 @@ def test_fused_loss_auto_backend() -> None:
     c = CASES["duplicates"]
     for kind in FUSED:
         out, leaves = _fused(kind, c, "mean")
-        check_loss(out, leaves, _expected_fused(c.name, kind, False, "euclidean", False, "mean"))
+        check_loss(out, leaves, expected_fused(c.name, kind, False, "euclidean", False, "mean"))
 
 
 @pytest.mark.parametrize("kind", ["batch_hard", "semi_hard"])
@@ -346,7 +305,7 @@ def test_module_forms_equal_the_functions(
         assert torch.equal(value, want_value), (kind, reduction)
         for g, w in zip(grads, want_grads, strict=True):
             assert torch.equal(g, w), (kind, reduction)
-        expected = _expected_fused(case.name, kind, soft_margin, metric, False, reduction)
+        expected = expected_fused(case.name, kind, soft_margin, metric, False, reduction)
         check_loss(got, leaves, expected)
 
 
@@ -359,7 +318,7 @@ def test_module_forms_normalize_and_positional_options(kind: str, backend: str) 
         x, ref = c.leaves()
         module = MODULES[kind](MARGIN, "cosine", True, reduction, normalize=True, backend=backend)
         got = module(x, c.labels, ref, c.ref_labels, anchor_offset=c.anchor_offset)
-        expected = _expected_fused(c.name, kind, True, "cosine", True, reduction)
+        expected = expected_fused(c.name, kind, True, "cosine", True, reduction)
         check_loss(got, leaves_of(x, ref), expected)
 
 
@@ -529,7 +488,7 @@ def test_triplet_margin_loss_all_valid_triplets(
         check_loss(
             out,
             leaves_of(x, ref),
-            _expected_fused(c.name, "batch_all", soft_margin, metric, False, reduction),
+            expected_fused(c.name, "batch_all", soft_margin, metric, False, reduction),
         )
         x2, ref2 = c.leaves()
         out = triplet_margin_loss(
@@ -546,7 +505,7 @@ def test_triplet_margin_loss_all_valid_triplets(
         check_loss(
             out,
             leaves_of(x2, ref2),
-            _expected_fused(c.name, "batch_all", soft_margin, metric, False, reduction),
+            expected_fused(c.name, "batch_all", soft_margin, metric, False, reduction),
         )
 
 
@@ -829,7 +788,7 @@ def test_fused_loss_smooth(case: Case, kind: str, metric: str, backend: str) -> 
     """``smooth=True``: ``softplus(d_ap - d_an + m)`` over the fused selection, function,
     ``*_parts`` and module forms, against brute force (values and gradients, float64)."""
     for reduction in FUSED_REDUCTIONS[kind]:
-        expected = _expected_fused(case.name, kind, False, metric, False, reduction, True)
+        expected = expected_fused(case.name, kind, False, metric, False, reduction, True)
         out, leaves = _fused(kind, case, reduction, metric=metric, smooth=True, backend=backend)
         check_loss(out, leaves, expected)
         (got, leaves), _ = _module_and_function(
@@ -840,7 +799,7 @@ def test_fused_loss_smooth(case: Case, kind: str, metric: str, backend: str) -> 
     parts = PARTS[kind](
         x, case.labels, MARGIN, metric, smooth=True, backend=backend, **case.ref_kwargs(ref)
     )
-    expected = _expected_fused(case.name, kind, False, metric, False, "sum", True)
+    expected = expected_fused(case.name, kind, False, metric, False, "sum", True)
     check_loss(parts.total, leaves_of(x, ref), expected)
     assert int(parts.n_active) == int(parts.n_valid), "every smooth term is positive"
 
