@@ -38,9 +38,18 @@ FUSED = {
 LOSS_BUDGET_CHECKED = 1
 MINER_BUDGET = 2
 #: Batch sizes of the audit: the larger one runs the kernels in several anchor chunks.
-SIZES = (256, 4096)
+SIZES = (256, 1024)
+#: The chunk budget of the audit: 1/16 of the CPU's 4M elements, so that 1,024 anchors take
+#: the chunk loops 4,096 anchors take with the real budget (4 chunks of N x N, 16 of
+#: N x 4N), at 1/16 of the work.
+CHUNK_ELEMENTS = torch_backend._CPU_CHUNK_ELEMENTS // 16
 DIM = 8
 K = 8
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch_backend, "_CPU_CHUNK_ELEMENTS", CHUNK_ELEMENTS)
 
 
 def _labels(n: int, layout: str) -> torch.Tensor:
@@ -54,9 +63,11 @@ def _embeddings(n: int) -> torch.Tensor:
     return torch.randn(n, DIM, generator=torch.Generator().manual_seed(0))
 
 
-def test_the_large_size_runs_in_several_chunks() -> None:
+def test_the_large_size_runs_in_several_chunks(small_chunks: None) -> None:
     n = max(SIZES)
-    assert len(torch_backend._chunks(n, n, torch.device("cpu"))) > 1
+    assert len(torch_backend._chunks(n, n, torch.device("cpu"))) == 4
+    assert len(torch_backend._chunks(n, 4 * n, torch.device("cpu"))) == 16
+    assert len(torch_backend._chunks(min(SIZES), min(SIZES), torch.device("cpu"))) == 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,7 +78,9 @@ def test_the_large_size_runs_in_several_chunks() -> None:
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("soft_margin", [False, True], ids=["hinge", "soft"])
 @pytest.mark.parametrize("kind", tuple(FUSED))
-def test_fused_loss_synchronisations(kind: str, soft_margin: bool, n: int, layout: str) -> None:
+def test_fused_loss_synchronisations(
+    kind: str, soft_margin: bool, n: int, layout: str, small_chunks: None
+) -> None:
     y = _labels(n, layout)
     x = _embeddings(n).requires_grad_()
 
@@ -92,7 +105,7 @@ MINERS = {
     "BatchHardMiner": lambda: miners.BatchHardMiner(backend="torch"),
     "SemiHardMiner": lambda: miners.SemiHardMiner(backend="torch"),
     "SemiHardMiner_active": lambda: miners.SemiHardMiner(active_only=True, backend="torch"),
-    # a thin region, so that 4,096 anchors (several chunks) list few triplets
+    # a thin region, so that the larger batch (several chunks) lists few triplets
     "TripletMarginMiner": lambda: miners.TripletMarginMiner(
         0.01, type_of_triplets="semihard", backend="torch"
     ),
@@ -107,9 +120,7 @@ MINERS = {
 @pytest.mark.parametrize("layout", ["pk", "irregular"])
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("name", tuple(MINERS))
-def test_miner_synchronisations(name: str, n: int, layout: str) -> None:
-    if name == "BatchAllMiner" and n == max(SIZES):
-        n = min(SIZES) * 4  # every valid triplet of 4096 anchors is hundreds of millions
+def test_miner_synchronisations(name: str, n: int, layout: str, small_chunks: None) -> None:
     if name.startswith("TripletMarginMiner") and n == max(SIZES):
         assert len(torch_backend._chunks(n, n, torch.device("cpu"))) > 1
     miner, x, y = MINERS[name](), _embeddings(n), _labels(n, layout)
