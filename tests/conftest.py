@@ -376,6 +376,34 @@ def some_triplets(c: Case) -> list[tuple[int, int, int]]:
     return rows + rows[:2] + [(0, 0, m - 1)]
 
 
+# ------------------------------------------------------------------ torch.compile
+
+
+def check_compiled(  # type: ignore[no-untyped-def]
+    fn, xs: Sequence[Tensor], labels: Tensor, backend: str, value_tol: dict, grad_tol: dict
+) -> None:
+    """``torch.compile(fn, fullgraph=True, backend=backend)`` (any graph break fails) gives
+    eager's values and gradients, with the input checks off. ``fn(*leaves, labels)`` returns
+    a loss or a tuple of losses, each of its own leaf (so each leaf's gradient is its loss's);
+    the leaves are fresh copies of ``xs``."""
+    import tripletkit
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True, backend=backend)
+    with tripletkit.set_input_checks(False):
+        got_leaves = [x.clone().requires_grad_() for x in xs]
+        want_leaves = [x.clone().requires_grad_() for x in xs]
+        got, want = compiled(*got_leaves, labels), fn(*want_leaves, labels)
+        got, want = (t if isinstance(t, tuple) else (t,) for t in (got, want))
+        sum(got).backward()
+        sum(want).backward()
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, **value_tol)
+    for g, w in zip(got_leaves, want_leaves, strict=True):
+        torch.testing.assert_close(g.grad, w.grad, **grad_tol)
+    torch._dynamo.reset()
+
+
 # ------------------------------------------------------------------ pairwise grids
 
 
@@ -475,3 +503,13 @@ def case_no_offset(request: pytest.FixtureRequest) -> Case:
 @pytest.fixture(params=METRICS)
 def metric(request: pytest.FixtureRequest) -> str:
     return request.param
+
+
+@pytest.fixture(scope="session")
+def tiny_task():  # type: ignore[no-untyped-def]
+    """The quality benchmark's final task on 20 Omniglot training classes (4 subset classes,
+    4 test classes): one for the session (the protocol and the quality tests share it; runs
+    never modify it)."""
+    from benchmarks import data
+
+    return data.load_omniglot(max_train_classes=20).task("final", 4, 4)
