@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CASES, GRAD_TOL, VALUE_TOL, Case
+from conftest import CASES, FUSED, GRAD_TOL, VALUE_TOL, Case, check_compiled
 from syncs import count_syncs
 
 import tripletkit
@@ -24,15 +24,9 @@ from tripletkit.kernels import torch_backend
 from tripletkit.losses import (
     batch_all_triplet_loss,
     batch_hard_triplet_loss,
-    semi_hard_triplet_loss,
     triplet_margin_loss,
 )
 
-FUSED = {
-    "batch_all": batch_all_triplet_loss,
-    "batch_hard": batch_hard_triplet_loss,
-    "semi_hard": semi_hard_triplet_loss,
-}
 #: The budgets of the issue: host synchronisations per forward + backward of a fused loss
 #: with the input checks on (one read gathers every check), and per miner call.
 LOSS_BUDGET_CHECKED = 1
@@ -202,7 +196,6 @@ def test_compile_fullgraph_matches_eager(kind: str, soft_margin: bool, bounded: 
     """``torch.compile(fullgraph=True)`` fails on any graph break: the whole loss, forward and
     backward, is one graph with the checks off. (``aot_eager`` traces exactly what inductor
     would compile, without generating code.)"""
-    torch._dynamo.reset()
     n, k = 48, 4
     x0 = torch.randn(n, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     y = torch.arange(n) // k
@@ -211,14 +204,7 @@ def test_compile_fullgraph_matches_eager(kind: str, soft_margin: bool, bounded: 
     def loss(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return FUSED[kind](x, labels, 0.3, soft_margin=soft_margin, backend="torch", **kw)
 
-    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
-    with tripletkit.set_input_checks(False):
-        x1, x2 = x0.clone().requires_grad_(), x0.clone().requires_grad_()
-        got, want = compiled(x1, y), loss(x2, y)
-        got.backward()
-        want.backward()
-    torch.testing.assert_close(got, want, **VALUE_TOL)
-    torch.testing.assert_close(x1.grad, x2.grad, **GRAD_TOL)
+    check_compiled(loss, [x0], y, "aot_eager", VALUE_TOL, GRAD_TOL)
 
 
 def test_compiled_soft_margin_without_a_bound_says_what_to_pass() -> None:
