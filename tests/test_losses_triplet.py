@@ -5,12 +5,14 @@
 from __future__ import annotations
 
 import functools
+import itertools
 
 import pytest
 import torch
 from conftest import (
     BACKENDS,
     BAD_INPUTS,
+    CASE_NAMES,
     CASES,
     DATA_ERRORS,
     DEGENERATE,
@@ -27,8 +29,10 @@ from conftest import (
     assert_listed,
     assert_zero_in_graph,
     check_loss,
+    covers_every_pair,
     expected_fused,
     leaves_of,
+    pairwise,
     separated,
     some_triplets,
     value_and_grads,
@@ -71,6 +75,32 @@ PARTS = {
     "semi_hard": semi_hard_parts,
 }
 ALL_REDUCTIONS = ("mean", "sum", "mean_nonzero", "none")
+SOFT = (False, True)
+MARGIN_IDS = {False: "hinge", True: "soft"}
+
+
+def _params(rows: list[tuple], *labels: dict | None) -> list:  # type: ignore[type-arg]
+    """``pytest.param`` rows of a :func:`~conftest.pairwise` grid with readable ids
+    (``labels[i]`` names the values of axis ``i``; ``None``: ``str``)."""
+    out = []
+    for row in rows:
+        parts = [str(v) if lab is None else lab[v] for v, lab in zip(row, labels, strict=True)]
+        out.append(pytest.param(*row, id="-".join(parts)))
+    return out
+
+
+# The grids below do not multiply independent axes: each holds every pair of values of any
+# two of its axes (pairwise coverage, conftest.pairwise), its first two axes in full; the
+# fused losses' reference test keeps every case x backend x loss (each backend has its own
+# kernel per loss, each with its awkward-case paths). Every reduction runs in every row.
+#: case x backend x loss in full; the margin and the metric pairwise with them (80 rows, not
+#: the product's 468).
+FUSED_GRID = [
+    (name, backend, kind, soft, metric)
+    for (name, backend), kind, soft, metric in pairwise(
+        tuple(itertools.product(CASE_NAMES, BACKENDS)), tuple(FUSED), SOFT, METRICS
+    )
+]
 #: Tolerances of half and single precision against float64: a value and a gradient.
 FLOAT32_VALUE_TOL = {"rtol": 1e-4, "atol": 1e-5}
 FLOAT32_GRAD_TOL = {"rtol": 1e-3, "atol": 1e-4}
@@ -87,9 +117,18 @@ def _fused(kind: str, c: Case, reduction: str, **kw: object) -> tuple[torch.Tens
 # -------------------------------------------------------------------- fused losses
 
 
-@pytest.mark.parametrize("kind", tuple(FUSED))
-@pytest.mark.parametrize("soft_margin", [False, True], ids=["hinge", "soft"])
-def test_fused_loss(case: Case, kind: str, soft_margin: bool, metric: str, backend: str) -> None:
+def test_fused_grid_holds_every_case_backend_and_loss() -> None:
+    assert {r[:3] for r in FUSED_GRID} == set(itertools.product(CASE_NAMES, BACKENDS, FUSED))
+    axes = (CASE_NAMES, BACKENDS, tuple(FUSED), SOFT, METRICS)
+    assert covers_every_pair(FUSED_GRID, *axes)
+
+
+@pytest.mark.parametrize(
+    ("name", "backend", "kind", "soft_margin", "metric"),
+    _params(FUSED_GRID, None, None, None, MARGIN_IDS, None),
+)
+def test_fused_loss(name: str, backend: str, kind: str, soft_margin: bool, metric: str) -> None:
+    case = CASES[name]
     for reduction in FUSED_REDUCTIONS[kind]:
         out, leaves = _fused(
             kind, case, reduction, metric=metric, soft_margin=soft_margin, backend=backend
@@ -288,14 +327,25 @@ def _module_and_function(
     return (got, leaves_of(x, ref)), (want, leaves_of(x2, ref2))
 
 
-@pytest.mark.parametrize("kind", tuple(FUSED))
-@pytest.mark.parametrize("soft_margin", [False, True], ids=["hinge", "soft"])
+# Every case x loss; backend, margin and metric pairwise (39 rows, not 468).
+@pytest.mark.parametrize(
+    ("name", "kind", "backend", "soft_margin", "metric"),
+    _params(
+        pairwise(CASE_NAMES, tuple(FUSED), BACKENDS, SOFT, METRICS),
+        None,
+        None,
+        None,
+        MARGIN_IDS,
+        None,
+    ),
+)
 def test_module_forms_equal_the_functions(
-    case: Case, kind: str, soft_margin: bool, metric: str, backend: str
+    name: str, kind: str, backend: str, soft_margin: bool, metric: str
 ) -> None:
     """``BatchAllTripletLoss``, ``BatchHardTripletLoss`` and ``SemiHardTripletLoss`` give the
     values and gradients of their functions, bit for bit, with and without a reference set
     and ``anchor_offset``; and through them the brute-force reference."""
+    case = CASES[name]
     for reduction in FUSED_REDUCTIONS[kind]:
         (got, leaves), (want, want_leaves) = _module_and_function(
             kind, case, reduction, backend, metric=metric, soft_margin=soft_margin
@@ -474,12 +524,16 @@ def test_triplet_margin_loss_function_and_tuple_input() -> None:
             torch.testing.assert_close(out, exp, **VALUE_TOL)
 
 
-@pytest.mark.parametrize("soft_margin", [False, True], ids=["hinge", "soft"])
+# Every case x metric; margin and backend pairwise (39 rows, not 156).
+@pytest.mark.parametrize(
+    ("name", "metric", "soft_margin", "backend"),
+    _params(pairwise(CASE_NAMES, METRICS, SOFT, BACKENDS), None, None, MARGIN_IDS, None),
+)
 def test_triplet_margin_loss_all_valid_triplets(
-    case: Case, metric: str, soft_margin: bool, backend: str
+    name: str, metric: str, soft_margin: bool, backend: str
 ) -> None:
     """``triplets=None`` is every valid triplet (batch-all), ``anchor_offset`` included."""
-    c = case
+    c = CASES[name]
     for reduction in ("mean", "sum", "mean_nonzero"):
         x, ref = c.leaves()
         loss = TripletMarginLoss(MARGIN, metric, soft_margin, reduction, backend=backend)
@@ -783,10 +837,15 @@ def test_batch_hard_rank_windows_module_and_parts() -> None:
 # ------------------------------------------------ smooth hinge, swap, triplets per anchor
 
 
-@pytest.mark.parametrize("kind", tuple(FUSED))
-def test_fused_loss_smooth(case: Case, kind: str, metric: str, backend: str) -> None:
+# Every case x loss; metric and backend pairwise (39 rows, not 234).
+@pytest.mark.parametrize(
+    ("name", "kind", "metric", "backend"),
+    _params(pairwise(CASE_NAMES, tuple(FUSED), METRICS, BACKENDS), None, None, None, None),
+)
+def test_fused_loss_smooth(name: str, kind: str, metric: str, backend: str) -> None:
     """``smooth=True``: ``softplus(d_ap - d_an + m)`` over the fused selection, function,
     ``*_parts`` and module forms, against brute force (values and gradients, float64)."""
+    case = CASES[name]
     for reduction in FUSED_REDUCTIONS[kind]:
         expected = expected_fused(case.name, kind, False, metric, False, reduction, True)
         out, leaves = _fused(kind, case, reduction, metric=metric, smooth=True, backend=backend)
@@ -871,14 +930,24 @@ TERM_OPTIONS = [
 TERM_IDS = ["smooth", "swap", "soft-swap", "smooth-swap"]
 
 
-@pytest.mark.parametrize(("soft_margin", "smooth", "swap"), TERM_OPTIONS, ids=TERM_IDS)
-@pytest.mark.parametrize("normalize", [False, True], ids=["raw", "normalized"])
+# Every case x term option; metric and normalisation pairwise (48 rows, not 288).
+@pytest.mark.parametrize(
+    ("name", "options", "metric", "normalize"),
+    _params(
+        pairwise(NO_OFFSET, tuple(TERM_OPTIONS), METRICS, (False, True)),
+        None,
+        dict(zip(TERM_OPTIONS, TERM_IDS, strict=True)),
+        None,
+        {False: "raw", True: "normalized"},
+    ),
+)
 def test_triplet_margin_loss_smooth_and_swap_given_triplets(
-    case_no_offset: Case, metric: str, soft_margin: bool, smooth: bool, swap: bool, normalize: bool
+    name: str, options: tuple[bool, bool, bool], metric: str, normalize: bool
 ) -> None:
     """Given triplets (valid or not, repeated): the smooth hinge and the swap (``d_an`` :=
     ``min(d(a, n), d(p, n))``, ``d(p, n)`` between the references) against brute force."""
-    c = case_no_offset
+    c = CASES[name]
+    soft_margin, smooth, swap = options
     rows = some_triplets(c)
     options = {"soft_margin": soft_margin, "smooth": smooth, "swap": swap}
     for reduction in ALL_REDUCTIONS:
@@ -901,13 +970,24 @@ def test_triplet_margin_loss_smooth_and_swap_given_triplets(
         check_loss(out, leaves_of(x, ref), value_and_grads(exp, leaves_of(x2, ref2)))
 
 
-@pytest.mark.parametrize(("soft_margin", "smooth", "swap"), TERM_OPTIONS, ids=TERM_IDS)
+# Every case x term option; metric and backend pairwise (52 rows, not 312).
+@pytest.mark.parametrize(
+    ("name", "options", "metric", "backend"),
+    _params(
+        pairwise(CASE_NAMES, tuple(TERM_OPTIONS), METRICS, BACKENDS),
+        None,
+        dict(zip(TERM_OPTIONS, TERM_IDS, strict=True)),
+        None,
+        None,
+    ),
+)
 def test_triplet_margin_loss_swap_all_valid_triplets(
-    case: Case, metric: str, soft_margin: bool, smooth: bool, swap: bool, backend: str
+    name: str, options: tuple[bool, bool, bool], metric: str, backend: str
 ) -> None:
     """``triplets=None``: every valid triplet (listed when swapping), ``anchor_offset``
     included, against brute force over the reference's valid triplets."""
-    c = case
+    c = CASES[name]
+    soft_margin, smooth, swap = options
     options = {"soft_margin": soft_margin, "smooth": smooth, "swap": swap}
     rows = problem(
         c.x, c.labels, c.ref, c.ref_labels, metric=metric, anchor_offset=c.anchor_offset
