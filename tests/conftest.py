@@ -40,6 +40,31 @@ MODULES = {
     "batch_hard": BatchHardTripletLoss,
     "semi_hard": SemiHardTripletLoss,
 }
+
+
+#: Every miner on the torch path (the GPU path's audits: host synchronisations in
+#: test_sync_free, transfers on ``meta`` in test_transfers). TripletMarginMiner mines a thin
+#: semi-hard region, so that a large batch lists few triplets.
+def _torch_miners() -> dict:  # type: ignore[type-arg]
+    from tripletkit import miners
+
+    return {
+        "BatchAllMiner": lambda: miners.BatchAllMiner(backend="torch"),
+        "BatchHardMiner": lambda: miners.BatchHardMiner(backend="torch"),
+        "SemiHardMiner": lambda: miners.SemiHardMiner(backend="torch"),
+        "SemiHardMiner_active": lambda: miners.SemiHardMiner(active_only=True, backend="torch"),
+        "TripletMarginMiner": lambda: miners.TripletMarginMiner(
+            0.01, type_of_triplets="semihard", backend="torch"
+        ),
+        "MultiSimilarityMiner": miners.MultiSimilarityMiner,
+        "PairMarginMiner": miners.PairMarginMiner,
+        "RandomTripletMiner": miners.RandomTripletMiner,
+        "RandomTripletMiner_fixed": lambda: miners.RandomTripletMiner(num_triplets=100),
+        "DistanceWeightedMiner": lambda: miners.DistanceWeightedMiner(normalize=True),
+    }
+
+
+TORCH_MINERS = _torch_miners()
 #: The reductions each fused loss takes (batch-all lists no terms: no ``"none"``).
 FUSED_REDUCTIONS = {
     "batch_all": ("mean", "sum", "mean_nonzero"),

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CASES, FUSED, GRAD_TOL, VALUE_TOL, Case, check_compiled
+from conftest import CASES, FUSED, GRAD_TOL, TORCH_MINERS, VALUE_TOL, Case, check_compiled
 from syncs import count_syncs
 
 import tripletkit
-from tripletkit import kernels, miners
+from tripletkit import kernels
 from tripletkit.kernels import torch_backend
 from tripletkit.losses import (
     batch_all_triplet_loss,
@@ -94,21 +94,7 @@ def test_fused_loss_synchronisations(
         assert unchecked.total == 0, dict(unchecked.counts)
 
 
-MINERS = {
-    "BatchAllMiner": lambda: miners.BatchAllMiner(backend="torch"),
-    "BatchHardMiner": lambda: miners.BatchHardMiner(backend="torch"),
-    "SemiHardMiner": lambda: miners.SemiHardMiner(backend="torch"),
-    "SemiHardMiner_active": lambda: miners.SemiHardMiner(active_only=True, backend="torch"),
-    # a thin region, so that the larger batch (several chunks) lists few triplets
-    "TripletMarginMiner": lambda: miners.TripletMarginMiner(
-        0.01, type_of_triplets="semihard", backend="torch"
-    ),
-    "MultiSimilarityMiner": miners.MultiSimilarityMiner,
-    "PairMarginMiner": miners.PairMarginMiner,
-    "RandomTripletMiner": miners.RandomTripletMiner,
-    "RandomTripletMiner_fixed": lambda: miners.RandomTripletMiner(num_triplets=100),
-    "DistanceWeightedMiner": lambda: miners.DistanceWeightedMiner(normalize=True),
-}
+MINERS = TORCH_MINERS
 
 
 @pytest.mark.parametrize("layout", ["pk", "irregular"])
