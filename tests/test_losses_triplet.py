@@ -786,17 +786,27 @@ def test_graph_zero_helper_is_connected() -> None:
 LOSS_WINDOWS = [((0, 1), (2, 5)), ((1, 3), (0, 2)), ((0, 4), (0, 9))]
 
 
-@pytest.mark.parametrize(("positive_ranks", "negative_ranks"), LOSS_WINDOWS)
-@pytest.mark.parametrize("soft_margin", [False, True], ids=["hinge", "soft"])
+# Every case x window; backend and margin pairwise (39 rows, not 156).
+@pytest.mark.parametrize(
+    ("name", "windows", "backend", "soft_margin"),
+    _params(
+        pairwise(CASE_NAMES, tuple(LOSS_WINDOWS), BACKENDS, SOFT),
+        None,
+        {w: f"p{w[0][0]}{w[0][1]}-n{w[1][0]}{w[1][1]}" for w in LOSS_WINDOWS},
+        None,
+        MARGIN_IDS,
+    ),
+)
 def test_batch_hard_rank_windows(
-    case: Case,
+    name: str,
+    windows: tuple[tuple[int, int], tuple[int, int]],
     backend: str,
     soft_margin: bool,
-    positive_ranks: tuple[int, int],
-    negative_ranks: tuple[int, int],
 ) -> None:
     """Values and gradients of every reduction against the terms of the brute-force rank
     windows (``reference.ranked_triplets``), in their order."""
+    case = CASES[name]
+    positive_ranks, negative_ranks = windows
     pb = problem(case.x, case.labels, case.ref, case.ref_labels, anchor_offset=case.anchor_offset)
     rows = ranked_triplets(pb, positive_ranks, negative_ranks)
     for reduction in ALL_REDUCTIONS:
