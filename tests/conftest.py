@@ -11,18 +11,73 @@ import os
 # import it. Nothing else in the suite uses triton.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from collections.abc import Iterator  # noqa: E402
+import functools  # noqa: E402
+import itertools  # noqa: E402
+from collections.abc import Iterator, Sequence  # noqa: E402
 from dataclasses import dataclass
 
 import pytest
 import torch
-from reference import problem
+from reference import fused_terms, problem, reduce
 from torch import Tensor
+
+from tripletkit.losses import (
+    BatchAllTripletLoss,
+    BatchHardTripletLoss,
+    SemiHardTripletLoss,
+    batch_all_triplet_loss,
+    batch_hard_triplet_loss,
+    semi_hard_triplet_loss,
+)
 
 BACKENDS = ("torch", "numba")
 METRICS = ("euclidean", "sqeuclidean", "cosine")
 #: The triplet margin of the brute-force comparisons (miners, losses, statistics).
 MARGIN = 0.3
+
+#: The fused triplet losses (function form), by kind.
+FUSED = {
+    "batch_all": batch_all_triplet_loss,
+    "batch_hard": batch_hard_triplet_loss,
+    "semi_hard": semi_hard_triplet_loss,
+}
+#: The module form of each fused loss.
+MODULES = {
+    "batch_all": BatchAllTripletLoss,
+    "batch_hard": BatchHardTripletLoss,
+    "semi_hard": SemiHardTripletLoss,
+}
+
+
+#: Every miner on the torch path (the GPU path's audits: host synchronisations in
+#: test_sync_free, transfers on ``meta`` in test_transfers). TripletMarginMiner mines a thin
+#: semi-hard region, so that a large batch lists few triplets.
+def _torch_miners() -> dict:  # type: ignore[type-arg]
+    from tripletkit import miners
+
+    return {
+        "BatchAllMiner": lambda: miners.BatchAllMiner(backend="torch"),
+        "BatchHardMiner": lambda: miners.BatchHardMiner(backend="torch"),
+        "SemiHardMiner": lambda: miners.SemiHardMiner(backend="torch"),
+        "SemiHardMiner_active": lambda: miners.SemiHardMiner(active_only=True, backend="torch"),
+        "TripletMarginMiner": lambda: miners.TripletMarginMiner(
+            0.01, type_of_triplets="semihard", backend="torch"
+        ),
+        "MultiSimilarityMiner": miners.MultiSimilarityMiner,
+        "PairMarginMiner": miners.PairMarginMiner,
+        "RandomTripletMiner": miners.RandomTripletMiner,
+        "RandomTripletMiner_fixed": lambda: miners.RandomTripletMiner(num_triplets=100),
+        "DistanceWeightedMiner": lambda: miners.DistanceWeightedMiner(normalize=True),
+    }
+
+
+TORCH_MINERS = _torch_miners()
+#: The reductions each fused loss takes (batch-all lists no terms: no ``"none"``).
+FUSED_REDUCTIONS = {
+    "batch_all": ("mean", "sum", "mean_nonzero"),
+    "batch_hard": ("mean", "sum", "mean_nonzero", "none"),
+    "semi_hard": ("mean", "sum", "mean_nonzero", "none"),
+}
 
 
 @dataclass(frozen=True)
@@ -261,6 +316,37 @@ def leaves_of(*tensors: Tensor | None) -> list[Tensor]:
     return [t for t in tensors if t is not None]
 
 
+@functools.cache
+def expected_fused(
+    name: str,
+    kind: str,
+    soft_margin: bool,
+    metric: str,
+    normalize: bool,
+    reduction: str,
+    smooth: bool = False,
+) -> tuple[Tensor, list[Tensor]]:
+    """The brute-force value and gradients of a fused loss on ``CASES[name]`` (float64,
+    margin :data:`MARGIN`), computed once per argument set and shared by every backend's
+    test (in-memory, streaming)."""
+    c = CASES[name]
+    x, ref = c.leaves()
+    terms, zero = fused_terms(
+        kind,
+        x,
+        c.labels,
+        ref,
+        c.ref_labels,
+        margin=MARGIN,
+        metric=metric,
+        soft_margin=soft_margin,
+        normalize=normalize,
+        anchor_offset=c.anchor_offset,
+        smooth=smooth,
+    )
+    return value_and_grads(reduce(terms, reduction, zero), leaves_of(x, ref))
+
+
 def assert_zero_in_graph(out: Tensor, x: Tensor, ref: Tensor | None, reduction: str) -> None:
     """A loss with no term: 0 (or empty with ``"none"``), in the graph, zero gradients."""
     assert out.dtype == torch.float64
@@ -322,6 +408,91 @@ def some_triplets(c: Case) -> list[tuple[int, int, int]]:
     return rows + rows[:2] + [(0, 0, m - 1)]
 
 
+# ------------------------------------------------------------------ torch.compile
+
+
+def check_compiled(  # type: ignore[no-untyped-def]
+    fn, xs: Sequence[Tensor], labels: Tensor, backend: str, value_tol: dict, grad_tol: dict
+) -> None:
+    """``torch.compile(fn, fullgraph=True, backend=backend)`` (any graph break fails) gives
+    eager's values and gradients, with the input checks off. ``fn(*leaves, labels)`` returns
+    a loss or a tuple of losses, each of its own leaf (so each leaf's gradient is its loss's);
+    the leaves are fresh copies of ``xs``."""
+    import tripletkit
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True, backend=backend)
+    with tripletkit.set_input_checks(False):
+        got_leaves = [x.clone().requires_grad_() for x in xs]
+        want_leaves = [x.clone().requires_grad_() for x in xs]
+        got, want = compiled(*got_leaves, labels), fn(*want_leaves, labels)
+        got, want = (t if isinstance(t, tuple) else (t,) for t in (got, want))
+        sum(got).backward()
+        sum(want).backward()
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, **value_tol)
+    for g, w in zip(got_leaves, want_leaves, strict=True):
+        torch.testing.assert_close(g.grad, w.grad, **grad_tol)
+    torch._dynamo.reset()
+
+
+# ------------------------------------------------------------------ pairwise grids
+
+
+def pairwise(*axes: Sequence[object]) -> list[tuple[object, ...]]:
+    """Rows that hold every pair of values of every two axes at least once (a covering
+    array of strength 2), instead of the full product of the axes.
+
+    The first two axes are crossed in full (put the ones whose combinations matter there,
+    e.g. the awkward case and the loss); each further axis is then added value by value
+    where it covers the most pairs not yet seen (IPO: horizontal growth), and the pairs
+    still missing get rows of their own (vertical growth). Deterministic: the same axes
+    always give the same rows, so test ids are stable. For 13 cases x 3 losses x 2 margins
+    x 3 metrics x 3 tilings that is 41 rows instead of 702.
+    """
+    if len(axes) < 2:
+        return [(v,) for v in (axes[0] if axes else ())]
+    free = object()  # a slot that any value fills
+    rows: list[list[object]] = [[a, b] for a in axes[0] for b in axes[1]]
+    for k in range(2, len(axes)):
+        seen = [list(axis) for axis in axes[: k + 1]]
+        # the pairs (axis j < k, its value i, value v of axis k) that no row holds yet
+        missing = {
+            (j, i, v) for j in range(k) for i in range(len(seen[j])) for v in range(len(seen[k]))
+        }
+        for r, row in enumerate(rows):
+            held = [(j, seen[j].index(row[j])) for j in range(k) if row[j] is not free]
+            # the value that covers the most missing pairs; ties: the next one in turn
+            order = [(r + t) % len(seen[k]) for t in range(len(seen[k]))]
+            v = max(order, key=lambda v, held=held: sum((j, i, v) in missing for j, i in held))
+            missing -= {(j, i, v) for j, i in held}
+            row.append(seen[k][v])
+        extra: list[list[object]] = []
+        for j, i, v in sorted(missing):
+            for row in extra:
+                if row[k] == seen[k][v] and row[j] is free:
+                    row[j] = seen[j][i]
+                    break
+            else:
+                row = [free] * k + [seen[k][v]]
+                row[j] = seen[j][i]
+                extra.append(row)
+        rows += extra
+    # free slots take the first value of their axis
+    return [
+        tuple(axes[j][0] if value is free else value for j, value in enumerate(row)) for row in rows
+    ]
+
+
+def covers_every_pair(rows: Sequence[Sequence[object]], *axes: Sequence[object]) -> bool:
+    """Whether ``rows`` hold every pair of values of every two of ``axes``."""
+    for a, b in itertools.combinations(range(len(axes)), 2):
+        seen = {(row[a], row[b]) for row in rows}
+        if any((u, v) not in seen for u in axes[a] for v in axes[b]):
+            return False
+    return True
+
+
 # ------------------------------------------------------------------ fixtures
 
 
@@ -364,3 +535,13 @@ def case_no_offset(request: pytest.FixtureRequest) -> Case:
 @pytest.fixture(params=METRICS)
 def metric(request: pytest.FixtureRequest) -> str:
     return request.param
+
+
+@pytest.fixture(scope="session")
+def tiny_task():  # type: ignore[no-untyped-def]
+    """The quality benchmark's final task on 20 Omniglot training classes (4 subset classes,
+    4 test classes): one for the session (the protocol and the quality tests share it; runs
+    never modify it)."""
+    from benchmarks import data
+
+    return data.load_omniglot(max_train_classes=20).task("final", 4, 4)

@@ -1,15 +1,19 @@
 """A small training job that checkpoints after every step, for tests/test_resume.py.
 
-``python tests/resume_job.py DIR --sampler pk|hard|neighbour [--kill-at STEP] [--rank R --world W
---port P]``: trains 3 epochs of a tiny network with batch-hard mining against the batch and a
-cross-batch memory; after every step it writes ``DIR/ckpt{rank}.pt`` (the checkpoint recipe
-of the README: model, optimizer, sampler, memory, RNG); with ``--kill-at`` it kills itself
-with SIGKILL right after that step's checkpoint (no ``finally``, no flush: a preempted job).
-Started again, it resumes from the checkpoint. At the end it writes ``DIR/final{rank}.pt``.
-With ``--world 2`` the replicas train one DDP model on disjoint batches; the memory and the
-hard-class sampler are fed the gathered batch, so they stay identical on every replica; the
-neighbour sampler is refreshed from the network every 4 steps (each replica embeds its shard,
-one all-gather).
+``python tests/resume_job.py DIR [--kill-at STEP] [--rank R --world W --port P]``: for each
+sampler in turn (P x K, hard-class, neighbour), trains 3 epochs of a tiny network with
+batch-hard mining against the batch and a cross-batch memory; after every step it writes
+``DIR/{sampler}_ckpt{rank}.pt`` (the checkpoint recipe of the README: model, optimizer,
+sampler, memory, RNG, loaded back with ``weights_only=True``); with ``--kill-at`` it kills
+itself with SIGKILL right after that step's checkpoint (no ``finally``, no flush: a
+preempted job) of the first sampler that it starts afresh. Started again, it skips the
+samplers that are done (``DIR/{sampler}_final{rank}.pt`` written), resumes the one that was
+killed from its checkpoint, and goes on: four launches with ``--kill-at`` kill each sampler
+once, mid-run, and finish them all. With ``--world 2`` the replicas train one DDP model on
+disjoint batches; the memory and the hard-class sampler are fed the gathered batch, so they
+stay identical on every replica; the neighbour sampler is refreshed from the network every 4
+steps (each replica embeds its shard, one all-gather). One process trains the three samplers:
+a launch costs the interpreter's start and torch's import, far more than the training.
 """
 
 from __future__ import annotations
@@ -44,23 +48,11 @@ def _save(state: dict, path: Path) -> None:
     os.replace(tmp, path)  # a kill never leaves half a checkpoint
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("dir", type=Path)
-    p.add_argument("--sampler", choices=["pk", "hard", "neighbour"], required=True)
-    p.add_argument("--kill-at", type=int)
-    p.add_argument("--rank", type=int, default=0)
-    p.add_argument("--world", type=int, default=1)
-    p.add_argument("--port", type=int, default=0)
-    args = p.parse_args()
-    torch.set_num_threads(1)
-    if args.world > 1:
-        dist.init_process_group(
-            "gloo",
-            init_method=f"tcp://127.0.0.1:{args.port}",
-            rank=args.rank,
-            world_size=args.world,
-        )
+SAMPLERS = ("pk", "hard", "neighbour")
+
+
+def train(sampler_name: str, args: argparse.Namespace, fresh_kill: bool) -> None:
+    """Train one sampler's run to its end (or to the kill), resuming from its checkpoint."""
     torch.manual_seed(0)
     x, labels = _data()
     net = torch.nn.Sequential(
@@ -69,7 +61,7 @@ def main() -> None:
     model = torch.nn.parallel.DistributedDataParallel(net) if args.world > 1 else net
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     kinds = {"pk": PKBatchSampler, "hard": HardClassPKBatchSampler}
-    kind = kinds.get(args.sampler, NeighbourPKBatchSampler)
+    kind = kinds.get(sampler_name, NeighbourPKBatchSampler)
     sampler = kind(labels, p=2, k=3, seed=0, num_replicas=args.world, rank=args.rank)
     memory = CrossBatchMemory(size=24, dim=4)
     # A DataLoader draws a seed from the global RNG each time it is iterated: with its own
@@ -77,16 +69,20 @@ def main() -> None:
     loader = DataLoader(
         TensorDataset(x, labels), batch_sampler=sampler, generator=torch.Generator()
     )
-    ckpt = args.dir / f"ckpt{args.rank}.pt"
+    ckpt = args.dir / f"{sampler_name}_ckpt{args.rank}.pt"
     step = 0
-    if ckpt.exists():  # resume
-        state = torch.load(ckpt, weights_only=False)
+    kill_at = args.kill_at
+    if ckpt.exists():  # resume (never killed twice)
+        state = torch.load(ckpt, weights_only=True)
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         sampler.load_state_dict(state["sampler"])
         memory.load_state_dict(state["memory"])
         torch.set_rng_state(state["rng"])
         step = state["step"]
+        kill_at = None
+    elif not fresh_kill:
+        kill_at = None
     for epoch in range(sampler.epoch, EPOCHS):
         sampler.set_epoch(epoch)
         for batch, y in loader:
@@ -118,12 +114,45 @@ def main() -> None:
                 },
                 ckpt,
             )
-            if step == args.kill_at:
+            if step == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
-    _save(
-        {"params": [t.detach().clone() for t in net.parameters()], "steps": step},
-        args.dir / f"final{args.rank}.pt",
+    torch.manual_seed(0)  # the untrained network, to show that training moved it
+    untrained = torch.nn.Sequential(
+        torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(16, 4)
     )
+    _save(
+        {
+            "params": [t.detach().clone() for t in net.parameters()],
+            "untrained": [t.detach().clone() for t in untrained.parameters()],
+            "steps": step,
+        },
+        args.dir / f"{sampler_name}_final{args.rank}.pt",
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("dir", type=Path)
+    p.add_argument("--kill-at", type=int)
+    p.add_argument("--rank", type=int, default=0)
+    p.add_argument("--world", type=int, default=1)
+    p.add_argument("--port", type=int, default=0)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    if args.world > 1:
+        dist.init_process_group(
+            "gloo",
+            init_method=f"tcp://127.0.0.1:{args.port}",
+            rank=args.rank,
+            world_size=args.world,
+        )
+    fresh_kill = True  # the first sampler started afresh in this launch is killed
+    for name in SAMPLERS:
+        if (args.dir / f"{name}_final{args.rank}.pt").exists():
+            continue
+        started_fresh = not (args.dir / f"{name}_ckpt{args.rank}.pt").exists()
+        train(name, args, fresh_kill)
+        fresh_kill = fresh_kill and not started_fresh
     if args.world > 1:
         dist.destroy_process_group()
 

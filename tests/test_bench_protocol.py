@@ -105,11 +105,6 @@ def test_t_interval_and_its_label() -> None:
 # --------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_task() -> Any:
-    return data.load_omniglot(max_train_classes=20).task("final", 4, 4)
-
-
 def test_same_seed_gives_the_same_initialisation_and_batches(tiny_task: Any) -> None:
     plan = training.RunPlan(steps=3, p=4, k=4, checkpoints=2)
 

@@ -455,11 +455,6 @@ def test_run_tuning_resumes_chooses_the_best_and_extends_an_edge(tmp_path: Path)
 # --------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_task() -> Any:
-    return data.load_omniglot(max_train_classes=20).task("final", 4, 4)
-
-
 def test_training_is_deterministic_for_a_seed(tiny_task: Any) -> None:
     plan = training.RunPlan(steps=3, p=8, k=4, checkpoints=2)
     for name in ("contrastive", "distance_weighted", "random", "batch_all_nonzero"):

@@ -5,17 +5,22 @@
 from __future__ import annotations
 
 import functools
+import itertools
 
 import pytest
 import torch
 from conftest import (
     BACKENDS,
     BAD_INPUTS,
+    CASE_NAMES,
     CASES,
     DATA_ERRORS,
     DEGENERATE,
+    FUSED,
+    FUSED_REDUCTIONS,
     MARGIN,
     METRICS,
+    MODULES,
     NO_OFFSET,
     VALUE_TOL,
     Case,
@@ -24,7 +29,10 @@ from conftest import (
     assert_listed,
     assert_zero_in_graph,
     check_loss,
+    covers_every_pair,
+    expected_fused,
     leaves_of,
+    pairwise,
     separated,
     some_triplets,
     value_and_grads,
@@ -60,63 +68,44 @@ from tripletkit.losses import (
 from tripletkit.miners import BatchAllMiner, BatchHardMiner, SemiHardMiner
 from tripletkit.types import Triplets
 
-FUSED = {
-    "batch_all": batch_all_triplet_loss,
-    "batch_hard": batch_hard_triplet_loss,
-    "semi_hard": semi_hard_triplet_loss,
-}
-#: The module form of each fused loss.
-MODULES = {
-    "batch_all": BatchAllTripletLoss,
-    "batch_hard": BatchHardTripletLoss,
-    "semi_hard": SemiHardTripletLoss,
-}
 #: The un-reduced form of each fused loss.
 PARTS = {
     "batch_all": batch_all_parts,
     "batch_hard": batch_hard_parts,
     "semi_hard": semi_hard_parts,
 }
-FUSED_REDUCTIONS = {
-    "batch_all": ("mean", "sum", "mean_nonzero"),
-    "batch_hard": ("mean", "sum", "mean_nonzero", "none"),
-    "semi_hard": ("mean", "sum", "mean_nonzero", "none"),
-}
 ALL_REDUCTIONS = ("mean", "sum", "mean_nonzero", "none")
+SOFT = (False, True)
+MARGIN_IDS = {False: "hinge", True: "soft"}
+
+
+def _params(rows: list[tuple], *labels: dict | None) -> list:  # type: ignore[type-arg]
+    """``pytest.param`` rows of a :func:`~conftest.pairwise` grid with readable ids
+    (``labels[i]`` names the values of axis ``i``; ``None``: ``str``)."""
+    out = []
+    for row in rows:
+        parts = [str(v) if lab is None else lab[v] for v, lab in zip(row, labels, strict=True)]
+        out.append(pytest.param(*row, id="-".join(parts)))
+    return out
+
+
+# The grids below do not multiply independent axes: each holds every pair of values of any
+# two of its axes (pairwise coverage, conftest.pairwise), its first two axes in full; the
+# fused losses' reference test keeps every case x backend x loss (each backend has its own
+# kernel per loss, each with its awkward-case paths). Every reduction runs in every row.
+#: case x backend x loss in full; the margin and the metric pairwise with them (80 rows, not
+#: the product's 468).
+FUSED_GRID = [
+    (name, backend, kind, soft, metric)
+    for (name, backend), kind, soft, metric in pairwise(
+        tuple(itertools.product(CASE_NAMES, BACKENDS)), tuple(FUSED), SOFT, METRICS
+    )
+]
 #: Tolerances of half and single precision against float64: a value and a gradient.
 FLOAT32_VALUE_TOL = {"rtol": 1e-4, "atol": 1e-5}
 FLOAT32_GRAD_TOL = {"rtol": 1e-3, "atol": 1e-4}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@functools.cache
-def _expected_fused(
-    name: str,
-    kind: str,
-    soft_margin: bool,
-    metric: str,
-    normalize: bool,
-    reduction: str,
-    smooth: bool = False,
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    c = CASES[name]
-    x, ref = c.leaves()
-    terms, zero = fused_terms(
-        kind,
-        x,
-        c.labels,
-        ref,
-        c.ref_labels,
-        margin=MARGIN,
-        metric=metric,
-        soft_margin=soft_margin,
-        normalize=normalize,
-        anchor_offset=c.anchor_offset,
-        smooth=smooth,
-    )
-    out = reduce(terms, reduction, zero)
-    return value_and_grads(out, leaves_of(x, ref))
 
 
 def _fused(kind: str, c: Case, reduction: str, **kw: object) -> tuple[torch.Tensor, list]:
@@ -128,14 +117,23 @@ def _fused(kind: str, c: Case, reduction: str, **kw: object) -> tuple[torch.Tens
 # -------------------------------------------------------------------- fused losses
 
 
-@pytest.mark.parametrize("kind", tuple(FUSED))
-@pytest.mark.parametrize("soft_margin", [False, True], ids=["hinge", "soft"])
-def test_fused_loss(case: Case, kind: str, soft_margin: bool, metric: str, backend: str) -> None:
+def test_fused_grid_holds_every_case_backend_and_loss() -> None:
+    assert {r[:3] for r in FUSED_GRID} == set(itertools.product(CASE_NAMES, BACKENDS, FUSED))
+    axes = (CASE_NAMES, BACKENDS, tuple(FUSED), SOFT, METRICS)
+    assert covers_every_pair(FUSED_GRID, *axes)
+
+
+@pytest.mark.parametrize(
+    ("name", "backend", "kind", "soft_margin", "metric"),
+    _params(FUSED_GRID, None, None, None, MARGIN_IDS, None),
+)
+def test_fused_loss(name: str, backend: str, kind: str, soft_margin: bool, metric: str) -> None:
+    case = CASES[name]
     for reduction in FUSED_REDUCTIONS[kind]:
         out, leaves = _fused(
             kind, case, reduction, metric=metric, soft_margin=soft_margin, backend=backend
         )
-        expected = _expected_fused(case.name, kind, soft_margin, metric, False, reduction)
+        expected = expected_fused(case.name, kind, soft_margin, metric, False, reduction)
         check_loss(out, leaves, expected)
 
 
@@ -156,7 +154,7 @@ def test_fused_loss_normalize(
             normalize=True,
             backend=backend,
         )
-        check_loss(out, leaves, _expected_fused(name, kind, soft_margin, metric, True, reduction))
+        check_loss(out, leaves, expected_fused(name, kind, soft_margin, metric, True, reduction))
 
 
 @pytest.mark.parametrize("margin", [0.0, 1.0])
@@ -180,7 +178,7 @@ def test_fused_loss_auto_backend() -> None:
     c = CASES["duplicates"]
     for kind in FUSED:
         out, leaves = _fused(kind, c, "mean")
-        check_loss(out, leaves, _expected_fused(c.name, kind, False, "euclidean", False, "mean"))
+        check_loss(out, leaves, expected_fused(c.name, kind, False, "euclidean", False, "mean"))
 
 
 @pytest.mark.parametrize("kind", ["batch_hard", "semi_hard"])
@@ -329,14 +327,25 @@ def _module_and_function(
     return (got, leaves_of(x, ref)), (want, leaves_of(x2, ref2))
 
 
-@pytest.mark.parametrize("kind", tuple(FUSED))
-@pytest.mark.parametrize("soft_margin", [False, True], ids=["hinge", "soft"])
+# Every case x loss; backend, margin and metric pairwise (39 rows, not 468).
+@pytest.mark.parametrize(
+    ("name", "kind", "backend", "soft_margin", "metric"),
+    _params(
+        pairwise(CASE_NAMES, tuple(FUSED), BACKENDS, SOFT, METRICS),
+        None,
+        None,
+        None,
+        MARGIN_IDS,
+        None,
+    ),
+)
 def test_module_forms_equal_the_functions(
-    case: Case, kind: str, soft_margin: bool, metric: str, backend: str
+    name: str, kind: str, backend: str, soft_margin: bool, metric: str
 ) -> None:
     """``BatchAllTripletLoss``, ``BatchHardTripletLoss`` and ``SemiHardTripletLoss`` give the
     values and gradients of their functions, bit for bit, with and without a reference set
     and ``anchor_offset``; and through them the brute-force reference."""
+    case = CASES[name]
     for reduction in FUSED_REDUCTIONS[kind]:
         (got, leaves), (want, want_leaves) = _module_and_function(
             kind, case, reduction, backend, metric=metric, soft_margin=soft_margin
@@ -346,7 +355,7 @@ def test_module_forms_equal_the_functions(
         assert torch.equal(value, want_value), (kind, reduction)
         for g, w in zip(grads, want_grads, strict=True):
             assert torch.equal(g, w), (kind, reduction)
-        expected = _expected_fused(case.name, kind, soft_margin, metric, False, reduction)
+        expected = expected_fused(case.name, kind, soft_margin, metric, False, reduction)
         check_loss(got, leaves, expected)
 
 
@@ -359,7 +368,7 @@ def test_module_forms_normalize_and_positional_options(kind: str, backend: str) 
         x, ref = c.leaves()
         module = MODULES[kind](MARGIN, "cosine", True, reduction, normalize=True, backend=backend)
         got = module(x, c.labels, ref, c.ref_labels, anchor_offset=c.anchor_offset)
-        expected = _expected_fused(c.name, kind, True, "cosine", True, reduction)
+        expected = expected_fused(c.name, kind, True, "cosine", True, reduction)
         check_loss(got, leaves_of(x, ref), expected)
 
 
@@ -515,12 +524,16 @@ def test_triplet_margin_loss_function_and_tuple_input() -> None:
             torch.testing.assert_close(out, exp, **VALUE_TOL)
 
 
-@pytest.mark.parametrize("soft_margin", [False, True], ids=["hinge", "soft"])
+# Every case x metric; margin and backend pairwise (39 rows, not 156).
+@pytest.mark.parametrize(
+    ("name", "metric", "soft_margin", "backend"),
+    _params(pairwise(CASE_NAMES, METRICS, SOFT, BACKENDS), None, None, MARGIN_IDS, None),
+)
 def test_triplet_margin_loss_all_valid_triplets(
-    case: Case, metric: str, soft_margin: bool, backend: str
+    name: str, metric: str, soft_margin: bool, backend: str
 ) -> None:
     """``triplets=None`` is every valid triplet (batch-all), ``anchor_offset`` included."""
-    c = case
+    c = CASES[name]
     for reduction in ("mean", "sum", "mean_nonzero"):
         x, ref = c.leaves()
         loss = TripletMarginLoss(MARGIN, metric, soft_margin, reduction, backend=backend)
@@ -529,7 +542,7 @@ def test_triplet_margin_loss_all_valid_triplets(
         check_loss(
             out,
             leaves_of(x, ref),
-            _expected_fused(c.name, "batch_all", soft_margin, metric, False, reduction),
+            expected_fused(c.name, "batch_all", soft_margin, metric, False, reduction),
         )
         x2, ref2 = c.leaves()
         out = triplet_margin_loss(
@@ -546,7 +559,7 @@ def test_triplet_margin_loss_all_valid_triplets(
         check_loss(
             out,
             leaves_of(x2, ref2),
-            _expected_fused(c.name, "batch_all", soft_margin, metric, False, reduction),
+            expected_fused(c.name, "batch_all", soft_margin, metric, False, reduction),
         )
 
 
@@ -773,17 +786,27 @@ def test_graph_zero_helper_is_connected() -> None:
 LOSS_WINDOWS = [((0, 1), (2, 5)), ((1, 3), (0, 2)), ((0, 4), (0, 9))]
 
 
-@pytest.mark.parametrize(("positive_ranks", "negative_ranks"), LOSS_WINDOWS)
-@pytest.mark.parametrize("soft_margin", [False, True], ids=["hinge", "soft"])
+# Every case x window; backend and margin pairwise (39 rows, not 156).
+@pytest.mark.parametrize(
+    ("name", "windows", "backend", "soft_margin"),
+    _params(
+        pairwise(CASE_NAMES, tuple(LOSS_WINDOWS), BACKENDS, SOFT),
+        None,
+        {w: f"p{w[0][0]}{w[0][1]}-n{w[1][0]}{w[1][1]}" for w in LOSS_WINDOWS},
+        None,
+        MARGIN_IDS,
+    ),
+)
 def test_batch_hard_rank_windows(
-    case: Case,
+    name: str,
+    windows: tuple[tuple[int, int], tuple[int, int]],
     backend: str,
     soft_margin: bool,
-    positive_ranks: tuple[int, int],
-    negative_ranks: tuple[int, int],
 ) -> None:
     """Values and gradients of every reduction against the terms of the brute-force rank
     windows (``reference.ranked_triplets``), in their order."""
+    case = CASES[name]
+    positive_ranks, negative_ranks = windows
     pb = problem(case.x, case.labels, case.ref, case.ref_labels, anchor_offset=case.anchor_offset)
     rows = ranked_triplets(pb, positive_ranks, negative_ranks)
     for reduction in ALL_REDUCTIONS:
@@ -824,12 +847,17 @@ def test_batch_hard_rank_windows_module_and_parts() -> None:
 # ------------------------------------------------ smooth hinge, swap, triplets per anchor
 
 
-@pytest.mark.parametrize("kind", tuple(FUSED))
-def test_fused_loss_smooth(case: Case, kind: str, metric: str, backend: str) -> None:
+# Every case x loss; metric and backend pairwise (39 rows, not 234).
+@pytest.mark.parametrize(
+    ("name", "kind", "metric", "backend"),
+    _params(pairwise(CASE_NAMES, tuple(FUSED), METRICS, BACKENDS), None, None, None, None),
+)
+def test_fused_loss_smooth(name: str, kind: str, metric: str, backend: str) -> None:
     """``smooth=True``: ``softplus(d_ap - d_an + m)`` over the fused selection, function,
     ``*_parts`` and module forms, against brute force (values and gradients, float64)."""
+    case = CASES[name]
     for reduction in FUSED_REDUCTIONS[kind]:
-        expected = _expected_fused(case.name, kind, False, metric, False, reduction, True)
+        expected = expected_fused(case.name, kind, False, metric, False, reduction, True)
         out, leaves = _fused(kind, case, reduction, metric=metric, smooth=True, backend=backend)
         check_loss(out, leaves, expected)
         (got, leaves), _ = _module_and_function(
@@ -840,7 +868,7 @@ def test_fused_loss_smooth(case: Case, kind: str, metric: str, backend: str) -> 
     parts = PARTS[kind](
         x, case.labels, MARGIN, metric, smooth=True, backend=backend, **case.ref_kwargs(ref)
     )
-    expected = _expected_fused(case.name, kind, False, metric, False, "sum", True)
+    expected = expected_fused(case.name, kind, False, metric, False, "sum", True)
     check_loss(parts.total, leaves_of(x, ref), expected)
     assert int(parts.n_active) == int(parts.n_valid), "every smooth term is positive"
 
@@ -912,14 +940,24 @@ TERM_OPTIONS = [
 TERM_IDS = ["smooth", "swap", "soft-swap", "smooth-swap"]
 
 
-@pytest.mark.parametrize(("soft_margin", "smooth", "swap"), TERM_OPTIONS, ids=TERM_IDS)
-@pytest.mark.parametrize("normalize", [False, True], ids=["raw", "normalized"])
+# Every case x term option; metric and normalisation pairwise (48 rows, not 288).
+@pytest.mark.parametrize(
+    ("name", "options", "metric", "normalize"),
+    _params(
+        pairwise(NO_OFFSET, tuple(TERM_OPTIONS), METRICS, (False, True)),
+        None,
+        dict(zip(TERM_OPTIONS, TERM_IDS, strict=True)),
+        None,
+        {False: "raw", True: "normalized"},
+    ),
+)
 def test_triplet_margin_loss_smooth_and_swap_given_triplets(
-    case_no_offset: Case, metric: str, soft_margin: bool, smooth: bool, swap: bool, normalize: bool
+    name: str, options: tuple[bool, bool, bool], metric: str, normalize: bool
 ) -> None:
     """Given triplets (valid or not, repeated): the smooth hinge and the swap (``d_an`` :=
     ``min(d(a, n), d(p, n))``, ``d(p, n)`` between the references) against brute force."""
-    c = case_no_offset
+    c = CASES[name]
+    soft_margin, smooth, swap = options
     rows = some_triplets(c)
     options = {"soft_margin": soft_margin, "smooth": smooth, "swap": swap}
     for reduction in ALL_REDUCTIONS:
@@ -942,13 +980,24 @@ def test_triplet_margin_loss_smooth_and_swap_given_triplets(
         check_loss(out, leaves_of(x, ref), value_and_grads(exp, leaves_of(x2, ref2)))
 
 
-@pytest.mark.parametrize(("soft_margin", "smooth", "swap"), TERM_OPTIONS, ids=TERM_IDS)
+# Every case x term option; metric and backend pairwise (52 rows, not 312).
+@pytest.mark.parametrize(
+    ("name", "options", "metric", "backend"),
+    _params(
+        pairwise(CASE_NAMES, tuple(TERM_OPTIONS), METRICS, BACKENDS),
+        None,
+        dict(zip(TERM_OPTIONS, TERM_IDS, strict=True)),
+        None,
+        None,
+    ),
+)
 def test_triplet_margin_loss_swap_all_valid_triplets(
-    case: Case, metric: str, soft_margin: bool, smooth: bool, swap: bool, backend: str
+    name: str, options: tuple[bool, bool, bool], metric: str, backend: str
 ) -> None:
     """``triplets=None``: every valid triplet (listed when swapping), ``anchor_offset``
     included, against brute force over the reference's valid triplets."""
-    c = case
+    c = CASES[name]
+    soft_margin, smooth, swap = options
     options = {"soft_margin": soft_margin, "smooth": smooth, "swap": swap}
     rows = problem(
         c.x, c.labels, c.ref, c.ref_labels, metric=metric, anchor_offset=c.anchor_offset

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from conftest import CASES, NO_OFFSET
+from conftest import CASES, METRICS, NO_OFFSET, pairwise
 from reference import distance, normalize_rows
 from syncs import count_syncs
 
@@ -90,9 +90,15 @@ def test_every_miner_module_is_covered() -> None:
     assert modules == set(FACTORIES)
 
 
-@pytest.mark.parametrize("name", list(FACTORIES))
-@pytest.mark.parametrize("case_name", NO_OFFSET)
-@pytest.mark.parametrize("normalize", [False, True], ids=["raw", "normalized"])
+# Every miner x case; the metric and the normalisation pairwise with them and each other
+# (conftest.pairwise: 96 rows instead of the product's 576).
+@pytest.mark.parametrize(
+    ("name", "case_name", "metric", "normalize"),
+    [
+        pytest.param(*row, id=f"{row[0]}-{row[1]}-{row[2]}-{'normalized' if row[3] else 'raw'}")
+        for row in pairwise(tuple(FACTORIES), NO_OFFSET, METRICS, (False, True))
+    ],
+)
 def test_stats_equal_brute_force(name: str, case_name: str, metric: str, normalize: bool) -> None:
     """After each call, ``miner.stats`` describes that call's output: in-batch and with a
     reference set, every metric, degenerate batches (empty outputs: counts and means 0)."""

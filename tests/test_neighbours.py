@@ -1,7 +1,8 @@
 """Dataset-level hard negatives: ``tripletkit.neighbours`` (embedding a dataset, the exact
 chunked neighbour search and its false-negative guard, the faiss path) and
-``NeighbourPKBatchSampler`` (batches around mined neighbours, refreshes, exact resume,
-replicas).
+``NeighbourPKBatchSampler`` (batches around mined neighbours, refreshes, replicas; its
+exact resume is proven with the other samplers' in ``tests/test_sampler_state.py`` and
+``tests/test_resume.py``).
 
 The search is compared with a brute force that forms the whole distance matrix and sorts
 each row stably (ties to the lower index), on integer coordinates, where every distance is
@@ -9,7 +10,6 @@ computed exactly by both and ties abound."""
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 from typing import Any
@@ -344,43 +344,9 @@ def test_a_refresh_mid_epoch_redraws_only_the_rest() -> None:
     assert rest != full[3:]
 
 
-def _run(sampler: NeighbourPKBatchSampler, epochs: range, stop_after: int | None = None,
-         step: int = 0, every: int = 3):  # type: ignore[no-untyped-def]  # fmt: skip
-    """Every batch of ``epochs``, refreshing every ``every`` steps (the refresh of step ``s``
-    is the same in every run); stop after ``stop_after`` batches, returning the state."""
-    seen: list[list[int]] = []
-    for epoch in epochs:
-        sampler.set_epoch(epoch)
-        for batch in sampler:
-            seen.append(batch)
-            done = step + len(seen)
-            if done % every == 0:
-                sampler.refresh(embeddings=_emb(done))
-            if stop_after is not None and len(seen) == stop_after:
-                return seen, sampler.state_dict()
-    return seen, None
-
-
-def _roundtrip(state: dict) -> dict:  # type: ignore[type-arg]
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
-
-
-@pytest.mark.parametrize("rank", [None, 0, 1])
-def test_resume_after_one_and_a_half_epochs_gives_the_same_batches(rank: int | None) -> None:
-    kw = {} if rank is None else {"num_replicas": 2, "rank": rank}
-    full, _ = _run(_build(**kw), range(3))
-    per_epoch = len(_build(**kw))
-    stop = per_epoch + per_epoch // 2
-    first, state = _run(_build(**kw), range(3), stop_after=stop)
-    assert state is not None and state["negatives"] is not None and state["num_refreshes"] > 0
-    resumed = _build(**kw)
-    resumed.load_state_dict(_roundtrip(state))
-    assert torch.equal(resumed.negatives, state["negatives"])  # type: ignore[arg-type]
-    rest, _ = _run(resumed, range(1, 3), step=stop)
-    assert first + rest == full
+# Exact resume (one epoch and a half, one process and either replica, through torch.save):
+# tests/test_sampler_state.py, with the other samplers; a training job killed and resumed
+# with it and a cross-batch memory, bit-identical: tests/test_resume.py.
 
 
 def test_replicas_take_disjoint_shares() -> None:
@@ -520,75 +486,6 @@ def test_two_gloo_replicas(tmp_path: Path) -> None:
         s = _build(num_replicas=2, rank=rank)
         s.refresh(embeddings=inputs)
         assert list(s) == results[rank]["batches"]
-
-
-def _train(
-    epochs: int, stop_after: int | None = None, checkpoint: bytes | None = None
-) -> tuple[dict[str, torch.Tensor], bytes | None]:
-    """A training loop with the neighbour sampler (refreshed from the model every 3 steps)
-    and a cross-batch memory; with ``stop_after``, it saves a checkpoint after that many
-    steps and stops dead (nothing after the save runs), returning the checkpoint."""
-    from tripletkit.losses import batch_hard_triplet_loss
-    from tripletkit.memory import CrossBatchMemory
-
-    torch.manual_seed(0)
-    inputs = _emb(0).double()
-    dataset = TensorDataset(inputs, torch.from_numpy(LABELS))
-    model = nn.Linear(4, 3).double()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    memory = CrossBatchMemory(size=16, dim=3, dtype=torch.float64)
-    sampler = _build(num_neighbours=3)
-    loader = DataLoader(dataset, batch_sampler=sampler)
-    step, first_epoch = 0, 0
-    if checkpoint is not None:
-        saved = torch.load(io.BytesIO(checkpoint), weights_only=True)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        memory.load_state_dict(saved["memory"])
-        sampler.load_state_dict(saved["sampler"])
-        step, first_epoch = saved["step"], saved["sampler"]["epoch"]
-    for epoch in range(first_epoch, epochs):
-        sampler.set_epoch(epoch)
-        for x, y in loader:
-            if step % 3 == 0:
-                sampler.refresh(model, dataset, batch_size=16)
-            emb = model(x)
-            loss = batch_hard_triplet_loss(emb, y)
-            if len(memory):
-                mem_emb, mem_labels = memory.get()
-                loss = loss + batch_hard_triplet_loss(
-                    emb, y, ref_embeddings=mem_emb, ref_labels=mem_labels
-                )
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            memory.enqueue(emb.detach(), y)
-            step += 1
-            if step == stop_after:
-                buffer = io.BytesIO()
-                state = {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "memory": memory.state_dict(),
-                    "sampler": sampler.state_dict(),
-                    "step": step,
-                }
-                torch.save(state, buffer)
-                return {}, buffer.getvalue()
-    return {k: v.clone() for k, v in model.state_dict().items()}, None
-
-
-def test_training_resumed_after_one_and_a_half_epochs_is_bit_identical() -> None:
-    per_epoch = len(_build(num_neighbours=3))
-    full, _ = _train(3)
-    _, checkpoint = _train(3, stop_after=per_epoch + per_epoch // 2)
-    assert checkpoint is not None
-    resumed, _ = _train(3, checkpoint=checkpoint)
-    for name, value in full.items():
-        assert torch.equal(resumed[name], value), name
-    # the run did change the parameters, and refreshes did change the batches
-    untrained, _ = _train(0)
-    assert not torch.equal(untrained["weight"], full["weight"])
 
 
 # ----------------------------------------------------------------------------------------

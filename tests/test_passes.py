@@ -11,31 +11,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import FUSED, MODULES
 
 import tripletkit
 from benchmarks.passes import PassCounter, cdist_passes, count_passes
-from tripletkit.losses import (
-    BatchAllTripletLoss,
-    BatchHardTripletLoss,
-    SemiHardTripletLoss,
-    batch_all_triplet_loss,
-    batch_hard_triplet_loss,
-    semi_hard_triplet_loss,
-)
 
 N = 1024
 #: The issue's targets, as multiples of cdist's passes.
 TARGETS = {"batch_hard": 1.4, "semi_hard": 4.0, "batch_all": 3.0}
-FUNCTIONS = {
-    "batch_all": batch_all_triplet_loss,
-    "batch_hard": batch_hard_triplet_loss,
-    "semi_hard": semi_hard_triplet_loss,
-}
-MODULES = {
-    "batch_all": BatchAllTripletLoss,
-    "batch_hard": BatchHardTripletLoss,
-    "semi_hard": SemiHardTripletLoss,
-}
+FUNCTIONS = FUSED
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Samplers resume exactly: ``state_dict()`` / ``load_state_dict()`` mid-epoch give the
 batches an uninterrupted sampler would have given, through ``torch.save``, across replicas,
-with a DataLoader that draws ahead, and with the hard-class sampler's signatures."""
+with a DataLoader that draws ahead, with the hard-class sampler's signatures and the
+neighbour sampler's mined negatives (one harness for every sampler)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,21 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from tripletkit.samplers import CategoryPKBatchSampler, HardClassPKBatchSampler, PKBatchSampler
+from tripletkit.samplers import (
+    CategoryPKBatchSampler,
+    HardClassPKBatchSampler,
+    NeighbourPKBatchSampler,
+    PKBatchSampler,
+)
 
 LABELS = np.repeat(np.arange(12), [5, 7, 4, 9, 6, 5, 8, 4, 6, 7, 5, 4])
 CATEGORY = LABELS // 4
+
+
+KINDS = ("pk", "hard", "category", "neighbour")
+#: The neighbour sampler is refreshed every this many steps (so that some refreshes fall
+#: mid-epoch, and the resumed run draws from negatives mined before the stop).
+REFRESH_EVERY = 3
 
 
 def _build(kind: str, **kw: object):  # type: ignore[no-untyped-def]
@@ -22,15 +34,32 @@ def _build(kind: str, **kw: object):  # type: ignore[no-untyped-def]
         return PKBatchSampler(LABELS, p=3, k=2, seed=7, **kw)  # type: ignore[arg-type]
     if kind == "hard":
         return HardClassPKBatchSampler(LABELS, p=3, k=2, seed=7, **kw)  # type: ignore[arg-type]
+    if kind == "neighbour":
+        return NeighbourPKBatchSampler(
+            LABELS,
+            p=3,
+            k=2,
+            num_neighbours=4,
+            hard_fraction=0.7,
+            seed=7,
+            **kw,  # type: ignore[arg-type]
+        )
     return CategoryPKBatchSampler(LABELS, CATEGORY, 2, 2, 2, seed=7, **kw)  # type: ignore[arg-type]
 
 
+def _emb(step: int) -> torch.Tensor:
+    """A fake model's embeddings at a step (deterministic per step)."""
+    g = torch.Generator().manual_seed(step)
+    return torch.randn(len(LABELS), 4, generator=g) + torch.from_numpy(LABELS)[:, None] * 0.1
+
+
 def _update(sampler, step: int) -> None:  # type: ignore[no-untyped-def]
-    """A fake model's embeddings for the hard-class sampler (deterministic per step)."""
+    """What the training loop feeds the sampler after step ``step``: the hard-class sampler
+    every step, the neighbour sampler a refresh every :data:`REFRESH_EVERY` steps."""
     if isinstance(sampler, HardClassPKBatchSampler):
-        g = torch.Generator().manual_seed(step)
-        emb = torch.randn(len(LABELS), 4, generator=g) + torch.from_numpy(LABELS)[:, None] * 0.1
-        sampler.update(emb, torch.from_numpy(LABELS))
+        sampler.update(_emb(step), torch.from_numpy(LABELS))
+    if isinstance(sampler, NeighbourPKBatchSampler) and step % REFRESH_EVERY == 0:
+        sampler.refresh(embeddings=_emb(step))
 
 
 def _run(sampler, epochs: range, stop_after: int | None = None, step: int = 0):  # type: ignore[no-untyped-def]
@@ -55,7 +84,7 @@ def _roundtrip(state: dict) -> dict:  # type: ignore[type-arg]
 
 
 @pytest.mark.parametrize("at", ["mid-first", "boundary", "mid-second"])
-@pytest.mark.parametrize("kind", ["pk", "hard", "category"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_resume_gives_the_uninterrupted_batches(kind: str, at: str) -> None:
     full, _ = _run(_build(kind), range(3))
     per_epoch = len(_build(kind))
@@ -71,6 +100,23 @@ def test_resume_gives_the_uninterrupted_batches(kind: str, at: str) -> None:
     rest, _ = _run(resumed, range(resumed.epoch, 3), step=stop)  # the documented recipe
     assert first + rest == full
     assert len(rest) == 3 * per_epoch - stop
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_neighbour_replicas_resume_with_their_negatives(rank: int) -> None:
+    """Each replica of the neighbour sampler resumes after one epoch and a half with the
+    negatives mined before the stop (refreshed since the start)."""
+    kw = {"num_replicas": 2, "rank": rank}
+    full, _ = _run(_build("neighbour", **kw), range(3))
+    per_epoch = len(_build("neighbour", **kw))
+    stop = per_epoch + per_epoch // 2
+    first, state = _run(_build("neighbour", **kw), range(3), stop_after=stop)
+    assert state is not None and state["negatives"] is not None and state["num_refreshes"] > 0
+    resumed = _build("neighbour", **kw)
+    resumed.load_state_dict(_roundtrip(state))
+    assert torch.equal(resumed.negatives, state["negatives"])  # type: ignore[arg-type]
+    rest, _ = _run(resumed, range(1, 3), step=stop)
+    assert first + rest == full
 
 
 def test_hard_class_state_holds_its_signatures() -> None:

@@ -16,31 +16,26 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import torch
-from conftest import CASES, MARGIN, VALUE_TOL, Case, check_loss, leaves_of, value_and_grads
-from reference import fused_terms, reduce
+from conftest import (
+    CASES,
+    FUSED,
+    MARGIN,
+    VALUE_TOL,
+    check_loss,
+    covers_every_pair,
+    expected_fused,
+    leaves_of,
+    pairwise,
+    value_and_grads,
+)
+from conftest import FUSED_REDUCTIONS as REDUCTIONS
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import tripletkit
 from tripletkit import miners
 from tripletkit.kernels import numba_backend, resolve_backend, streaming
-from tripletkit.losses import (
-    _streaming,
-    batch_all_parts,
-    batch_all_triplet_loss,
-    batch_hard_triplet_loss,
-    semi_hard_triplet_loss,
-)
+from tripletkit.losses import _streaming, batch_all_parts, batch_all_triplet_loss
 
-FUSED = {
-    "batch_all": batch_all_triplet_loss,
-    "batch_hard": batch_hard_triplet_loss,
-    "semi_hard": semi_hard_triplet_loss,
-}
-REDUCTIONS = {
-    "batch_all": ("mean", "sum", "mean_nonzero"),
-    "batch_hard": ("mean", "sum", "mean_nonzero", "none"),
-    "semi_hard": ("mean", "sum", "mean_nonzero", "none"),
-}
 METRICS = ("euclidean", "sqeuclidean", "cosine")
 FLOAT32_VALUE_TOL = {"rtol": 1e-5, "atol": 1e-5}
 FLOAT32_GRAD_TOL = {"rtol": 1e-4, "atol": 1e-4}
@@ -57,47 +52,45 @@ def _set_tiles(monkeypatch: pytest.MonkeyPatch, rows: int | None) -> None:
         monkeypatch.setattr(_streaming, "PAIR_CHUNK_ELEMENTS", 2)
 
 
-@pytest.fixture(params=[1, 3, None], ids=["tile1", "tile3", "one_tile"])
-def tiles(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any tile height, for float64 comparisons with the brute-force references."""
-    _set_tiles(monkeypatch, request.param)
+#: Tile heights for the float64 comparisons with the brute-force references: one row, a few
+#: rows (every tile boundary crossed), and the default (one tile).
+TILES = (1, 3, None)
+#: Tile heights that :func:`~tripletkit.kernels.streaming.tile_rows` gives (multiples of 8):
+#: a BLAS rounds the rows of such tiles as it rounds them in the full product, which the
+#: float32 comparisons with the in-memory path (selections exact) rely on.
+ALIGNED_TILES = (8, None)
 
 
-@pytest.fixture(params=[8, None], ids=["tile8", "one_tile"])
-def aligned_tiles(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tile heights that :func:`~tripletkit.kernels.streaming.tile_rows` gives (multiples of
-    8): a BLAS rounds the rows of such tiles as it rounds them in the full product, which the
-    float32 comparisons with the in-memory path (selections exact) rely on."""
-    _set_tiles(monkeypatch, request.param)
+def _ids(value: object) -> str | None:
+    """Test ids: ``hinge``/``soft``, ``f32``/``f64``, ``tile1``, ``one_tile``."""
+    if isinstance(value, bool):
+        return "soft" if value else "hinge"
+    if value is None:
+        return "one_tile"
+    if isinstance(value, int):
+        return f"tile{value}"
+    if isinstance(value, torch.dtype):
+        return {torch.float32: "f32", torch.float64: "f64"}[value]
+    return None
 
 
-# ------------------------------------------------------------- against brute force
+# The full product case x loss x margin x metric x tiling is 702 tests; every two of these axes
+# interact (a degenerate case may take another path per loss, a tile boundary per case), but
+# no three: the grid holds every case x loss pair, and every pair of any two axes at least once
+# (pairwise coverage, 41 rows; see conftest.pairwise). Each row checks every reduction.
+REFERENCE_GRID = pairwise(tuple(CASES), tuple(FUSED), (False, True), METRICS, TILES)
 
 
-def _expected(
-    c: Case, kind: str, soft: bool, metric: str, reduction: str, normalize: bool = False
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    x, ref = c.leaves()
-    terms, zero = fused_terms(
-        kind,
-        x,
-        c.labels,
-        ref,
-        c.ref_labels,
-        margin=MARGIN,
-        metric=metric,
-        soft_margin=soft,
-        normalize=normalize,
-        anchor_offset=c.anchor_offset,
-    )
-    return value_and_grads(reduce(terms, reduction, zero), leaves_of(x, ref))
-
-
-@pytest.mark.parametrize("name", tuple(CASES))
-@pytest.mark.parametrize("kind", tuple(FUSED))
-@pytest.mark.parametrize("soft", [False, True], ids=["hinge", "soft"])
-@pytest.mark.parametrize("metric", METRICS)
-def test_matches_reference(name: str, kind: str, soft: bool, metric: str, tiles: None) -> None:
+@pytest.mark.parametrize(("name", "kind", "soft", "metric", "tiles"), REFERENCE_GRID, ids=_ids)
+def test_matches_reference(
+    name: str,
+    kind: str,
+    soft: bool,
+    metric: str,
+    tiles: int | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _set_tiles(monkeypatch, tiles)
     c = CASES[name]
     for reduction in REDUCTIONS[kind]:
         x, ref = c.leaves()
@@ -111,12 +104,29 @@ def test_matches_reference(name: str, kind: str, soft: bool, metric: str, tiles:
             backend="streaming",
             **c.ref_kwargs(ref),
         )
-        check_loss(out, leaves_of(x, ref), _expected(c, kind, soft, metric, reduction))
+        expected = expected_fused(name, kind, soft, metric, False, reduction)
+        check_loss(out, leaves_of(x, ref), expected)
 
 
-@pytest.mark.parametrize("name", ["duplicates", "refs_offset", "grid"])
-@pytest.mark.parametrize("kind", tuple(FUSED))
-def test_normalize_matches_reference(name: str, kind: str, tiles: None) -> None:
+def test_the_grids_cover_every_pair() -> None:
+    """The pairwise grids hold every case x loss and every pair of any two axes."""
+    axes = (tuple(CASES), tuple(FUSED), (False, True), METRICS, TILES)
+    assert covers_every_pair(REFERENCE_GRID, *axes)
+    assert {(r[0], r[1]) for r in REFERENCE_GRID} == {(c, k) for c in CASES for k in FUSED}
+    assert not covers_every_pair(REFERENCE_GRID[1:], *axes)  # the check can fail
+    assert len(REFERENCE_GRID) < 60
+
+
+# Every metric in each row; the three cases x three losses, with every tiling for each.
+@pytest.mark.parametrize(
+    ("name", "kind", "tiles"),
+    pairwise(("duplicates", "refs_offset", "grid"), tuple(FUSED), TILES),
+    ids=_ids,
+)
+def test_normalize_matches_reference(
+    name: str, kind: str, tiles: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _set_tiles(monkeypatch, tiles)
     c = CASES[name]
     for metric in METRICS:
         x, ref = c.leaves()
@@ -130,7 +140,7 @@ def test_normalize_matches_reference(name: str, kind: str, tiles: None) -> None:
             backend="streaming",
             **c.ref_kwargs(ref),
         )
-        expected = _expected(c, kind, False, metric, "mean_nonzero", normalize=True)
+        expected = expected_fused(name, kind, False, metric, True, "mean_nonzero")
         check_loss(out, leaves_of(x, ref), expected)
 
 
@@ -193,13 +203,25 @@ def _run(kind: str, batch: dict, backend: str, **kw: object) -> tuple[torch.Tens
     return value_and_grads(out, leaves_of(x, ref))
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("kind", tuple(FUSED))
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("metric", METRICS)
+DTYPES = (torch.float32, torch.float64)
+
+
+# Every layout x loss, each dtype, metric and tiling with every layout, loss and one another
+# (pairwise: 15 rows instead of the product's 180); every reduction and the soft margin in each.
+@pytest.mark.parametrize(
+    ("layout", "kind", "dtype", "metric", "tiles"),
+    pairwise(LAYOUTS, tuple(FUSED), DTYPES, METRICS, ALIGNED_TILES),
+    ids=_ids,
+)
 def test_matches_numba(
-    layout: str, kind: str, dtype: torch.dtype, metric: str, aligned_tiles: None
+    layout: str,
+    kind: str,
+    dtype: torch.dtype,
+    metric: str,
+    tiles: int | None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    _set_tiles(monkeypatch, tiles)
     batch = _batch(layout, dtype)
     value_tol, grad_tol = (
         (FLOAT32_VALUE_TOL, FLOAT32_GRAD_TOL) if dtype == torch.float32 else (VALUE_TOL,) * 2
@@ -216,14 +238,23 @@ def test_matches_numba(
             torch.testing.assert_close(g, e, **grad_tol)
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("metric", METRICS)
+# Every layout x metric; each dtype and tiling with every layout, metric and one another
+# (pairwise: 15 rows instead of 60).
+@pytest.mark.parametrize(
+    ("layout", "metric", "dtype", "tiles"),
+    pairwise(LAYOUTS, METRICS, DTYPES, ALIGNED_TILES),
+    ids=_ids,
+)
 def test_selection_and_counts_are_numba_s(
-    layout: str, dtype: torch.dtype, metric: str, aligned_tiles: None
+    layout: str,
+    metric: str,
+    dtype: torch.dtype,
+    tiles: int | None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The tiles select exactly the numba kernels' triplets on the full matrix (same order),
     and batch-all counts are equal."""
+    _set_tiles(monkeypatch, tiles)
     batch = _batch(layout, dtype)
     x, labels = batch["x"], batch["labels"]
     ref = batch.get("ref_embeddings", x)

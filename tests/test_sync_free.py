@@ -15,32 +15,35 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CASES, GRAD_TOL, VALUE_TOL, Case
+from conftest import CASES, FUSED, GRAD_TOL, TORCH_MINERS, VALUE_TOL, Case, check_compiled
 from syncs import count_syncs
 
 import tripletkit
-from tripletkit import kernels, miners
+from tripletkit import kernels
 from tripletkit.kernels import torch_backend
 from tripletkit.losses import (
     batch_all_triplet_loss,
     batch_hard_triplet_loss,
-    semi_hard_triplet_loss,
     triplet_margin_loss,
 )
 
-FUSED = {
-    "batch_all": batch_all_triplet_loss,
-    "batch_hard": batch_hard_triplet_loss,
-    "semi_hard": semi_hard_triplet_loss,
-}
 #: The budgets of the issue: host synchronisations per forward + backward of a fused loss
 #: with the input checks on (one read gathers every check), and per miner call.
 LOSS_BUDGET_CHECKED = 1
 MINER_BUDGET = 2
 #: Batch sizes of the audit: the larger one runs the kernels in several anchor chunks.
-SIZES = (256, 4096)
+SIZES = (256, 1024)
+#: The chunk budget of the audit: 1/16 of the CPU's 4M elements, so that 1,024 anchors take
+#: the chunk loops 4,096 anchors take with the real budget (4 chunks of N x N, 16 of
+#: N x 4N), at 1/16 of the work.
+CHUNK_ELEMENTS = torch_backend._CPU_CHUNK_ELEMENTS // 16
 DIM = 8
 K = 8
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch_backend, "_CPU_CHUNK_ELEMENTS", CHUNK_ELEMENTS)
 
 
 def _labels(n: int, layout: str) -> torch.Tensor:
@@ -54,9 +57,11 @@ def _embeddings(n: int) -> torch.Tensor:
     return torch.randn(n, DIM, generator=torch.Generator().manual_seed(0))
 
 
-def test_the_large_size_runs_in_several_chunks() -> None:
+def test_the_large_size_runs_in_several_chunks(small_chunks: None) -> None:
     n = max(SIZES)
-    assert len(torch_backend._chunks(n, n, torch.device("cpu"))) > 1
+    assert len(torch_backend._chunks(n, n, torch.device("cpu"))) == 4
+    assert len(torch_backend._chunks(n, 4 * n, torch.device("cpu"))) == 16
+    assert len(torch_backend._chunks(min(SIZES), min(SIZES), torch.device("cpu"))) == 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,7 +72,9 @@ def test_the_large_size_runs_in_several_chunks() -> None:
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("soft_margin", [False, True], ids=["hinge", "soft"])
 @pytest.mark.parametrize("kind", tuple(FUSED))
-def test_fused_loss_synchronisations(kind: str, soft_margin: bool, n: int, layout: str) -> None:
+def test_fused_loss_synchronisations(
+    kind: str, soft_margin: bool, n: int, layout: str, small_chunks: None
+) -> None:
     y = _labels(n, layout)
     x = _embeddings(n).requires_grad_()
 
@@ -87,29 +94,13 @@ def test_fused_loss_synchronisations(kind: str, soft_margin: bool, n: int, layou
         assert unchecked.total == 0, dict(unchecked.counts)
 
 
-MINERS = {
-    "BatchAllMiner": lambda: miners.BatchAllMiner(backend="torch"),
-    "BatchHardMiner": lambda: miners.BatchHardMiner(backend="torch"),
-    "SemiHardMiner": lambda: miners.SemiHardMiner(backend="torch"),
-    "SemiHardMiner_active": lambda: miners.SemiHardMiner(active_only=True, backend="torch"),
-    # a thin region, so that 4,096 anchors (several chunks) list few triplets
-    "TripletMarginMiner": lambda: miners.TripletMarginMiner(
-        0.01, type_of_triplets="semihard", backend="torch"
-    ),
-    "MultiSimilarityMiner": miners.MultiSimilarityMiner,
-    "PairMarginMiner": miners.PairMarginMiner,
-    "RandomTripletMiner": miners.RandomTripletMiner,
-    "RandomTripletMiner_fixed": lambda: miners.RandomTripletMiner(num_triplets=100),
-    "DistanceWeightedMiner": lambda: miners.DistanceWeightedMiner(normalize=True),
-}
+MINERS = TORCH_MINERS
 
 
 @pytest.mark.parametrize("layout", ["pk", "irregular"])
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("name", tuple(MINERS))
-def test_miner_synchronisations(name: str, n: int, layout: str) -> None:
-    if name == "BatchAllMiner" and n == max(SIZES):
-        n = min(SIZES) * 4  # every valid triplet of 4096 anchors is hundreds of millions
+def test_miner_synchronisations(name: str, n: int, layout: str, small_chunks: None) -> None:
     if name.startswith("TripletMarginMiner") and n == max(SIZES):
         assert len(torch_backend._chunks(n, n, torch.device("cpu"))) > 1
     miner, x, y = MINERS[name](), _embeddings(n), _labels(n, layout)
@@ -191,7 +182,6 @@ def test_compile_fullgraph_matches_eager(kind: str, soft_margin: bool, bounded: 
     """``torch.compile(fullgraph=True)`` fails on any graph break: the whole loss, forward and
     backward, is one graph with the checks off. (``aot_eager`` traces exactly what inductor
     would compile, without generating code.)"""
-    torch._dynamo.reset()
     n, k = 48, 4
     x0 = torch.randn(n, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     y = torch.arange(n) // k
@@ -200,14 +190,7 @@ def test_compile_fullgraph_matches_eager(kind: str, soft_margin: bool, bounded: 
     def loss(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return FUSED[kind](x, labels, 0.3, soft_margin=soft_margin, backend="torch", **kw)
 
-    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
-    with tripletkit.set_input_checks(False):
-        x1, x2 = x0.clone().requires_grad_(), x0.clone().requires_grad_()
-        got, want = compiled(x1, y), loss(x2, y)
-        got.backward()
-        want.backward()
-    torch.testing.assert_close(got, want, **VALUE_TOL)
-    torch.testing.assert_close(x1.grad, x2.grad, **GRAD_TOL)
+    check_compiled(loss, [x0], y, "aot_eager", VALUE_TOL, GRAD_TOL)
 
 
 def test_compiled_soft_margin_without_a_bound_says_what_to_pass() -> None:

@@ -22,24 +22,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import FUSED, TORCH_MINERS
 from syncs import TransferCounter, count_transfers
 
 import tripletkit
 from benchmarks.syncs import CPU_OPERAND, DEVICE_TO_HOST, FROM_PYTHON, HOST_TO_DEVICE
-from tripletkit import losses, miners
+from tripletkit import losses
 from tripletkit.kernels import torch_backend
-from tripletkit.losses import (
-    batch_all_triplet_loss,
-    batch_hard_triplet_loss,
-    semi_hard_triplet_loss,
-)
 from tripletkit.losses._reduce import listed_terms
 
-FUSED = {
-    "batch_all": batch_all_triplet_loss,
-    "batch_hard": batch_hard_triplet_loss,
-    "semi_hard": semi_hard_triplet_loss,
-}
 N, DIM = 128, 16
 #: Samples per class of the audit: their bounds k - 1 take every kernel path (counted ranks up
 #: to 16, a binary search beyond, semi-hard's buckets up to 32 and its sort above).
@@ -161,20 +152,7 @@ def test_tensor_margin_and_reduction_none_give_the_same_values_on_the_cpu() -> N
     torch.testing.assert_close(listed_terms(terms, None), terms.reshape(-1), rtol=0, atol=0)
 
 
-MINERS = {
-    "BatchAllMiner": lambda: miners.BatchAllMiner(backend="torch"),
-    "BatchHardMiner": lambda: miners.BatchHardMiner(backend="torch"),
-    "SemiHardMiner": lambda: miners.SemiHardMiner(backend="torch"),
-    "SemiHardMiner_active": lambda: miners.SemiHardMiner(active_only=True, backend="torch"),
-    "TripletMarginMiner": lambda: miners.TripletMarginMiner(
-        0.2, type_of_triplets="semihard", backend="torch"
-    ),
-    "MultiSimilarityMiner": miners.MultiSimilarityMiner,
-    "PairMarginMiner": miners.PairMarginMiner,
-    "RandomTripletMiner": miners.RandomTripletMiner,
-    "RandomTripletMiner_fixed": lambda: miners.RandomTripletMiner(num_triplets=100),
-    "DistanceWeightedMiner": lambda: miners.DistanceWeightedMiner(normalize=True),
-}
+MINERS = TORCH_MINERS
 
 
 @pytest.mark.parametrize("checks", [False, True], ids=["unchecked", "checked"])
