@@ -144,3 +144,16 @@ def test_benchmark_pages_include_the_generated_fragments() -> None:
     names = ("quality_full", "quality", "speed_cpu", "speed_cpu_full", "gpu", "reference")
     for name in (*names, "quality_full_facts"):
         assert f'--8<-- "docs/generated/{name}.md"' in text, name
+
+
+def test_docstring_examples_are_sections() -> None:
+    """mkdocstrings (griffe, Google style) reads ``Examples:`` as an examples section and the
+    singular ``Example:`` as an admonition, which the API reference renders as a quoted
+    block: every docstring of the package uses the section."""
+    singular = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in sorted((ROOT / "src" / "tripletkit").rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if re.fullmatch(r"\s*Example:\s*", line)
+    ]
+    assert not singular, f"'Example:' renders as a quote, write 'Examples:': {singular}"

@@ -70,7 +70,7 @@ class set_input_checks:  # noqa: N801 - named like torch.set_grad_enabled, which
     undefined results instead of an error. Checks of shapes, dtypes and devices always run.
     The switch is process-wide (unlike ``torch.set_grad_enabled``, not per thread).
 
-    Example:
+    Examples:
         >>> import torch, tripletkit
         >>> with tripletkit.set_input_checks(False):
         ...     tripletkit.input_checks_enabled()

@@ -90,7 +90,7 @@ def pair_masks(labels: Tensor, ref_labels: Tensor, own: Tensor) -> tuple[Tensor,
     A mask relation (``labels`` and ``ref_labels`` the masks, see the module docstring) is
     returned as it is.
 
-    Example:
+    Examples:
         >>> pos, neg = pair_masks(torch.tensor([0, 0]), torch.tensor([0, 0, 1]), torch.tensor([0, 1]))
         >>> pos.tolist(), neg.tolist()
         ([[False, True, False], [True, False, False]], [[False, False, True], [False, False, True]])
@@ -107,7 +107,7 @@ def multi_hot_masks(labels: Tensor, ref_labels: Tensor, own: Tensor) -> tuple[Te
     multi-hot references ``ref_labels [M, L]`` (bool): a positive shares at least one label
     (one matrix product ``A B^T > 0``), a negative shares none; own pairs are dropped.
 
-    Example:
+    Examples:
         >>> lab = torch.tensor([[1, 0], [1, 1], [0, 1], [0, 0]], dtype=torch.bool)
         >>> pos, neg = multi_hot_masks(lab, lab, torch.arange(4))
         >>> pos.int().tolist()

@@ -97,7 +97,7 @@ def omniglot(split: str = "background", max_classes: int | None = None) -> Omnig
     Shape:
         - images: ``[20 * C, 1, 28, 28]`` float32 in ``[0, 1]``; labels: ``[20 * C]`` int64.
 
-    Example:
+    Examples:
         >>> data = omniglot("evaluation", max_classes=5)
         >>> len(data), data.num_classes, tuple(data.images.shape)
         (100, 5, (100, 1, 28, 28))

@@ -29,7 +29,7 @@ def normalize_embeddings(x: Tensor, eps: float = 1e-12) -> Tensor:
     Shape:
         - x: ``[N, D]`` -> ``[N, D]`` (any leading dimensions: the last one is normalised).
 
-    Example:
+    Examples:
         >>> normalize_embeddings(torch.tensor([[3.0, 4.0], [0.0, 0.0]]))
         tensor([[0.6000, 0.8000],
                 [0.0000, 0.0000]])
@@ -155,7 +155,7 @@ def pairwise_distance(x: Tensor, y: Tensor | None = None, metric: str = "euclide
         :func:`paired_distance` (the difference form) is exact to float32 rounding (1e-7
         relative) at any distance; the losses of selected triplets use it.
 
-    Example:
+    Examples:
         >>> x = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
         >>> pairwise_distance(x)
         tensor([[0., 5.],
@@ -195,7 +195,7 @@ def paired_distance(x: Tensor, y: Tensor, metric: str = "euclidean") -> Tensor:
     Shape:
         - x, y: ``[T, D]`` -> ``[T]``.
 
-    Example:
+    Examples:
         >>> paired_distance(torch.tensor([[0.0, 0.0]]), torch.tensor([[3.0, 4.0]]))
         tensor([5.])
     """

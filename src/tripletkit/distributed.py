@@ -226,7 +226,7 @@ def gather(embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         ValueError: on every replica, if the replicas' embedding widths or dtypes, or their
             labels' shapes (class or multi-hot, ``L``), differ.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x, y = torch.randn(4, 3), torch.tensor([0, 0, 1, 1])
         >>> all_x, all_y = gather(x, y)  # no process group: nothing to gather
@@ -251,7 +251,7 @@ def rank_offset(n_local: int) -> int:
     Args:
         n_local: this replica's number of rows ``N_r``.
 
-    Example:
+    Examples:
         >>> rank_offset(8)  # no process group
         0
     """
@@ -312,7 +312,7 @@ def sharded_loss(
         0-dim loss: the global loss in value; its gradient is this replica's share, scaled
         for DDP's averaging.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from tripletkit.losses import batch_hard_triplet_loss
         >>> x, y = torch.randn(6, 2, dtype=torch.float64), torch.tensor([0, 0, 1, 1, 2, 2])

@@ -338,7 +338,7 @@ def cached_backward(
         RuntimeError: a chunk's replay differs from its first pass (beyond ``sqrt(eps)`` of
             the dtype, relative and absolute).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from tripletkit.losses import batch_hard_triplet_loss
         >>> _ = torch.manual_seed(0)
@@ -437,7 +437,7 @@ class GradCache:
         loss_fn: ``loss_fn(embeddings, labels) -> scalar``.
         chunk_size: rows per forward pass.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from tripletkit.losses import BatchAllTripletLoss
         >>> net = torch.nn.Linear(8, 4)

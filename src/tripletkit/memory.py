@@ -66,7 +66,7 @@ class CrossBatchMemory:
           ``[L, C]``), oldest row first,
           with ``L = len(memory) <= size``.
 
-    Example:
+    Examples:
         >>> memory = CrossBatchMemory(size=3, dim=2)
         >>> memory.enqueue(torch.tensor([[0.0, 0.0], [1.0, 1.0]]), torch.tensor([0, 1]))
         >>> memory.enqueue(torch.tensor([[2.0, 2.0], [3.0, 3.0]]), torch.tensor([2, 3]))

@@ -182,7 +182,7 @@ def retrieval_metrics(
         - query: ``[N, D]``, query_labels: ``[N]``.
         - ref_embeddings: ``[M, D]``, ref_labels: ``[M]``.
 
-    Example:
+    Examples:
         >>> query = torch.tensor([[0.0], [0.1], [1.0], [1.2], [5.0]])
         >>> labels = torch.tensor([0, 0, 1, 0, 1])
         >>> m = retrieval_metrics(query, labels, k=(1, 2))

@@ -198,7 +198,7 @@ def embed_dataset(
         ValueError: a shuffling ``DataLoader``, an empty dataset, outputs of varying width,
             or ``distributed=True`` with a ``DataLoader``.
 
-    Example:
+    Examples:
         >>> from torch.utils.data import TensorDataset
         >>> data = TensorDataset(torch.randn(10, 3), torch.arange(10) % 2)
         >>> emb, labels = embed_dataset(torch.nn.Linear(3, 4), data, batch_size=4)
@@ -595,7 +595,7 @@ def nearest_neighbours(
             counts, an unknown metric or backend, ``positive_ratio <= 0``.
         ImportError: ``backend="faiss"`` without faiss installed.
 
-    Example:
+    Examples:
         >>> x = torch.tensor([[0.0], [1.0], [3.0], [4.0], [10.0]])
         >>> y = torch.tensor([0, 0, 1, 1, 1])
         >>> nb = nearest_neighbours(x, y, num_negatives=2, num_positives=1)

@@ -52,7 +52,7 @@ def triplet_stats(
     Returns:
         :class:`~tripletkit.types.TripletStats` ``(valid, easy, semi_hard, hard)``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.tensor([[0.0], [0.1], [0.25], [2.0]])
         >>> triplet_stats(x, torch.tensor([0, 0, 1, 1]), margin=0.2)

@@ -29,7 +29,7 @@ class Triplets(NamedTuple):
     Shape:
         - anchor, positive, negative: ``[T]``, int64, on the embeddings' device.
 
-    Example:
+    Examples:
         >>> t = Triplets(torch.tensor([0]), torch.tensor([1]), torch.tensor([2]))
         >>> anchor, positive, negative = t  # unpacks like a 3-tuple
         >>> t.num_triplets, Triplets.empty().num_triplets
@@ -59,7 +59,7 @@ class Pairs(NamedTuple):
         - anchor_pos, positive: ``[P]``, int64.
         - anchor_neg, negative: ``[Q]``, int64.
 
-    Example:
+    Examples:
         >>> p = Pairs(torch.tensor([0]), torch.tensor([1]), torch.tensor([0, 1]), torch.tensor([2, 2]))
         >>> p.num_positive, p.num_negative
         (1, 2)
@@ -92,7 +92,7 @@ class TripletStats(NamedTuple):
     ``m``: *easy* ``d_an > d_ap + m``, *semi-hard* ``d_ap < d_an <= d_ap + m``, *hard*
     ``d_an <= d_ap``. ``valid = easy + semi_hard + hard``. Plain Python ints.
 
-    Example:
+    Examples:
         >>> TripletStats(valid=8, easy=4, semi_hard=2, hard=2).fractions["semi_hard"]
         0.25
     """

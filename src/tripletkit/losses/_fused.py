@@ -60,7 +60,7 @@ def triplet_terms(
     Shape:
         - d_ap, d_an: ``[T]`` -> ``[T]`` (any matching shapes).
 
-    Example:
+    Examples:
         >>> triplet_terms(torch.tensor([0.5]), torch.tensor([0.6]), 0.2, soft_margin=False)
         tensor([0.1000])
         >>> triplet_terms(torch.tensor([0.5]), torch.tensor([0.6]), 0.1, False, smooth=True)

@@ -60,7 +60,7 @@ def contrastive_parts(
         autograd graph), the number of those pairs and the number of positive terms; reduce
         with :func:`~tripletkit.losses.reduce_parts`.
 
-    Example:
+    Examples:
         >>> import torch
         >>> total, n_valid, n_active = contrastive_parts(
         ...     torch.tensor([[0.0], [0.5], [3.0]]), torch.tensor([0, 0, 1]))
@@ -138,7 +138,7 @@ def contrastive_loss(
     Returns:
         0-dim loss, or ``[P + Q]`` with ``reduction="none"``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.tensor([[0.0], [0.5], [0.6], [5.0]])
         >>> contrastive_loss(x, torch.tensor([0, 0, 1, 1]), reduction="sum")  # 2 x (0.5 + 4.4 + 0.9 + 0.4)
@@ -314,7 +314,7 @@ def multi_similarity_parts(
         anchors' terms (in the autograd graph), the number of anchors ``N`` and the number of
         anchors with a term > 0; reduce with :func:`~tripletkit.losses.reduce_parts`.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
         >>> total, n_valid, n_active = multi_similarity_parts(x, torch.tensor([0, 0, 1]))
@@ -400,7 +400,7 @@ def multi_similarity_loss(
           ref_labels ``[M]``.
         - output: ``[]``, or ``[N]`` with ``reduction="none"``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
         >>> multi_similarity_loss(x, torch.tensor([0, 0, 1]), reduction="none")
@@ -460,7 +460,7 @@ def circle_parts(
         terms of the anchors with a positive and a negative, their number and the number of
         them with a term > 0.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [0.6, 0.8]])
         >>> total, n_valid, n_active = circle_parts(x, torch.tensor([0, 0, 1, 1]))
@@ -539,7 +539,7 @@ def circle_loss(
           ref_labels ``[M]``.
         - output: ``[]``, or ``[A]`` with ``reduction="none"``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [0.6, 0.8]])
         >>> circle_loss(x, torch.tensor([0, 0, 1, 1]), gamma=1.0, reduction="none")
@@ -594,7 +594,7 @@ def supcon_parts(
         terms of the anchors with a positive, their number and the number of them with a
         term > 0.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
         >>> total, n_valid, n_active = supcon_parts(x, torch.tensor([0, 0, 1]), temperature=1.0)
@@ -672,7 +672,7 @@ def supcon_loss(
           ref_labels ``[M]``.
         - output: ``[]``, or ``[A]`` with ``reduction="none"``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
         >>> supcon_loss(x, torch.tensor([0, 0, 1]), temperature=1.0, reduction="none")

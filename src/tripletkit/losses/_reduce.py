@@ -56,7 +56,7 @@ def reduce_parts(
     Shape:
         - total: ``[]`` -> ``[]``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> reduce_parts(torch.tensor(3.0), n_valid=6, n_active=2, reduction="mean_nonzero")
         tensor(1.5000)

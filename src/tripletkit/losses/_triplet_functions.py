@@ -193,7 +193,7 @@ max_positives`). The torch kernels size their buffers with it instead of reading
     Returns:
         0-dim loss tensor.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.tensor([[0.0], [0.5], [0.6]])
         >>> loss = batch_all_triplet_loss(x, torch.tensor([0, 0, 1]), margin=0.2, reduction="sum")
@@ -372,7 +372,7 @@ def batch_hard_triplet_loss(
     Returns:
         0-dim loss, or ``[T]`` with ``reduction="none"``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.tensor([[0.0], [0.5], [0.6], [5.0]])
         >>> batch_hard_triplet_loss(x, torch.tensor([0, 0, 1, 1]), reduction="none")
@@ -485,7 +485,7 @@ def semi_hard_triplet_loss(
     Returns:
         0-dim loss, or ``[P]`` with ``reduction="none"``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.tensor([[0.0], [0.5], [0.6], [5.0]])
         >>> semi_hard_triplet_loss(x, torch.tensor([0, 0, 1, 1]), reduction="none")
@@ -598,7 +598,7 @@ def triplet_margin_loss(
     Returns:
         0-dim loss, or ``[T]`` with ``reduction="none"``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from tripletkit.miners import batch_hard_triplets
         >>> x, y = torch.tensor([[0.0], [0.5], [0.6], [5.0]]), torch.tensor([0, 0, 1, 1])

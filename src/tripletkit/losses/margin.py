@@ -121,7 +121,7 @@ def margin_loss(
         - embeddings: ``[N, D]``; labels: ``[N]``; beta: ``[]``, ``[1]`` or ``[C]``.
         - output: ``[]``, or ``[P + Q]`` with ``reduction="none"``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x, labels = torch.tensor([[0.0], [1.2], [1.1], [3.0]]), torch.tensor([0, 0, 1, 1])
         >>> pairs = Pairs(torch.tensor([0]), torch.tensor([1]), torch.tensor([0, 0]), torch.tensor([2, 3]))
@@ -202,7 +202,7 @@ class MarginLoss(LossModule):
           ``P = Q = T``) or Pairs (``[P]``, ``[P]``, ``[Q]``, ``[Q]``).
         - output: ``[]``, or ``[P + Q]`` with ``reduction="none"``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from tripletkit.miners import DistanceWeightedMiner
         >>> x = torch.randn(8, 16, generator=torch.Generator().manual_seed(0))

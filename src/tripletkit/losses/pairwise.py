@@ -68,7 +68,7 @@ class ContrastiveLoss(LossModule):
         - embeddings: ``[N, D]``; labels: ``[N]``; pairs: 4 x ``[P]``/``[Q]``.
         - output: ``[]``, or ``[P + Q]`` with ``reduction="none"``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.tensor([[0.0], [0.5], [3.0]])
         >>> ContrastiveLoss(neg_margin=1.0, reduction="sum")(x, torch.tensor([0, 0, 1]))
@@ -149,7 +149,7 @@ class MultiSimilarityLoss(_SimilarityLoss):
           ref_embeddings ``[M, D]``, ref_labels ``[M]``.
         - output: ``[]``, or ``[N]`` with ``reduction="none"``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from tripletkit.miners import MultiSimilarityMiner
         >>> x = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [0.6, 0.8]], requires_grad=True)
@@ -186,7 +186,7 @@ class CircleLoss(_SimilarityLoss):
           ref_embeddings ``[M, D]``, ref_labels ``[M]``.
         - output: ``[]``, or ``[A]`` with ``reduction="none"``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [0.6, 0.8]])
         >>> CircleLoss(m=0.25, gamma=256.0)(x, torch.tensor([0, 0, 1, 1]))
@@ -212,7 +212,7 @@ class SupConLoss(_SimilarityLoss):
           ref_embeddings ``[M, D]``, ref_labels ``[M]``.
         - output: ``[]``, or ``[A]`` with ``reduction="none"``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [0.6, 0.8]])
         >>> SupConLoss(temperature=0.1)(x, torch.tensor([0, 0, 1, 1]))

@@ -139,7 +139,7 @@ class BatchAllTripletLoss(_RemembersWidth):
           ref_labels ``[M]``.
         - output: ``[]``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.tensor([[0.0], [0.5], [0.6]], requires_grad=True)
         >>> loss = BatchAllTripletLoss(margin=0.2, reduction="sum")(x, torch.tensor([0, 0, 1]))
@@ -186,7 +186,7 @@ class BatchHardTripletLoss(LossModule):
           ref_labels ``[M]``.
         - output: ``[]``, or ``[A]`` with ``reduction="none"``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.tensor([[0.0], [0.5], [0.6], [5.0]])
         >>> BatchHardTripletLoss(reduction="none")(x, torch.tensor([0, 0, 1, 1]))
@@ -242,7 +242,7 @@ class SemiHardTripletLoss(_RemembersWidth):
           ref_labels ``[M]``.
         - output: ``[]``, or ``[P]`` with ``reduction="none"``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.tensor([[0.0], [0.5], [0.6], [5.0]])
         >>> SemiHardTripletLoss(reduction="none")(x, torch.tensor([0, 0, 1, 1]))
@@ -289,7 +289,7 @@ class TripletMarginLoss(LossModule):
         - embeddings: ``[N, D]``; labels: ``[N]``; triplets: 3 x ``[T]``.
         - output: ``[]``, or ``[T]`` with ``reduction="none"``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from tripletkit.miners import BatchHardMiner
         >>> x = torch.tensor([[0.0], [0.5], [0.6], [5.0]], requires_grad=True)

@@ -45,7 +45,7 @@ class MinerStats:
         pos_distance: mean distance of the positive pairs (``d_ap`` over the triplets).
         neg_distance: mean distance of the negative pairs (``d_an`` over the triplets).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from tripletkit.miners import BatchHardMiner
         >>> miner = BatchHardMiner()
@@ -180,7 +180,7 @@ def make_generator(seed: int | None = 0) -> torch.Generator:
     """A CPU :class:`torch.Generator` seeded with ``seed`` (from OS entropy only when ``None``
     is passed explicitly).
 
-    Example:
+    Examples:
         >>> g1, g2 = make_generator(0), make_generator(0)
         >>> bool(torch.equal(torch.rand(3, generator=g1), torch.rand(3, generator=g2)))
         True

@@ -113,7 +113,7 @@ def multi_similarity_pairs(
         - embeddings: ``[N, D]``; labels: ``[N]``.
         - output: ``[P]``, ``[P]``, ``[Q]``, ``[Q]`` int64 tensors.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.8, 0.6], [0.0, 1.0]])
         >>> multi_similarity_pairs(x, torch.tensor([0, 0, 1, 1]), epsilon=0.1)
@@ -176,7 +176,7 @@ def pair_margin_pairs(
         - embeddings: ``[N, D]``; labels: ``[N]``.
         - output: ``[P]``, ``[P]``, ``[Q]``, ``[Q]`` int64 tensors.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.tensor([[0.0], [0.5], [0.8], [3.0]])
         >>> pair_margin_pairs(x, torch.tensor([0, 0, 1, 1]), pos_margin=0.1, neg_margin=1.0)
@@ -207,7 +207,7 @@ class MultiSimilarityMiner(Miner):
         - embeddings: ``[N, D]``, labels: ``[N]``.
         - output: :class:`~tripletkit.types.Pairs`, each side ordered row-major.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.8, 0.6], [0.0, 1.0]])
         >>> MultiSimilarityMiner(epsilon=0.1)(x, torch.tensor([0, 0, 1, 1])).num_negative
@@ -234,7 +234,7 @@ class PairMarginMiner(Miner):
         - embeddings: ``[N, D]``, labels: ``[N]``.
         - output: :class:`~tripletkit.types.Pairs`, each side ordered row-major.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from tripletkit.losses import ContrastiveLoss
         >>> x = torch.tensor([[0.0], [0.5], [0.8], [3.0]], requires_grad=True)

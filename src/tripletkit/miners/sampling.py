@@ -197,7 +197,7 @@ def distance_weighted_triplets(
         - embeddings: ``[N, D]``; labels: ``[N]``.
         - output: three ``[P]`` int64 tensors.
 
-    Example:
+    Examples:
         >>> import torch
         >>> g = torch.Generator().manual_seed(0)
         >>> x = torch.nn.functional.normalize(torch.randn(8, 16, generator=g), dim=1)
@@ -279,7 +279,7 @@ def random_triplets(
         - embeddings: ``[N, D]``; labels: ``[N]``.
         - output: three ``[P]`` (or ``[T]``) int64 tensors.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x, labels = torch.zeros(5, 2), torch.tensor([0, 0, 1, 1, 2])
         >>> random_triplets(x, labels, generator=torch.Generator().manual_seed(0)).num_triplets
@@ -381,7 +381,7 @@ class DistanceWeightedMiner(SeededMiner):
         - output: :class:`~tripletkit.types.Triplets` of ``[P]`` int64 tensors, one row per
           positive pair whose anchor has a negative.
 
-    Example:
+    Examples:
         >>> import torch
         >>> miner = DistanceWeightedMiner(normalize=True, seed=0)
         >>> x = torch.randn(6, 32, generator=torch.Generator().manual_seed(0))
@@ -420,7 +420,7 @@ class RandomTripletMiner(SeededMiner):
         - embeddings: ``[N, D]``, labels: ``[N]``.
         - output: :class:`~tripletkit.types.Triplets` of ``[P]`` (or ``[T]``) int64 tensors.
 
-    Example:
+    Examples:
         >>> import torch
         >>> miner = RandomTripletMiner(num_triplets=5, seed=0)
         >>> miner(torch.zeros(4, 2), torch.tensor([0, 0, 1, 1])).num_triplets

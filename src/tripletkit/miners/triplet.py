@@ -115,7 +115,7 @@ def batch_all_triplets(
           ref_labels ``[M]``.
         - output: :class:`~tripletkit.types.Triplets` of ``[T]`` int64 tensors.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.tensor([[0.0], [0.1], [1.0]])
         >>> batch_all_triplets(x, torch.tensor([0, 0, 1]), margin=0.2, active_only=False)
@@ -167,7 +167,7 @@ def batch_hard_triplets(
           ref_labels ``[M]``.
         - output: :class:`~tripletkit.types.Triplets` of ``[T]`` int64 tensors.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.tensor([[0.0], [0.1], [0.5], [1.0], [3.0]])
         >>> batch_hard_triplets(x, torch.tensor([0, 0, 0, 1, 2]))
@@ -223,7 +223,7 @@ def semi_hard_triplets(
           ref_labels ``[M]``.
         - output: :class:`~tripletkit.types.Triplets` of ``[T]`` int64 tensors.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.tensor([[0.0], [0.5], [0.6], [5.0]])
         >>> semi_hard_triplets(x, torch.tensor([0, 0, 1, 1]))
@@ -280,7 +280,7 @@ def triplet_margin_triplets(
           ref_labels ``[M]``.
         - output: :class:`~tripletkit.types.Triplets` of ``[T]`` int64 tensors.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.tensor([[0.0], [0.5], [0.6], [5.0]])
         >>> triplet_margin_triplets(x, torch.tensor([0, 0, 1, 1]), type_of_triplets="hard")
@@ -313,7 +313,7 @@ class BatchAllMiner(Miner):
           ref_labels ``[M]``.
         - output: :class:`~tripletkit.types.Triplets` of ``[T]`` int64 tensors.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.tensor([[0.0], [0.1], [1.0]])
         >>> BatchAllMiner(margin=0.2, active_only=False)(x, torch.tensor([0, 0, 1])).anchor
@@ -350,7 +350,7 @@ class BatchHardMiner(Miner):
         - embeddings: ``[N, D]``, labels: ``[N]``.
         - output: :class:`~tripletkit.types.Triplets` of ``[A]`` int64 tensors, one per kept anchor.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.tensor([[0.0], [0.5], [0.6], [5.0]])
         >>> BatchHardMiner()(x, torch.tensor([0, 0, 1, 1]))
@@ -389,7 +389,7 @@ class SemiHardMiner(Miner):
         - embeddings: ``[N, D]``, labels: ``[N]``.
         - output: :class:`~tripletkit.types.Triplets`, one row per positive pair.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.tensor([[0.0], [0.5], [0.6], [5.0]])
         >>> SemiHardMiner(margin=0.2)(x, torch.tensor([0, 0, 1, 1])).negative
@@ -431,7 +431,7 @@ class TripletMarginMiner(Miner):
         - embeddings: ``[N, D]``, labels: ``[N]``.
         - output: :class:`~tripletkit.types.Triplets` of ``[T]`` int64 tensors.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.tensor([[0.0], [0.5], [0.6], [5.0]])
         >>> TripletMarginMiner(margin=0.2, type_of_triplets="semihard")(x, torch.tensor([0, 0, 1, 1]))

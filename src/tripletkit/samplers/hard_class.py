@@ -165,7 +165,7 @@ class HardClassPKBatchSampler(PKBatchSampler):
         - labels: ``[N]``; update: embeddings ``[B, D]``, labels ``[B]``.
         - each batch: a list of ``p * k`` ints in ``[0, N)``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> labels = torch.arange(8).repeat_interleave(3)        # 8 classes x 3 samples
         >>> sampler = HardClassPKBatchSampler(labels, p=4, k=2, hard_fraction=0.5, seed=0)

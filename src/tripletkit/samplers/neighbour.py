@@ -105,7 +105,7 @@ class NeighbourPKBatchSampler(PKBatchSampler):
         - labels: ``[N]``; refresh embeddings: ``[N, D]`` in dataset order.
         - each batch: a list of ``p * k`` ints in ``[0, N)``.
 
-    Example:
+    Examples:
         >>> labels = torch.arange(8).repeat_interleave(4)          # 8 classes x 4 samples
         >>> sampler = NeighbourPKBatchSampler(labels, p=4, k=2, hard_fraction=1.0, seed=0)
         >>> list(sampler) == list(PKBatchSampler(labels, p=4, k=2, seed=0))  # no refresh yet

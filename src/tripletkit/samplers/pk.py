@@ -79,7 +79,7 @@ class PKBatchSampler(_EpochBatchSampler):
         - labels: ``[N]``.
         - each batch: a list of ``p * k`` ints in ``[0, N)``.
 
-    Example:
+    Examples:
         >>> labels = [0, 0, 0, 1, 1, 2, 2, 2, 2, 3]
         >>> sampler = PKBatchSampler(labels, p=2, k=2, seed=0)
         >>> len(sampler), sampler.batch_size
