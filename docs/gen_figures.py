@@ -697,9 +697,16 @@ def headline(
             cells = [[*c, m] for c, m in zip(cells, memory, strict=True)]
             header.append(f"memory at N = {STREAMING_N:,}")
         if cells:
+            ref = report.find_entry(rows, "cdist", n)
+            cdist = (
+                f", against `torch.cdist` forward + backward {1e3 * ref['median_s']:.3g} ms "
+                f"(medians of {ref['repeats']} repeats)"
+                if ref and ref.get("status") == "ok"
+                else ""
+            )
             lines.append(
-                f"\nSpeed, forward + backward at N = {n:,} on {_machine(speed).split(',')[0]} "
-                "([all sizes and peers](docs/benchmarks/speed.md)):\n"
+                f"\nSpeed, forward + backward at N = {n:,} on {_machine(speed).split(',')[0]}"
+                f"{cdist} ([all sizes and peers](docs/benchmarks/speed.md)):\n"
             )
             lines.append(report.md_table(header, cells, "lrrl"[: len(header)]))
             lines += ["\n" + note for note in notes]

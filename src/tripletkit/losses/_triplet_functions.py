@@ -168,9 +168,11 @@ def batch_all_triplet_loss(
         anchor_offset: when the anchors are rows ``anchor_offset : anchor_offset + N`` of
             the references, the pairs of a sample with itself are excluded.
         normalize: L2-normalise the embeddings first.
-        backend: ``"auto"`` (numba on CPU, torch elsewhere), ``"torch"``, ``"numba"`` or
+        backend: ``"auto"`` (numba on CPU, torch elsewhere), ``"torch"``, ``"numba"``,
             ``"streaming"`` (CPU, tile by tile without the ``[N, M]`` matrix: what ``"auto"``
-            picks on CPU above :func:`~tripletkit.set_memory_budget`).
+            picks on CPU above :func:`~tripletkit.set_memory_budget`) or ``"triton"`` (CUDA
+            kernels without the ``[N, M]`` matrix; opt-in, class labels only, eager only:
+            proven exact under Triton's CPU interpreter, not yet timed on a GPU).
         max_positives: an upper bound on any anchor's number of positives, e.g. ``k - 1`` in
             P x K batches without references (:attr:`~tripletkit.samplers.PKBatchSampler.\
 max_positives`). The torch kernels size their buffers with it instead of reading the
