@@ -236,8 +236,14 @@ def _exact_values(d: Tensor, x: Tensor, y: Tensor, a: Tensor, cols: Tensor, metr
                 x.unsqueeze(1), y[cols], compute_mode="donot_use_mm_for_euclid_dist"
             ).squeeze(1)
             exact = exact.square_() if metric == "sqeuclidean" else exact
-        else:
+        elif metric == "cosine":
             exact = paired(x[a], y[cols], metric)
+        else:  # one fused reduction per pair (no squared-difference tensor)
+            diff = x[a] - y[cols]
+            if metric == "sqeuclidean":
+                exact = torch.linalg.vecdot(diff, diff)
+            else:
+                exact = torch.linalg.vector_norm(diff, dim=-1)
     return d + (exact.to(d.dtype) - d).detach()
 
 
