@@ -511,3 +511,21 @@ def test_compiled_module_uses_its_remembered_width() -> None:
         module(x0, labels)  # reads the width once
     assert module._widths.width == k
     check_compiled(lambda x, y: module(x, y), [x0], labels, "aot_eager", VALUE_TOL, GRAD_TOL)
+
+
+@needs_triton
+@pytest.mark.parametrize("kind", tuple(FUSED))
+def test_functions_with_max_positives_read_nothing(kind: str) -> None:
+    """With the input checks off, a function form given ``max_positives`` reads nothing on
+    the host, forward and backward; without it, the width-bound losses read the batch's
+    largest count once per call (seen by the same counter), batch-hard nothing."""
+    batch = _batch("irregular", torch.float64)
+    with tripletkit.set_input_checks(False):
+        reads = []
+        for kw in ({"max_positives": 8}, {}):
+            x = batch["x"].clone().requires_grad_()
+            with _Syncs() as counter:
+                FUSED[kind](x, batch["labels"], MARGIN, backend="triton", **kw).backward()
+            assert counter.entered >= 1
+            reads.append(dict(counter.counts))
+    assert reads == [{}, {} if kind == "batch_hard" else {"to_host": 1}]
