@@ -6,8 +6,10 @@ rest of the suite is untouched).
 Proof without a GPU: values and gradients against the brute-force references (float64, the
 awkward cases), against the numba backend on P x K, irregular, two-class and reference-set
 batches (float32: values 1e-5, gradients 1e-4; float64), half inputs computed in float32,
-rank windows, every reduction, the backend's resolution, and a count of allocations showing
-that nothing with ``N x M`` elements is created. The interpreter is slow (numpy per block):
+rank windows, every reduction, the backend's resolution, a count of allocations showing
+that nothing with ``N x M`` elements is created, ``torch.compile(fullgraph=True)`` of each
+loss (the launches are custom ops; ``opcheck`` on each), and no host read in a module's
+second call with the checks off. The interpreter is slow (numpy per block):
 batches have at most 64 anchors and every test picks a few cases.
 """
 
@@ -17,12 +19,26 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from conftest import CASES, MARGIN, VALUE_TOL, Case, check_loss, leaves_of, value_and_grads
+from conftest import (
+    CASES,
+    GRAD_TOL,
+    MARGIN,
+    VALUE_TOL,
+    Case,
+    check_compiled,
+    check_loss,
+    leaves_of,
+    value_and_grads,
+)
 from reference import fused_terms, reduce
+from syncs import SyncCounter
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import tripletkit
 from tripletkit.kernels import resolve_backend, triton_backend
 from tripletkit.losses import (
+    BatchAllTripletLoss,
+    SemiHardTripletLoss,
     batch_all_parts,
     batch_all_triplet_loss,
     batch_hard_parts,
@@ -279,7 +295,27 @@ def test_half_inputs_compute_in_float32(dtype: torch.dtype) -> None:
 # ------------------------------------------------------------- no N x M allocation
 
 
-class _Sizes(TorchDispatchMode):
+class _SeesInsideOps(TorchDispatchMode):
+    """A dispatch mode sees a custom op as one call and not the torch ops its body runs
+    (they run below the mode): this one runs tripletkit's ops' Python bodies
+    (:data:`triton_backend.IMPLS`) under itself instead, so that it sees them too, and
+    counts the ops it entered (``self.entered``)."""
+
+    entered = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        impl = triton_backend.IMPLS.get(func._schema.name)
+        if impl is None:
+            return self.record(func, types, args, kwargs or {})
+        self.entered += 1
+        with self:
+            return impl(*args, **(kwargs or {}))
+
+    def record(self, func, types, args, kwargs):  # type: ignore[no-untyped-def]
+        return func(*args, **kwargs)
+
+
+class _Sizes(_SeesInsideOps):
     """Records the size in bytes of every tensor a torch op returns (bytes: the interpreter
     copies each argument's storage to and from the host as ``uint8``)."""
 
@@ -287,19 +323,22 @@ class _Sizes(TorchDispatchMode):
         super().__init__()
         self.largest = 0
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        out = func(*args, **(kwargs or {}))
+    def record(self, func, types, args, kwargs):  # type: ignore[no-untyped-def]
+        out = func(*args, **kwargs)
         for t in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(t, torch.Tensor):
                 self.largest = max(self.largest, t.numel() * t.element_size())
         return out
 
 
-def _largest(fn: object, backend: str, x: torch.Tensor, labels: torch.Tensor, **kw: object) -> int:
+def _largest(
+    fn: object, backend: str, x: torch.Tensor, labels: torch.Tensor, **kw: object
+) -> tuple[int, int]:
+    """The largest tensor of a forward and backward, in bytes, and the custom ops entered."""
     sizes = _Sizes()
     with sizes:
         fn(x, labels, MARGIN, backend=backend, **kw).backward()  # type: ignore[operator]
-    return sizes.largest
+    return sizes.largest, sizes.entered
 
 
 @needs_triton
@@ -308,7 +347,8 @@ def test_no_allocation_of_n_by_m(kind: str) -> None:
     """The triton path's largest torch tensor is far below ``N x M`` elements (its kernels
     write only ``O(N W)`` state; the tiles live in the kernel), while the in-memory path,
     under the same recorder, creates ``N x M`` ones. Sizes in bytes of float64 (the
-    interpreter's own numpy blocks are one tile, ``BN x BM``, and not torch tensors)."""
+    interpreter's own numpy blocks are one tile, ``BN x BM``, and not torch tensors). The
+    recorder runs the bodies of the custom ops under itself, so it sees inside them."""
     g = torch.Generator().manual_seed(1)
     n, m, d = 40, 128, 2
     labels = torch.randint(0, 32, (n,), generator=g)
@@ -322,12 +362,15 @@ def test_no_allocation_of_n_by_m(kind: str) -> None:
     width = int(
         max((kw["ref_labels"] == label).sum() for label in labels.tolist())  # type: ignore[union-attr]
     )
-    streamed = _largest(FUSED[kind], "triton", x, labels, **kw)
+    streamed, entered = _largest(FUSED[kind], "triton", x, labels, **kw)
+    # the recorder ran the custom ops' bodies under itself: batch-all's forward and
+    # backward, the mined losses' selection
+    assert entered == (2 if kind == "batch_all" else 1)
     # O(N (D + W) + M D): the embeddings and their gradients, the positives' slots, the
     # semi-hard pairs' rows [N, W, D].
     assert streamed <= 8 * max(n * width * d, m * d, n * width), (streamed, n * m * 8)
     assert streamed < n * m * 8 // 4
-    assert _largest(FUSED[kind], "numba", x, labels, **kw) >= n * m * 8
+    assert _largest(FUSED[kind], "numba", x, labels, **kw)[0] >= n * m * 8
 
 
 @needs_triton
@@ -346,3 +389,143 @@ def test_triton_refuses_multi_label(relation: str) -> None:
         )
     with pytest.raises(ValueError, match="backend='triton' does not take multi-hot"):
         call()
+
+
+# ------------------------------------------------------------- torch.compile, custom ops
+
+#: (loss, soft margin, metric, with a reference set): each loss, both batch-all terms, every
+#: metric, the references given and not.
+COMPILED = [
+    ("batch_all", False, "euclidean", False),
+    ("batch_all", True, "cosine", True),
+    ("batch_hard", False, "sqeuclidean", True),
+    ("semi_hard", False, "euclidean", False),
+]
+
+
+@needs_triton
+@pytest.mark.parametrize(
+    ("kind", "soft", "metric", "refs"),
+    COMPILED,
+    ids=[f"{k}-{'soft' if s else 'hinge'}-{m}{'-refs' if r else ''}" for k, s, m, r in COMPILED],
+)
+def test_compile_fullgraph_matches_eager(kind: str, soft: bool, metric: str, refs: bool) -> None:
+    """``torch.compile(fullgraph=True)`` (any graph break fails) captures each triton loss
+    whole, forward and backward, with the input checks off and ``max_positives`` given: the
+    launches are custom ops (``tripletkit::...``), and the compiled loss gives eager's
+    values and gradients. 24 anchors, float64 (``aot_eager``: the graphs inductor would
+    compile, without generating code)."""
+    n, k = 24, 4
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.randn(n, 5, dtype=torch.float64, generator=g)
+    labels = torch.arange(n) // k
+    ref0 = torch.randn(12, 5, dtype=torch.float64, generator=g)
+    ref_labels = torch.arange(12) % 6
+    kw = {"soft_margin": soft, "metric": metric, "backend": "triton"}
+
+    def loss(*leaves: torch.Tensor) -> torch.Tensor:
+        *xs, y = leaves
+        if refs:  # the references' labels: 2 per class, anchors' classes 0-5: 2 positives
+            extra = {"ref_embeddings": xs[1], "ref_labels": ref_labels, "max_positives": 2}
+            return FUSED[kind](xs[0], y, MARGIN, **kw, **extra)  # type: ignore[operator]
+        return FUSED[kind](xs[0], y, MARGIN, **kw, max_positives=k - 1)  # type: ignore[operator]
+
+    check_compiled(loss, [x0, ref0] if refs else [x0], labels, "aot_eager", VALUE_TOL, GRAD_TOL)
+
+
+@needs_triton
+def test_opcheck_each_op() -> None:
+    """``torch.library.opcheck`` on each custom op at a tiny size: its schema, its fake
+    implementation against the real one (static and dynamic shapes), and batch-all's
+    autograd formula registered for ``torch.compile``'s tracing."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(6, 3, dtype=torch.float64, generator=g)
+    y = torch.randn(8, 3, dtype=torch.float64, generator=g)
+    labels = torch.tensor([0, 0, 1, 1, 2, 3])
+    ref_labels = torch.tensor([0, 1, 1, 2, 0, 3, 3, 2])
+    own = torch.full((6,), -1)
+    pcol, _, _ = triton_backend._slots(labels, ref_labels, own, 2)
+    head = (x, y, labels, ref_labels, own)
+    margin = torch.tensor(MARGIN, dtype=torch.float64)
+    ops = torch.ops.tripletkit
+    torch.library.opcheck(ops.triton_batch_hard, (*head, "euclidean", 0, 2, 0, 1))
+    torch.library.opcheck(ops.triton_semi_hard, (*head, pcol, "sqeuclidean"))
+    leaves = (x.clone().requires_grad_(), y.clone().requires_grad_())
+    fwd = (*leaves, labels, ref_labels, own, pcol, margin, "euclidean", False)
+    torch.library.opcheck(ops.triton_batch_all_fwd, fwd)
+    _, _, thr, coef = ops.triton_batch_all_fwd(*fwd)
+    bwd = (*head, pcol, thr.detach(), coef.detach(), "euclidean", False)
+    torch.library.opcheck(ops.triton_batch_all_bwd, bwd)
+
+
+# ------------------------------------------------------------- host reads of the modules
+
+
+class _Syncs(_SeesInsideOps, SyncCounter):
+    """:class:`SyncCounter` that also sees inside the custom ops."""
+
+    def record(self, func, types, args, kwargs):  # type: ignore[no-untyped-def]
+        return SyncCounter.__torch_dispatch__(self, func, types, args, kwargs)
+
+
+@needs_triton
+@pytest.mark.parametrize("module", [BatchAllTripletLoss, SemiHardTripletLoss])
+def test_modules_read_nothing_after_their_first_call(module: type) -> None:
+    """With the input checks off and no ``max_positives``, a module form remembers its
+    batches' width (:class:`~tripletkit._batch.WidthMemory`): the first call reads it on the
+    host (one read, which shows the counter sees the read), later calls read nothing,
+    forward and backward (the counter runs the custom ops' bodies under itself). The
+    kernels receive the remembered width: the values and gradients are those of the
+    explicit bound."""
+    batch = _batch("irregular", torch.float64)
+    loss = module(margin=MARGIN, backend="triton")
+    reads = []
+    with tripletkit.set_input_checks(False):
+        for _ in range(2):
+            x = batch["x"].clone().requires_grad_()
+            with _Syncs() as counter:
+                value = loss(x, batch["labels"])
+                value.backward()
+            assert counter.entered >= 1
+            reads.append(dict(counter.counts))
+        bound = module(margin=MARGIN, backend="triton", max_positives=loss._widths.width)
+        x_exp = batch["x"].clone().requires_grad_()
+        exp = bound(x_exp, batch["labels"])
+        exp.backward()
+    assert reads == [{"to_host": 1}, {}]
+    assert loss._widths.width == 8  # the largest class has 9 rows: 8 positives
+    torch.testing.assert_close(value, exp, **VALUE_TOL)
+    torch.testing.assert_close(x.grad, x_exp.grad, **GRAD_TOL)
+
+
+@needs_triton
+def test_compiled_module_uses_its_remembered_width() -> None:
+    """A module form compiled after its first (eager) call needs no ``max_positives``: the
+    width it remembered is a constant of the graph (each batch checked against it on the
+    device), and the compiled module gives eager's values and gradients."""
+    n, k = 24, 4
+    x0 = torch.randn(n, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    labels = torch.arange(n) // k
+    module = SemiHardTripletLoss(margin=MARGIN, backend="triton")
+    with tripletkit.set_input_checks(False):
+        module(x0, labels)  # reads the width once
+    assert module._widths.width == k
+    check_compiled(lambda x, y: module(x, y), [x0], labels, "aot_eager", VALUE_TOL, GRAD_TOL)
+
+
+@needs_triton
+@pytest.mark.parametrize("kind", tuple(FUSED))
+def test_functions_with_max_positives_read_nothing(kind: str) -> None:
+    """With the input checks off, a function form given ``max_positives`` reads nothing on
+    the host, forward and backward; without it, the width-bound losses read the batch's
+    largest count once per call (seen by the same counter), batch-hard nothing."""
+    batch = _batch("irregular", torch.float64)
+    with tripletkit.set_input_checks(False):
+        reads = []
+        for kw in ({"max_positives": 8}, {}):
+            x = batch["x"].clone().requires_grad_()
+            with _Syncs() as counter:
+                FUSED[kind](x, batch["labels"], MARGIN, backend="triton", **kw).backward()
+            assert counter.entered >= 1
+            reads.append(dict(counter.counts))
+    assert reads == [{}, {} if kind == "batch_hard" else {"to_host": 1}]

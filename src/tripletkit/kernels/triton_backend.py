@@ -36,6 +36,15 @@ rounding of the matrix product, so a selection can differ from the numba backend
 between distances less than an ulp apart. Float32 and float64 embeddings compute in their
 dtype; float16 / bfloat16 are loaded and computed in float32.
 
+**torch.compile**: each launch is a ``torch.library.custom_op``
+(``tripletkit::triton_batch_hard``, ``triton_semi_hard``, ``triton_batch_all_fwd`` and
+``triton_batch_all_bwd``, the forward's autograd formula) with a fake implementation (shapes
+and dtypes only); batch-all's state travels between its two ops as tensors
+(:class:`BatchAllState`). ``torch.compile(fullgraph=True)`` calls each op as one node of its
+graph and traces the torch code around it. A ``TorchDispatchMode`` sees each op as one call
+(its body runs below the mode): :data:`IMPLS` holds the bodies, for audits that must see
+inside.
+
 Triton is imported only when a kernel is first used (``pip install tripletkit[gpu]``). The
 kernels also run on CPU tensors under Triton's interpreter (``TRITON_INTERPRET=1`` set
 before the first use), which is how the test suite proves them without a GPU. They are
@@ -47,8 +56,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -59,6 +69,8 @@ from .torch_backend import Selection, _label_index, _positive_slots
 __all__ = [
     "ALLOW_TF32",
     "BLOCK",
+    "IMPLS",
+    "BatchAllState",
     "available",
     "batch_all_backward",
     "batch_all_forward",
@@ -153,18 +165,241 @@ class _Problem:
     def head(self) -> tuple[Tensor, ...]:
         return (self.x, self.xx, self.y, self.yy, self.labels, self.ref_labels, self.own)
 
-    def slots(self, width: int) -> tuple[Tensor, Tensor, Tensor, int]:
-        """Positive columns ``[N, W]`` (ascending, -1 in unused slots; int32), which are
-        used, each anchor's number of negatives, and the slots' padded width ``WP``."""
-        w = min(width, self.m)
-        index = _label_index(self.ref_labels)
-        cols, used, n_neg = _positive_slots(index, self.labels, self.own, w)
-        pcol = torch.where(used, cols, -1).to(torch.int32).contiguous()
-        return pcol, used, n_neg, max(1, 1 << max(0, w - 1).bit_length())
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _empty_selection(n: int, shape: tuple[int, ...], like: Tensor) -> Tensor:
-    return torch.zeros((n, *shape), dtype=torch.int64, device=like.device)
+def _padded(w: int) -> int:
+    """The slots' width padded to a power of two (``WP``, a block dimension)."""
+    return max(1, 1 << max(0, w - 1).bit_length())
+
+
+def _slots(
+    labels: Tensor, ref_labels: Tensor, self_index: Tensor, width: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Positive columns ``[N, W]`` with ``W = min(width, M)`` (ascending, -1 in unused
+    slots; int32), which are used ``[N, W]``, and each anchor's number of negatives
+    ``[N]``: torch ops on the labels (``O(N W + M log M)``), traced by ``torch.compile``."""
+    n, m = labels.shape[0], ref_labels.shape[0]
+    w = min(width, m)
+    if m == 0:  # no reference: no slot, no negative
+        n_neg = torch.zeros(n, dtype=torch.int64, device=labels.device)
+        return n_neg.new_empty(n, 0).int(), n_neg.new_empty(n, 0).bool(), n_neg
+    cols, used, n_neg = _positive_slots(_label_index(ref_labels), labels, self_index, w)
+    return torch.where(used, cols, -1).to(torch.int32), used, n_neg
+
+
+# --------------------------------------------------------------------------- custom ops
+#
+# Each launch is a ``torch.library.custom_op`` (namespace ``tripletkit``): opaque to
+# ``torch.compile``, which calls it as one node of its graph and sizes its outputs with the
+# op's fake implementation (shapes and dtypes only). Everything around the launches (label
+# slots, layouts, counts) is torch code that ``torch.compile`` traces. Batch-all's forward
+# op carries its autograd formula (the backward op); its per-anchor state travels between
+# the two as tensors.
+
+
+def _batch_hard_impl(
+    x: Tensor,
+    y: Tensor,
+    labels: Tensor,
+    ref_labels: Tensor,
+    self_index: Tensor,
+    metric: str,
+    p_lo: int,
+    p_hi: int,
+    n_lo: int,
+    n_hi: int,
+) -> tuple[Tensor, Tensor]:
+    p = _Problem(x, y, labels, ref_labels, self_index, metric)
+    out_p = torch.full((p.n, p_hi - p_lo), -1, dtype=torch.int64, device=x.device)
+    out_n = torch.full((p.n, n_hi - n_lo), -1, dtype=torch.int64, device=x.device)
+    if p.n and p.m:
+        _kernels().ranked[p.grid_rows()](
+            *p.head(), out_p, out_n, p.n, p.m, p.d, p_lo, p_hi, n_lo, n_hi, max(p_hi, n_hi),
+            **p.consts,
+        )  # fmt: skip
+    return out_p, out_n
+
+
+def _semi_hard_impl(
+    x: Tensor,
+    y: Tensor,
+    labels: Tensor,
+    ref_labels: Tensor,
+    self_index: Tensor,
+    pcol: Tensor,
+    metric: str,
+) -> Tensor:
+    p = _Problem(x, y, labels, ref_labels, self_index, metric)
+    w = pcol.shape[1]
+    negative = torch.full((p.n, w), -1, dtype=torch.int64, device=x.device)
+    if p.n and p.m and w:
+        _kernels().semi_hard[p.grid_rows()](
+            *p.head(), pcol.contiguous(), negative, p.n, p.m, p.d, w, **p.consts, WP=_padded(w)
+        )
+    return negative
+
+
+def _batch_all_fwd_impl(
+    x: Tensor,
+    y: Tensor,
+    labels: Tensor,
+    ref_labels: Tensor,
+    self_index: Tensor,
+    pcol: Tensor,
+    margin: Tensor,
+    metric: str,
+    soft: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    p = _Problem(x, y, labels, ref_labels, self_index, metric)
+    w, dev = pcol.shape[1], x.device
+    thr = torch.zeros(p.n, w, dtype=p.dtype, device=dev)
+    coef = torch.zeros(p.n, w, dtype=p.dtype, device=dev)
+    totals = torch.zeros(p.n, dtype=torch.float64, device=dev)
+    active = torch.zeros(p.n, dtype=torch.int64, device=dev)
+    if p.n and p.m and w:
+        m = margin.to(dtype=p.dtype).reshape(1).contiguous()
+        _kernels().batch_all_fwd[p.grid_rows()](
+            *p.head(), pcol.contiguous(), m, thr, coef, totals, active, p.n, p.m, p.d, w,
+            SOFT=soft, **p.consts, WP=_padded(w),
+        )  # fmt: skip
+    return totals.sum(), active.sum(), thr, coef
+
+
+def _batch_all_bwd_impl(
+    x: Tensor,
+    y: Tensor,
+    labels: Tensor,
+    ref_labels: Tensor,
+    self_index: Tensor,
+    pcol: Tensor,
+    thr: Tensor,
+    coef: Tensor,
+    metric: str,
+    soft: bool,
+) -> tuple[Tensor, Tensor]:
+    p = _Problem(x, y, labels, ref_labels, self_index, metric)
+    gx = torch.zeros(p.n, p.d, dtype=p.dtype, device=x.device)
+    gy = torch.zeros(p.m, p.d, dtype=p.dtype, device=x.device)
+    w = pcol.shape[1]
+    if p.n and p.m and w:
+        k = _kernels()
+        args = (*p.head(), pcol.contiguous(), thr.contiguous(), coef.contiguous())
+        sizes = (p.n, p.m, p.d, w)
+        consts = {"SOFT": soft, **p.consts, "WP": _padded(w)}
+        k.batch_all_dx[p.grid_rows()](*args, gx, *sizes, **consts)
+        k.batch_all_dy[(math.ceil(p.m / p.consts["BM"]),)](*args, gy, *sizes, **consts)
+    return gx, gy
+
+
+#: The Python bodies of the custom ops, by qualified name (``tripletkit::...``): audits
+#: that record the torch ops a call runs (tests/test_triton.py) run these under themselves,
+#: since a dispatch mode does not see inside a custom op.
+IMPLS: dict[str, Callable[..., Any]] = {}
+
+
+def _op(name: str, impl: Callable[..., Any]) -> Any:
+    qualified = f"tripletkit::{name}"
+    IMPLS[qualified] = impl
+    return torch.library.custom_op(qualified, impl, mutates_args=())
+
+
+_batch_hard_op = _op("triton_batch_hard", _batch_hard_impl)
+_semi_hard_op = _op("triton_semi_hard", _semi_hard_impl)
+_batch_all_fwd_op = _op("triton_batch_all_fwd", _batch_all_fwd_impl)
+_batch_all_bwd_op = _op("triton_batch_all_bwd", _batch_all_bwd_impl)
+
+
+@_batch_hard_op.register_fake
+def _batch_hard_fake(
+    x: Tensor,
+    y: Tensor,
+    labels: Tensor,
+    ref_labels: Tensor,
+    self_index: Tensor,
+    metric: str,
+    p_lo: int,
+    p_hi: int,
+    n_lo: int,
+    n_hi: int,
+) -> tuple[Tensor, Tensor]:
+    n = x.shape[0]
+    out_p = x.new_empty((n, p_hi - p_lo), dtype=torch.int64)
+    return out_p, x.new_empty((n, n_hi - n_lo), dtype=torch.int64)
+
+
+@_semi_hard_op.register_fake
+def _semi_hard_fake(
+    x: Tensor,
+    y: Tensor,
+    labels: Tensor,
+    ref_labels: Tensor,
+    self_index: Tensor,
+    pcol: Tensor,
+    metric: str,
+) -> Tensor:
+    return x.new_empty(pcol.shape, dtype=torch.int64)
+
+
+@_batch_all_fwd_op.register_fake
+def _batch_all_fwd_fake(
+    x: Tensor,
+    y: Tensor,
+    labels: Tensor,
+    ref_labels: Tensor,
+    self_index: Tensor,
+    pcol: Tensor,
+    margin: Tensor,
+    metric: str,
+    soft: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    dtype = _compute_dtype(x)
+    return (
+        x.new_empty((), dtype=torch.float64),
+        x.new_empty((), dtype=torch.int64),
+        x.new_empty(pcol.shape, dtype=dtype),
+        x.new_empty(pcol.shape, dtype=dtype),
+    )
+
+
+@_batch_all_bwd_op.register_fake
+def _batch_all_bwd_fake(
+    x: Tensor,
+    y: Tensor,
+    labels: Tensor,
+    ref_labels: Tensor,
+    self_index: Tensor,
+    pcol: Tensor,
+    thr: Tensor,
+    coef: Tensor,
+    metric: str,
+    soft: bool,
+) -> tuple[Tensor, Tensor]:
+    dtype = _compute_dtype(x)
+    return x.new_empty(x.shape, dtype=dtype), x.new_empty(y.shape, dtype=dtype)
+
+
+def _batch_all_setup(ctx: Any, inputs: tuple, output: tuple) -> None:
+    x, y, labels, ref_labels, self_index, pcol, _margin, metric, soft = inputs
+    ctx.save_for_backward(x, y, labels, ref_labels, self_index, pcol, output[2], output[3])
+    ctx.metric, ctx.soft = metric, soft
+
+
+def _batch_all_grad(ctx: Any, grad_total: Tensor, *_rest: Tensor) -> tuple:
+    x, y, labels, ref_labels, self_index, pcol, thr, coef = ctx.saved_tensors
+    gx, gy = _batch_all_bwd_op(
+        x, y, labels, ref_labels, self_index, pcol, thr, coef, ctx.metric, ctx.soft
+    )
+    scale = grad_total.to(gx.dtype)
+    return ((gx * scale).to(x.dtype), (gy * scale).to(y.dtype)) + (None,) * 7
+
+
+_batch_all_fwd_op.register_autograd(_batch_all_grad, setup_context=_batch_all_setup)
+
+
+# --------------------------------------------------------------------------- entry points
 
 
 def batch_hard(
@@ -180,33 +415,14 @@ def batch_hard(
     """Batch-hard triplets from the embeddings (``x [N, D]`` anchors, ``y [M, D]``
     references; cosine: already unit-norm), in :func:`.torch_backend.batch_hard`'s layout:
     ``[N]`` with the default windows, else ``[N, 1, 1]``, ``[N, P, 1]``, ``[N, 1, Q]`` and
-    ``valid [N, P, Q]``."""
-    p = _Problem(x, y, labels, ref_labels, self_index, metric)
+    ``valid [N, P, Q]`` (op ``tripletkit::triton_batch_hard``)."""
     (p_lo, p_hi), (n_lo, n_hi) = positive_ranks, negative_ranks
-    out_p = _empty_selection(p.n, (p_hi - p_lo,), x)
-    out_n = _empty_selection(p.n, (n_hi - n_lo,), x)
-    if p.n and p.m:
-        k = _kernels()
-        k.ranked[p.grid_rows()](
-            *p.head(),
-            out_p,
-            out_n,
-            p.n,
-            p.m,
-            p.d,
-            p_lo,
-            p_hi,
-            n_lo,
-            n_hi,
-            max(p_hi, n_hi),
-            **p.consts,
-        )
-    else:
-        out_p.fill_(-1)
-        out_n.fill_(-1)
+    out_p, out_n = _batch_hard_op(
+        x, y, labels, ref_labels, self_index, metric, p_lo, p_hi, n_lo, n_hi
+    )
     ok = (out_p >= 0)[:, :, None] & (out_n >= 0)[:, None, :]
     positive, negative = out_p.clamp_min(0), out_n.clamp_min(0)
-    anchor = torch.arange(p.n, device=x.device)
+    anchor = torch.arange(x.shape[0], device=x.device)
     if positive_ranks == (0, 1) and negative_ranks == (0, 1):
         return Selection(anchor, positive[:, 0], negative[:, 0], ok[:, 0, 0])
     return Selection(anchor[:, None, None], positive[:, :, None], negative[:, None, :], ok)
@@ -224,30 +440,24 @@ def semi_hard(
     """Semi-hard triplets (TF-Addons' rule, :func:`.numba_backend.semi_hard`) from the
     embeddings, in :func:`.torch_backend.semi_hard`'s layout: ``anchor [N, 1]``,
     ``positive``, ``negative``, ``valid`` ``[N, W]`` with ``W = min(width, M)`` slots of
-    positives in ascending column order. ``width`` must bound every anchor's number of
-    positives (:attr:`tripletkit._batch.Batch.width`)."""
-    p = _Problem(x, y, labels, ref_labels, self_index, metric)
-    anchor = torch.arange(p.n, device=x.device)[:, None]
-    if p.m == 0:
-        empty = _empty_selection(p.n, (0,), x)
-        return Selection(anchor, empty, empty, empty.bool())
-    pcol, used, n_neg, wp = p.slots(width)
-    w = pcol.shape[1]
-    negative = torch.full((p.n, w), -1, dtype=torch.int64, device=x.device)
-    if p.n and w:
-        _kernels().semi_hard[p.grid_rows()](
-            *p.head(), pcol, negative, p.n, p.m, p.d, w, **p.consts, WP=wp
-        )
+    positives in ascending column order (op ``tripletkit::triton_semi_hard``). ``width``
+    must bound every anchor's number of positives (:attr:`tripletkit._batch.Batch.width`)."""
+    pcol, used, n_neg = _slots(labels, ref_labels, self_index, width)
+    negative = _semi_hard_op(x, y, labels, ref_labels, self_index, pcol, metric)
     valid = used & (n_neg > 0)[:, None]
     positive = torch.where(used, pcol.to(torch.int64), 0)
+    anchor = torch.arange(x.shape[0], device=x.device)[:, None]
     return Selection(anchor, positive, negative.clamp_min(0), valid)
 
 
-class BatchAllState:
-    """What :func:`batch_all_forward` keeps for :func:`batch_all_backward`: ``O(N W)``."""
+class BatchAllState(NamedTuple):
+    """What batch-all's forward keeps for its backward, as tensors (``O(N W)``): the
+    positives' columns ``[N, W]`` (int32), and per slot the threshold and the gradient
+    coefficient ``[N, W]`` (compute dtype)."""
 
-    def __init__(self, problem: _Problem, pcol: Tensor, thr: Tensor, coef: Tensor, wp: int):
-        self.problem, self.pcol, self.thr, self.coef, self.wp = problem, pcol, thr, coef, wp
+    pcol: Tensor
+    thr: Tensor
+    coef: Tensor
 
 
 def batch_all_forward(
@@ -263,51 +473,32 @@ def batch_all_forward(
 ) -> tuple[Tensor, Tensor, Tensor, BatchAllState]:
     """``(total, n_valid, n_active, state)`` of the batch-all loss (hinge with ``margin``, or
     with ``soft`` the terms ``softplus(d_ap - d_an + margin)``) from the embeddings (cosine:
-    unit-norm): the total a float64 0-dim tensor, the counts 0-dim int64 (``n_active =
-    n_valid`` when ``soft``), all on the input's device, with no host read. ``width`` must
-    bound every anchor's number of positives."""
-    p = _Problem(x, y, labels, ref_labels, self_index, metric)
-    dev = x.device
-    zero = torch.zeros((), dtype=torch.float64, device=dev)
-    izero = torch.zeros((), dtype=torch.int64, device=dev)
-    if p.n == 0 or p.m == 0:
-        empty = torch.zeros(p.n, 0, device=dev)
-        return zero, izero, izero.clone(), BatchAllState(p, empty.int(), empty, empty, 1)
-    pcol, used, n_neg, wp = p.slots(width)
-    w = pcol.shape[1]
+    unit-norm; ``y`` may be ``x`` itself): the total a float64 0-dim tensor, in the autograd
+    graph of ``x`` and ``y`` (op ``tripletkit::triton_batch_all_fwd``, whose backward is
+    ``tripletkit::triton_batch_all_bwd``, a second streaming pass), the counts 0-dim int64
+    (``n_active = n_valid`` when ``soft``), all on the input's device, with no host read.
+    ``width`` must bound every anchor's number of positives."""
+    pcol, used, n_neg = _slots(labels, ref_labels, self_index, width)
     n_valid = (used.sum(dim=1) * n_neg).sum()
-    thr = torch.empty(p.n, w, dtype=p.dtype, device=dev)
-    coef = torch.empty(p.n, w, dtype=p.dtype, device=dev)
-    totals = torch.zeros(p.n, dtype=torch.float64, device=dev)
-    active = torch.zeros(p.n, dtype=torch.int64, device=dev)
-    state = BatchAllState(p, pcol, thr, coef, wp)
-    if w == 0:
-        return zero, n_valid, izero.clone() if not soft else n_valid, state
-    m = torch.as_tensor(margin, dtype=p.dtype, device=dev).reshape(1)
-    _kernels().batch_all_fwd[p.grid_rows()](
-        *p.head(), pcol, m, thr, coef, totals, active, p.n, p.m, p.d, w,
-        SOFT=soft, **p.consts, WP=wp,
-    )  # fmt: skip
-    return totals.sum(), n_valid, n_valid if soft else active.sum(), state
+    m = torch.as_tensor(margin, dtype=_compute_dtype(x), device=x.device).reshape(())
+    total, active, thr, coef = _batch_all_fwd_op(
+        x, y, labels, ref_labels, self_index, pcol, m, metric, soft
+    )
+    return total, n_valid, n_valid.clone() if soft else active, BatchAllState(pcol, thr, coef)
 
 
 def batch_all_backward(
-    state: BatchAllState, soft: bool, y_is_x: bool
-) -> tuple[Tensor, Tensor | None]:
+    x: Tensor,
+    y: Tensor,
+    labels: Tensor,
+    ref_labels: Tensor,
+    self_index: Tensor,
+    metric: str,
+    state: BatchAllState,
+    soft: bool,
+) -> tuple[Tensor, Tensor]:
     """Gradients ``(d total / dx, d total / dy)`` of :func:`batch_all_forward`'s total (in
-    the compute dtype), by recomputing the tiles; with ``y_is_x`` both land on ``x`` and the
-    second is ``None``. For the cosine metric they are with respect to the unit rows."""
-    p = state.problem
-    gx = torch.zeros(p.n, p.d, dtype=p.dtype, device=p.x.device)
-    gy = torch.zeros(p.m, p.d, dtype=p.dtype, device=p.x.device)
-    w = state.pcol.shape[1]
-    if p.n and p.m and w:
-        k = _kernels()
-        args = (*p.head(), state.pcol, state.thr, state.coef)
-        sizes = (p.n, p.m, p.d, w)
-        consts = {"SOFT": soft, **p.consts, "WP": state.wp}
-        k.batch_all_dx[p.grid_rows()](*args, gx, *sizes, **consts)
-        k.batch_all_dy[(math.ceil(p.m / p.consts["BM"]),)](*args, gy, *sizes, **consts)
-    if y_is_x:
-        return gx.add_(gy), None
-    return gx, gy
+    the compute dtype), by recomputing the tiles (op ``tripletkit::triton_batch_all_bwd``;
+    autograd calls it by itself). For the cosine metric they are with respect to the unit
+    rows."""
+    return _batch_all_bwd_op(x, y, labels, ref_labels, self_index, *state, metric, soft)  # type: ignore[no-any-return]

@@ -1,24 +1,31 @@
-"""Autograd glue of the fused losses on ``backend="triton"`` (issue 18): the results of
-:mod:`._fused` without the ``[N, M]`` matrix, from the kernels of
-:mod:`tripletkit.kernels.triton_backend`.
+"""Glue of the fused losses on ``backend="triton"`` (issue 18): the results of :mod:`._fused`
+without the ``[N, M]`` matrix, from the kernels of :mod:`tripletkit.kernels.triton_backend`.
 
-- Batch-all: :class:`_TritonBatchAll` keeps the embeddings and the kernels' ``O(N W)``
-  per-anchor state for backward, where a second streaming pass accumulates their gradient.
-  The cosine metric normalises the embeddings in the graph first, as the in-memory matrix
-  does.
+- Batch-all: the forward op (``tripletkit::triton_batch_all_fwd``) returns the total, the
+  active count and the kernels' ``O(N W)`` per-anchor state as tensors; its autograd
+  formula is the backward op (``tripletkit::triton_batch_all_bwd``), a second streaming
+  pass that accumulates the embeddings' gradients. The cosine metric normalises the
+  embeddings in the graph first, as the in-memory matrix does.
 - Batch-hard and semi-hard: the kernels give the selection in the torch backend's layouts
   (a ``valid`` mask, no data-dependent shape); the selected distances are then recomputed
   from the rows (``O(N K D)``), as :func:`._fused.mined_terms` does for small selections, so
   their values and gradients are the difference form's.
 
-Counts stay 0-dim int64 tensors on the device and nothing reads a device value on the host,
-except the batch's largest number of positives when neither the checks nor
-``max_positives`` gave it (one read, as the torch backend's soft-margin loss does).
+``torch.compile``: every launch is a ``torch.library.custom_op`` with a fake (shape-only)
+implementation, and the code around the launches is torch code, so with the input checks
+off ``torch.compile(fullgraph=True)`` captures each loss whole, forward and backward
+(tests/test_triton.py). It needs the width of the positive slots on the host: give
+``max_positives``, or use a module form (below) after its first eager call.
+
+Host reads: counts stay 0-dim int64 tensors on the device and nothing reads a device value
+on the host, except the batch's largest number of positives when neither the checks,
+``max_positives`` nor a module's memory gave it (one read). So with the input checks off a
+call reads nothing when it is given ``max_positives``, and a module form
+(``BatchAllTripletLoss`` / ``SemiHardTripletLoss``, which remember the width of their
+batches: :class:`~tripletkit._batch.WidthMemory`) reads nothing after its first call.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -47,40 +54,6 @@ def _width(b: Batch) -> int:
     return int(to_host(counts.max().reshape(1))[0]) if counts.numel() else 0
 
 
-#: ``(labels, ref_labels, self_index, metric, margin, soft, width)``.
-_Args = tuple[Tensor, Tensor, Tensor, str, "float | Tensor", bool, int]
-
-
-class _TritonBatchAll(torch.autograd.Function):
-    """Sum of the batch-all terms as a function of the anchors ``x`` and the references ``y``
-    (``None``: the anchors themselves), for the cosine metric their normalised forms."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, x: Tensor, y: Tensor | None, k: _Args
-    ) -> tuple[Tensor, Tensor]:
-        labels, ref_labels, own, metric, margin, soft, width = k
-        ref = x if y is None else y
-        total, n_valid, n_active, state = triton_backend.batch_all_forward(
-            x, ref, labels, ref_labels, own, metric, margin, soft, width
-        )
-        counts = torch.stack([n_valid, n_active])
-        ctx.mark_non_differentiable(counts)
-        ctx.state, ctx.soft, ctx.y_is_x = state, soft, y is None
-        return total.to(x.dtype), counts
-
-    @staticmethod
-    def backward(ctx: Any, grad_total: Tensor, _grad_counts: Tensor) -> tuple:  # type: ignore[override]
-        gx, gy = triton_backend.batch_all_backward(ctx.state, ctx.soft, ctx.y_is_x)
-        scale = grad_total.to(gx.dtype)
-        dtype = ctx.state.problem.x.dtype
-        return (
-            gx.mul_(scale).to(dtype) if ctx.needs_input_grad[0] else None,
-            None if gy is None or not ctx.needs_input_grad[1] else gy.mul_(scale).to(dtype),
-            None,
-        )
-
-
 def batch_all_sum(
     b: Batch, margin: float | Tensor, soft_margin: bool, smooth: bool = False
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -91,7 +64,9 @@ def batch_all_sum(
     elif soft_margin:
         margin = 0.0
     x, y = _inputs(b)
-    k: _Args = (
+    total, n_valid, n_active, _ = triton_backend.batch_all_forward(
+        x,
+        x if y is None else y,
         b.labels,
         b.ref_labels,
         b.self_index,
@@ -100,8 +75,7 @@ def batch_all_sum(
         soft_margin,
         _width(b),
     )
-    total, counts = _TritonBatchAll.apply(x, y, k)
-    return total, counts[0], counts[1]
+    return total.to(x.dtype), n_valid, n_active
 
 
 def mined_terms(
@@ -116,6 +90,7 @@ def mined_terms(
     triplets of a prepared batch, in the autograd graph, in the torch backend's layouts,
     and which of them are real (the others are 0)."""
     emb, ref = b.embeddings, b.ref_embeddings
+    width = 0 if hardest else _width(b)
     with torch.no_grad():
         x, y = _inputs(b)
         y = x if y is None else y
@@ -123,7 +98,7 @@ def mined_terms(
         if hardest:
             sel = triton_backend.batch_hard(*args, *windows)
         else:
-            sel = triton_backend.semi_hard(*args, _width(b))
+            sel = triton_backend.semi_hard(*args, width)
     assert sel.valid is not None
     if ref.shape[0] == 0:  # no reference: no triplet, every slot is empty
         shape = torch.broadcast_shapes(sel.anchor.shape, sel.positive.shape, sel.negative.shape)
