@@ -532,6 +532,9 @@ class SamplingProblem:
     ref: Tensor | None
     ref_labels: Tensor | None
     offset: int | None
+    #: an explicit relation (``labels`` and ``ref_labels`` then ``None``), as :func:`relation`
+    positive_mask: Tensor | None = None
+    negative_mask: Tensor | None = None
 
     @property
     def kwargs(self) -> dict:
@@ -553,8 +556,12 @@ class SamplingProblem:
     def refs(self) -> tuple[Tensor, Tensor]:
         if self.ref is None:
             return self.emb, self.labels
-        assert self.ref_labels is not None
-        return self.ref, self.ref_labels
+        assert (
+            self.ref_labels is not None
+            or self.positive_mask is not None
+            or self.negative_mask is not None
+        )
+        return self.ref, self.ref_labels  # type: ignore[return-value]
 
     def self_index(self) -> list[int]:
         return self_index(self.emb.shape[0], self.ref is not None, self.offset)
@@ -593,7 +600,9 @@ def random_problem(
 def roles(p: SamplingProblem) -> tuple[list[list[int]], list[list[int]]]:
     """Per anchor: its positives and its negatives among the references, by explicit loops."""
     ref, ref_labels = p.refs
-    return relation(p.labels, ref_labels, p.self_index(), ref.shape[0])
+    return relation(
+        p.labels, ref_labels, p.self_index(), ref.shape[0], p.positive_mask, p.negative_mask
+    )
 
 
 def dw_probs_loop(

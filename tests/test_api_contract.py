@@ -381,6 +381,15 @@ def test_signature(module: str, name: str, member: str, params: str) -> None:
     assert actual == expected, f"{module}.{name}{'.' + member if member else ''}"
 
 
+@pytest.mark.parametrize("name", sorted(_MASKED))
+def test_functions_taking_masks_annotate_labels_optional(name: str) -> None:
+    """Where ``positive_mask`` / ``negative_mask`` are accepted, ``labels=None`` is how the
+    relation is given instead: the annotation says so (``Tensor | None``)."""
+    (module,) = [m for (m, n) in SIGNATURES if n == name]
+    obj = getattr(importlib.import_module(module), name)
+    assert inspect.signature(obj).parameters["labels"].annotation == "Tensor | None", name
+
+
 @pytest.mark.parametrize("module", PUBLIC_MODULES)
 def test_every_public_function_and_class_is_pinned(module: str) -> None:
     """Each name of the module's ``__all__`` is in :data:`SIGNATURES` (functions, classes)

@@ -547,3 +547,47 @@ def test_memory_benchmark_quick_run(tmp_path: Any) -> None:
         assert "error" not in result, result
         assert result["extra_peak_bytes"] > 0 and result["step_median_s"] > 0
     assert len(out["ratios"]) == 1 and out["ratios"][0]["extra_peak_ratio"] > 0
+
+
+# ---------------------------------------------------------- multi-hot labels (issue 19)
+
+
+def _multi_hot(n: int = N, seed: int = 1) -> Tensor:
+    """``[N, 4]`` multi-hot labels: several labels per sample, one sample without any."""
+    g = torch.Generator().manual_seed(seed)
+    y = (torch.rand(n, 4, generator=g) < 0.35).to(torch.int64)
+    y[0] = 0
+    return y
+
+
+#: The losses of :data:`LOSSES` that take multi-hot labels (the memory term holds class labels).
+MULTI_HOT_LOSSES = [name for name in LOSSES if name != "sum_with_memory"]
+
+
+@pytest.mark.parametrize("chunk_size", CHUNKS)
+@pytest.mark.parametrize("loss_name", MULTI_HOT_LOSSES)
+def test_multi_hot_labels_equal_full_batch_backward(loss_name: str, chunk_size: int) -> None:
+    """Multi-hot ``[N, L]`` labels go to ``loss_fn`` whole (the chunks slice the inputs'
+    rows only): loss and parameter gradients equal those of one ``loss.backward()`` on the
+    whole batch (float64, 1e-9), and differ from those of the class labels (the relation is
+    the multi-hot one)."""
+    x, y_class = _data()
+    y = _multi_hot()
+    loss_fn = LOSSES[loss_name]
+    ref_model, model, class_model = _net(), _net(), _net()
+    ref_loss = _reference(ref_model, x, y, loss_fn, None)
+    loss = cached_backward(model, x, y, loss_fn, chunk_size=chunk_size)
+    _close(loss, ref_loss)
+    grads = _grads(model)
+    assert any(bool(g.abs().sum() > 0) for g in grads), "a case with no gradient tests nothing"
+    _close(grads, _grads(ref_model))
+    _reference(class_model, x, y_class, loss_fn, None)
+    assert any(not torch.allclose(g, c) for g, c in zip(grads, _grads(class_model), strict=True))
+
+
+def test_multi_hot_labels_of_another_length() -> None:
+    x = _data()[0]
+    model = _net()
+    with pytest.raises(ValueError, match=r"labels has 21 rows but the inputs have 22 rows"):
+        cached_backward(model, x, _multi_hot()[:21], batch_all_triplet_loss, chunk_size=5)
+    _untouched(model)

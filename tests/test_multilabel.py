@@ -7,6 +7,7 @@ single-label data written as one-hot gives exactly today's results."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import pytest
 import reference
@@ -198,6 +199,42 @@ def test_torch_width_free_paths_with_multi_hot(kind: str, name: str) -> None:
     check_loss(out, leaves_of(x, ref), value_and_grads(exp, leaves_of(x2, ref2)))
 
 
+@pytest.mark.parametrize("kind", tuple(FUSED))
+def test_torch_relations_make_no_host_read(kind: str) -> None:
+    """The GPU path with a relation: with the input checks off, a fused loss on the torch
+    backend reads nothing back from the device, forward and backward, given multi-hot
+    labels or explicit masks, on the width-free path and with ``max_positives``, in-batch
+    and with a reference set (``syncs.count_syncs``, as ``test_sync_free.py`` does), and
+    gives the value of the checked call. With the checks on the counter sees their read:
+    it is not blind to this path."""
+    from syncs import count_syncs
+
+    fn = FUSED[kind]
+    relations: list[tuple[str, Callable, Tensor | None, dict]] = []
+    for name in ("generic", "refs_offset"):
+        c = ML_CASES[name]
+        relations.append((f"multi_hot-{name}", c.leaves, c.labels, c.ref_kwargs()))
+    for m in MASK_CASES.values():
+        relations.append((f"masks-{m.name}", m.leaves, None, m.kwargs(m.ref)))
+    for label, leaves, labels, options in relations:
+        x, ref = leaves()
+        references = x.shape[0] if ref is None else ref.shape[0]
+        for bound in (None, references):  # the width-free path, then a bound that holds
+            x, ref = leaves()
+            kw = options if ref is None else {**options, "ref_embeddings": ref}
+
+            def call(x=x, labels=labels, bound=bound, kw=kw) -> Tensor:
+                return fn(x, labels, backend="torch", max_positives=bound, **kw)
+
+            with tripletkit.set_input_checks(False):
+                unchecked = call()
+                counter = count_syncs(lambda call=call: call().backward())
+            assert counter.total == 0, (label, bound, dict(counter.counts))
+            counter = count_syncs(lambda call=call: call().backward())
+            assert counter.total >= 1, (label, bound)
+            torch.testing.assert_close(unchecked, call(), **VALUE_TOL)
+
+
 # ----------------------------------------------------------------------------- miners
 
 
@@ -285,14 +322,37 @@ def test_pair_miners_multi_hot_match_reference(name: str) -> None:
         assert _pairs(got) == reference.pm_loop(p, 0.5, 1.5, metric)
 
 
-def test_pair_miners_masks_match_reference() -> None:
-    for c in MASK_CASES.values():
-        pb = _mask_problem(c)
-        dist = pb.d
-        got = miners.pair_margin_pairs(c.x, None, 0.5, 1.5, **c.kwargs(c.ref))
-        pos = [(a, j) for a in range(pb.n) for j in pb.positives(a) if dist[a][j] > 0.5]
-        neg = [(a, j) for a in range(pb.n) for j in pb.negatives(a) if dist[a][j] < 1.5]
-        assert _pairs(got) == (pos, neg), c.name
+def _mask_sampling(c: MaskCase, *, negative: bool = True) -> reference.SamplingProblem:
+    """The explicit relation of ``c`` as a :class:`reference.SamplingProblem` (labels
+    ``None``); ``negative=False`` gives the positive mask alone (negatives: the other
+    pairs)."""
+    return reference.SamplingProblem(
+        c.x,
+        None,  # type: ignore[arg-type]
+        c.ref,
+        None,
+        c.offset,
+        c.pos,
+        c.neg if negative else None,
+    )
+
+
+@pytest.mark.parametrize("negative", [True, False], ids=["both_masks", "positive_mask_only"])
+@pytest.mark.parametrize("name", tuple(MASK_CASES))
+def test_pair_miners_masks_match_reference(name: str, negative: bool) -> None:
+    """Multi-similarity and pair-margin pairs of an explicit relation (pairs in neither
+    mask ignored, the own pair never used) equal the loops of ``reference.ms_loop`` /
+    ``reference.pm_loop`` over the relation's positives and negatives."""
+    c = MASK_CASES[name]
+    p = _mask_sampling(c, negative=negative)
+    kw = c.kwargs(c.ref)
+    if not negative:
+        del kw["negative_mask"]
+    for metric in ("cosine", "euclidean"):
+        got = miners.multi_similarity_pairs(c.x, None, 0.1, metric, **kw)
+        assert _pairs(got) == reference.ms_loop(p, 0.1, metric), (c.name, metric)
+        got = miners.pair_margin_pairs(c.x, None, 0.5, 1.5, metric, **kw)
+        assert _pairs(got) == reference.pm_loop(p, 0.5, 1.5, metric), (c.name, metric)
 
 
 @pytest.mark.parametrize("name", tuple(ML_CASES))
@@ -313,6 +373,38 @@ def test_sampling_miners_draw_valid_triplets(name: str) -> None:
         assert sorted({a for a, _, _ in triplets}) == [
             a for a in range(len(pos)) if pos[a] and neg[a]
         ]
+
+
+@pytest.mark.parametrize("name", tuple(MASK_CASES))
+def test_sampling_miners_with_masks_draw_valid_triplets(name: str) -> None:
+    """Random and distance-weighted sampling of an explicit relation: every drawn triplet is
+    in the relation (a positive from ``positive_mask``, a negative from ``negative_mask``,
+    never a pair in neither nor the own pair, which the cases mark positive), one row per
+    positive pair whose anchor has a negative; ``num_triplets=T`` draws ``T`` valid
+    triplets. Several seeds, as the draws are random."""
+    c = MASK_CASES[name]
+    pos, neg = reference.roles(_mask_sampling(c))
+    pairs = sorted((a, p) for a in range(len(pos)) if neg[a] for p in pos[a])
+    assert pairs, "a case without a positive pair tests nothing"
+    x = torch.nn.functional.normalize(c.x, dim=1)
+    ref = None if c.ref is None else torch.nn.functional.normalize(c.ref, dim=1)
+    kw = c.kwargs(ref)
+    negatives_drawn: set[tuple[int, int]] = set()
+    for seed in range(4):
+        for got in (
+            miners.random_triplets(x, None, generator=miners.make_generator(seed), **kw),
+            miners.distance_weighted_triplets(x, None, generator=miners.make_generator(seed), **kw),
+        ):
+            triplets = reference.as_list(got)
+            assert all(p in pos[a] and n in neg[a] for a, p, n in triplets), c.name
+            assert sorted((a, p) for a, p, _ in triplets) == pairs, c.name
+            negatives_drawn |= {(a, n) for a, _, n in triplets}
+        got = miners.random_triplets(x, None, 40, generator=miners.make_generator(seed), **kw)
+        triplets = reference.as_list(got)
+        assert len(triplets) == 40
+        assert all(p in pos[a] and n in neg[a] for a, p, n in triplets), c.name
+    # the draws reach beyond one negative per anchor (they are draws, not a fixed choice)
+    assert len(negatives_drawn) > len({a for a, _ in pairs})
 
 
 # ------------------------------------------------------------------------ pair losses
@@ -388,6 +480,128 @@ def test_pair_losses_masks_match_reference(name: str, kind: str) -> None:
         negative_mask=c.neg,
     )
     check_loss(out, leaves_of(x, ref), value_and_grads(exp, leaves_of(x2, ref2)))
+
+
+# ------------------------------------------------- triplet margin loss: swap, per anchor
+
+TML_OPTIONS = {"swap": {"swap": True}, "smooth_swap": {"smooth": True, "swap": True}}
+
+
+def _relation_cases() -> dict[str, tuple[dict, reference.Problem, Callable]]:
+    """Every multi-hot and mask case: the relation's keyword arguments (labels or masks, the
+    reference set), its reference :class:`reference.Problem` and a maker of fresh leaves."""
+    out: dict[str, tuple[dict, reference.Problem, Callable]] = {}
+    for c in ML_CASES.values():
+        out[f"multi_hot-{c.name}"] = (
+            {"labels": c.labels, **c.ref_kwargs(offset=True)},
+            _problem(c),
+            c.leaves,
+        )
+    for m in MASK_CASES.values():
+        out[f"masks-{m.name}"] = ({"labels": None, **m.kwargs(m.ref)}, _mask_problem(m), m.leaves)
+    return out
+
+
+RELATION_CASES = _relation_cases()
+
+
+def _with_leaves(kw: dict, ref: Tensor | None) -> dict:
+    """The relation's keyword arguments with this call's reference leaf."""
+    out = {k: v for k, v in kw.items() if k not in ("labels", "ref_embeddings")}
+    if ref is not None:
+        out["ref_embeddings"] = ref
+    return out
+
+
+@pytest.mark.parametrize("option", tuple(TML_OPTIONS))
+@pytest.mark.parametrize("name", tuple(RELATION_CASES))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_triplet_margin_loss_swap_with_relations(name: str, option: str, backend: str) -> None:
+    """``swap=True`` with ``triplets=None``: every valid triplet of the multi-hot or mask
+    relation, the negative distance ``min(d(a, n), d(p, n))``, against the reference's
+    explicit loop over the relation's valid triplets (values and gradients, float64)."""
+    kw, pb, leaves = RELATION_CASES[name]
+    rows = pb.valid()
+    for reduction in ("mean", "sum", "mean_nonzero"):
+        x, ref = leaves()
+        out = losses.triplet_margin_loss(
+            x,
+            kw["labels"],
+            None,
+            MARGIN,
+            reduction=reduction,
+            backend=backend,
+            **TML_OPTIONS[option],
+            **_with_leaves(kw, ref),
+        )
+        x2, ref2 = leaves()
+        exp = reference.triplet_margin_loss(
+            x2, rows, ref2, margin=MARGIN, reduction=reduction, **TML_OPTIONS[option]
+        )
+        check_loss(out, leaves_of(x, ref), value_and_grads(exp, leaves_of(x2, ref2)))
+
+
+def _drawn(pb: reference.Problem, k: int, seed: int) -> list[tuple[int, int, int]]:
+    """The triplets ``triplets_per_anchor=k`` draws from the reference relation's masks
+    with a generator seeded ``seed``, anchor by anchor (the draws depend on the masks and
+    the generator only; their uniformity is tested in ``test_losses_triplet.py``)."""
+    from tripletkit.miners.sampling import _per_anchor_triplets
+
+    pos = torch.zeros(pb.n, pb.m, dtype=torch.bool)
+    neg = torch.zeros(pb.n, pb.m, dtype=torch.bool)
+    for a in range(pb.n):
+        pos[a, pb.positives(a)] = True
+        neg[a, pb.negatives(a)] = True
+    a, p, n, valid = _per_anchor_triplets(pos, neg, k, torch.Generator().manual_seed(seed))
+    keep = valid.reshape(-1).tolist()
+    rows = zip(a.reshape(-1).tolist(), p.reshape(-1).tolist(), n.reshape(-1).tolist(), strict=True)
+    drawn = [r for r, kept in zip(rows, keep, strict=True) if kept]
+    assert all(q in pb.positives(r) and s in pb.negatives(r) for r, q, s in drawn)
+    return drawn
+
+
+@pytest.mark.parametrize("name", tuple(RELATION_CASES))
+def test_triplet_margin_loss_per_anchor_with_relations(name: str) -> None:
+    """``triplets_per_anchor=3`` on a multi-hot or mask relation draws from the relation's
+    positives and negatives (those of the reference loops): the loss of the triplets that a
+    generator of the same seed draws from the reference's masks, every reduction, with and
+    without the swap (values and gradients, float64)."""
+    kw, pb, leaves = RELATION_CASES[name]
+    for seed, options in ((0, {}), (1, {"swap": True}), (2, {"smooth": True})):
+        rows = _drawn(pb, 3, seed)
+        for reduction in ("mean", "sum", "mean_nonzero", "none"):
+            x, ref = leaves()
+            out = losses.triplet_margin_loss(
+                x,
+                kw["labels"],
+                None,
+                MARGIN,
+                reduction=reduction,
+                triplets_per_anchor=3,
+                generator=torch.Generator().manual_seed(seed),
+                **options,
+                **_with_leaves(kw, ref),
+            )
+            x2, ref2 = leaves()
+            exp = reference.triplet_margin_loss(
+                x2, rows, ref2, margin=MARGIN, reduction=reduction, **options
+            )
+            check_loss(out, leaves_of(x, ref), value_and_grads(exp, leaves_of(x2, ref2)))
+
+
+def test_triplet_margin_loss_module_with_multi_hot_labels() -> None:
+    """The module form takes multi-hot labels: ``swap`` and ``triplets_per_anchor`` (drawn
+    from torch's default generator, as the function with ``generator=None``)."""
+    c = ML_CASES["refs_offset"]
+    for module_options in ({"swap": True}, {"triplets_per_anchor": 2, "swap": True}):
+        module = losses.TripletMarginLoss(MARGIN, reduction="sum", **module_options)
+        torch.manual_seed(4)
+        got = module(c.x, c.labels, None, c.ref, c.ref_labels, anchor_offset=c.anchor_offset)
+        torch.manual_seed(4)
+        want = losses.triplet_margin_loss(
+            c.x, c.labels, None, MARGIN, reduction="sum", **module_options, **c.ref_kwargs()
+        )
+        assert torch.equal(got, want)
 
 
 # ------------------------------------------------------------ one-hot: exactly today's
@@ -575,7 +789,7 @@ def test_cross_batch_memory_stores_multi_hot_labels() -> None:
 def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     import torch.distributed as dist
 
-    from tripletkit.distributed import gather, rank_offset
+    from tripletkit.distributed import SHARDED_LOSSES, gather, rank_offset, sharded_loss
 
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -596,13 +810,26 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
             anchor_offset=rank_offset(3 if rank == 0 else 5),
         )
         loss.backward()
+        sharded = {}
+        for kind in SHARDED_LOSSES:  # each replica mines its own anchors against the gather
+            part = x[rows].clone().requires_grad_()
+            options = {} if kind == "contrastive" else {"backend": "torch"}
+            value = sharded_loss(kind, part, y[rows], **options)
+            value.backward()
+            sharded[kind] = (value.detach(), part.grad)
         try:
             gather(leaf.detach(), y[rows] if rank == 0 else y[rows, 0])
             mismatch = ""
         except ValueError as error:
             mismatch = str(error)
         torch.save(
-            {"y": all_y, "loss": loss.detach(), "grad": leaf.grad, "mismatch": mismatch},
+            {
+                "y": all_y,
+                "loss": loss.detach(),
+                "grad": leaf.grad,
+                "mismatch": mismatch,
+                "sharded": sharded,
+            },
             f"{out_dir}/rank{rank}.pt",
         )
     finally:
@@ -616,9 +843,11 @@ def _ddp_data() -> tuple[Tensor, Tensor]:
 
 @pytest.mark.slow
 def test_distributed_gather_multi_hot(tmp_path) -> None:
-    """Two gloo processes gather multi-hot labels; each replica's batch-all loss against the
-    gathered batch, summed over replicas, has the single-process value and gradient (the
-    reference), and replicas mixing class and multi-hot labels all raise."""
+    """Two gloo processes (one spawn) gather multi-hot labels; each replica's batch-all loss
+    against the gathered batch, summed over replicas, has the single-process value and
+    gradient (the reference); ``sharded_loss`` of every kind gives the single-process loss on
+    each replica and, averaged over replicas, its gradient; replicas mixing class and
+    multi-hot labels all raise."""
     from ddp import spawn_ranks
 
     x, y = _ddp_data()
@@ -635,3 +864,20 @@ def test_distributed_gather_multi_hot(tmp_path) -> None:
     # gather's backward sums every replica's gradient into the rows' owner: the full gradient
     grad = torch.cat([results[0]["grad"], results[1]["grad"]])
     torch.testing.assert_close(grad, leaf.grad, **VALUE_TOL)
+    # sharded_loss: every replica returns the global loss; its gradient is the replica's
+    # share scaled by the world size (for DDP's averaging), so half the gathered gradients
+    # are the single-process gradient of the whole batch
+    from tripletkit.distributed import SHARDED_LOSSES
+
+    for kind, reduction in SHARDED_LOSSES.items():
+        leaf = x.clone().requires_grad_()
+        if kind == "contrastive":
+            expected = reference.contrastive_loss(leaf, y, reduction=reduction)
+        else:
+            expected = reference.fused_loss(kind, leaf, y, margin=0.2, reduction=reduction)
+        expected.backward()
+        assert float(expected.detach()) > 0, kind  # a zero loss would test nothing
+        for r in results:
+            torch.testing.assert_close(r["sharded"][kind][0], expected.detach(), **VALUE_TOL)
+        grad = torch.cat([results[0]["sharded"][kind][1], results[1]["sharded"][kind][1]]) / 2
+        torch.testing.assert_close(grad, leaf.grad, **VALUE_TOL)

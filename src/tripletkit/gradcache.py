@@ -79,7 +79,7 @@ __all__ = ["GradCache", "Inputs", "LossFn", "cached_backward"]
 #: (``model(x)``), a tuple or list of tensors (``model(*xs)``) or a mapping from names to
 #: tensors (``model(**xs)``), all batched along dim 0.
 Inputs: TypeAlias = Tensor | Sequence[Tensor] | Mapping[str, Tensor]
-#: ``loss_fn(embeddings, labels) -> scalar tensor``.
+#: ``loss_fn(embeddings, labels) -> scalar tensor`` (labels ``[N]`` or multi-hot ``[N, L]``).
 LossFn: TypeAlias = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -318,8 +318,10 @@ def cached_backward(
             each input row to one embedding row, in its training mode of choice.
         inputs: ``[N, ...]`` tensor (``model(x)``), a tuple or list of ``[N, ...]``
             tensors (``model(*xs)``) or a dict of them (``model(**xs)``).
-        labels: ``[N]`` labels, passed whole to ``loss_fn``.
-        loss_fn: ``loss_fn(embeddings [N, D], labels [N]) -> scalar``: any tripletkit loss
+        labels: ``[N]`` class labels or multi-hot ``[N, L]`` labels (one row per input
+            row), passed whole to ``loss_fn``: the loss sees the whole batch's relation,
+            only the model's forward passes are chunked.
+        loss_fn: ``loss_fn(embeddings [N, D], labels) -> scalar``: any tripletkit loss
             (fused, or miner + loss), a sum of several, a
             :class:`~tripletkit.memory.CrossBatchMemory` term, or a loss of
             :func:`~tripletkit.distributed.gather`'s global batch. Called once per step.
@@ -331,8 +333,8 @@ def cached_backward(
 
     Raises:
         TypeError, ValueError: ``chunk_size`` not a positive int; inputs not tensors, of
-            different lengths, or labels of another length; a model output that is not one
-            floating row per input; ``loss_fn`` returning a non-scalar, a non-floating
+            different lengths, or labels without one row per input; a model output that is
+            not one floating row per input; ``loss_fn`` returning a non-scalar, a non-floating
             tensor or a loss that does not depend on the embeddings. All before any
             gradient is computed: ``.grad`` untouched, buffers restored.
         RuntimeError: a chunk's replay differs from its first pass (beyond ``sqrt(eps)`` of
@@ -359,7 +361,7 @@ def cached_backward(
     if not isinstance(labels, Tensor):
         raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
     if labels.dim() == 0 or labels.shape[0] != n:
-        got = "a 0-dim tensor" if labels.dim() == 0 else f"{labels.shape[0]} entries"
+        got = "a 0-dim tensor" if labels.dim() == 0 else f"{labels.shape[0]} rows"
         raise ValueError(f"labels has {got} but the inputs have {n} rows")
 
     bounds = batch.bounds(chunk_size)

@@ -15,7 +15,7 @@ __all__ = ["triplet_stats"]
 
 def triplet_stats(
     embeddings: Tensor,
-    labels: Tensor,
+    labels: Tensor | None,
     margin: float = 0.2,
     metric: str = "euclidean",
     *,

@@ -40,7 +40,7 @@ PairIndices = (
 
 def contrastive_parts(
     embeddings: Tensor,
-    labels: Tensor,
+    labels: Tensor | None,
     pos_margin: float = 0.0,
     neg_margin: float = 1.0,
     metric: str = "euclidean",
@@ -91,7 +91,7 @@ def contrastive_parts(
 @in_input_dtype()
 def contrastive_loss(
     embeddings: Tensor,
-    labels: Tensor,
+    labels: Tensor | None,
     pairs: Pairs | tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
     pos_margin: float = 0.0,
     neg_margin: float = 1.0,
@@ -295,7 +295,7 @@ def _ms_terms(
 
 def multi_similarity_parts(
     embeddings: Tensor,
-    labels: Tensor,
+    labels: Tensor | None,
     pairs: PairIndices | None = None,
     alpha: float = 2.0,
     beta: float = 50.0,
@@ -331,7 +331,7 @@ def multi_similarity_parts(
 @in_input_dtype()
 def multi_similarity_loss(
     embeddings: Tensor,
-    labels: Tensor,
+    labels: Tensor | None,
     pairs: PairIndices | None = None,
     alpha: float = 2.0,
     beta: float = 50.0,
@@ -442,7 +442,7 @@ def _circle_terms(
 
 def circle_parts(
     embeddings: Tensor,
-    labels: Tensor,
+    labels: Tensor | None,
     pairs: PairIndices | None = None,
     m: float = 0.4,
     gamma: float = 80.0,
@@ -477,7 +477,7 @@ def circle_parts(
 @in_input_dtype()
 def circle_loss(
     embeddings: Tensor,
-    labels: Tensor,
+    labels: Tensor | None,
     pairs: PairIndices | None = None,
     m: float = 0.4,
     gamma: float = 80.0,
@@ -577,7 +577,7 @@ def _supcon_terms(
 
 def supcon_parts(
     embeddings: Tensor,
-    labels: Tensor,
+    labels: Tensor | None,
     pairs: PairIndices | None = None,
     temperature: float = 0.1,
     *,
@@ -611,7 +611,7 @@ def supcon_parts(
 @in_input_dtype()
 def supcon_loss(
     embeddings: Tensor,
-    labels: Tensor,
+    labels: Tensor | None,
     pairs: PairIndices | None = None,
     temperature: float = 0.1,
     reduction: str = "mean",

@@ -85,7 +85,7 @@ def _check_terms(margin: object, soft_margin: object, smooth: object) -> tuple[f
 
 def batch_all_parts(
     embeddings: Tensor,
-    labels: Tensor,
+    labels: Tensor | None,
     margin: float = 0.2,
     metric: str = "euclidean",
     soft_margin: bool = False,
@@ -125,7 +125,7 @@ def batch_all_parts(
 @in_input_dtype()
 def batch_all_triplet_loss(
     embeddings: Tensor,
-    labels: Tensor,
+    labels: Tensor | None,
     margin: float = 0.2,
     metric: str = "euclidean",
     soft_margin: bool = False,
@@ -280,7 +280,7 @@ def _mined_loss(terms: Tensor, valid: Tensor | None, reduction: str) -> Tensor:
 
 def batch_hard_parts(
     embeddings: Tensor,
-    labels: Tensor,
+    labels: Tensor | None,
     margin: float = 0.2,
     metric: str = "euclidean",
     soft_margin: bool = False,
@@ -324,7 +324,7 @@ def batch_hard_parts(
 @in_input_dtype()
 def batch_hard_triplet_loss(
     embeddings: Tensor,
-    labels: Tensor,
+    labels: Tensor | None,
     margin: float = 0.2,
     metric: str = "euclidean",
     soft_margin: bool = False,
@@ -404,7 +404,7 @@ def batch_hard_triplet_loss(
 
 def semi_hard_parts(
     embeddings: Tensor,
-    labels: Tensor,
+    labels: Tensor | None,
     margin: float = 0.2,
     metric: str = "euclidean",
     soft_margin: bool = False,
@@ -443,7 +443,7 @@ def semi_hard_parts(
 @in_input_dtype()
 def semi_hard_triplet_loss(
     embeddings: Tensor,
-    labels: Tensor,
+    labels: Tensor | None,
     margin: float = 0.2,
     metric: str = "euclidean",
     soft_margin: bool = False,
@@ -528,7 +528,7 @@ def _check_triplets_per_anchor(value: object) -> str | int:
 @in_input_dtype()
 def triplet_margin_loss(
     embeddings: Tensor,
-    labels: Tensor,
+    labels: Tensor | None,
     triplets: Triplets | tuple[Tensor, Tensor, Tensor] | None = None,
     margin: float = 0.2,
     metric: str = "euclidean",

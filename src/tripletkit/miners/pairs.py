@@ -64,7 +64,7 @@ def _pairs(pos: Tensor, neg: Tensor) -> Pairs:
 @refs_keyword_only
 def multi_similarity_pairs(
     embeddings: Tensor,
-    labels: Tensor,
+    labels: Tensor | None,
     epsilon: float = 0.1,
     metric: str = "cosine",
     *,
@@ -135,7 +135,7 @@ def multi_similarity_pairs(
 @refs_keyword_only
 def pair_margin_pairs(
     embeddings: Tensor,
-    labels: Tensor,
+    labels: Tensor | None,
     pos_margin: float = 0.0,
     neg_margin: float = 1.0,
     metric: str = "euclidean",

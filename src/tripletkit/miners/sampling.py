@@ -139,7 +139,7 @@ def _distance_weights(
 @refs_keyword_only
 def distance_weighted_triplets(
     embeddings: Tensor,
-    labels: Tensor,
+    labels: Tensor | None,
     cutoff: float = 0.5,
     nonzero_loss_cutoff: float = 1.4,
     *,
@@ -236,7 +236,7 @@ def distance_weighted_triplets(
 @refs_keyword_only
 def random_triplets(
     embeddings: Tensor,
-    labels: Tensor,
+    labels: Tensor | None,
     num_triplets: int | None = None,
     *,
     ref_embeddings: Tensor | None = None,

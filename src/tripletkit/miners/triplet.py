@@ -92,7 +92,7 @@ def _listed(sel: Selection, keep: Tensor | None = None) -> Triplets:
 @refs_keyword_only
 def batch_all_triplets(
     embeddings: Tensor,
-    labels: Tensor,
+    labels: Tensor | None,
     margin: float = 0.2,
     metric: str = "euclidean",
     active_only: bool = True,
@@ -135,7 +135,7 @@ def batch_all_triplets(
 @refs_keyword_only
 def batch_hard_triplets(
     embeddings: Tensor,
-    labels: Tensor,
+    labels: Tensor | None,
     metric: str = "euclidean",
     positive_ranks: tuple[int, int] = (0, 1),
     negative_ranks: tuple[int, int] = (0, 1),
@@ -193,7 +193,7 @@ def _windows(
 @refs_keyword_only
 def semi_hard_triplets(
     embeddings: Tensor,
-    labels: Tensor,
+    labels: Tensor | None,
     margin: float = 0.2,
     metric: str = "euclidean",
     active_only: bool = False,
@@ -254,7 +254,7 @@ def semi_hard_triplets(
 @refs_keyword_only
 def triplet_margin_triplets(
     embeddings: Tensor,
-    labels: Tensor,
+    labels: Tensor | None,
     margin: float = 0.2,
     type_of_triplets: str = "all",
     metric: str = "euclidean",
