@@ -41,7 +41,7 @@ from .samplers import PKBatchSampler
 from .stats import triplet_stats
 from .types import Pairs, Triplets, TripletStats
 
-__version__ = "0.3.0.dev0"  # the one place: pyproject.toml reads it (tool.setuptools.dynamic)
+__version__ = "0.3.0"  # the one place: pyproject.toml reads it (tool.setuptools.dynamic)
 
 _refuse_removed_modules()  # importing a module path removed in 0.3 names its new home
 
