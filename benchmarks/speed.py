@@ -20,8 +20,8 @@ cores, torch / numba versions, load average at the start and at the end).
 
 Plans:
 
-- default (:data:`DEFAULT_SIZES`, about 2 minutes on 2 CPU cores, part of
-  ``python -m benchmarks``): ``N in {128, 512, 1024}`` for every method, plus ``N = 8192``
+- default (:data:`DEFAULT_SIZES`, about 2 minutes on 2 CPU cores plus about 1.5 for the
+  streaming rows, part of ``python -m benchmarks``): ``N in {128, 512, 1024}`` for every method, plus ``N = 8192``
   for ``cdist`` and batch-all on both backends (the targets' rows: the ratios at
   ``N = 1024``, the memory at ``N = 8192``); memory runs for ``cdist``, the default backend
   and batch-all at the key sizes;
@@ -31,8 +31,9 @@ Plans:
 
 **Streaming rows** (issue 18, CPU only): batch-all (hinge), batch-hard and semi-hard with
 ``backend="streaming"`` (no ``N x N`` matrix), named ``<strategy>[streaming]``, at
-``N = 16,384`` in the default plan (:data:`STREAMING_SIZES`: about a minute of CPU time for
-the three on 2 cores) and also at ``N = 65,536`` with ``--full``
+``N = 16,384`` in the default plan (:data:`STREAMING_SIZES`; measured on a loaded 2-core
+machine: 58 s of CPU time in the three calls, 100 s of wall time with the interpreters'
+start-up and warm-up) and also at ``N = 65,536`` with ``--full``
 (:data:`FULL_STREAMING_SIZES`: minutes per loss); none with ``--quick`` or ``--sizes``
 unless ``--streaming-sizes`` asks. Each row is one forward + backward in a fresh
 interpreter (the memory subprocess, after a warm-up at a small ``N``): its wall and CPU
