@@ -25,6 +25,10 @@ from typing import Any, Generic, TypeVar
 
 __all__ = [
     "GIB",
+    "MIB",
+    "STREAMING_LOSSES",
+    "STREAMING_TARGET_BYTES",
+    "STREAMING_TARGET_N",
     "REPO_ROOT",
     "RESULTS_DIR",
     "ProgressBar",
@@ -38,8 +42,18 @@ __all__ = [
 
 T = TypeVar("T")
 
-#: Bytes in a GiB.
+#: Bytes in a GiB, and in a MiB.
 GIB = 1024**3
+MIB = 1024**2
+
+#: Issue 18's memory target, shared by the benchmarks that check it (:mod:`benchmarks.speed`
+#: and :mod:`benchmarks.streaming`): one forward + backward of each of these fused losses
+#: with ``backend="streaming"`` at ``N = STREAMING_TARGET_N`` (``D = 128``, ``K = 8``) needs
+#: at most ``STREAMING_TARGET_BYTES`` of extra peak memory (one float32 ``N x N`` matrix is
+#: 16 GiB).
+STREAMING_LOSSES = ("batch_hard", "semi_hard", "batch_all")
+STREAMING_TARGET_N = 65536
+STREAMING_TARGET_BYTES = 256 * MIB
 
 #: The ``benchmarks/`` folder.
 BENCH_DIR = Path(__file__).resolve().parent

@@ -20,14 +20,27 @@ cores, torch / numba versions, load average at the start and at the end).
 
 Plans:
 
-- default (:data:`DEFAULT_SIZES`, about 2 minutes on 2 CPU cores, part of
-  ``python -m benchmarks``): ``N in {128, 512, 1024}`` for every method, plus ``N = 8192``
+- default (:data:`DEFAULT_SIZES`, about 2 minutes on 2 CPU cores plus about 1.5 for the
+  streaming rows, part of ``python -m benchmarks``): ``N in {128, 512, 1024}`` for every method, plus ``N = 8192``
   for ``cdist`` and batch-all on both backends (the targets' rows: the ratios at
   ``N = 1024``, the memory at ``N = 8192``); memory runs for ``cdist``, the default backend
   and batch-all at the key sizes;
 - ``--full`` (:data:`FULL_SIZES`, about 8 minutes): ``N in {128, ..., 8192}`` for every
   method, memory runs for every tripletkit method and ``cdist`` at the key sizes;
 - ``--quick``: a CI smoke test, well under 30 s.
+
+**Streaming rows** (issue 18, CPU only): batch-all (hinge), batch-hard and semi-hard with
+``backend="streaming"`` (no ``N x N`` matrix), named ``<strategy>[streaming]``, at
+``N = 16,384`` in the default plan (:data:`STREAMING_SIZES`; measured on a loaded 2-core
+machine: 58 s of CPU time in the three calls, 100 s of wall time with the interpreters'
+start-up and warm-up) and also at ``N = 65,536`` with ``--full``
+(:data:`FULL_STREAMING_SIZES`: minutes per loss); none with ``--quick`` or ``--sizes``
+unless ``--streaming-sizes`` asks. Each row is one forward + backward in a fresh
+interpreter (the memory subprocess, after a warm-up at a small ``N``): its wall and CPU
+time and its extra peak memory come from the same call (one repeat: a call takes seconds
+to minutes). The target row "extra peak <= 256 MiB at ``N = 65,536``" (per loss;
+:data:`benchmarks.common.STREAMING_TARGET_BYTES`, shared with
+:mod:`benchmarks.streaming`) is judged with ``--full`` and reads "not measured" otherwise.
 
 **Compiled rows** (``--compile``, on by default except with ``--quick``): each fused loss's
 compiled form (:func:`compiled_loss`: ``torch.compile(fullgraph=True, dynamic=False)``,
@@ -48,6 +61,7 @@ Usage::
     python -m benchmarks.speed --quick          # CI smoke test
     python -m benchmarks.speed --sizes 512 1024 --device cpu --no-peers --threads 2
     python -m benchmarks.speed --no-compile     # without the compiled rows
+    python -m benchmarks.speed --streaming-sizes    # without the streaming rows
 
 Writes ``speed_<device>.json`` (``speed_<device>_full.json`` with ``--full``,
 ``speed_<device>_quick.json`` with ``--quick``) and a log-log plot of the same name
@@ -91,6 +105,7 @@ import torch
 from torch import Tensor
 
 import tripletkit
+from tripletkit.kernels import DEFAULT_MEMORY_BUDGET
 from tripletkit.losses import (
     batch_all_triplet_loss,
     batch_hard_triplet_loss,
@@ -99,8 +114,21 @@ from tripletkit.losses import (
 
 from .cli import UsageError
 from .cli import run as run_command
-from .common import GIB, RESULTS_DIR, load_average, machine_info, new_result, progress, save_json
+from .common import (
+    GIB,
+    MIB,
+    RESULTS_DIR,
+    STREAMING_LOSSES,
+    STREAMING_TARGET_BYTES,
+    STREAMING_TARGET_N,
+    load_average,
+    machine_info,
+    new_result,
+    progress,
+    save_json,
+)
 from .measure import (
+    TimedCall,
     TimingPolicy,
     available_bytes,
     interleaved_rounds,
@@ -122,6 +150,8 @@ from .report import speed_table as markdown_table
 __all__ = [
     "DEFAULT_SIZES",
     "FULL_SIZES",
+    "FULL_STREAMING_SIZES",
+    "STREAMING_SIZES",
     "QUICK_SIZES",
     "Method",
     "build_methods",
@@ -135,9 +165,12 @@ __all__ = [
     "is_compiled",
     "recompile_limit",
     "main",
+    "measure_streaming_rows",
     "measure_target_rows",
     "measure_thread_scaling",
     "spread_table",
+    "streaming_methods",
+    "streaming_rows_text",
     "target_rows_text",
     "make_inputs",
     "markdown_table",
@@ -174,6 +207,12 @@ SCALING_LIMIT = 0.85
 #: The scaling target is only judged when the 1-thread calls got at least this share of a
 #: core (process CPU time over wall time): below it, other processes were taking the CPU.
 QUIET_CPU_SHARE = 0.9
+#: Sizes of the streaming rows (``backend="streaming"``, CPU only) in the default plan and
+#: with ``--full``; their target's size is :data:`~benchmarks.common.STREAMING_TARGET_N`.
+STREAMING_SIZES = (16384,)
+FULL_STREAMING_SIZES = (16384, STREAMING_TARGET_N)
+#: Seconds a streaming row's subprocess may take (N = 65,536: minutes per loss on 2 cores).
+STREAMING_TIMEOUT_S = 3600.0
 #: The module the memory subprocess runs (``python -m benchmarks.speed --memory-child``).
 _MODULE = "benchmarks.speed"
 
@@ -227,13 +266,20 @@ def measure_memory_here(
     thread pools, lazy imports), then one call at ``n`` is measured by
     :func:`benchmarks.measure.peak_memory`. On CPU, meant to run in a fresh process (see
     :func:`measure_memory_subprocess`).
+
+    Returns:
+        :func:`~benchmarks.measure.peak_memory`'s fields, and the measured call's
+        ``wall_s``, ``cpu_s`` (process CPU time, all threads) and ``loss``.
     """
     f = method.make()
     x, y = make_inputs(n, labels_kind, device, seed)
     xs, ys = make_inputs(min(n, 64), labels_kind, device, seed)
     timed_call(f, xs, ys, device)
     del xs, ys
-    return peak_memory(lambda: timed_call(f, x, y, device), device)
+    calls: list[TimedCall] = []
+    memory = peak_memory(lambda: calls.append(timed_call(f, x, y, device)), device)
+    call = calls[0]
+    return {**memory, "wall_s": call.wall_s, "cpu_s": call.cpu_s, "loss": float(call.loss)}
 
 
 def measure_memory_subprocess(
@@ -263,6 +309,7 @@ def _memory_child(spec_json: str) -> int:
     spec = json.loads(spec_json)
     set_threads(spec.get("threads"))
     methods, _ = build_methods(peers=bool(spec.get("peers", True)))
+    methods += streaming_methods()
     method = next(m for m in methods if m.name == spec["method"])
     try:
         result = measure_memory_here(method, int(spec["n"]), spec["labels"], spec["device"])
@@ -402,6 +449,7 @@ class RunConfig:
     target_calls: int = TARGET_CALLS
     compile_sizes: tuple[int, ...] = ()  # sizes of the compiled rows (none: not run)
     compile_backend: str = "inductor"
+    streaming_sizes: tuple[int, ...] = ()  # sizes of the streaming rows (CPU only)
 
     @property
     def target_n(self) -> int:
@@ -478,6 +526,25 @@ def _plan(methods: list[Method], cfg: RunConfig) -> list[tuple[Method, int, str]
             if m.family != "peer" and m.strategy in ("cdist", "batch_all") and not is_compiled(m):
                 plan.append((m, cfg.two_class_n, "two_classes"))
     return plan
+
+
+def streaming_methods() -> list[Method]:
+    """The methods of the streaming rows: ``<strategy>[streaming]`` for batch-all (hinge,
+    ``reduction="mean_nonzero"``), batch-hard and semi-hard (the registry's losses on
+    ``backend="streaming"``: CPU tensors only, no ``N x N`` matrix)."""
+    methods, _ = build_methods(peers=False, backends=("streaming",))
+    return [
+        dataclasses.replace(m, cuda=False)
+        for m in methods
+        if m.family == "tripletkit" and m.strategy in STREAMING_LOSSES
+    ]
+
+
+def _streaming_plan(cfg: RunConfig) -> list[tuple[Method, int]]:
+    """The streaming rows in run order: sizes ascending, each loss (none on CUDA)."""
+    if cfg.device != "cpu":
+        return []
+    return [(m, n) for n in sorted(set(cfg.streaming_sizes)) for m in streaming_methods()]
 
 
 def _memory_wanted(method: Method, n: int, labels_kind: str, cfg: RunConfig) -> bool:
@@ -638,7 +705,60 @@ def _run_device(
             "rows": compiled_rows(results),
         }
     _measure_memory(methods, plan, results, cfg)
+    results += measure_streaming_rows(cfg)
     return results, state.warm_info, state.extra
+
+
+#: What a streaming row's figures are (its ``note``).
+STREAMING_NOTE = (
+    "one forward + backward in a fresh interpreter after a warm-up at a small N: time and "
+    "extra peak memory of the same call (one repeat)"
+)
+
+
+def measure_streaming_rows(
+    cfg: RunConfig, plan: list[tuple[Method, int]] | None = None
+) -> list[dict[str, Any]]:
+    """The streaming rows: each ``(method, N)`` of ``plan`` (default: :attr:`RunConfig.
+    streaming_sizes` x :func:`streaming_methods`, none on CUDA) measured by one call in
+    the memory subprocess (:func:`measure_memory_subprocess`, at most
+    :data:`STREAMING_TIMEOUT_S`).
+
+    Returns:
+        Result entries (as the sweep's, ``labels="pk"``): with status ``"ok"``,
+        ``median_s`` / ``times_s`` (the call's wall time), ``cpu_median_s`` /
+        ``cpu_times_s``, ``repeats`` (1), ``loss``, ``memory`` (the subprocess's
+        :func:`~benchmarks.measure.peak_memory` fields), ``matrix_bytes`` (the float32
+        ``N x N`` matrix the row never holds) and ``note``; else status ``"error"`` and the
+        ``error``.
+    """
+    plan = _streaming_plan(cfg) if plan is None else plan
+    rows: list[dict[str, Any]] = []
+    bar = progress(plan, desc=f"streaming [{cfg.device}]", total=len(plan), leave=False)
+    for method, n in bar:
+        bar.set_postfix_str(f"{method.name} N={n}")
+        entry = _entry(method, n, "pk", cfg.device)
+        rows.append(entry)
+        got = measure_memory_subprocess(
+            method, n, "pk", cfg.device, cfg.threads, peers=False, timeout_s=STREAMING_TIMEOUT_S
+        )
+        if "error" in got:
+            entry.update(status="error", error=got["error"])
+            continue
+        timing = {k: got.pop(k) for k in ("wall_s", "cpu_s", "loss")}
+        entry.update(
+            status="ok",
+            median_s=timing["wall_s"],
+            times_s=[timing["wall_s"]],
+            cpu_median_s=timing["cpu_s"],
+            cpu_times_s=[timing["cpu_s"]],
+            repeats=1,
+            loss=timing["loss"],
+            memory=got,
+            matrix_bytes=4 * n * n,
+            note=STREAMING_NOTE,
+        )
+    return rows
 
 
 def compiled_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -880,6 +1000,7 @@ class _Check(NamedTuple):
     passed: bool | None
     detail: str
     backend: str | None = None
+    default: bool | None = None  # whether "auto" picks the backend there (None: by name)
 
 
 def _ok(e: dict[str, Any] | None) -> TypeGuard[dict[str, Any]]:
@@ -988,6 +1109,31 @@ def _memory_checks(results: list[dict[str, Any]], backends: list[str]) -> Iterab
             yield _Check(name, None, _why_missing(e if not _ok(e) else floor), b)
 
 
+def _streaming_checks(results: list[dict[str, Any]]) -> Iterable[_Check]:
+    """Issue 18's memory target, per streaming loss: extra peak at most
+    :data:`~benchmarks.common.STREAMING_TARGET_BYTES` at ``N =``
+    :data:`~benchmarks.common.STREAMING_TARGET_N` (a ``--full`` row: N/A otherwise).
+    There ``backend="auto"`` picks the streaming path on CPU (the matrix is over the
+    default memory budget)."""
+    n, limit = STREAMING_TARGET_N, STREAMING_TARGET_BYTES
+    picked_by_auto = 4 * n * n > DEFAULT_MEMORY_BUDGET
+    for strategy in STREAMING_LOSSES:
+        method = f"{strategy}[streaming]"
+        e = find_entry(results, method, n)
+        name = f"N={n} {method} extra peak memory <= {limit / MIB:.0f} MiB"
+        mem = (e or {}).get("memory") or {}
+        if _ok(e) and "extra_peak_bytes" in mem:
+            extra = mem["extra_peak_bytes"]
+            detail = (
+                f"{extra / MIB:.0f} MiB ({mem.get('how')}; one N x N float32 matrix: "
+                f"{4 * n * n / GIB:.0f} GiB)"
+            )
+            yield _Check(name, extra <= limit, detail, "streaming", picked_by_auto)
+        else:
+            why = _why_missing(e) + (" (a --full row)" if e is None else "")
+            yield _Check(name, None, why, "streaming", picked_by_auto)
+
+
 def _backend_checks(results: list[dict[str, Any]], backends: list[str]) -> Iterable[_Check]:
     if "numba" not in backends or "torch" not in backends:
         return
@@ -1010,8 +1156,9 @@ def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     ``passed`` is ``None`` (N/A) when a configuration the target needs was not measured.
     Speed targets are checked at ``N = 1024`` for both tripletkit backends, from the
     targets rows (``result["target_rows"]``) when present; the thread-scaling targets from
-    ``result["thread_scaling"]``. The backend ``backend="auto"`` picks on the device is
-    flagged ``default_backend``.
+    ``result["thread_scaling"]``; on CPU, the streaming memory target from the streaming
+    rows at ``N = 65,536`` (``--full``). The backend ``backend="auto"`` picks on the device
+    is flagged ``default_backend``.
     """
     results = result["results"]
     auto = "numba" if result["config"]["device"] == "cpu" else "torch"
@@ -1024,6 +1171,7 @@ def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             for check in checks_of(results, backends)
         ),
         *_scaling_checks(result.get("thread_scaling") or {}),
+        *(_streaming_checks(results) if result["config"]["device"] == "cpu" else ()),
     ]
     return [
         {
@@ -1031,7 +1179,9 @@ def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             "passed": c.passed,
             "detail": c.detail,
             "backend": c.backend,
-            "default_backend": c.backend is None or c.backend == auto,
+            "default_backend": c.default
+            if c.default is not None
+            else c.backend is None or c.backend == auto,
         }
         for c in checks
     ]
@@ -1128,6 +1278,26 @@ def target_rows_text(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def streaming_rows_text(results: list[dict[str, Any]]) -> str:
+    """The streaming rows, as printed: per loss and ``N``, the call's wall and CPU time and
+    its extra peak memory beside the ``N x N`` float32 matrix it never holds ("" when the
+    run had none)."""
+    rows = [e for e in results if e.get("backend") == "streaming"]
+    if not rows:
+        return ""
+    lines = [f"Streaming rows (backend='streaming', CPU; {STREAMING_NOTE}):"]
+    for e in rows:
+        if e["status"] != "ok":
+            lines.append(f"  {e['method']} N={e['n']}: {e['status']} {e.get('error', '')}")
+            continue
+        extra = e["memory"]["extra_peak_bytes"]
+        lines.append(
+            f"  {e['method']} N={e['n']}: {e['median_s']:.2f} s (CPU {e['cpu_median_s']:.2f} s), "
+            f"extra peak {extra / MIB:.0f} MiB (N x N float32: {e['matrix_bytes'] / MIB:,.0f} MiB)"
+        )
+    return "\n".join(lines)
+
+
 def _print_targets(targets: list[dict[str, Any]]) -> None:
     for t in targets:
         verdict = {True: "PASS", False: "FAIL", None: "N/A "}[t["passed"]]
@@ -1194,6 +1364,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--compile-backend", default="inductor", help="torch.compile backend (default inductor)"
     )
+    p.add_argument(
+        "--streaming-sizes",
+        type=int,
+        nargs="*",
+        help="sizes of the streaming rows (CPU; default 16384, with --full also 65536; none "
+        "with --quick or --sizes; the option alone: none)",
+    )
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG")
     p.add_argument("--memory-child", help=argparse.SUPPRESS)
     return p
@@ -1241,6 +1418,9 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     )
     if any(n < 2 for n in sizes):
         raise UsageError(f"every size must be at least 2 (got --sizes {' '.join(map(str, sizes))})")
+    if any(n < 2 for n in args.streaming_sizes or ()):
+        got = " ".join(map(str, args.streaming_sizes))
+        raise UsageError(f"every size must be at least 2 (got --streaming-sizes {got})")
     methods, missing = build_methods(peers=not args.no_peers)
     if _compile_wanted(args):
         methods = with_compiled(methods, args.compile_backend)
@@ -1285,6 +1465,12 @@ def _run_config(args: argparse.Namespace, device: str, sizes: list[int]) -> RunC
     )
     limit = args.mem_limit_gb * GIB if args.mem_limit_gb else 0.5 * available_bytes(device)
     target_n = TARGET_N if TARGET_N in sizes else max(sizes)
+    if args.streaming_sizes is not None:
+        streaming_sizes = tuple(args.streaming_sizes)
+    elif args.quick or args.sizes:
+        streaming_sizes = ()
+    else:
+        streaming_sizes = FULL_STREAMING_SIZES if args.full else STREAMING_SIZES
     compile_sizes: tuple[int, ...] = ()
     if _compile_wanted(args):
         compile_sizes = tuple(sorted(set(sizes))) if args.full or args.sizes else (target_n,)
@@ -1304,6 +1490,7 @@ def _run_config(args: argparse.Namespace, device: str, sizes: list[int]) -> RunC
         target_calls=1 if args.quick else TARGET_CALLS,
         compile_sizes=compile_sizes,
         compile_backend=args.compile_backend,
+        streaming_sizes=streaming_sizes if device == "cpu" else (),
     )
 
 
@@ -1333,6 +1520,7 @@ def _config_json(cfg: RunConfig, methods: list[Method], missing: list[str]) -> d
         "target_calls": cfg.target_calls,
         "compile_sizes": list(cfg.compile_sizes),
         "compile_backend": cfg.compile_backend if cfg.compile_sizes else None,
+        "streaming_sizes": list(cfg.streaming_sizes),
     }
 
 
@@ -1366,10 +1554,11 @@ def _run_and_save(
     """Run one device, check the targets, write the JSON (and plot) and print the tables."""
     load_start = load_average()
     results, warm_info, extra = run_device(methods, cfg)
+    streamed = [m for m in streaming_methods() if cfg.streaming_sizes and cfg.device == "cpu"]
     result = new_result(
         "speed",
         config=_config_json(cfg, methods, missing),
-        methods=_methods_json(methods, warm_info),
+        methods=_methods_json([*methods, *streamed], warm_info),
         results=results,
         **extra,
     )
@@ -1387,6 +1576,8 @@ def _run_and_save(
     print("\n" + _cdist_line(results))
     print("\n" + spread_table(results))
     print("\n" + target_rows_text(result))
+    if streamed:
+        print("\n" + streaming_rows_text(results))
     if result.get("compiled"):
         print("\n" + compiled_table(result["compiled"]))
     print("\nTargets:")

@@ -55,17 +55,18 @@ from pathlib import Path
 from typing import Any
 
 from .cli import run
-from .common import RESULTS_DIR, machine_info, save_json
+from .common import MIB, RESULTS_DIR, machine_info, save_json
+from .common import STREAMING_LOSSES as KINDS
+from .common import STREAMING_TARGET_BYTES as MEMORY_TARGET_BYTES
+from .common import STREAMING_TARGET_N as MEMORY_TARGET_N
 
 D = 128
 K = 8
 MARGIN = 0.2
-KINDS = ("batch_hard", "semi_hard", "batch_all")
-MIB = 2**20
-#: The issue's targets: streaming time <= 2x in-memory at this N; extra peak <= 256 MiB.
+#: The issue's targets: streaming time <= 2x in-memory at this N; extra peak <= 256 MiB
+#: (``MEMORY_TARGET_BYTES`` at ``MEMORY_TARGET_N``, imported above: one home in
+#: :mod:`benchmarks.common`, shared with the speed benchmark).
 TIME_TARGET = {"n": 8192, "max_ratio": 2.0}
-MEMORY_TARGET_BYTES = 256 * MIB
-MEMORY_TARGET_N = 65536
 REF_TARGET = {"m": 65536, "n": 1024, "kinds": ("semi_hard", "batch_all")}
 
 

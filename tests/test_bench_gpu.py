@@ -25,6 +25,8 @@ if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
 from benchmarks import gpu, registry  # noqa: E402
+from benchmarks.gpu import command as gpu_command  # noqa: E402
+from benchmarks.gpu import methods as gpu_methods  # noqa: E402
 from benchmarks.gpu import profile as gpu_profile  # noqa: E402
 from benchmarks.gpu import timing as gpu_timing  # noqa: E402
 from benchmarks.measure import TimingPolicy  # noqa: E402
@@ -86,7 +88,14 @@ def test_dry_run_sync_audit(dry_run: tuple[dict[str, Any], Path]) -> None:
     cases = gpu.audit_cases()
     assert len(audit["rows"]) == len(cases) * len(gpu.DRY_SIZES)
     assert audit["how"].startswith("dispatch counter")
-    for row in audit["rows"]:
+    # issue 18: the triton rows are listed, skipped on the CPU with their reason
+    triton = [r for r in audit["rows"] if r["variant"].startswith("triton: ")]
+    assert len(triton) == 3 * 2 * 3 * len(gpu.DRY_SIZES)  # losses x margins x variants
+    for row in triton:
+        assert row["skipped"] == gpu_methods.TRITON_DRY_REASON and row["passed"] is None
+    ran = [r for r in audit["rows"] if not r.get("skipped")]
+    assert len(ran) == len(audit["rows"]) - len(triton)
+    for row in ran:
         assert "error" not in row, row
         assert row["passed"] is True, row
         assert isinstance(row["syncs"], int) and 0 <= row["syncs"] <= row["budget"]
@@ -95,7 +104,7 @@ def test_dry_run_sync_audit(dry_run: tuple[dict[str, Any], Path]) -> None:
     assert set(gpu.FUSED) | {"triplet_stats", "TripletMarginLoss", "contrastive_loss"} <= entries
     assert {"multi_similarity_loss", "circle_loss", "supcon_loss", "BatchAllMiner"} <= entries
     assert {"DistanceWeightedMiner", "RandomTripletMiner", "PairMarginMiner"} <= entries
-    for row in audit["rows"]:
+    for row in ran:
         if row["kind"] == "fused loss" and row["variant"].endswith("max_positives=k-1"):
             assert row["syncs"] == 0, row
         if row["kind"] == "fused loss" and row["variant"].endswith("checks on"):
@@ -115,6 +124,21 @@ def test_dry_run_timing(dry_run: tuple[dict[str, Any], Path]) -> None:
     rows = timing["rows"]
     methods = result["methods"]
     assert {"cdist", *EAGER, *COMPILED} <= set(methods)
+    # issue 18: the large sizes list cdist, the eager losses and the triton rows, skipped
+    assert result["config"]["large_sizes"] == list(gpu.LARGE_SIZES)
+    assert max(gpu.LARGE_SIZES) == 262144
+    large = [r for r in rows if r["n"] in gpu.LARGE_SIZES]
+    assert {(r["method"], r["n"]) for r in large} == {
+        (m, n) for m in ("cdist", *EAGER, *TRITON) for n in gpu.LARGE_SIZES
+    }
+    for row in large:
+        assert row["status"] == "skipped" and row["reason"] == gpu_methods.LARGE_DRY_REASON
+        memory = row["predicted"]["memory_bytes"]
+        if row["variant"] != "triton":  # at least the N x N float32 matrix
+            assert memory >= 4.0 * row["n"] ** 2
+        else:  # O(N): grown linearly (nothing measured on the CPU: no prediction)
+            assert memory is None
+    rows = [r for r in rows if r["n"] in gpu.DRY_SIZES]
     assert len(rows) == len(methods) * len(gpu.DRY_SIZES)
     missing = result["config"]["peers_missing"]
     if registry.installed("sentence_transformers"):
@@ -181,6 +205,11 @@ def test_dry_run_markdown(dry_run: tuple[dict[str, Any], Path]) -> None:
     assert "| batch_all_triplet_loss | soft margin, checks off | 1 | 1 | <= 1 | PASS |" in text
     assert "| N | cdist | batch_all[torch] |" in text
     assert "| 64 | " in text and "| 128 | " in text
+    assert "| 262144 | skip | skip |" in text and "At N = 131,072, 262,144: cdist" in text
+    assert "| batch_hard_triplet_loss | triton: hinge, checks on | skip | skip | <= 2 | SKIP |" in (
+        text
+    )
+    assert f"- skipped: {gpu_methods.TRITON_DRY_REASON}" in text
     assert "FAIL" not in text
 
 
@@ -193,7 +222,7 @@ def test_a_spent_budget_skips_and_says_why(tmp_path: Path) -> None:
     assert "sync_audit" not in result and "profile" not in result
     rows = result["timing"]["rows"]
     assert rows and all(r["status"] == "skipped" for r in rows)
-    assert all("deadline" in r["reason"] for r in rows)
+    assert all("deadline" in r["reason"] for r in rows if r["n"] in gpu.DRY_SIZES)
     text = (tmp_path / "gpu_dryrun.md").read_text()
     assert "## Skipped and failed configurations" in text
     assert "- cdist N=64: skipped: " in text
@@ -415,3 +444,73 @@ def test_cuda_kernel_times_read_device_events() -> None:
     assert times == [("nvjet_tst_128x128", 30.0), ("Memset (Device)", 2.0)]
     fams = gpu.breakdown(times)["families"]
     assert fams["GEMM"]["ms"] == pytest.approx(0.03) and fams["copy"]["count"] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 18: the large sizes and the triton rows of a real run
+
+
+def test_a_real_run_plans_the_large_sizes_for_cdist_torch_and_triton() -> None:
+    def config(*argv: str) -> gpu.GpuConfig:
+        return gpu_command._config(gpu_command._parser().parse_args(list(argv)))
+
+    cfg = config()  # no CUDA needed to plan
+    assert cfg.sizes == list(gpu.DEFAULT_SIZES) and max(gpu.DEFAULT_SIZES) == 65536
+    assert cfg.large_sizes == [131072, 262144]
+    assert cfg.timed_sizes() == [*gpu.DEFAULT_SIZES, 131072, 262144]
+    methods, _ = gpu.gpu_methods(compile_backend="aot_eager")
+    at = {n: {m.name for m in methods if cfg.planned(m.variant, n)} for n in cfg.timed_sizes()}
+    assert at[262144] == at[131072] == {"cdist", *EAGER, *TRITON}
+    assert at[65536] == {m.name for m in methods}  # compiled and peers up to 65,536
+    assert config("--sizes", "1024", "4096").large_sizes == []
+    assert config("--large-sizes").large_sizes == []
+    assert config("--sizes", "1024", "--large-sizes", "8192").timed_sizes() == [1024, 8192]
+    assert config("--dry-run").large_sizes == [131072, 262144]  # listed, never run on the CPU
+    # In-memory rows carry the N x N floor; the triton rows predict nothing before a size.
+    by = {m.name: m for m in methods}
+    for name in ("cdist", *EAGER):
+        assert by[name].method.memory_estimate is gpu.matrix_floor
+    assert gpu.matrix_floor(262144, torch.empty(0)) == 256 * 2**30
+    assert all(by[name].method.memory_estimate is None for name in TRITON)
+
+
+def test_in_memory_rows_skipped_where_the_device_cannot_hold_them() -> None:
+    """On an 80 GiB device (90 %: 72 GiB): after N = 65,536 measured (in-memory batch-all
+    ~37 GiB, triton ~100 MiB), N = 131,072 is skipped for the torch row with its reason and
+    planned for the triton row; with nothing measured the floor alone skips N = 262,144."""
+    policy = TimingPolicy(target_s=0.5, min_repeats=3, max_repeats=20, budget_s=20.0)
+    methods, _ = gpu.gpu_methods(peers=False, compile=False)
+    by = {m.name: m for m in methods}
+    torch_row, triton_row = by["batch_all[torch]"], by["batch_all[triton]"]
+    limit = 0.9 * 80 * 2**30
+    labels = torch.empty(0)
+    far = time.perf_counter() + 1e6
+
+    def reason(gm: gpu.GpuMethod, n: int, hist: gpu_timing._History) -> str | None:
+        guess = gpu.predict(gm, n, labels, hist, policy)
+        return gpu_timing._skip_reason(gm, guess, hist, 1e6, far, limit)
+
+    measured = gpu_timing._History(n=65536, median_s=0.5, peak_bytes=37.0 * 2**30)
+    why = str(reason(torch_row, 131072, measured))
+    assert why.startswith("predicted peak memory 148.0 GiB > limit 72.0 GiB"), why
+    small = gpu_timing._History(n=65536, median_s=0.1, peak_bytes=100.0 * 2**20)
+    guess = gpu.predict(triton_row, 262144, labels, small, policy)
+    assert guess["memory_bytes"] == pytest.approx(400.0 * 2**20)  # grown as N, not N^2
+    assert reason(triton_row, 262144, small) is None
+    fresh = str(reason(torch_row, 262144, gpu_timing._History()))
+    assert fresh.startswith("predicted peak memory 256.0 GiB > limit"), fresh
+    assert reason(torch_row, 16384, gpu_timing._History()) is None  # 1 GiB fits
+
+
+def test_the_sync_audit_covers_the_triton_rows() -> None:
+    cases = gpu.audit_cases()
+    triton = [c for c in cases if c.backend == "triton"]
+    torch_fused = [c for c in cases if c.kind == "fused loss" and c.backend == "torch"]
+    assert len(triton) == len(torch_fused) == len(gpu.FUSED) * 2 * 3
+    budgets = {(c.entry, c.variant): c.budget for c in triton}
+    for name in gpu.FUSED:
+        for margin in ("hinge", "soft margin"):
+            assert budgets[(name, f"triton: {margin}, checks on")] == 2
+            assert budgets[(name, f"triton: {margin}, checks off")] == 1  # reads the width
+            assert budgets[(name, f"triton: {margin}, checks off, max_positives=k-1")] == 0
+    assert cases.index(triton[0]) > cases.index(torch_fused[-1])  # the torch rows first

@@ -548,3 +548,154 @@ def test_compiled_rows_timed_apart_from_their_compile() -> None:
     assert {"batch_hard[compiled]", "semi_hard[compiled]"} <= {
         r["method"] for r in extra["target_rows"]
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# The streaming rows (issue 18: backend="streaming", CPU only)
+
+STREAMING = ("batch_all[streaming]", "batch_hard[streaming]", "semi_hard[streaming]")
+
+
+def test_streaming_rows_in_the_plan() -> None:
+    methods = speed.streaming_methods()
+    assert sorted(m.name for m in methods) == sorted(STREAMING)
+    for m in methods:
+        assert (m.family, m.backend, m.cuda) == ("tripletkit", "streaming", False)
+    assert {m.strategy for m in methods} == set(speed.STREAMING_LOSSES)
+
+    def streaming_plan(*argv: str, device: str = "cpu") -> set[tuple[str, int]]:
+        cfg, sweep = _plan_of(*argv)
+        if device != "cpu":  # (a memory limit given: no CUDA query)
+            args = speed._parser().parse_args([*argv, "--mem-limit-gb", "1"])
+            cfg = speed._run_config(args, device, list(speed.DEFAULT_SIZES))
+            assert cfg.streaming_sizes == ()
+        # never in the sweep: no ratio target, no thread scaling, no in-process timing
+        assert not any(m.backend == "streaming" for m, _, _ in sweep)
+        return {(m.name, n) for m, n in speed._streaming_plan(cfg)}
+
+    # default: N = 16,384; --full: also the target's N = 65,536
+    assert streaming_plan() == {(name, 16384) for name in STREAMING}
+    full = streaming_plan("--full")
+    assert full == {(name, n) for name in STREAMING for n in (16384, 65536)}
+    assert speed.STREAMING_TARGET_N == 65536 and speed.STREAMING_TARGET_BYTES == 256 * 2**20
+    # none in the CI smoke test, with --sizes, when asked for none, or on CUDA
+    assert streaming_plan("--quick") == set()
+    assert streaming_plan("--sizes", "64", "96") == set()
+    assert streaming_plan("--streaming-sizes") == set()
+    assert streaming_plan("--streaming-sizes", "512") == {(name, 512) for name in STREAMING}
+    assert streaming_plan(device="cuda") == set()
+    # the benchmark streaming.py checks the same target (one home for it)
+    from benchmarks import streaming
+
+    assert streaming.MEMORY_TARGET_N == speed.STREAMING_TARGET_N
+    assert streaming.MEMORY_TARGET_BYTES == speed.STREAMING_TARGET_BYTES
+    assert set(streaming.KINDS) == set(speed.STREAMING_LOSSES)
+
+
+def _streaming_entry(name: str, n: int, extra_mib: float) -> dict[str, Any]:
+    return {
+        "method": name,
+        "family": "tripletkit",
+        "strategy": name.split("[")[0],
+        "backend": "streaming",
+        "device": "cpu",
+        "n": n,
+        "labels": "pk",
+        "status": "ok",
+        "median_s": 40.0,
+        "times_s": [40.0],
+        "cpu_median_s": 70.0,
+        "repeats": 1,
+        "memory": {"extra_peak_bytes": int(extra_mib * 2**20), "how": "VmHWM"},
+        "matrix_bytes": 4 * n * n,
+    }
+
+
+def test_streaming_target_from_synthetic_results() -> None:
+    def targets(rows: list[dict[str, Any]], device: str = "cpu") -> dict[str, dict[str, Any]]:
+        result = {"config": {"device": device, "backends": ["numba", "torch"]}, "results": rows}
+        found = {t["name"]: t for t in speed.check_targets(result)}
+        return {k: v for k, v in found.items() if "[streaming]" in k}
+
+    name = "N=65536 {}[streaming] extra peak memory <= 256 MiB"
+    # The default run measures N = 16,384 only: the target reads "not measured".
+    default = [_streaming_entry(m, 16384, 100.0) for m in STREAMING]
+    got = targets(default)
+    assert set(got) == {name.format(s) for s in ("batch_all", "batch_hard", "semi_hard")}
+    for t in got.values():
+        assert t["passed"] is None and t["detail"].startswith("not measured")
+        assert t["backend"] == "streaming"
+        assert t["default_backend"] is True  # "auto" streams there: 16 GiB > the 1 GiB budget
+    # --full: judged per loss (the limit itself passes, one MiB over fails).
+    full = default + [
+        _streaming_entry("batch_all[streaming]", 65536, 150.0),
+        _streaming_entry("batch_hard[streaming]", 65536, 256.0),
+        _streaming_entry("semi_hard[streaming]", 65536, 257.0),
+    ]
+    got = targets(full)
+    assert got[name.format("batch_all")]["passed"] is True
+    assert got[name.format("batch_hard")]["passed"] is True
+    assert got[name.format("semi_hard")]["passed"] is False
+    assert got[name.format("batch_all")]["detail"].startswith("150 MiB (VmHWM; ")
+    assert "16 GiB" in got[name.format("batch_all")]["detail"]
+    failed = {**full[-1], "status": "error", "error": "memory subprocess timed out"}
+    got = targets([*full[:-1], failed])
+    assert got[name.format("semi_hard")]["passed"] is None
+    assert "timed out" in got[name.format("semi_hard")]["detail"]
+    assert targets(full, device="cuda") == {}  # streaming is a CPU backend
+    # Printed: time, CPU time and extra peak beside the matrix never held.
+    text = speed.streaming_rows_text(full)
+    assert text.startswith("Streaming rows (backend='streaming', CPU; one forward + backward")
+    assert "  semi_hard[streaming] N=65536: 40.00 s (CPU 70.00 s), extra peak 257 MiB" in text
+    assert "(N x N float32: 16,384 MiB)" in text
+    assert speed.streaming_rows_text(default[:0]) == ""
+    table = speed.markdown_table(full)
+    assert "| 16384 | 40,000 ms |" in table
+    assert "| 65536 | batch_all[streaming] | 150.0 MiB |" in table
+
+
+def test_a_failed_streaming_row_is_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, int, float]] = []
+
+    def fake(method: Any, n: int, *args: Any, timeout_s: float = 0.0, **kw: Any) -> dict:
+        calls.append((method.name, n, timeout_s))
+        return {"error": "memory subprocess exit 1: boom"}
+
+    monkeypatch.setattr(speed, "measure_memory_subprocess", fake)
+    cfg = speed._run_config(speed._parser().parse_args([]), "cpu", list(speed.DEFAULT_SIZES))
+    rows = speed.measure_streaming_rows(cfg)
+    assert [(c[0], c[1]) for c in calls] == [(m.name, 16384) for m in speed.streaming_methods()]
+    assert all(c[2] == speed.STREAMING_TIMEOUT_S for c in calls)
+    assert all(r["status"] == "error" and "boom" in r["error"] for r in rows)
+    assert "error" in speed.streaming_rows_text(rows)
+
+
+@pytest.mark.slow
+def test_a_streaming_row_at_a_small_n() -> None:
+    """One streaming row for real (a fresh interpreter, N = 64): time and memory of the same
+    call, and the loss of the streaming path on the benchmark's inputs (the in-memory numba
+    path gives the same value in this process)."""
+    from tripletkit.losses import batch_hard_triplet_loss
+
+    method = next(m for m in speed.streaming_methods() if m.strategy == "batch_hard")
+    cfg = speed.RunConfig(
+        device="cpu",
+        sizes=[64],
+        quick=True,
+        peers=False,
+        threads=1,
+        memory="none",
+        two_class_n=None,
+        streaming_sizes=(64,),
+    )
+    (row,) = speed.measure_streaming_rows(cfg, [(method, 64)])
+    assert row["status"] == "ok", row
+    assert row["method"] == "batch_hard[streaming]" and row["backend"] == "streaming"
+    assert row["repeats"] == 1 and row["times_s"] == [row["median_s"]]
+    assert _finite_positive(row["median_s"]) and _finite_positive(row["cpu_median_s"])
+    assert row["memory"]["extra_peak_bytes"] >= 0 and row["memory"]["how"]
+    assert "wall_s" not in row["memory"]  # the call's time moved to the row
+    assert row["matrix_bytes"] == 4 * 64 * 64
+    x, y = speed.make_inputs(64)
+    expected = batch_hard_triplet_loss(x, y, registry.MARGIN, backend="numba")
+    assert row["loss"] == pytest.approx(float(expected.detach()), rel=1e-5)

@@ -24,13 +24,18 @@ Three parts, run in this order, each recorded in the JSON and the markdown table
    fused losses at most 2 with checks on, 0 with checks off and ``max_positives`` (0 without
    it too, except the soft-margin batch-all: 1, documented), miners at most 2 (1 with checks
    off: sizing their output), ``triplet_stats`` 2 and 1 (its result is Python ints), the
-   other losses at most 2 and 0.
+   other losses at most 2 and 0. The fused losses are audited on ``backend="torch"`` and on
+   ``backend="triton"`` (issue 18; the same budgets, except 1 with checks off and no
+   ``max_positives``: the kernels' slot width is read; CUDA only, skipped in the dry run).
 2. **Profiler breakdown** at ``N = 16384``: one forward + backward of each fused loss (eager)
    under :mod:`torch.profiler` with CUDA activity, kernel time grouped into families (GEMM,
    sort, searchsorted, scatter/gather, elementwise, reduction, copy, other) by kernel name
    (:func:`kernel_family`).
 3. **Time and memory** of forward + backward, for ``N = 1024 ... 65536`` (``D = 128``,
-   P x K labels with ``K = 8``, float32): ``torch.cdist(x, x).sum()``, each fused loss
+   P x K labels with ``K = 8``, float32), and up to ``N = 262,144`` (:data:`LARGE_SIZES`)
+   for cdist, the eager losses and the Triton rows only (:data:`LARGE_VARIANTS`; an
+   in-memory row is skipped there once its predicted memory, at least one ``N x N`` float32
+   matrix, exceeds the device's): ``torch.cdist(x, x).sum()``, each fused loss
    eager (``backend="torch"``, default checks), on ``backend="triton"`` (issue 18: no
    ``[N, M]`` matrix, ``max_positives=k-1``; the dry run records these rows as skipped) and
    compiled (``torch.compile(fullgraph=True,
@@ -50,7 +55,8 @@ less a reserve (:data:`COMPILE_SHARE`); then the compiled losses, with the reser
 whatever the first pass left. Each size is a fresh compile (``dynamic=False``: the kernels'
 chunk loop unrolls, so a graph depends on ``N``). Before each ``(method, N)`` the cost is
 predicted from the previous size (time exponent of the method: 3 for PML's all-triplets,
-else 2; memory grown as ``N^2``, or the registry's estimate when larger; a compile as the
+else 2; memory grown as ``N^2`` (``N`` for the Triton rows), or the method's estimate when
+larger (one ``N x N`` float32 matrix for cdist and the eager losses); a compile as the
 method's last one times :data:`COMPILE_GROWTH`, or the other methods' mean before its
 first): a configuration whose predicted time would exceed the method's share or the pass's
 deadline, whose single call would exceed :data:`MAX_CALL_S`, or whose memory would exceed
@@ -61,7 +67,8 @@ and the method stops there. Every figure the planning used is saved (``predicted
 the next one's ``--budget-s`` and ``--sizes``.
 
 **Dry run** (``--dry-run``): the same pipeline on the CPU at ``N = 64, 128`` (audit at the
-same sizes, profile at 128), CUDA-only parts replaced by CPU equivalents: the dispatch
+same sizes, profile at 128; the large sizes' rows and the Triton rows listed as skipped,
+with their reasons), CUDA-only parts replaced by CPU equivalents: the dispatch
 counter of :mod:`benchmarks.syncs` (aten operations that read device values plus
 tripletkit's host reads) instead of ``set_sync_debug_mode``, ``time.perf_counter`` instead
 of CUDA events, the peak RSS instead of ``max_memory_allocated``, CPU activity (self CPU time
@@ -93,6 +100,8 @@ from .config import (
     DEFAULT_SIZES,
     DRY_SIZES,
     EXIT_NO_CUDA,
+    LARGE_SIZES,
+    LARGE_VARIANTS,
     MAX_CALL_S,
     MEMORY_SHARE,
     NO_CUDA_MESSAGE,
@@ -100,7 +109,7 @@ from .config import (
     WEIGHTS,
     GpuConfig,
 )
-from .methods import GPU_PEERS, GpuMethod, gpu_methods
+from .methods import GPU_PEERS, GpuMethod, gpu_methods, matrix_floor
 from .profile import FAMILIES, breakdown, kernel_family, run_profile
 from .report import markdown_report
 from .timing import predict, run_timing, time_config
@@ -114,6 +123,8 @@ __all__ = [
     "DRY_SIZES",
     "EXIT_NO_CUDA",
     "FAMILIES",
+    "LARGE_SIZES",
+    "LARGE_VARIANTS",
     "FUSED",
     "GPU_PEERS",
     "MAX_CALL_S",
@@ -130,6 +141,7 @@ __all__ = [
     "kernel_family",
     "main",
     "markdown_report",
+    "matrix_floor",
     "predict",
     "run",
     "run_audit",

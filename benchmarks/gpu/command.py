@@ -24,6 +24,8 @@ from .config import (
     DEFAULT_SIZES,
     DRY_SIZES,
     EXIT_NO_CUDA,
+    LARGE_SIZES,
+    LARGE_VARIANTS,
     MAX_CALL_S,
     NO_CUDA_MESSAGE,
     PROFILE_N,
@@ -48,6 +50,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="output folder")
     p.add_argument("--sizes", type=int, nargs="+", help="timed batch sizes")
+    p.add_argument(
+        "--large-sizes",
+        type=int,
+        nargs="*",
+        help="larger sizes for cdist, the eager losses and the triton rows only (default "
+        "131072 262144, none with --sizes; the option alone: none; the dry run lists them "
+        "as skipped)",
+    )
     p.add_argument("--audit-sizes", type=int, nargs="+", help="sizes of the sync audit")
     p.add_argument("--profile-n", type=int, help=f"N of the profiler breakdown ({PROFILE_N})")
     p.add_argument(
@@ -72,7 +82,11 @@ def _config(args: argparse.Namespace) -> GpuConfig:
     dry = bool(args.dry_run)
     sizes = sorted(set(args.sizes or (DRY_SIZES if dry else DEFAULT_SIZES)))
     audit_sizes = sorted(set(args.audit_sizes or (DRY_SIZES if dry else AUDIT_SIZES)))
-    if min(sizes + audit_sizes) < 2 * K_PER_CLASS:
+    if args.large_sizes is not None:
+        large = sorted(set(args.large_sizes) - set(sizes))
+    else:
+        large = [] if args.sizes else [n for n in LARGE_SIZES if n > max(sizes)]
+    if min(sizes + audit_sizes + large) < 2 * K_PER_CLASS:
         raise UsageError(f"every size must be at least {2 * K_PER_CLASS} (two classes)")
     policy = (
         TimingPolicy(target_s=0.01, min_repeats=2, max_repeats=3, budget_s=MAX_CALL_S, warmups=1)
@@ -93,6 +107,7 @@ def _config(args: argparse.Namespace) -> GpuConfig:
         profile=not args.no_profile,
         out=args.out,
         policy=policy,
+        large_sizes=large,
     )
 
 
@@ -101,6 +116,8 @@ def _config_json(cfg: GpuConfig, missing: list[str]) -> dict[str, Any]:
         "device": cfg.device,
         "dry_run": cfg.dry_run,
         "sizes": cfg.sizes,
+        "large_sizes": cfg.large_sizes,
+        "large_variants": list(LARGE_VARIANTS),
         "audit_sizes": cfg.audit_sizes,
         "profile_n": cfg.profile_n,
         "dim": DIM,

@@ -19,6 +19,11 @@ from ..speed import K_PER_CLASS
 #: Batch sizes of a real run, and of the dry run.
 DEFAULT_SIZES = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
 DRY_SIZES = (64, 128)
+#: Larger sizes of a real run (issue 18), for the variants in :data:`LARGE_VARIANTS` only:
+#: cdist, the eager in-memory losses (skipped where their predicted memory exceeds the
+#: device's) and the Triton rows (no ``N x N`` matrix). The dry run lists them as skipped.
+LARGE_SIZES = (131072, 262144)
+LARGE_VARIANTS = ("baseline", "eager", "triton")
 #: The two sizes of the sync audit (the larger runs the kernels in several anchor chunks on
 #: the CPU; on CUDA chunks are sized from the free memory).
 AUDIT_SIZES = (1024, 4096)
@@ -66,12 +71,22 @@ class GpuConfig:
     out: Path
     policy: TimingPolicy
     seed: int = 0
+    large_sizes: list[int] = field(default_factory=list)  # LARGE_VARIANTS only
     started: float = field(default_factory=time.perf_counter)
 
     @property
     def deadline(self) -> float:
         """``time.perf_counter()`` value by which the three parts should be done."""
         return self.started + self.budget_s
+
+    def timed_sizes(self) -> list[int]:
+        """Every size of the timing part, ascending: :attr:`sizes`, then the
+        :attr:`large_sizes` above them."""
+        return sorted(set(self.sizes) | set(self.large_sizes))
+
+    def planned(self, variant: str, n: int) -> bool:
+        """Whether the timing part has a row for a method of ``variant`` at ``n``."""
+        return n in self.sizes or (n in self.large_sizes and variant in LARGE_VARIANTS)
 
     @property
     def k(self) -> int:

@@ -4,8 +4,10 @@ compiled forms, and the peers, each with its variant (which sets its share of th
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+
+from torch import Tensor
 
 from tripletkit.losses import (
     batch_all_triplet_loss,
@@ -35,6 +37,18 @@ class GpuMethod:
     def weight(self) -> float:
         return WEIGHTS.get(self.variant, 0.0)
 
+    @property
+    def memory_exponent(self) -> float:
+        """Growth of the peak memory with ``N`` (predictions): 1 for the Triton rows
+        (``O(N (D + K))``), 2 for the others (the ``N x N`` matrix)."""
+        return 1.0 if self.variant == "triton" else 2.0
+
+
+def matrix_floor(n: int, labels: Tensor) -> float:
+    """Bytes of one float32 ``N x N`` matrix: the least an in-memory row (cdist, the eager
+    fused losses) needs, its memory prediction before (and beside) any measured size."""
+    return 4.0 * n * n
+
 
 def _triton(strategy: str, k: int) -> Callable[[], LossFn]:
     """A fused loss on ``backend="triton"`` (issue 18: no ``[N, M]`` matrix), with
@@ -63,6 +77,13 @@ TRITON_DRY_REASON = (
     "backend='triton' is timed on CUDA only (on the CPU, Triton's interpreter proves the "
     "kernels in tests/test_triton.py; its times mean nothing)"
 )
+#: Why the dry run records its rows at the large sizes (:data:`~.config.LARGE_SIZES`) as
+#: skipped: they are planned for CUDA only.
+LARGE_DRY_REASON = (
+    "planned for CUDA only (sizes above the default ones: cdist, the eager losses, skipped "
+    "where their predicted memory exceeds the device's, and the triton rows); the dry run "
+    "lists them without running them"
+)
 
 #: The registry's peers that the GPU check times.
 GPU_PEERS = ("pml_all", "st_batch_all", "st_batch_hard", "st_batch_hard_soft", "st_semi_hard")
@@ -79,8 +100,12 @@ def gpu_methods(
     Triton forms (``triton``; issue 18), their compiled forms, then the peers
     (:data:`GPU_PEERS`, those installed); and the missing peers' distribution names."""
     methods, missing = build_methods(peers=peers, backends=("torch",))
-    out = [GpuMethod(m, "baseline") for m in methods if m.family == "baseline"]
-    eager = [m for m in methods if m.family == "tripletkit"]
+    out = [
+        GpuMethod(replace(m, memory_estimate=matrix_floor), "baseline")
+        for m in methods
+        if m.family == "baseline"
+    ]
+    eager = [replace(m, memory_estimate=matrix_floor) for m in methods if m.family == "tripletkit"]
     out += [GpuMethod(m, "eager") for m in eager]
     if triton:
         for m in eager:

@@ -52,10 +52,15 @@ def _audit_table(audit: dict[str, Any]) -> str:
         mine = [r for r in rows if (r["entry"], r["variant"]) == (entry, variant)]
         by_n = {r["n"]: r for r in mine}
         counts = [
-            "" if n not in by_n else ("error" if by_n[n]["syncs"] is None else by_n[n]["syncs"])
+            ""
+            if n not in by_n
+            else "skip"
+            if by_n[n].get("skipped")
+            else ("error" if by_n[n]["syncs"] is None else by_n[n]["syncs"])
             for n in sizes
         ]
-        verdict = "PASS" if all(r["passed"] for r in mine) else "FAIL"
+        ran = [r for r in mine if not r.get("skipped")]
+        verdict = "SKIP" if not ran else "PASS" if all(r["passed"] for r in ran) else "FAIL"
         cells.append([entry, variant, *counts, f"<= {mine[0]['budget']}", verdict])
     header = ["entry point", "variant", *(f"N={n}" for n in sizes), "budget", "result"]
     return md_table(header, cells, "ll" + "r" * len(sizes) + "rl")
@@ -81,6 +86,12 @@ def _profile_table(profile: dict[str, Any]) -> str:
             ]
         )
     return md_table(["method", "total", *FAMILIES], cells, "l" + "r" * (len(FAMILIES) + 1))
+
+
+def _audit_skips(audit: dict[str, Any]) -> str | None:
+    """Why audit rows were skipped, one line per reason."""
+    reasons = list(dict.fromkeys(r["skipped"] for r in audit["rows"] if r.get("skipped")))
+    return "\n".join(f"- skipped: {why}" for why in reasons) or None
 
 
 def _notes(rows: list[dict[str, Any]]) -> str | None:
@@ -119,6 +130,9 @@ def markdown_report(result: dict[str, Any]) -> str:
             f"Counted with {audit['how']}. Losses: forward + backward; miners: one call.",
             _audit_table(audit),
         ]
+        skips = _audit_skips(audit)
+        if skips:
+            parts.append(skips)
     profile = result.get("profile")
     if profile:
         parts += [
@@ -131,9 +145,17 @@ def markdown_report(result: dict[str, Any]) -> str:
         rows = timing["rows"]
         timed = set(_names(rows))
         names = [n for n in result.get("methods", {}) if n in timed] or _names(rows)
+        large = cfg.get("large_sizes") or []
+        sizes_note = (
+            f" At N = {', '.join(f'{n:,}' for n in large)}: cdist, the eager losses and the "
+            "triton rows only (an in-memory row is skipped where its predicted memory exceeds "
+            "the device's)."
+            if large
+            else ""
+        )
         parts += [
             "## Forward + backward time (median after warm-up; ratio to torch.cdist)",
-            f"Timer: {timing['timer']}.",
+            f"Timer: {timing['timer']}.{sizes_note}",
             _grid(rows, "time", names),
             "## Peak memory (extra over the inputs)",
             f"{timing['memory']}.",

@@ -27,7 +27,7 @@ from .config import (
     free_device_memory,
     timer_for,
 )
-from .methods import TRITON_DRY_REASON, GpuMethod
+from .methods import LARGE_DRY_REASON, TRITON_DRY_REASON, GpuMethod
 
 
 @dataclass
@@ -51,7 +51,9 @@ def predict(
     Returns:
         ``call_s`` (one forward + backward, ``None`` before any measurement), ``run_s``
         (every call of the measurement), ``compile_s`` (compiled methods, ``None`` before
-        their first compile) and ``memory_bytes`` (``None`` when unknown).
+        their first compile) and ``memory_bytes`` (``None`` when unknown): the last peak
+        grown as ``N^2`` (``N`` for the Triton rows), or the method's estimate when larger
+        (one ``N x N`` float32 matrix for cdist and the eager losses).
     """
     call = run = comp = None
     mem = gm.method.memory_estimate(n, labels) if gm.method.memory_estimate else None
@@ -60,7 +62,7 @@ def predict(
         call = hist.median_s * (n / hist.n) ** exponent
         warmups = 1 + (1 if call <= 1.0 and policy.warmups > 1 else 0)
         run = call * (warmups + policy.repeats(call))
-        grown = hist.peak_bytes * (n / hist.n) ** 2
+        grown = hist.peak_bytes * (n / hist.n) ** gm.memory_exponent
         mem = grown if mem is None else max(mem, grown)
         if hist.compile_s is not None:
             comp = hist.compile_s * COMPILE_GROWTH
@@ -168,7 +170,8 @@ def _run_timing(cfg: GpuConfig, methods: list[GpuMethod]) -> dict[str, Any]:
     total_weight = sum(m.weight for m in first if _timed_here(m, cfg.device)) or 1.0
     allot = {m.name: (budget - reserve) * m.weight / total_weight for m in first}
     run = _TimingRun(cfg, {m.name: _History() for m in methods}, _memory_limit(cfg.device))
-    bar = progress(total=len(methods) * len(cfg.sizes), desc="timing", leave=False)
+    planned = sum(cfg.planned(m.variant, n) for m in methods for n in cfg.timed_sizes())
+    bar = progress(total=planned, desc="timing", leave=False)
     with bar:
         # Pass 1: cdist, the eager losses and the peers, each within its share.
         run.sweep(first, allot, cfg.deadline - reserve, bar)
@@ -214,12 +217,14 @@ class _TimingRun:
     def sweep(
         self, methods: list[GpuMethod], allot: dict[str, float], deadline: float, bar: Any
     ) -> None:
-        """Every size in ascending order, every method at that size: skip or measure."""
-        if not methods:
-            return
-        for n in self.cfg.sizes:
+        """Every size in ascending order, every method planned at that size (the large
+        sizes: :data:`~.config.LARGE_VARIANTS` only): skip or measure."""
+        for n in self.cfg.timed_sizes():
+            here = [gm for gm in methods if self.cfg.planned(gm.variant, n)]
+            if not here:
+                continue
             x, y = make_inputs(n, "pk", self.cfg.device, self.cfg.seed)
-            for gm in methods:
+            for gm in here:
                 bar.set_postfix_str(f"{gm.name} N={n}")
                 self.one(gm, n, x, y, allot[gm.name], deadline)
                 bar.update()
@@ -244,7 +249,9 @@ class _TimingRun:
             guess["compile_s"] = self._compile_guess(gm)
         row["predicted"] = guess
         reason = _skip_reason(gm, guess, h, allot, deadline, self.mem_limit)
-        if reason is None and gm.variant == "triton" and self.cfg.device != "cuda":
+        if self.cfg.dry_run and n not in self.cfg.sizes:
+            reason = LARGE_DRY_REASON  # listed, never run on the CPU
+        elif reason is None and gm.variant == "triton" and self.cfg.device != "cuda":
             reason = TRITON_DRY_REASON
         if reason is not None:
             row.update(status="skipped", reason=reason)
