@@ -12,6 +12,7 @@ import os
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import functools  # noqa: E402
+import gc  # noqa: E402
 import itertools  # noqa: E402
 from collections.abc import Iterator, Sequence  # noqa: E402
 from dataclasses import dataclass
@@ -545,3 +546,20 @@ def tiny_task():  # type: ignore[no-untyped-def]
     from benchmarks import data
 
     return data.load_omniglot(max_train_classes=20).task("final", 4, 4)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Move every object alive after collection (modules, test items, parameters: they live
+    to the end of the session) out of the cyclic garbage collector's reach (``gc.freeze``),
+    so that each collection, the benchmarks' own ``gc.collect()`` before a measurement
+    included, scans only what the tests create (0.4 s per full collection otherwise)."""
+    gc.collect()
+    gc.freeze()
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """After a test module's last test: collect its garbage, then freeze what survives
+    (caches, compiled functions: alive to the end) as above."""
+    if nextitem is None or nextitem.path != item.path:
+        gc.collect()
+        gc.freeze()

@@ -1,8 +1,9 @@
 """The ``@numba.njit`` kernels behind :mod:`tripletkit.kernels.numba_backend` (read its
 docstring first: contract, layout and numeric rules). Per-anchor helpers, then one parallel
-kernel per family (batch-all, batch-hard and rank windows, mined rows, counts), each compiled
+kernel per family (batch-all, batch-hard and rank windows, mined rows, counts), each declared
 for float32 and float64 distances and for both kinds of relation (class labels, or the
-positive and negative masks of a mask relation, see :func:`_relation`)."""
+positive and negative masks of a mask relation, see :func:`_relation`) and compiled on first
+use of each."""
 
 from __future__ import annotations
 
@@ -26,11 +27,13 @@ if set(REGIONS) != set(_KERNEL_REGIONS):  # a region added to the torch backend 
 _VALID, _ACTIVE, _ALL, _HARD, _SEMIHARD, _EASY = (REGIONS.index(r) for r in _KERNEL_REGIONS)
 _SEMI_HARD_ROWS = len(REGIONS)
 
-# Explicit signatures of the parallel kernels, for the float32 and float64 distance matrices
-# the wrappers hand them (C-contiguous; labels and indices int64) and for both kinds of
-# relation (class labels, or the positive and negative masks of a mask relation): all are
-# compiled, or loaded from numba's on-disk cache, when this module is first imported, so no
-# call pays a compilation for its dtype.
+# The declared signatures of the parallel kernels, for the float32 and float64 distance
+# matrices the wrappers hand them (C-contiguous; labels and indices int64) and for both kinds
+# of relation (class labels, or the positive and negative masks of a mask relation). They are
+# compiled lazily, on the first call of each (or loaded from numba's on-disk cache), so an
+# import costs nothing and a user pays only for the dtypes and relations they use; the
+# wrappers' input conversion makes every call match one of them (tests check that the
+# kernels compile nothing else: :data:`SIGNATURES`).
 _INDEX = numba.int64[::1]
 _FLOATS = (numba.float32, numba.float64)
 _MASK = numba.boolean[:, ::1]
@@ -59,6 +62,21 @@ def _signatures(*args: object) -> list:
         for rel in _RELATIONS
         for f in _FLOATS
     ]
+
+
+#: The declared signatures of each parallel kernel, by name (see :func:`_parallel_kernel`).
+SIGNATURES: dict[str, list] = {}
+
+
+def _parallel_kernel(*args: object):  # type: ignore[no-untyped-def]
+    """``@numba.njit(cache=True, parallel=True)``, compiled on first call, with the kernel's
+    declared signatures (:func:`_signatures` of ``args``) recorded in :data:`SIGNATURES`."""
+
+    def decorate(fn):  # type: ignore[no-untyped-def]
+        SIGNATURES[fn.__name__] = _signatures(*args)
+        return numba.njit(cache=True, parallel=True)(fn)
+
+    return decorate
 
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -305,20 +323,16 @@ def _soft_anchor(row, label, ref_labels, own, margin, g):
     return total, npos * k
 
 
-@numba.njit(
-    _signatures(
-        "F",
-        "L",
-        "R",
-        _INDEX,
-        "f",
-        numba.boolean,
-        "F",
-        numba.float64[::1],
-        numba.int64[:, ::1],
-    ),
-    cache=True,
-    parallel=True,
+@_parallel_kernel(
+    "F",
+    "L",
+    "R",
+    _INDEX,
+    "f",
+    numba.boolean,
+    "F",
+    numba.float64[::1],
+    numba.int64[:, ::1],
 )
 def _batch_all_kernel(dist, labels, ref_labels, self_index, margin, soft, grad, totals, counts):
     """:func:`_soft_anchor` (``soft``) or :func:`_hinge_anchor` for every anchor: its total
@@ -359,7 +373,7 @@ def _hard_anchor(row, label, ref_labels, own):
     return best_p, best_n
 
 
-@numba.njit(_signatures("F", "L", "R", _INDEX, _INDEX, _INDEX), cache=True, parallel=True)
+@_parallel_kernel("F", "L", "R", _INDEX, _INDEX, _INDEX)
 def _hard_kernel(dist, labels, ref_labels, self_index, hardest_p, hardest_n):
     """:func:`_hard_anchor` for every anchor."""
     for a in prange(dist.shape[0]):
@@ -398,21 +412,17 @@ def _ranked_anchor(row, label, ref_labels, own, positive, lo, hi, out):
         out[r - lo] = cols[order[r]] if r < count else -1
 
 
-@numba.njit(
-    _signatures(
-        "F",
-        "L",
-        "R",
-        _INDEX,
-        numba.int64,
-        numba.int64,
-        numba.int64,
-        numba.int64,
-        numba.int64[:, ::1],
-        numba.int64[:, ::1],
-    ),
-    cache=True,
-    parallel=True,
+@_parallel_kernel(
+    "F",
+    "L",
+    "R",
+    _INDEX,
+    numba.int64,
+    numba.int64,
+    numba.int64,
+    numba.int64,
+    numba.int64[:, ::1],
+    numba.int64[:, ::1],
 )
 def _ranked_kernel(dist, labels, ref_labels, self_index, p_lo, p_hi, n_lo, n_hi, out_p, out_n):
     """:func:`_ranked_anchor` for every anchor, its positives and its negatives."""
@@ -507,22 +517,18 @@ def _region_anchor(row, label, ref_labels, own, margin, region, fill, out_p, out
     return w
 
 
-@numba.njit(
-    _signatures(
-        "F",
-        "L",
-        "R",
-        _INDEX,
-        "f",
-        numba.int64,
-        numba.boolean,
-        _INDEX,
-        _INDEX,
-        _INDEX,
-        _INDEX,
-    ),
-    cache=True,
-    parallel=True,
+@_parallel_kernel(
+    "F",
+    "L",
+    "R",
+    _INDEX,
+    "f",
+    numba.int64,
+    numba.boolean,
+    _INDEX,
+    _INDEX,
+    _INDEX,
+    _INDEX,
 )
 def _rows_kernel(
     dist, labels, ref_labels, self_index, margin, mode, fill, offsets, out_a, out_p, out_n
@@ -591,7 +597,7 @@ def _counts_anchor(row, label, ref_labels, own, margin):
     return npos * k, npos * k - not_easy, hard
 
 
-@numba.njit(_signatures("F", "L", "R", _INDEX, "f", numba.int64[:, ::1]), cache=True, parallel=True)
+@_parallel_kernel("F", "L", "R", _INDEX, "f", numba.int64[:, ::1])
 def _counts_kernel(dist, labels, ref_labels, self_index, margin, counts):
     """:func:`_counts_anchor` for every anchor, into ``counts[a]``."""
     for a in prange(dist.shape[0]):
