@@ -35,14 +35,14 @@ of a final run, and only reported:
    training classes, and buys validation curves from the very runs that are reported,
    without a second set of runs.
 
-**Search budget** (:func:`search_estimate`, from the per-setting times of 0.2's saved search,
-``benchmarks/results/quality_tuning.json``: 32 ms per step on average over its 92 settings
-on the 2-core machine, 0.12 s per step for pytorch-metric-learning's memory rows derived
-from 0.2's full run): 267 configurations (14 searched rows: 12 x 18, 6 and 9; 12 add-on
-rows x 3) plus about one extension per row, :data:`SEARCH_STEPS` = 600 steps each and 3
-validation evaluations: about 113 minutes, under the 150-minute target (0.2 searched
-1,000 steps per setting; 600 steps is the price of three values per hyper-parameter, and
-ranks settings before the 0.2 curves flatten at ~1,500 steps: a stated limit).
+**Search budget** (:func:`search_estimate` with the step times that
+:mod:`benchmarks.budget` measured on the 2-core reference machine,
+``benchmarks/results/quality_budget.json``): 222 configurations (15 searched rows: 13 x
+:data:`~benchmarks.strategies.ROW_BUDGET` = 12, 6 and 9; 11 add-on rows x 3 and the 2
+neighbour-sampler rows x 9) plus at most one extension per row, :data:`SEARCH_STEPS` = 500
+steps each and 2 validation evaluations: about 130 minutes in the worst case, under the
+150-minute target. The search ranks settings after 500 steps, before the final runs' 750:
+settings that learn fast early are favoured, a stated limit.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ TUNE_SEED = 1000
 #: on validation only (this module).
 PROTOCOL_VERSION = 2
 #: Steps of every configuration of the search.
-SEARCH_STEPS = 600
+SEARCH_STEPS = 500
 #: The search's time target on the 2-core machine, seconds.
 SEARCH_BUDGET_S = 150 * 60
 

@@ -4,7 +4,7 @@
 *background* characters are the training classes; whole background alphabets holding 20%
 of them (recorded) are held out as the *validation part*. Every row of
 :mod:`benchmarks.strategies` declares a search space (three learning rates, L2-normalisation
-where the loss allows it, three values of each margin or equivalent, at most 18
+where the loss allows it, three values of each margin or equivalent, at most 12
 configurations per row); ``--tune`` trains each on the training part for the same number of
 steps and scores it by MAP@R on the validation part (``quality_tuning.json``); a choice at
 an edge of its grid gets one extension step. Add-on rows (memory, 4x batch, hard-class
@@ -39,25 +39,27 @@ JSON). Equal-time comparisons put every row on the time axis *median step time x
 
 **Runs.**
 
-- ``python -m benchmarks.quality``: the best :data:`DEFAULT_HEADLINE` tripletkit and peer
-  rows by validation score in the saved search among plain and hard-class rows
-  (:data:`DEFAULT_KINDS`: memory and 4x-batch rows cost more per step than the budget
-  allows; ``--full`` has them), :data:`SEEDS` seeds x :data:`DEFAULT_STEPS` steps; part of
-  ``python -m benchmarks``. Estimate (:func:`run_estimate` with 0.2's measured times: 32 ms
-  per step in its search on the 2-core machine, 0.32 s per 100-class checkpoint, 3.1 s on
-  the 659 test classes): 4 rows x 5 seeds x (800 x 32 ms + 4 checkpoints x 0.3 s + 1.3 s
-  on every validation class + 3.1 s on the test classes) + calibration ~ 10.5 min (worst
-  case, the slowest eligible rows chosen: under 12 min), within the 12-minute share of the
-  15-minute target (the speed benchmark takes ~2 min).
-- ``--full``: every row, :data:`SEEDS` seeds x :data:`FULL_STEPS` steps
-  (``quality_full.json``). Estimate (:func:`run_estimate`, 0.2's times): 26 rows x 5 seeds
-  x (1,200 x 32 ms + ~9 s of evaluations) ~ 100 min, plus pytorch-metric-learning's memory
-  rows at ~0.12 s per step (uncapped: 3 rows x 5 seeds x 1,200 x 0.09 s more ~ 27 min) and
-  tripletkit's memory and 4x-batch rows (~3 min more): ~129 min, within 150. 1,200 steps instead of 0.2's 4,000:
-  0.2's curves are flat from ~1,500 steps, and 5 seeds with shorter runs measure the
-  differences better than 3 longer ones.
-- ``--tune``: the search (``quality_tuning.json``, :func:`benchmarks.protocol.search_estimate`
-  ~113 min); resumes where it stopped.
+- ``python -m benchmarks.quality``: the best tripletkit row and the best peer row
+  (:data:`DEFAULT_HEADLINE`) by validation score in the saved search among plain and
+  hard-class rows (:data:`DEFAULT_KINDS`: memory and 4x-batch rows cost more per step than
+  the budget allows; ``--full`` has them), :data:`SEEDS` seeds x :data:`DEFAULT_STEPS`
+  steps, the same steps and seeds as ``--full`` (its two rows are rows of the full run);
+  part of ``python -m benchmarks``.
+- ``--full``: every row but the opt-in ones (:data:`benchmarks.strategies.OPT_IN_ROWS`),
+  :data:`SEEDS` seeds x :data:`FULL_STEPS` steps (``quality_full.json``).
+- ``--tune``: the search (``quality_tuning.json``); resumes where it stopped.
+
+**Time plan** (:mod:`benchmarks.budget`, measured on the 2-core reference machine, AVX2:
+``benchmarks/results/quality_budget.json``, checked by the suite against the constants
+here): 46-62 ms per plain step, 0.14 s for pytorch-metric-learning's memory rows; the
+search ~130 min with one extension per row (222 configurations x
+:data:`benchmarks.protocol.SEARCH_STEPS`), ``--full`` ~127 min, the default run ~9 min in
+the worst case (the two costliest eligible rows), within its :data:`QUALITY_BUDGET_S`
+share of the 15 minutes (the speed benchmark takes ~4.5). 0.2's plan (4,000 steps, then
+1,200) was sized on a host three times faster (AVX-512: 32 ms per step of the larger
+0.2 network); 750 steps with 5 seeds is the trade the reference machine allows: the
+curves still rise slowly at 750 steps (0.2's flattened from ~1,500), so the rows are
+compared after a short budget, a stated limit.
 - ``--quick``: a smoke run of everything on tiny settings (CI).
 - ``--data FILE.npz``: the same protocol on a user's data (arrays ``x`` ``[N, ...]`` and
   ``y`` ``[N]``): classes split 60/20/20, the search, then the final runs
@@ -123,6 +125,7 @@ from .report import plot_quality as plot_results
 from .report import quality_table as markdown_table
 from .strategies import (
     COUNTERPARTS,
+    OPT_IN_ROWS,
     STRATEGIES,
     Strategy,
     describe_setting,
@@ -160,20 +163,21 @@ __all__ = [
 #: The wall-time target of ``python -m benchmarks`` (quality and speed), seconds, and the
 #: quality benchmark's share of it (the default speed plan takes about 2 minutes).
 DEFAULT_BUDGET_S = 15 * 60
-QUALITY_BUDGET_S = 12 * 60
-#: Steps of the default and of the full run.
-DEFAULT_STEPS = 800
-FULL_STEPS = 1200
+QUALITY_BUDGET_S = 10 * 60
+#: Steps of the default and of the full run (the same: the default run's rows are rows of
+#: the full run, seed for seed).
+DEFAULT_STEPS = 750
+FULL_STEPS = 750
 #: Steps of every configuration of the search.
 TUNE_STEPS = SEARCH_STEPS
 #: Seeds of the final runs (default and full).
 SEEDS = (0, 1, 2, 3, 4)
 #: The default run's rows: this many tripletkit rows and peer rows, best first by their
 #: validation score in the saved search, among the rows of :data:`DEFAULT_KINDS`.
-DEFAULT_HEADLINE = (2, 2)
+DEFAULT_HEADLINE = (1, 1)
 DEFAULT_KINDS = ("plain", "hard_class")
 #: The default run's rows when no search (of this protocol) is saved.
-FALLBACK_HEADLINE = ("semi_hard", "batch_hard", "pml_semihard", "pml_batch_hard")
+FALLBACK_HEADLINE = ("semi_hard", "pml_semihard")
 #: Steps timed by the calibration pass before each row (after its untimed warm-up).
 CALIBRATION_STEPS = 20
 #: The ranking-stability criterion, fixed before any run: ``"strict"`` (see
@@ -239,7 +243,7 @@ class Config:
         return checkpoint_steps(self.steps, self.checkpoints)
 
 
-_TUNE = TuneConfig(steps=TUNE_STEPS, p=32, k=4, checkpoints=3)
+_TUNE = TuneConfig(steps=TUNE_STEPS, p=32, k=4, checkpoints=2)
 #: The default run: the headline rows of the saved search, :data:`SEEDS`.
 DEFAULT_CONFIG = Config(
     name="default",
@@ -293,6 +297,7 @@ def _best(tuning: dict[str, Any], family: str, n: int) -> list[str]:
             and name in STRATEGIES
             and e.get("results")
             and STRATEGIES[name].training.kind in DEFAULT_KINDS
+            and name not in OPT_IN_ROWS
         ),
         reverse=True,
     )
@@ -320,6 +325,8 @@ def select_rows(cfg: Config, tuning: dict[str, Any] | None) -> tuple[list[str], 
     skipped = {}
     for name in names:
         reason = missing_requirement(STRATEGIES[name])
+        if cfg.strategies is None and name in OPT_IN_ROWS:
+            reason = OPT_IN_ROWS[name]
         if reason is not None:
             skipped[name] = reason
     return [n for n in names if n not in skipped], skipped
@@ -854,7 +861,7 @@ def _tuning_names(cfg: Config, data: bool) -> list[str]:
     elif data:
         names = list(DATA_QUICK_ROWS if cfg.quick else DATA_ROWS)
     else:
-        names = list(STRATEGIES)
+        names = [n for n in STRATEGIES if n not in OPT_IN_ROWS]
     return [n for n in names if missing_requirement(STRATEGIES[n]) is None or STRATEGIES[n].base]
 
 

@@ -29,13 +29,14 @@ each paper's default):
 - SupCon: the temperature around Khosla et al.'s 0.1; circle: ``m`` and ``gamma`` around
   Sun et al.'s 0.4 and 80.
 
-**The same budget per row.** Every searched row trains at most :data:`ROW_BUDGET`
-configurations (3 learning rates x 6 variants for the triplet rows). A larger grid
-(distance-weighted, contrastive, multi-similarity, circle) is searched on a seeded subset
+**The same budget per row.** Every searched row trains at most :data:`ROW_BUDGET` = 12
+configurations. A larger grid (the triplet rows' 3 learning rates x 6 variants,
+distance-weighted, contrastive, multi-similarity, circle) is searched on a seeded subset
 of :data:`ROW_BUDGET` of its points that holds every value of every hyper-parameter
 (:func:`budget_subset`; the subset depends only on the grid, so a tripletkit row and its
 peer recipe search the same points). Rows with a smaller grid (soft margin: 6, SupCon: 9)
-cannot be padded and use all of it.
+cannot be padded and use all of it. (The budget was 18, every triplet grid whole, until
+the time plan was measured on the 2-core reference machine: :mod:`benchmarks.budget`.)
 
 **Edges.** A chosen value at an edge of its hyper-parameter's values triggers one extension
 step (:func:`extension`: one configuration with that value moved one grid step outwards,
@@ -54,7 +55,8 @@ bound of :data:`BOUNDS`), recorded in the search's JSON.
   ``MultiSimilarityMiner`` + ``MultiSimilarityLoss`` (its best recipe in 0.2);
 - add-ons, each for tripletkit and for the peer (:data:`COUNTERPARTS` pairs them): a
   cross-batch memory (tripletkit's :class:`~tripletkit.memory.CrossBatchMemory` on semi-hard
-  and batch-hard; pytorch-metric-learning's ``CrossBatchMemory`` on semi-hard, batch-hard
+  and batch-hard; pytorch-metric-learning's ``CrossBatchMemory`` on semi-hard (opt-in:
+  :data:`OPT_IN_ROWS`), batch-hard
   and multi-similarity; **no row is time-capped**: each memory row's measured cost per step
   is in the results' ``calibration``), a 4x batch trained with the chunked backward of
   :mod:`tripletkit.gradcache` at the same number of training images, and the
@@ -117,6 +119,7 @@ __all__ = [
     "LRS",
     "PML",
     "COUNTERPARTS",
+    "OPT_IN_ROWS",
     "ROW_BUDGET",
     "STRATEGIES",
     "FusedCriterion",
@@ -161,8 +164,9 @@ SUPCON_TEMPERATURES = (0.05, 0.1, 0.2)
 #: Circle loss (Sun et al. 2020: m 0.4 and gamma 80 for fine-grained retrieval).
 CIRCLE_MS = (0.25, 0.4, 0.55)
 CIRCLE_GAMMAS = (40.0, 80.0, 160.0)
-#: Most configurations a searched row trains (3 learning rates x 6 variants).
-ROW_BUDGET = 18
+#: Most configurations a searched row trains (a covering subset of 3 learning rates x 6
+#: variants: the time budget of the 2-core reference machine, :mod:`benchmarks.budget`).
+ROW_BUDGET = 12
 #: Seed of the subsets of the grids larger than :data:`ROW_BUDGET`.
 SUBSET_SEED = 7
 #: Bounds of a hyper-parameter's extension (low, high; inclusive). Every other numeric
@@ -877,6 +881,17 @@ HARD_CLASS_BASES = ("batch_hard", "semi_hard", "pml_batch_hard", "pml_multi_simi
 NEIGHBOUR_BASES = ("batch_hard", "semi_hard")
 #: Matched (tripletkit row, peer row) pairs: the same miner and loss, or the same add-on on
 #: them; the results test each pair's difference (paired over seeds).
+#: Rows that the protocol's own plans (the search, ``--full``, the default run's candidates)
+#: leave out, with the reason; ``--strategies`` still runs them (with ``--tune`` too).
+OPT_IN_ROWS: dict[str, str] = {
+    "pml_xbm_semihard": (
+        "opt-in (--strategies): pytorch-metric-learning's semi-hard miner over a cross-batch "
+        "memory takes 0.33 s per step on the 2-core reference machine (interquartile "
+        "0.21-0.45 s; 6x a plain step, a fifth of --full's time alone); the memory add-on's "
+        "peer rows are multi-similarity and batch-hard (benchmarks/results/quality_budget.json)"
+    ),
+}
+
 COUNTERPARTS = (
     ("batch_hard", "pml_batch_hard"),
     ("semi_hard", "pml_semihard"),

@@ -33,6 +33,7 @@ data = importlib.import_module("benchmarks.data")
 training = importlib.import_module("benchmarks.training")
 strategies = importlib.import_module("benchmarks.strategies")
 report = importlib.import_module("benchmarks.report")
+budget = importlib.import_module("benchmarks.budget")
 
 RESULTS = ROOT / "benchmarks" / "results"
 HAS_PML = strategies.available(strategies.PML)
@@ -167,59 +168,41 @@ def test_extension_steps_outwards_within_bounds() -> None:
 # --------------------------------------------------------------------------------------
 
 
-def _saved_times() -> tuple[dict[str, float], float, float, float]:
-    """Per-row seconds per step of 0.2's search (1,000 steps each), the mean, and the eval
-    times of 0.2's full run (100-class checkpoint; all 659 test classes)."""
-    tuning = json.loads((RESULTS / "quality_tuning.json").read_text())
-    steps = tuning["protocol"]["search"]["steps"]
-    step_s = {
-        name: float(np.mean([r["train_s"] for r in e["results"]])) / steps
-        for name, e in tuning["strategies"].items()
-    }
-    full = json.loads((RESULTS / "quality_full.json").read_text())
-    plain = float(np.mean(list(step_s.values())))
-    for run in full["strategies"]["pml_xbm_semihard"]["runs"]:  # memory in use after 20%
-        memory_steps = run["steps"] - 0.2 * run["planned_steps"]
-        cost = (run["train_s"] - 0.2 * run["planned_steps"] * plain) / memory_steps
-        step_s["pml_xbm_semihard"] = max(step_s.get("pml_xbm_semihard", 0.0), cost)
-    plan = full["plan"]
-    return step_s, plain, plan["subset_eval_s"], plan["final_eval_s"]
-
-
 def test_search_full_and_default_runs_fit_their_budgets() -> None:
-    step_s, plain, subset_s, test_s = _saved_times()
-    assert 0.02 < plain < 0.05 and 0.08 < step_s["pml_xbm_semihard"] < 0.2
-    for name in ("pml_xbm_batch_hard", "pml_xbm_multi_similarity"):  # as costly, at most
-        step_s[name] = step_s["pml_xbm_semihard"]
-    validation_s = subset_s * 2  # ~193 validation classes vs 100
-    rows = [strategies.STRATEGIES[n] for n in strategies.STRATEGIES]
-    search = protocol.search_estimate(
-        rows, protocol.SEARCH_STEPS, step_s, plain, validation_s, checkpoints=3
-    )
-    assert (
-        search["configurations"] == 303
-    )  # 267 + batch_hard_smooth (18) + 2 neighbour rows (9 each)
-    assert search["total_s"] / 60 < 150, search["total_s"] / 60
-    last_s = validation_s * 2 + test_s  # every validation class, then the test classes
-    full = quality.run_estimate(
-        quality.FULL_CONFIG, list(strategies.STRATEGIES), step_s, plain, subset_s, last_s
-    )
-    assert full["total_s"] / 60 < 150, full["total_s"] / 60
-    # The default run: the two slowest eligible rows of each family (worst case).
-    eligible = [
-        n for n, s in strategies.STRATEGIES.items() if s.training.kind in quality.DEFAULT_KINDS
-    ]
-    one = quality.run_estimate(quality.DEFAULT_CONFIG, eligible, step_s, plain, subset_s, last_s)[
-        "per_row_s"
-    ]
-    worst = 0.0
-    for family in ("tripletkit", "peer"):
-        costs = sorted(
-            (one[n] for n in eligible if strategies.STRATEGIES[n].family == family), reverse=True
-        )
-        worst += sum(costs[:2])
-    assert worst / 60 < quality.QUALITY_BUDGET_S / 60, worst / 60
+    """The committed step and evaluation times of every row (``python -m benchmarks.budget``
+    on the slowest machine measured) and the protocol's current constants: the search, the
+    full run and the default run's worst case each fit their budget."""
+    saved = json.loads((RESULTS / "quality_budget.json").read_text())
+    assert saved["machine"]["usable_cores"] == 2
+    rows = saved["rows"]
+    assert set(rows) == set(strategies.STRATEGIES)  # every row timed, none stale
+    step_s = {n: r["step_s"] for n, r in rows.items()}
+    ev = saved["evaluation"]
+    plans = budget.estimates(step_s, ev["search_s"], ev["subset_s"], ev["last_and_test_s"])
+    for what, e in plans.items():
+        assert e["fits"], (what, e["total_s"] / 60, e["budget_s"] / 60)
+    assert plans["search"]["budget_s"] == plans["full"]["budget_s"] == 150 * 60
+    assert plans["default"]["budget_s"] == quality.QUALITY_BUDGET_S
     assert len(quality.DEFAULT_CONFIG.seeds) == len(quality.FULL_CONFIG.seeds) == 5
+    # the estimates see a change of the protocol: twice the steps overrun
+    slower = {n: 2 * s for n, s in step_s.items()}
+    doubled = budget.estimates(slower, ev["search_s"], ev["subset_s"], ev["last_and_test_s"])
+    assert not doubled["search"]["fits"] and not doubled["full"]["fits"]
+
+
+def test_budget_times_a_large_batch_step_per_plain_step_of_images(tiny_task: Any) -> None:
+    plan = training.RunPlan(steps=8, p=4, k=2, checkpoints=2)
+    rows = budget.measure(["batch_hard", "large_batch_batch_hard"], tiny_task, plan, repeats=2)
+    big = rows["large_batch_batch_hard"]
+    factor = strategies.STRATEGIES["large_batch_batch_hard"].training.batch_factor
+    assert big["images_per_step"] == factor > 1
+    assert big["step_s"] == pytest.approx(big["median_s"] / factor)
+    assert rows["batch_hard"]["step_s"] == rows["batch_hard"]["median_s"] > 0
+
+
+def test_budget_command_refuses_unknown_rows() -> None:
+    with pytest.raises(ValueError, match="unknown"):
+        budget.main(["--rows", "batch_hard,no_such_row"])
 
 
 # --------------------------------------------------------------------------------------

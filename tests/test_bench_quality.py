@@ -642,12 +642,22 @@ def test_row_selection_from_the_search() -> None:
         }
     }
     names, skipped = quality.select_rows(quality.DEFAULT_CONFIG, tuning)
-    expected = ["batch_hard", "semi_hard"] + (["pml_semihard"] if HAS_PML else [])
+    assert quality.DEFAULT_HEADLINE == (1, 1)  # the best of each family
+    expected = ["batch_hard"] + (["pml_semihard"] if HAS_PML else [])
     assert names == expected and not skipped
     names, _ = quality.select_rows(quality.DEFAULT_CONFIG, None)
     assert names[:2] == list(quality.FALLBACK_HEADLINE[:2])
     every, left_out = quality.select_rows(quality.FULL_CONFIG, tuning)
     assert set(every) | set(left_out) == set(strategies.STRATEGIES)
+    # the opt-in rows: left out of --full with their reason, run when asked for
+    assert strategies.OPT_IN_ROWS and set(strategies.OPT_IN_ROWS) <= set(left_out)
+    for name, reason in strategies.OPT_IN_ROWS.items():
+        assert left_out[name] == reason and "--strategies" in reason
+    asked = replace(quality.FULL_CONFIG, strategies=tuple(strategies.OPT_IN_ROWS))
+    chosen, _ = quality.select_rows(asked, tuning)
+    assert chosen == ([*strategies.OPT_IN_ROWS] if HAS_PML else [])
+    tuned = quality._tuning_names(quality.FULL_CONFIG, False)
+    assert not set(strategies.OPT_IN_ROWS) & set(tuned)
 
 
 def test_seeds_and_strategies_parsing() -> None:

@@ -133,6 +133,7 @@ BENCH_FLOORS: list[list[str]] = [
     [
         "speed",
         "quality",
+        "budget",
         "cliffs",
         "compare_versions",
         "gradcache_memory",
