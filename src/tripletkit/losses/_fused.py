@@ -215,10 +215,14 @@ class _SelectedEuclidean(torch.autograd.Function):
 _EXACT_ROWS_FLOOR = 1 << 20
 
 
-def _exact_values(d: Tensor, x: Tensor, y: Tensor, a: Tensor, cols: Tensor, metric: str) -> Tensor:
+def _exact_values(
+    d: Tensor, x: Tensor, y: Tensor, a: Tensor, cols: Tensor, metric: str, sets: int = 1
+) -> Tensor:
     """``d`` (distances of the pairs ``(a, cols)`` read from the Gram-form matrix, in the
     graph) with the values of the difference form, exact to the dtype's rounding (see
-    :mod:`tripletkit.distances`); the gradient stays ``d``'s.
+    :mod:`tripletkit.distances`); the gradient stays ``d``'s. ``sets > 1``: ``cols`` and
+    ``d`` stack that many selections ``[sets, *a.shape]`` of the same anchors (a list of
+    triplets' positives and negatives), whose rows are then gathered once for all.
 
     Exact values cost O(T D) reads of the pairs' rows, so they are computed only while
     that is at most one ``N x M`` matrix of data or :data:`_EXACT_ROWS_FLOOR` elements
@@ -228,7 +232,7 @@ def _exact_values(d: Tensor, x: Tensor, y: Tensor, a: Tensor, cols: Tensor, metr
     :func:`tripletkit.distances.pairwise_distance`). The torch layouts (``a`` the row of each
     slot, ``cols [N, W]``) use one batched direct ``cdist`` (no difference tensor)."""
     n, m = x.shape[0], y.shape[0]
-    if cols.numel() * x.shape[1] > max(n * m, _EXACT_ROWS_FLOOR):
+    if cols.numel() // sets * x.shape[1] > max(n * m, _EXACT_ROWS_FLOOR):
         return d
     with torch.no_grad():
         if metric != "cosine" and cols.dim() == 2 and cols.shape[0] == n and a.dim() == 2:
@@ -238,8 +242,9 @@ def _exact_values(d: Tensor, x: Tensor, y: Tensor, a: Tensor, cols: Tensor, metr
             exact = exact.square_() if metric == "sqeuclidean" else exact
         elif metric == "cosine":
             exact = paired(x[a], y[cols], metric)
-        else:  # one fused reduction per pair (no squared-difference tensor)
-            diff = x[a] - y[cols]
+        else:  # one fused reduction per pair (no squared-difference tensor); the gathered
+            # references take the difference in place (the sign does not change the norm)
+            diff = y[cols].sub_(x[a])
             if metric == "sqeuclidean":
                 exact = torch.linalg.vecdot(diff, diff)
             else:
@@ -286,8 +291,11 @@ def mined_terms(
             emb, y, dist, torch.stack([a, a]), torch.stack([p, n]), b.metric == "sqeuclidean"
         )
         metric = str(b.metric)
-        d_ap = _exact_values(picked[0], emb, ref, a, p, metric)
-        d_an = _exact_values(picked[1], emb, ref, a, n, metric)
+        if a.dim() == 1:  # a list of triplets: each anchor's row gathered once for both
+            d_ap, d_an = _exact_values(picked, emb, ref, a, torch.stack([p, n]), metric, 2)
+        else:
+            d_ap = _exact_values(picked[0], emb, ref, a, p, metric)
+            d_an = _exact_values(picked[1], emb, ref, a, n, metric)
     else:  # cosine: read from the matrix in the graph, with the values of the difference form
         in_graph = b.distances(grad=True)
         d_ap = _exact_values(in_graph[a, p], emb, ref, a, p, "cosine")
