@@ -557,14 +557,22 @@ def rows_fragment() -> str:
             extra = [k for k in settings[0] if k != "lr"]
             search = f"{len(settings)} from `{row.base}`'s choice: lr {_values(settings, 'lr')}"
             search += "".join(f" × {k} {_values(settings, k)}" for k in extra)
-        table.append([f"`{name}`", row.family, row.training.kind.replace("_", " "), search])
+        kind = row.training.kind.replace("_", " ")
+        if name in strategies.OPT_IN_ROWS:  # left out of the protocol's own plans
+            kind += " (opt-in¹)"
+        table.append([f"`{name}`", row.family, kind, search])
     text = report.md_table(["row", "family", "training", "searched settings"], table, "llll")
     return (
         f"*{len(strategies.STRATEGIES)} rows declared in `benchmarks/strategies.py`; a row's "
         "search is at most "
         f"{strategies.ROW_BUDGET} settings (a seeded subset holding every value of a larger "
         "grid); an add-on row starts from its base row's choice; a choice at an edge of its "
-        "values gets one extension step.*\n\n" + text + "\n"
+        "values gets one extension step.*\n\n"
+        + text
+        + "\n"
+        + "".join(
+            f"\n¹ `{name}`: {reason}.\n" for name, reason in strategies.OPT_IN_ROWS.items()
+        )
     )
 
 
