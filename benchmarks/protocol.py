@@ -40,7 +40,8 @@ of a final run, and only reported:
 ``benchmarks/results/quality_budget.json``): 222 configurations (15 searched rows: 13 x
 :data:`~benchmarks.strategies.ROW_BUDGET` = 12, 6 and 9; 11 add-on rows x 3 and the 2
 neighbour-sampler rows x 9) plus at most one extension per row, :data:`SEARCH_STEPS` = 500
-steps each and 2 validation evaluations: about 130 minutes in the worst case, under the
+steps each and 2 validation evaluations: about 118 minutes in the worst case (130 in an
+earlier measurement), under the
 150-minute target. The search ranks settings after 500 steps, before the final runs' 750:
 settings that learn fast early are favoured, a stated limit.
 """
