@@ -41,6 +41,7 @@ from .quality import (
     DEFAULT_KINDS,
     FULL_CONFIG,
     QUALITY_BUDGET_S,
+    _positive_int,
     _time_evaluation,
     run_estimate,
 )
@@ -147,10 +148,10 @@ def _parser() -> argparse.ArgumentParser:
         description="Time every quality row's training step on this machine and check the "
         "search, the full run and the default run against their time budgets.",
     )
-    p.add_argument("--repeats", type=int, default=10, help="timed steps per row (10)")
+    p.add_argument("--repeats", type=_positive_int, default=10, help="timed steps per row (10)")
     p.add_argument("--rows", help="comma-separated rows to time (default: every row)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="output folder")
-    p.add_argument("--threads", type=int, help="torch and numba threads")
+    p.add_argument("--threads", type=_positive_int, help="torch and numba threads")
     return p
 
 
