@@ -879,8 +879,6 @@ PEER_MEMORY_BASES = ("pml_semihard", "pml_batch_hard", "pml_multi_similarity")
 LARGE_BATCH_BASES = ("batch_hard", "pml_batch_hard", "pml_multi_similarity")
 HARD_CLASS_BASES = ("batch_hard", "semi_hard", "pml_batch_hard", "pml_multi_similarity")
 NEIGHBOUR_BASES = ("batch_hard", "semi_hard")
-#: Matched (tripletkit row, peer row) pairs: the same miner and loss, or the same add-on on
-#: them; the results test each pair's difference (paired over seeds).
 #: Rows that the protocol's own plans (the search, ``--full``, the default run's candidates)
 #: leave out, with the reason; ``--strategies`` still runs them (with ``--tune`` too).
 OPT_IN_ROWS: dict[str, str] = {
@@ -892,6 +890,8 @@ OPT_IN_ROWS: dict[str, str] = {
     ),
 }
 
+#: Matched (tripletkit row, peer row) pairs: the same miner and loss, or the same add-on on
+#: them; the results test each pair's difference (paired over seeds).
 COUNTERPARTS = (
     ("batch_hard", "pml_batch_hard"),
     ("semi_hard", "pml_semihard"),

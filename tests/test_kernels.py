@@ -454,22 +454,24 @@ def test_parallel_kernels_compile_only_their_declared_signatures(name: str) -> N
         for kernel_name, region in KERNELS:
             _run(case, kernel_name, 0.2, region, "numba")
     g = torch.Generator().manual_seed(0)
-    for dtype in (np.float32, np.float64):  # the mask relation, both dtypes
-        dist = torch.rand(6, 5, generator=g).numpy().astype(dtype)
-        pos = (torch.rand(6, 5, generator=g) < 0.4).numpy()
-        neg = ~pos
-        index = np.arange(6, dtype=np.int64)
-        numba_backend.batch_all_hinge(dist, pos, neg, index, 0.2)
-        numba_backend.batch_all_soft(dist, pos, neg, index, 0.2)
-        numba_backend.batch_hard(dist, pos, neg, index)
-        numba_backend.batch_hard(dist, pos, neg, index, (0, 2), (1, 3))
-        numba_backend.semi_hard(dist, pos, neg, index)
-        numba_backend.triplet_counts(dist, pos, neg, index, 0.2)
-        for region in numba_backend.REGIONS:
-            numba_backend.triplet_region(dist, pos, neg, index, 0.2, region)
+    index = np.arange(6, dtype=np.int64)
+    labels = np.array([0, 0, 1, 1, 2, 2], dtype=np.int64)
+    pos = (torch.rand(6, 6, generator=g) < 0.4).numpy()
+    for dtype in (np.float32, np.float64):  # both relations, both dtypes, every wrapper
+        dist = torch.rand(6, 6, generator=g).numpy().astype(dtype)
+        for rel, ref in ((labels, labels), (pos, ~pos)):
+            numba_backend.batch_all_hinge(dist, rel, ref, index, 0.2)
+            numba_backend.batch_all_soft(dist, rel, ref, index, 0.2)
+            numba_backend.batch_hard(dist, rel, ref, index)
+            numba_backend.batch_hard(dist, rel, ref, index, (0, 2), (1, 3))
+            numba_backend.semi_hard(dist, rel, ref, index)
+            numba_backend.triplet_counts(dist, rel, ref, index, 0.2)
+            for region in numba_backend.REGIONS:
+                numba_backend.triplet_region(dist, rel, ref, index, 0.2, region)
     compiled = [tuple(sig) for sig in kernel.signatures]
     assert set(compiled) <= set(declared), set(compiled) - set(declared)
     assert len(compiled) == len(set(compiled))
+    assert set(compiled) == set(declared)  # every dtype and relation ran
 
 
 def test_numba_backend_runs_as_plain_python(monkeypatch: pytest.MonkeyPatch) -> None:
