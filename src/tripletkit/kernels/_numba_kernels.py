@@ -68,12 +68,17 @@ def _signatures(*args: object) -> list:
 SIGNATURES: dict[str, list] = {}
 
 
-def _parallel_kernel(*args: object):  # type: ignore[no-untyped-def]
+#: The arguments every parallel kernel takes first: ``dist, labels, ref_labels, self_index``.
+_KERNEL_HEAD = ("F", "L", "R", _INDEX)
+
+
+def _parallel_kernel(*rest: object):  # type: ignore[no-untyped-def]
     """``@numba.njit(cache=True, parallel=True)``, compiled on first call, with the kernel's
-    declared signatures (:func:`_signatures` of ``args``) recorded in :data:`SIGNATURES`."""
+    declared signatures (:func:`_signatures` of :data:`_KERNEL_HEAD` then ``rest``, the
+    kernel's own arguments) recorded in :data:`SIGNATURES`."""
 
     def decorate(fn):  # type: ignore[no-untyped-def]
-        SIGNATURES[fn.__name__] = _signatures(*args)
+        SIGNATURES[fn.__name__] = _signatures(*_KERNEL_HEAD, *rest)
         return numba.njit(cache=True, parallel=True)(fn)
 
     return decorate
@@ -323,17 +328,7 @@ def _soft_anchor(row, label, ref_labels, own, margin, g):
     return total, npos * k
 
 
-@_parallel_kernel(
-    "F",
-    "L",
-    "R",
-    _INDEX,
-    "f",
-    numba.boolean,
-    "F",
-    numba.float64[::1],
-    numba.int64[:, ::1],
-)
+@_parallel_kernel("f", numba.boolean, "F", numba.float64[::1], numba.int64[:, ::1])
 def _batch_all_kernel(dist, labels, ref_labels, self_index, margin, soft, grad, totals, counts):
     """:func:`_soft_anchor` (``soft``) or :func:`_hinge_anchor` for every anchor: its total
     into ``totals[a]``, its numbers of valid and active triplets into ``counts[a]`` (active:
@@ -373,7 +368,7 @@ def _hard_anchor(row, label, ref_labels, own):
     return best_p, best_n
 
 
-@_parallel_kernel("F", "L", "R", _INDEX, _INDEX, _INDEX)
+@_parallel_kernel(_INDEX, _INDEX)
 def _hard_kernel(dist, labels, ref_labels, self_index, hardest_p, hardest_n):
     """:func:`_hard_anchor` for every anchor."""
     for a in prange(dist.shape[0]):
@@ -413,16 +408,7 @@ def _ranked_anchor(row, label, ref_labels, own, positive, lo, hi, out):
 
 
 @_parallel_kernel(
-    "F",
-    "L",
-    "R",
-    _INDEX,
-    numba.int64,
-    numba.int64,
-    numba.int64,
-    numba.int64,
-    numba.int64[:, ::1],
-    numba.int64[:, ::1],
+    numba.int64, numba.int64, numba.int64, numba.int64, numba.int64[:, ::1], numba.int64[:, ::1]
 )
 def _ranked_kernel(dist, labels, ref_labels, self_index, p_lo, p_hi, n_lo, n_hi, out_p, out_n):
     """:func:`_ranked_anchor` for every anchor, its positives and its negatives."""
@@ -517,19 +503,7 @@ def _region_anchor(row, label, ref_labels, own, margin, region, fill, out_p, out
     return w
 
 
-@_parallel_kernel(
-    "F",
-    "L",
-    "R",
-    _INDEX,
-    "f",
-    numba.int64,
-    numba.boolean,
-    _INDEX,
-    _INDEX,
-    _INDEX,
-    _INDEX,
-)
+@_parallel_kernel("f", numba.int64, numba.boolean, _INDEX, _INDEX, _INDEX, _INDEX)
 def _rows_kernel(
     dist, labels, ref_labels, self_index, margin, mode, fill, offsets, out_a, out_p, out_n
 ):
@@ -597,7 +571,7 @@ def _counts_anchor(row, label, ref_labels, own, margin):
     return npos * k, npos * k - not_easy, hard
 
 
-@_parallel_kernel("F", "L", "R", _INDEX, "f", numba.int64[:, ::1])
+@_parallel_kernel("f", numba.int64[:, ::1])
 def _counts_kernel(dist, labels, ref_labels, self_index, margin, counts):
     """:func:`_counts_anchor` for every anchor, into ``counts[a]``."""
     for a in prange(dist.shape[0]):
