@@ -200,6 +200,7 @@ def run_tuning(
     train: Callable[[Strategy, dict, int], dict[str, Any]],
     new_result: Callable[..., dict[str, Any]],
     log: Callable[[str], None] = print,
+    resumed: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Search every row of ``names`` (:func:`tuning_plan`), saving ``path`` after each
     configuration and skipping those already saved with the same protocol.
@@ -209,6 +210,8 @@ def run_tuning(
             :func:`benchmarks.training.train_run` on the tuning task: ``validation`` holds
             its scores on all validation classes at the last step).
         new_result: :func:`benchmarks.common.new_result` (the machine is taken now).
+        resumed: called once with the number of configurations of ``names`` found saved
+            (a progress bar starts there).
 
     Returns:
         The saved dict: ``protocol`` (version, dataset, split with the validation class ids,
@@ -226,6 +229,8 @@ def run_tuning(
         saved = None
     state = saved or new_result("quality_tuning", protocol=block, strategies={})
     state["protocol"] = block
+    if resumed is not None:
+        resumed(sum(len(state["strategies"].get(n, {}).get("results", [])) for n in names))
 
     def run_one(strategy: Strategy, entry: dict, setting: dict, note: str = "") -> None:
         run = train(strategy, setting, cfg.seed)

@@ -904,7 +904,14 @@ def tune(cfg: Config, dataset: Dataset, path: Path, names: Sequence[str]) -> dic
             return train_run(strategy, setting, seed, task, plan, on_step=bar.update)
 
         state = run_tuning(
-            [s.name for s in rows], dataset, tcfg, path, train, new_result, log=bar.write
+            [s.name for s in rows],
+            dataset,
+            tcfg,
+            path,
+            train,
+            new_result,
+            log=bar.write,
+            resumed=lambda done: bar.update(done * tcfg.steps),
         )
     state["machine_end"] = {"load_average": load_average()}
     save_json(path, state)

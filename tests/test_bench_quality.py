@@ -435,12 +435,22 @@ def test_run_tuning_resumes_chooses_the_best_and_extends_an_edge(tmp_path: Path)
     assert entry["extension"]["edges"]["margin"] == {"from": 0.1, "edge": "high", "to": 0.15}
     assert entry["extension"]["still_at_edge"] == []
     assert entry["results"][-1]["extension"] == "extension of margin"
-    protocol.run_tuning(["batch_hard"], ds, cfg, path, train, new_result, log=str)
-    assert len(calls) == 3  # nothing left to do: resumed from the file
-    state = protocol.run_tuning(
-        ["batch_hard"], ds, replace(cfg, steps=2), path, train, new_result, log=str
+    found: list[int] = []
+    protocol.run_tuning(
+        ["batch_hard"], ds, cfg, path, train, new_result, log=str, resumed=found.append
     )
-    assert len(calls) == 6  # another budget: searched afresh
+    assert len(calls) == 3 and found == [3]  # nothing left to do: resumed from the file
+    state = protocol.run_tuning(
+        ["batch_hard"],
+        ds,
+        replace(cfg, steps=2),
+        path,
+        train,
+        new_result,
+        log=str,
+        resumed=found.append,
+    )
+    assert len(calls) == 6 and found == [3, 0]  # another budget: searched afresh
     assert state["protocol"]["search"]["steps"] == 2
     scores[0.15] = 0.9  # the extended value wins: recorded as still at an edge
     state = protocol.run_tuning(
