@@ -139,6 +139,39 @@ def test_generated_figures_are_up_to_date(tmp_path: Path) -> None:
     assert gen.with_block(readme, blocks["README"]) == readme, "README headline block"
 
 
+def test_headline_reports_the_rows_chosen_on_validation_not_the_best_test_scores() -> None:
+    """Under protocol 2 the README's table shows the rows the equal-time comparison chose on
+    validation classes, with their test scores: the row with the highest test score among
+    many is a choice on test data and must not be the headline."""
+    gen = _gen_figures()
+
+    def row(family: str, test: float) -> dict:
+        stat = {"mean": test, "std": 0.01, "half_width": 0.02, "n": 5}
+        return {"family": family, "aggregate": {"final": {gen.MAP: stat}}}
+
+    at_time = {"mean": 0.7, "half_width": 0.01}
+    full = {
+        "config": {"steps": 750},
+        "strategies": {
+            "tk_val": row("tripletkit", 0.450),
+            "tk_lucky": row("tripletkit", 0.470),  # highest test score, not chosen
+            "peer_val": row("peer", 0.440),
+            "peer_lucky": row("peer", 0.460),
+            "random": row("tripletkit", 0.300),
+        },
+        "comparison": {
+            "tripletkit": {"name": "tk_val", "at_time": at_time},
+            "peer": {"name": "peer_val", "at_time": at_time},
+        },
+    }
+    text = gen.headline(full, None)
+    assert "`tk_val` | 0.450 ± 0.020" in text and "`peer_val` | 0.440 ± 0.020" in text
+    assert "lucky" not in text and "chosen on validation classes" in text
+    assert "`random` | 0.300 ± 0.020" in text
+    del full["comparison"]["tripletkit"]["at_time"]["half_width"]  # 0.2's protocol
+    assert "highest tripletkit row | `tk_lucky`" in gen.headline(full, None)
+
+
 def test_benchmark_pages_include_the_generated_fragments() -> None:
     text = "".join(p.read_text() for p in (DOCS / "benchmarks").glob("*.md"))
     names = ("quality_full", "quality", "speed_cpu", "speed_cpu_full", "gpu", "reference")
