@@ -669,10 +669,21 @@ def sensitivity_table(sens: Mapping[str, Any]) -> str:
 
 def comparison_text(comparison: Mapping[str, Any] | None) -> str:
     """The best tripletkit row against the best peer row at equal (calibrated) training
-    time, in words: a validation figure, labelled as such."""
+    time, in words: a validation figure, labelled as such. 0.2's results (protocol 1, no
+    intervals) keep 0.2's wording: their checkpoint classes were evaluation classes."""
     if not comparison:
         return "No peer row ran: no comparison at equal wall-clock."
     tk, peer, diff = comparison["tripletkit"], comparison["peer"], comparison["difference"]
+    if "half_width" not in tk["at_time"]:
+        gap = f"{diff['mean']:+.3f}"
+        if "se" in diff:
+            gap += f" ± {diff['se']:.3f} (standard error)"
+        return (
+            f"**At equal training time** ({comparison['time_s']:.0f} s, MAP@R on "
+            f"{comparison['classes']} checkpoint classes): `{tk['name']}` "
+            f"{_cell(tk['at_time'])} against `{peer['name']}` {_cell(peer['at_time'])}, a "
+            f"difference of {gap}."
+        )
     if diff.get("half_width") is None:
         gap = f"{diff['mean']:+.3f} (one seed: no interval)"
     else:

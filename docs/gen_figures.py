@@ -108,7 +108,7 @@ def quality_fragment(data: Mapping[str, Any]) -> str:
         "characters; train s: seconds of training per run.*",
         _drop_empty_columns(report.quality_table(dict(data))),
     ]
-    comparison = _try(lambda: _comparison(data["comparison"]))
+    comparison = _try(lambda: report.comparison_text(data["comparison"]))
     if comparison:
         parts.append(comparison)
     if data.get("comparisons"):  # protocol 2: paired t-tests over seeds, Holm-corrected
@@ -121,21 +121,6 @@ def quality_fragment(data: Mapping[str, Any]) -> str:
 def _list(text: str) -> str:
     """A heading line and its ``- `` items, with the blank line markdown needs between."""
     return text.replace("\n", "\n\n", 1)
-
-
-def _comparison(c: Mapping[str, Any]) -> str:
-    tk, peer, diff = c["tripletkit"], c["peer"], c["difference"]
-    if "half_width" in tk["at_time"]:  # protocol 2: the benchmark's own wording
-        return report.comparison_text(c)
-    if "se" in diff:
-        gap = f"{diff['mean']:+.3f} ± {diff['se']:.3f} (standard error)"
-    else:
-        gap = f"{diff['mean']:+.3f}"
-    return (
-        f"**At equal training time** ({c['time_s']:.0f} s, MAP@R on {c['classes']} "
-        f"checkpoint classes): `{tk['name']}` {_stat(tk['at_time'])} against "
-        f"`{peer['name']}` {_stat(peer['at_time'])}, a difference of {gap}."
-    )
 
 
 def sensitivity_fragment(data: Mapping[str, Any]) -> str | None:
@@ -631,6 +616,12 @@ def quality_facts_fragment(data: Mapping[str, Any], tuning: Mapping[str, Any] | 
             + f", training part {counts['train_part']:,}, evaluation "
             f"{counts['evaluation']:,}"
         )
+
+    def version(d: Mapping[str, Any] | None) -> Any:
+        return (d or {}).get("protocol", {}).get("version", 1)
+
+    if version(tuning) != version(data):  # a newer search than the run: not its search
+        tuning = None
     results = [r for s in (tuning or {}).get("strategies", {}).values() for r in s["results"]]
     if results and all("train_s" in r for r in results):
         minutes = sum(r["train_s"] for r in results) / 60
@@ -696,7 +687,7 @@ def headline(
             f"{_pm_label(full)}; [all rows](docs/benchmarks/quality.md)):\n"
         )
         lines.append(report.md_table(["", "row", "MAP@R"], cells, "llr"))
-        comparison = _try(lambda: _comparison(full["comparison"]))
+        comparison = _try(lambda: report.comparison_text(full["comparison"]))
         if comparison:
             lines.append("\n" + comparison)
         items = (full.get("comparisons") or {}).get("items") or []

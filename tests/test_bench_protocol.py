@@ -211,14 +211,19 @@ def test_budget_command_refuses_unknown_rows() -> None:
 
 
 def test_results_of_protocol_one_are_read_or_refused_clearly() -> None:
-    saved = protocol.load_tuning(RESULTS / "quality_tuning.json")
-    usable, why = protocol.usable_tuning(saved)
-    assert usable is None and "protocol version 1" in why and "--tune" in why
-    full = json.loads((RESULTS / "quality_full.json").read_text())
+    """0.2's files (a trimmed copy of each in ``tests/data``): the report still reads them,
+    in 0.2's words; the search and ``--resume`` refuse to reuse them, saying why."""
+    saved = json.loads((ROOT / "tests" / "data" / "protocol1_results.json").read_text())
+    usable, why = protocol.usable_tuning(saved["quality_tuning"])
+    assert usable is None and why is not None
+    assert "protocol version 1" in why and "--tune" in why
+    full = saved["quality_full"]
     assert quality._reusable(full, quality.FULL_CONFIG, {}) == {}  # never resumed
     table = quality.markdown_table(full).splitlines()
-    assert len(table) == 2 + len(full["strategies"])  # the report still reads them
-    assert report.comparison_text(full["comparison"]).startswith("Equal training time")
+    assert len(table) == 2 + len(full["strategies"]) == 5
+    text = report.comparison_text(full["comparison"])
+    assert text.startswith("**At equal training time** (101 s, MAP@R on 100 checkpoint")
+    assert "(standard error)" in text and "validation" not in text
 
 
 # --------------------------------------------------------------------------------------
