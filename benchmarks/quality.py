@@ -630,6 +630,10 @@ def final_evaluation(
 # --------------------------------------------------------------------------------------
 
 
+def _count(n: int, noun: str) -> str:
+    return f"1 {noun}" if n == 1 else f"the {n} {noun}s"
+
+
 def _step_s(entry: dict[str, Any]) -> float | None:
     cal = entry.get("calibration")
     return None if not cal else float(cal["median_s"])
@@ -748,7 +752,7 @@ def comparisons(results: dict[str, Any]) -> dict[str, Any]:
         "metric": "test MAP@R (all evaluation classes, read once after every choice)",
         "test": "paired t-test over seeds (same seed: same initialisation and batches), "
         "two-sided; 95% t-interval of the mean difference",
-        "correction": f"Holm over the {sum(c['p'] is not None for c in out)} comparisons "
+        "correction": f"Holm over {_count(sum(c['p'] is not None for c in out), 'comparison')} "
         "with a p-value, family-wise level 5%",
         "items": out,
     }

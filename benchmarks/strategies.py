@@ -513,7 +513,8 @@ def axis_values(grid: Sequence[Mapping[str, Any]], chosen: Mapping[str, Any], ke
 
 def _outwards(values: Sequence[float], high: bool) -> float:
     """One grid step beyond the low or high edge of ``values`` (at least two of them):
-    arithmetic grids by their step, the others (positive) by their ratio."""
+    arithmetic grids by their step, the others (positive) by their ratio; an integer for a
+    grid of integers (a step count stays a count)."""
     a, b = (values[-2], values[-1]) if high else (values[1], values[0])
     steps = [values[i + 1] - values[i] for i in range(len(values) - 1)]
     arithmetic = all(math.isclose(d, steps[0], rel_tol=1e-6) for d in steps)
@@ -521,6 +522,8 @@ def _outwards(values: Sequence[float], high: bool) -> float:
         new = b + (b - a)
     else:
         new = b * (b / a)
+    if all(isinstance(v, int) for v in values):
+        return max(1, round(new))
     return float(f"{new:.3g}")
 
 

@@ -161,6 +161,13 @@ def test_extension_steps_outwards_within_bounds() -> None:
         {"lr": 3e-3, "normalize": True, "neg_margin": 0.9, "pos_margin": 0.0},
     )
     assert contrastive["pos_margin"]["to"] is None and "bounds" in contrastive["pos_margin"]["why"]
+    neighbour = strategies.STRATEGIES["neighbour_batch_hard"]
+    grid = [{"lr": 3e-3, "refresh_every": r} for r in strategies.NEIGHBOUR_REFRESH]
+    high = strategies.extension(grid, {"lr": 3e-3, "refresh_every": 400})["refresh_every"]
+    low = strategies.extension(grid, {"lr": 3e-3, "refresh_every": 100})["refresh_every"]
+    assert neighbour.training.refresh_steps in strategies.NEIGHBOUR_REFRESH
+    assert (high["to"], low["to"]) == (800, 50)  # a step count stays an integer
+    assert type(high["to"]) is int and type(low["to"]) is int
 
 
 # --------------------------------------------------------------------------------------
