@@ -118,6 +118,7 @@ from .report import (
     holm,
     paired_t_test,
     sensitivity_table,
+    stability_text,
     t_interval,
     t_quantile,
 )
@@ -1249,21 +1250,9 @@ def _print_summary(results: dict[str, Any], json_path: Path, pngs: list[Path]) -
         print(sensitivity_table(results["sensitivity"]))
     for name, reason in results["skipped"].items():
         print(f"- {name} skipped: {reason}")
-    ranking = results["ranking"]
-    if ranking["rankings"]:
-        flips = ranking["flips"]
-        marks = {(False, False): "", (True, False): " (separated)", (True, True): " (REVERSED)"}
-        text = ", ".join(
-            f"{f['up']} > {f['down']}{marks[f['separated'], f['reversed']]}" for f in flips
-        )
-        print(
-            f"\nRanking over the last two checkpoints (validation curves): stable="
-            f"{ranking['stable']} by the {ranking['criterion']} criterion (strict: "
-            f"{ranking['strict']}, lenient: {ranking['lenient']}); {len(flips)} pairs swapped, "
-            f"{sum(f['separated'] for f in flips)} of them separated at the last checkpoint "
-            f"(95% paired t-interval excludes 0), {sum(f['reversed'] for f in flips)} reversed: "
-            f"{text or 'none'}"
-        )
+    stability = stability_text(results["ranking"])
+    if stability:
+        print("\n" + stability)
     print("\n" + comparison_text(results["comparison"]))
     print("\n" + comparisons_text(results["comparisons"]))
     runs_s = sum(r["wall_s"] for e in results["strategies"].values() for r in e["runs"])

@@ -723,6 +723,28 @@ def comparisons_text(comparisons: Mapping[str, Any] | None) -> str:
     return "\n".join(lines)
 
 
+def stability_text(ranking: Mapping[str, Any] | None, every_flip: bool = True) -> str | None:
+    """The ranking-stability check in words: both readings (the strict one is the
+    criterion) and the pairs that swapped between the last two checkpoints, each marked
+    when separated or reversed; with ``every_flip=False`` only the marked pairs are named.
+    None for a run without checkpoints or from before protocol 2 (no readings)."""
+    if not ranking or not ranking.get("rankings") or "strict" not in ranking:
+        return None
+    flips = ranking["flips"]
+    marks = {(False, False): "", (True, False): " (separated)", (True, True): " (REVERSED)"}
+    named = [f for f in flips if every_flip or f["separated"]]
+    text = ", ".join(f"{f['up']} > {f['down']}{marks[f['separated'], f['reversed']]}" for f in named)
+    return (
+        f"Ranking over the last two checkpoints (validation curves): stable="
+        f"{ranking['stable']} by the {ranking['criterion']} criterion (strict: "
+        f"{ranking['strict']}, lenient: {ranking['lenient']}); {len(flips)} pairs swapped, "
+        f"{sum(f['separated'] for f in flips)} of them separated at the last checkpoint "
+        f"(95% paired t-interval excludes 0), {sum(f['reversed'] for f in flips)} reversed"
+        + (f": {text}" if text else "")
+        + "."
+    )
+
+
 def _quality_where(cfg: dict[str, Any]) -> str:
     """The run's setting, for figure titles."""
     seeds = len(cfg["seeds"])

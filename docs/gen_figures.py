@@ -108,6 +108,9 @@ def quality_fragment(data: Mapping[str, Any]) -> str:
         "characters; train s: seconds of training per run.*",
         _drop_empty_columns(report.quality_table(dict(data))),
     ]
+    stability = _try(lambda: report.stability_text(data.get("ranking"), every_flip=False))
+    if stability:
+        parts.append(stability)
     comparison = _try(lambda: report.comparison_text(data["comparison"]))
     if comparison:
         parts.append(comparison)

@@ -624,6 +624,15 @@ def test_ranking_stability_strict_and_lenient_readings() -> None:
     assert flip["separated"] and not flip["reversed"]
     assert noisy["strict"] is False and noisy["lenient"] is True
     assert noisy["stable"] is noisy[quality.RANKING_CRITERION] is False
+    # in words: both readings; every flip for the console, only marked ones for the docs
+    text = report.stability_text(noisy)
+    assert "strict: False, lenient: True" in text and "b > a (separated)" in text
+    quiet = {**flipped, "flips": [{**flip, "separated": False, "reversed": False}]}
+    assert "b > a" in report.stability_text(quiet)
+    assert "b > a" not in report.stability_text(quiet, every_flip=False)
+    assert "REVERSED" in report.stability_text(flipped, every_flip=False)
+    assert report.stability_text({"rankings": [], "flips": []}) is None  # no checkpoints
+    assert report.stability_text({"rankings": [1], "flips": [], "stable": True}) is None  # 0.2
     runs = [
         _fake_run(0, [0.0, 1.0, 2.0], [0.1, 0.2, 0.3], 0.3),
         _fake_run(1, [0.0, 1.5], [0.1, 0.4], 0.4),
