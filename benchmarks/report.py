@@ -733,7 +733,9 @@ def stability_text(ranking: Mapping[str, Any] | None, every_flip: bool = True) -
     flips = ranking["flips"]
     marks = {(False, False): "", (True, False): " (separated)", (True, True): " (REVERSED)"}
     named = [f for f in flips if every_flip or f["separated"]]
-    text = ", ".join(f"{f['up']} > {f['down']}{marks[f['separated'], f['reversed']]}" for f in named)
+    text = ", ".join(
+        f"{f['up']} > {f['down']}{marks[f['separated'], f['reversed']]}" for f in named
+    )
     return (
         f"Ranking over the last two checkpoints (validation curves): stable="
         f"{ranking['stable']} by the {ranking['criterion']} criterion (strict: "

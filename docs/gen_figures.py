@@ -231,6 +231,15 @@ def precision_fragment(data: Mapping[str, Any]) -> str:
 
 
 def neighbours_fragment(files: list[Mapping[str, Any]]) -> str:
+    text = _neighbours_table(files) + "\n"
+    notes = [d["note"] for d in files if d.get("note")]
+    text += "".join(f"\n*{n}.*\n" for n in notes)
+    summary = _neighbours_summary([r for d in files for r in d.get("results", [])])
+    return text + (f"\n{summary}\n" if summary else "")
+
+
+def _neighbours_table(files: list[Mapping[str, Any]]) -> str:
+    """The cost of one refresh per measured N and search backend (issue 20)."""
     rows = []
     for data in files:
         for r in data.get("results", []):
@@ -253,11 +262,7 @@ def neighbours_fragment(files: list[Mapping[str, Any]]) -> str:
                 ]
             )
     header = ["N", "search", "embed (wall)", "search CPU", "search wall", "search extra peak"]
-    notes = [d["note"] for d in files if d.get("note")]
-    text = report.md_table(header, rows, "rlrrrr") + "\n"
-    text += "".join(f"\n*{n}.*\n" for n in notes)
-    summary = _neighbours_summary([r for d in files for r in d.get("results", [])])
-    return text + (f"\n{summary}\n" if summary else "")
+    return report.md_table(header, rows, "rlrrrr")
 
 
 def _neighbours_summary(results: list[Mapping[str, Any]]) -> str | None:
@@ -676,6 +681,7 @@ def headline(
     full: Mapping[str, Any] | None,
     speed: Mapping[str, Any] | None,
     streaming: Mapping[str, Any] | None = None,
+    neighbours: list[Mapping[str, Any]] | None = None,
 ) -> str:
     """The README's headline figures."""
     lines = []
@@ -743,6 +749,17 @@ def headline(
             )
             lines.append(report.md_table(header, cells, "lrrl"[: len(header)]))
             lines += ["\n" + note for note in notes]
+    if neighbours:  # issue 20: what a dataset-level refresh costs at scale
+        lines.append(
+            "\nCost of one refresh of `NeighbourPKBatchSampler` (embedding N random 128-d "
+            "vectors and the exact search for 8 negatives each, one thread; CPU times compare, "
+            "wall times carry the machine's load; "
+            "[details](docs/guide/dataset-hard-negatives.md)):\n"
+        )
+        lines.append(_neighbours_table(neighbours))
+        summary = _neighbours_summary([r for d in neighbours for r in d.get("results", [])])
+        if summary:
+            lines.append("\n" + summary)
     return "\n".join(lines) + "\n"
 
 
@@ -791,7 +808,10 @@ def generate(out: Path) -> dict[str, str]:
         shutil.copyfile(png, out / png.name)
     return {
         "README": headline(
-            _load("quality_full.json"), _load("speed_cpu.json"), _load("streaming_cpu.json")
+            _load("quality_full.json"),
+            _load("speed_cpu.json"),
+            _load("streaming_cpu.json"),
+            found,
         )
     }
 

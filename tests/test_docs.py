@@ -172,6 +172,24 @@ def test_headline_reports_the_rows_chosen_on_validation_not_the_best_test_scores
     assert "highest tripletkit row | `tk_lucky`" in gen.headline(full, None)
 
 
+def test_headline_shows_the_cost_of_a_neighbour_refresh() -> None:
+    """Issue 20: the README carries the refresh-cost table, read from the results."""
+    gen = _gen_figures()
+    result = {
+        "n": 100_000,
+        "backend": "torch",
+        "embed_s": 7.0,
+        "search_cpu_s": 300.0,
+        "search_s": 900.0,
+        "search_extra_peak_bytes": 200 * 2**20,
+    }
+    faiss = {**result, "backend": "faiss", "search_cpu_s": 75.0}
+    text = gen.headline(None, None, None, [{"results": [result, faiss]}])
+    assert "| 100,000 | torch | 7 s | 300.0 s | 900 s | 200.0 MiB |" in text
+    assert "4.0× less CPU time at N = 100,000" in text
+    assert "refresh" not in gen.headline(None, None)  # no results, no table
+
+
 def test_benchmark_pages_include_the_generated_fragments() -> None:
     text = "".join(p.read_text() for p in (DOCS / "benchmarks").glob("*.md"))
     names = ("quality_full", "quality", "speed_cpu", "speed_cpu_full", "gpu", "reference")
