@@ -465,15 +465,17 @@ def neighbours_bound_fragment(data: Mapping[str, Any] | None) -> str | None:
     if not entry or "error" in entry:
         return None
     points = entry["points"]
+    every = [*entry.get("earlier_points", []), *points]
     rows = [
         [
             f"{p['n']:,}",
             f"torch, {p['queries']:,} queries ({p['query_chunks']} chunks of {p['chunk_rows']})",
             f"{p['search_cpu_s']:,.1f} s",
             report.format_bytes(p["search_extra_peak_bytes"]),
-            "measured",
+            "measured"
+            + (f" {p['measured_at'][:16].replace('T', ' ')} UTC" if "measured_at" in p else ""),
         ]
-        for p in points
+        for p in every
     ]
     n = entry["n"]
     rows.append(
@@ -482,7 +484,7 @@ def neighbours_bound_fragment(data: Mapping[str, Any] | None) -> str | None:
             f"torch, all {n:,} queries",
             "",
             f"≤ {report.format_bytes(entry['bound_extra_peak_bytes'])}",
-            "bound: measured steady-state peak + exact output bytes",
+            "bound: largest measured peak + exact output bytes",
         ]
     )
     table = report.md_table(
@@ -496,15 +498,31 @@ def neighbours_bound_fragment(data: Mapping[str, Any] | None) -> str | None:
         f"torch path keeps only the `[Q, k]` results across query chunks (everything a chunk "
         f"allocates is released before the next), so its extra peak is a constant working "
         f"memory plus the results: measured with {points[0]['queries']:,} and "
-        f"{points[1]['queries']:,} queries, the peak changed by "
+        f"{points[1]['queries']:,} queries in the latest invocation, the peak changed by "
         f"{entry['growth_measured_bytes'] / 2**20:+.1f} MiB (their results and query "
-        f"indices: {entry['growth_outputs_bytes'] / 2**20:+.2f} MiB). The bound for all "
-        f"{n:,} queries is the larger measured peak + the results at {n:,} queries counted "
+        f"indices: {entry['growth_outputs_bytes'] / 2**20:+.2f} MiB)."
+        + _peak_spread(entry)
+        + f" The bound for all "
+        f"{n:,} queries is the largest measured peak + the results at {n:,} queries counted "
         f"twice ({entry['output_bytes_per_query']} bytes per query; returned results are "
         f"clones) + the int64 query indices: "
         f"{report.format_bytes(entry['bound_extra_peak_bytes'])}, {verdict} the 1 GiB "
         f"target (the full distance matrix would be "
         f"{entry['full_matrix_bytes'] / 10**12:.0f} TB).*\n"
+    )
+
+
+def _peak_spread(entry: Mapping[str, Any]) -> str:
+    """How much the same search's extra peak varied between processes, when measured
+    more than once (the reason the bound takes the largest)."""
+    peaks = entry.get("measured_peaks_bytes")
+    if not peaks or peaks["count"] <= len(entry["points"]):
+        return ""
+    return (
+        f" Between processes the same search's peak varied from "
+        f"{report.format_bytes(peaks['min'])} to {report.format_bytes(peaks['max'])} "
+        f"({peaks['count']} points of {peaks['count'] // 2} invocations, all kept), so the "
+        "bound takes the largest."
     )
 
 

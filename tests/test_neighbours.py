@@ -510,3 +510,12 @@ def test_steady_state_bound_adds_the_outputs_to_the_measured_peak() -> None:
     assert "error" in bench.steady_state_bound(points[:1], 10**6)
     big = [{**p, "search_extra_peak_bytes": 1 << 30} for p in points]
     assert not bench.steady_state_bound(big, 10**6)["passed"]
+    # Points of earlier invocations (another process: another peak) are kept and the bound
+    # takes the largest of all; the growth check reads this invocation's pair only.
+    earlier = [{"queries": 4000, "search_extra_peak_bytes": 420 << 20, "n": 10**6}]
+    later = bench.steady_state_bound(points, 10**6, earlier)
+    assert later["bound_extra_peak_bytes"] == (420 << 20) + 2 * outputs + 8 * 10**6
+    assert later["growth_measured_bytes"] == 1 << 20 and later["earlier_points"] == earlier
+    assert later["measured_peaks_bytes"] == {"min": 300 << 20, "max": 420 << 20, "count": 3}
+    other_n = [{**earlier[0], "n": 10**5}]  # another search: not this one's evidence
+    assert bench.steady_state_bound(points, 10**6, other_n)["earlier_points"] == []
